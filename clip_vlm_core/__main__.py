@@ -1,0 +1,5 @@
+import sys
+
+from clip_vlm_core.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""`clip-vlm`: the command line, a thin shell over the library.
+
+Each subcommand lives in its own module with a `register(subparsers)` function that adds its parser
+and sets `func(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from clip_vlm_core import __version__
+from clip_vlm_core.errors import UserError
+
+# Subcommand modules, in the order `--help` lists them. A module that is not there yet is skipped.
+SUBCOMMANDS = ("caption", "data", "train", "eval", "bag", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clip-vlm",
+        description="Describe in plain language what a car's cameras see: caption images, build data, "
+        "train, evaluate, and convert or replay nuScenes rosbags.",
+        epilog="Run 'clip-vlm COMMAND --help' for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"clip-vlm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"clip_vlm_core.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"clip_vlm_core.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"clip-vlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clip-vlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
