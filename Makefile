@@ -1,0 +1,38 @@
+# clip-vlm: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ROS_PKG := ros2_ws/src/clip_vlm
+PYTEST_ARGS ?=
+
+.PHONY: all venv demo test test-fast lint clean
+
+all: venv
+
+# The venv is rebuilt when the project's dependency lists change.
+$(STAMP): pyproject.toml $(wildcard $(ROS_PKG)/setup.py)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,ros]'
+	@if [ -f $(ROS_PKG)/setup.py ]; then $(BIN)/python -m pip install --quiet -e $(ROS_PKG); fi
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m clip_vlm_core.demo
+
+# The whole suite, end-to-end runs included (CI runs this).
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the slow end-to-end runs, for the edit-test loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check clip_vlm_core tests $(ROS_PKG) launch
+
+clean:
+	rm -rf $(VENV) .pytest_cache
