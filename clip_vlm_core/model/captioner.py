@@ -1,0 +1,336 @@
+"""`SceneCaptioner`: the one facade the node, the CLI, the trainer and the evaluator use.
+
+Load once, then `caption([{view: image}, ...]) -> [str, ...]`. A checkpoint is a folder:
+
+    clip_vlm_config.json    CaptionerConfig (base model ids or paths, views, prompt, connector/LoRA shape)
+    connector.safetensors   the fusion connector
+    adapter/                the PEFT LoRA adapter (standard PEFT format), when trained
+
+Nothing is unpickled and no remote code runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clip_vlm_core.config import CaptionerConfig, DecodingConfig, load_json, save_json
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.images import ImageLike, to_rgb
+from clip_vlm_core.model.clip_encoder import ClipViewEncoder, load_open_clip
+from clip_vlm_core.model.connector import FusionConnector
+from clip_vlm_core.model.fusion import MultiViewCaptionModel
+
+CONFIG_FILE = "clip_vlm_config.json"
+CONNECTOR_FILE = "connector.safetensors"
+ADAPTER_DIR = "adapter"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+Sample = Mapping[str, ImageLike]
+
+
+def default_model_path() -> Path:
+    """The embedded default model shipped inside the package (used when no model is named)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was requested but no CUDA GPU is available")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU unless told otherwise."""
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise UserError(f"unknown dtype {dtype!r}: use one of {sorted(names)}")
+    return names[dtype]
+
+
+def _resolve_model_ref(ref: str, base_dir: Path | None) -> str:
+    """A base-model reference may be relative to the checkpoint folder (the embedded model's are)."""
+    if base_dir is not None and not Path(ref).is_absolute() and (base_dir / ref).exists():
+        return str((base_dir / ref).resolve())
+    return ref
+
+
+def _check_model_ref(ref: str, what: str) -> None:
+    if not Path(ref).exists() and not _HUB_ID.match(ref):
+        raise UserError(f"{what} {ref!r} is neither an existing folder nor a hub id like 'org/name'")
+
+
+class SceneCaptioner:
+    def __init__(
+        self,
+        model: MultiViewCaptionModel,
+        processor: Any,
+        config: CaptionerConfig,
+        device: torch.device,
+        name: str,
+        decoding: DecodingConfig | None = None,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.device = device
+        self.model_name = name
+        self.decoding = decoding or DecodingConfig()
+        self._prompt_text = self._build_prompt_text()
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        config: CaptionerConfig,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        local_files_only: bool = False,
+        base_dir: Path | None = None,
+        connector_state: dict[str, torch.Tensor] | None = None,
+        adapter_dir: Path | None = None,
+        trainable: bool = False,
+        name: str | None = None,
+    ) -> SceneCaptioner:
+        """Assemble frozen Qwen + frozen CLIP + connector (+ LoRA when trainable or given an adapter)."""
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        qwen_ref = _resolve_model_ref(config.qwen_model, base_dir)
+        clip_ref = _resolve_model_ref(config.clip_model, base_dir)
+        _check_model_ref(qwen_ref, "Qwen2.5-VL model")
+        try:
+            qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                qwen_ref, dtype=dtype, local_files_only=local_files_only, attn_implementation="sdpa"
+            )
+            pixel_budget = {k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v}
+            processor = AutoProcessor.from_pretrained(qwen_ref, local_files_only=local_files_only, **pixel_budget)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot load Qwen2.5-VL from {qwen_ref!r}: {exc}") from None
+        processor.tokenizer.padding_side = "left"  # generation appends on the right
+        qwen.requires_grad_(False)
+
+        clip = ClipViewEncoder(load_open_clip(clip_ref, config.clip_pretrained), config.clip_tokens)
+        connector = FusionConnector(
+            clip_dim=clip.token_dim,
+            hidden_size=qwen.config.text_config.hidden_size,
+            num_views=len(config.views),
+            num_layers=config.connector_layers,
+            num_heads=config.connector_heads,
+            dropout=config.connector_dropout,
+        )
+        if connector_state is not None:
+            try:
+                connector.load_state_dict(connector_state)
+            except RuntimeError as exc:
+                raise UserError(f"{CONNECTOR_FILE} does not match the checkpoint's config: {exc}") from None
+
+        if adapter_dir is not None:
+            qwen = _load_adapter(qwen, adapter_dir, trainable)
+        elif trainable:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_targets,
+            )
+            qwen = get_peft_model(qwen, lora)
+        model = MultiViewCaptionModel(qwen, clip, connector, len(config.views))
+        model.clip.to(device=device, dtype=dtype)
+        model.qwen.to(device)
+        # The trainable connector keeps fp32 master weights when training; inference runs in `dtype`.
+        model.connector.to(device=device, dtype=torch.float32 if trainable else dtype)
+        model.connector.requires_grad_(trainable)
+        model.train(False)
+        return cls(model, processor, config, device, name or str(config.qwen_model))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        local_files_only: bool = False,
+        trainable: bool = False,
+    ) -> SceneCaptioner:
+        """Load a clip-vlm checkpoint folder, or a bare Qwen2.5-VL (hub id or folder) with an untrained
+        connector, which captions exactly like that base model. No path: the embedded default model."""
+        path = default_model_path() if path in (None, "") else path
+        folder = Path(path)
+        if not (folder / CONFIG_FILE).exists():
+            if folder.is_dir() and any(folder.glob("connector*")):
+                raise UserError(f"checkpoint {folder} has no {CONFIG_FILE}")
+            config = CaptionerConfig(qwen_model=str(path))
+            return cls.build(config, device, dtype, local_files_only, trainable=trainable)
+        config = load_json(CaptionerConfig, folder / CONFIG_FILE)
+        connector_state = _load_safetensors(folder / CONNECTOR_FILE)
+        adapter = folder / ADAPTER_DIR
+        return cls.build(
+            config,
+            device,
+            dtype,
+            local_files_only,
+            base_dir=folder.resolve(),
+            connector_state=connector_state,
+            adapter_dir=adapter if adapter.exists() else None,
+            trainable=trainable,
+            name=folder.name if folder.resolve() != default_model_path() else "embedded-default",
+        )
+
+    def save_pretrained(self, out_dir: str | Path, base_models_relative_to: Path | None = None) -> Path:
+        """Write the checkpoint folder atomically: a temporary folder beside it, renamed when complete."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        config = self.config
+        if base_models_relative_to is not None:
+            config = dataclasses.replace(
+                config,
+                qwen_model=_relative(config.qwen_model, base_models_relative_to),
+                clip_model=_relative(config.clip_model, base_models_relative_to),
+            )
+        save_json(config, tmp / CONFIG_FILE)
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.connector.state_dict().items()}
+        save_file(state, tmp / CONNECTOR_FILE)
+        if hasattr(self.model.qwen, "peft_config"):
+            self.model.qwen.save_pretrained(tmp / ADAPTER_DIR)
+        old = out_dir.parent / f".{out_dir.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return out_dir
+
+    # -- inference --------------------------------------------------------------------------------
+    @property
+    def views(self) -> tuple[str, ...]:
+        return self.config.views
+
+    def _build_prompt_text(self) -> str:
+        content: list[dict[str, str]] = []
+        for view in self.config.views:
+            if self.config.label_views:
+                content.append({"type": "text", "text": f"{view}: "})
+            content.append({"type": "image"})
+        content.append({"type": "text", "text": self.config.prompt})
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def images_for(self, batch: Sequence[Sample]) -> list[list[Any]]:
+        """Check a batch against the model's views; RGB PIL images per sample, in view order."""
+        if isinstance(batch, Mapping):
+            raise UserError("caption() takes a list of samples ({view: image}), not a single sample")
+        if len(batch) == 0:
+            raise UserError("the batch is empty: give at least one sample of {view: image}")
+        out = []
+        for i, sample in enumerate(batch):
+            unknown = sorted(set(sample) - set(self.views))
+            if unknown:
+                raise UserError(f"sample {i} has unknown view(s) {unknown}; this model reads {list(self.views)}")
+            missing = [v for v in self.views if v not in sample]
+            if missing:
+                raise UserError(f"sample {i} has no image for view(s) {missing}; this model reads {list(self.views)}")
+            out.append([to_rgb(sample[v], f"sample {i} view {v}") for v in self.views])
+        return out
+
+    def prepare(self, batch: Sequence[Sample], targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch; with `targets`, also `labels` covering the caption tokens only."""
+        images = self.images_for(batch)
+        flat = [image for sample in images for image in sample]
+        texts = [self._prompt_text] * len(images)
+        if targets is not None:
+            eos = self.processor.tokenizer.eos_token
+            texts = [text + target.strip() + eos for text, target in zip(texts, targets, strict=True)]
+        inputs = dict(self.processor(text=texts, images=flat, padding=True, return_tensors="pt"))
+        inputs["clip_pixels"] = self.model.clip.preprocess(flat)
+        if targets is not None:
+            inputs["labels"] = self._caption_labels(inputs["input_ids"], targets)
+        return inputs
+
+    def _caption_labels(self, input_ids: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
+        """Left padding puts each caption (and its end token) at the end of its row: label just those."""
+        tokenizer = self.processor.tokenizer
+        labels = torch.full_like(input_ids, -100)
+        for row, target in enumerate(targets):
+            ids = tokenizer(target.strip() + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            span = input_ids[row, -len(ids) :]
+            if span.tolist() != ids:  # the caption must tokenize the same alone as in context
+                raise ValueError(f"caption tokens of row {row} not found at the end of its input")
+            labels[row, -len(ids) :] = span
+        return labels
+
+    def caption(self, batch: Sequence[Sample], **decoding: Any) -> list[str]:
+        """Describe each sample's scene in one caption. Decoding overrides: see DecodingConfig."""
+        settings = dataclasses.replace(self.decoding, **decoding) if decoding else self.decoding
+        inputs = self.to_device(self.prepare(batch))
+        tokenizer = self.processor.tokenizer
+        new_tokens = self.model.generate(
+            **inputs,
+            **settings.generate_kwargs(),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint file {path} is corrupt ({exc})") from None
+
+
+def _load_adapter(qwen, adapter_dir: Path, trainable: bool):
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"LoRA adapter folder {adapter_dir} has no adapter_config.json")
+    try:
+        return PeftModel.from_pretrained(qwen, str(adapter_dir), is_trainable=trainable)
+    except Exception as exc:  # PEFT raises many types for a damaged adapter; all mean the same to a user
+        raise UserError(f"LoRA adapter in {adapter_dir} cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def _relative(ref: str, base: Path) -> str:
+    """A local base-model folder written relative to `base`, so a checkpoint can move with its models."""
+    path = Path(ref)
+    return os.path.relpath(path.resolve(), base.resolve()) if path.exists() else ref
