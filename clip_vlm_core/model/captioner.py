@@ -112,7 +112,9 @@ class SceneCaptioner:
     ) -> SceneCaptioner:
         """Assemble frozen Qwen + frozen CLIP + connector (+ LoRA when trainable or given an adapter)."""
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a per-tensor bar on every load; hub downloads keep theirs
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         qwen_ref = _resolve_model_ref(config.qwen_model, base_dir)
@@ -226,6 +228,11 @@ class SceneCaptioner:
         tmp.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)
         return out_dir
+
+    def with_prompt(self, prompt: str) -> SceneCaptioner:
+        """The same loaded model asked a different instruction (the playground's --prompt)."""
+        config = dataclasses.replace(self.config, prompt=prompt)
+        return SceneCaptioner(self.model, self.processor, config, self.device, self.model_name, self.decoding)
 
     # -- inference --------------------------------------------------------------------------------
     @property

@@ -57,6 +57,9 @@ QWEN_CHAT_TEMPLATE = (
 # Pixel budget of the tiny processor: a 1600x900 frame becomes 168x84 pixels, 18 visual tokens.
 TINY_MIN_PIXELS = 28 * 28 * 4
 TINY_MAX_PIXELS = 28 * 28 * 18
+# Wider than Qwen's 0.02: a random tiny model then answers differently for different images, which the
+# tests of batching and save/load need to be meaningful (at 0.02 every caption is the same newline run).
+TINY_INIT_STD = 0.2
 
 
 def _base_corpus() -> list[str]:
@@ -134,6 +137,7 @@ def build_tiny_qwen(tokenizer, seed: int = 0):
             "max_position_embeddings": 4096,
             "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
             "tie_word_embeddings": True,
+            "initializer_range": TINY_INIT_STD,
             "bos_token_id": ids("<|endoftext|>"),
             "eos_token_id": ids("<|im_end|>"),
             "pad_token_id": ids("<|endoftext|>"),
@@ -149,12 +153,14 @@ def build_tiny_qwen(tokenizer, seed: int = 0):
             "temporal_patch_size": 2,
             "window_size": 56,
             "fullatt_block_indexes": [1],
+            "initializer_range": TINY_INIT_STD,
         },
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True,
+        initializer_range=TINY_INIT_STD,
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()

@@ -1,0 +1,112 @@
+"""`clip-vlm caption`: describe one set of camera images (the playground)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from clip_vlm_core.config import DecodingConfig
+
+EPILOG = """examples:
+  clip-vlm caption --view CAM_FRONT=front.jpg --view CAM_BACK=back.jpg
+  clip-vlm caption --view CAM_FRONT=f.jpg --view CAM_BACK=b.jpg --checkpoint runs/tiny/best --num-beams 3
+  clip-vlm caption --view CAM_FRONT=f.jpg --view CAM_BACK=b.jpg --log playground.jsonl
+
+With no --checkpoint the embedded default model is used (a tiny model trained on synthetic scenes)."""
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Decoding flags shared by `caption` and `eval`; defaults come from DecodingConfig."""
+    d = DecodingConfig()
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="caption length limit in tokens (default %(default)s)")
+    group.add_argument("--num-beams", type=int, default=d.num_beams, help="beam search width; 1 is greedy (default %(default)s)")
+    group.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
+    group.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature, with --sample (default %(default)s)")
+    group.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass, with --sample (default %(default)s)")
+    group.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="1.0 means none (default %(default)s)")
+
+
+def decoding_from_args(args: argparse.Namespace) -> DecodingConfig:
+    return DecodingConfig(
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None, help="clip-vlm checkpoint folder, or a Qwen2.5-VL hub id/folder (default: the embedded model)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--local-files-only", action="store_true", help="never contact the model hub")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "caption",
+        help="describe a set of camera images in one caption",
+        description="Caption one scene seen by several cameras. Give one --view per camera the model reads.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--view", action="append", default=[], metavar="CAMERA=IMAGE", required=True,
+                        help="a camera name and its image file, e.g. CAM_FRONT=front.jpg (repeat per view)")
+    parser.add_argument("--prompt", default=None, help="instruction given to the model (default: the checkpoint's)")
+    parser.add_argument("--log", type=Path, default=None, help="append the caption, prompt and settings to this JSONL file")
+    add_model_arguments(parser)
+    add_decoding_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def parse_views(specs: list[str]) -> dict[str, Path]:
+    from clip_vlm_core.errors import UserError
+
+    views: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--view {spec!r} must look like CAMERA=IMAGE, e.g. CAM_FRONT=front.jpg")
+        if name in views:
+            raise UserError(f"--view {name} is given twice")
+        views[name] = Path(path)
+    return views
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from clip_vlm_core.images import load_image
+    from clip_vlm_core.model import SceneCaptioner
+
+    decoding = decoding_from_args(args)
+    views = parse_views(args.view)
+    images = {name: load_image(path) for name, path in views.items()}
+    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only)
+    if args.prompt:
+        captioner = captioner.with_prompt(args.prompt)
+    captioner.images_for([images])  # bad view names fail here, before any model work
+    start = time.perf_counter()
+    caption = captioner.caption([images], **dataclasses.asdict(decoding))[0]
+    seconds = time.perf_counter() - start
+    print(caption)
+    if args.log:
+        record = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": captioner.model_name,
+            "views": {name: str(path) for name, path in views.items()},
+            "prompt": captioner.config.prompt,
+            "decoding": dataclasses.asdict(decoding),
+            "caption": caption,
+            "seconds": round(seconds, 4),
+        }
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        with args.log.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+    return 0
