@@ -1,0 +1,224 @@
+"""Replay a rosbag2 bag with rclpy, for machines that have rclpy but not rosbag2.
+
+The CDR bytes stored in a bag are exactly what rclpy puts on the wire, so messages are published
+raw (`Publisher.publish(bytes)`): no deserialization, and the rate is bound by DDS, not Python.
+rclpy is imported here, lazily, so the core library still imports on machines without ROS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosbags.interfaces import (
+    ConnectionExtRosbag2,
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+)
+
+from clip_vlm_core.bags.info import open_bag
+from clip_vlm_core.bags.messages import STREAM_QOS
+from clip_vlm_core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# rosbag2's player offers keep-last 10 whatever depth was recorded (Rosbag2QoS::default_history).
+PLAYBACK_DEPTH = 10
+
+
+@dataclass
+class PlaySummary:
+    published: int = 0
+    seconds: float = 0.0
+    per_topic: Counter = field(default_factory=Counter)
+    skipped_topics: list[str] = field(default_factory=list)  # message package not installed
+    interrupted: bool = False
+
+
+def playback_qos(recorded: Iterable[Qos], reliability: str | None = None) -> Qos:
+    """The offer `ros2 bag play` makes for a topic, given the offers recorded for it.
+
+    One recorded offer (or several that agree on the policies that decide compatibility) is
+    replayed with keep-last 10; none, or disagreeing ones, fall back to reliable volatile keep-last 10.
+    """
+    recorded = list(recorded)
+
+    def compatibility(q: Qos) -> tuple:
+        return (q.reliability, q.durability, q.deadline, q.liveliness, q.liveliness_lease_duration)
+
+    if recorded and all(compatibility(q) == compatibility(recorded[0]) for q in recorded):
+        chosen = recorded[0]
+    else:
+        chosen = STREAM_QOS
+    chosen = chosen._replace(history=QosHistory.KEEP_LAST, depth=PLAYBACK_DEPTH)
+    if reliability is not None:
+        chosen = chosen._replace(reliability=QosReliability[reliability.upper()])
+    return chosen
+
+
+def play_bag(
+    path: str | Path,
+    rate: float = 1.0,
+    loop: bool = False,
+    topics: list[str] | None = None,
+    on_published: Callable[[str, int], None] | None = None,
+    reliability: str | None = None,
+    wait_for_subscribers: float = 0.0,
+    report: bool = False,
+) -> PlaySummary:
+    """Publish the bag's messages at their recorded timing divided by `rate`; Ctrl-C stops cleanly.
+
+    `on_published(topic, bag_time_ns)` is called after each message. Returns what was published.
+    """
+    if rate <= 0:
+        raise UserError(f"play rate must be positive, got {rate}")
+    if reliability not in (None, "reliable", "best_effort"):
+        raise UserError(f"QoS reliability must be reliable or best_effort, got {reliability!r}")
+    reader = open_bag(path)
+    try:
+        connections = _chosen_connections(reader, topics, path)
+        return _play(reader, connections, rate, loop, on_published, reliability, wait_for_subscribers, report)
+    finally:
+        reader.close()
+
+
+def _chosen_connections(reader: Any, topics: list[str] | None, path: str | Path) -> list[Any]:
+    known = {c.topic for c in reader.connections}
+    for topic in topics or []:
+        if topic not in known:
+            raise UserError(f"topic {topic} is not in bag {path} (it has {', '.join(sorted(known))})")
+    return [c for c in reader.connections if topics is None or c.topic in topics]
+
+
+def message_class(msgtype: str) -> type | None:
+    """The rclpy message class for 'pkg/msg/Name', or None when its package is not installed."""
+    package, _, name = msgtype.rpartition("/")
+    try:
+        return getattr(importlib.import_module(package.replace("/", ".")), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _play(reader, connections, rate, loop, on_published, reliability, wait_for_subscribers, report) -> PlaySummary:
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    summary = PlaySummary()
+    # Our own context, so a caller (the demo) that already runs rclpy keeps its own; no signal
+    # handlers, so Ctrl-C arrives as KeyboardInterrupt and we shut down in order.
+    context = rclpy.Context()
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("clip_vlm_bag_player", context=context, start_parameter_services=False)
+    try:
+        publishers = _publishers(node, connections, reliability, summary)
+        if wait_for_subscribers > 0:
+            _wait_for_subscribers(publishers.values(), wait_for_subscribers)
+        playable = [c for c in connections if c.id in publishers]
+        start = time.monotonic()
+        try:
+            while True:
+                _play_once(reader, playable, publishers, rate, on_published, summary, report)
+                if not loop:
+                    break
+            _wait_for_acks(publishers.values())
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        summary.seconds = time.monotonic() - start
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    return summary
+
+
+def _publishers(node: Any, connections: list[Any], reliability: str | None, summary: PlaySummary) -> dict[int, Any]:
+    by_topic: dict[str, list[Any]] = {}
+    for conn in connections:
+        by_topic.setdefault(conn.topic, []).append(conn)
+    publishers: dict[int, Any] = {}
+    for topic, conns in by_topic.items():
+        msg_class = message_class(conns[0].msgtype)
+        if msg_class is None:
+            summary.skipped_topics.append(topic)
+            log.warning("skipping %s: its message package for %s is not installed", topic, conns[0].msgtype)
+            continue
+        offers = [q for c in conns if isinstance(c.ext, ConnectionExtRosbag2) for q in c.ext.offered_qos_profiles]
+        publisher = node.create_publisher(msg_class, topic, _rclpy_qos(playback_qos(offers, reliability)))
+        for conn in conns:
+            publishers[conn.id] = publisher
+    return publishers
+
+
+def _rclpy_qos(qos: Qos) -> Any:
+    from rclpy.duration import Duration
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile, ReliabilityPolicy
+
+    def duration(t: Any) -> Duration:
+        # Humble records "infinite" as INT32_MAX seconds; rclpy's default (0) means the same.
+        return Duration() if t.sec >= 2**31 - 1 else Duration(seconds=t.sec, nanoseconds=t.nsec)
+
+    liveliness = {QosLiveliness.AUTOMATIC: LivelinessPolicy.AUTOMATIC, QosLiveliness.MANUAL_BY_TOPIC: LivelinessPolicy.MANUAL_BY_TOPIC}
+    durability = {QosDurability.TRANSIENT_LOCAL: DurabilityPolicy.TRANSIENT_LOCAL}.get(qos.durability, DurabilityPolicy.VOLATILE)
+    reliable = qos.reliability != QosReliability.BEST_EFFORT
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=qos.depth,
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=durability,
+        deadline=duration(qos.deadline),
+        lifespan=duration(qos.lifespan),
+        liveliness=liveliness.get(qos.liveliness, LivelinessPolicy.SYSTEM_DEFAULT),
+        liveliness_lease_duration=duration(qos.liveliness_lease_duration),
+    )
+
+
+def _play_once(reader, connections, publishers, rate, on_published, summary: PlaySummary, report: bool) -> None:
+    from tqdm import tqdm
+
+    total = sum(c.msgcount for c in connections)
+    bar = tqdm(total=total, unit="msg", desc="play", disable=None if report else True, file=sys.stderr)
+    first_ns, wall_start = None, time.monotonic()
+    try:
+        for conn, bag_ns, raw in reader.messages(connections=connections):
+            if first_ns is None:
+                first_ns = bag_ns
+            due = wall_start + (bag_ns - first_ns) / 1e9 / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            publishers[conn.id].publish(bytes(raw))
+            summary.published += 1
+            summary.per_topic[conn.topic] += 1
+            if on_published is not None:
+                on_published(conn.topic, bag_ns)
+            bar.update()
+            bar.set_postfix_str(f"bag time {(bag_ns - first_ns) / 1e9:.2f} s", refresh=False)
+    finally:
+        bar.close()
+
+
+def _wait_for_subscribers(publishers: Iterable[Any], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(publishers)
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if p.get_subscription_count() == 0]
+        time.sleep(0.05)
+    if pending:
+        log.warning("no subscriber after %.1f s on %s", timeout_s, ", ".join(p.topic_name for p in pending))
+
+
+def _wait_for_acks(publishers: Iterable[Any], timeout_s: float = 2.0) -> None:
+    """Let reliable subscribers receive the last messages before the publishers go away."""
+    from rclpy.duration import Duration
+
+    for publisher in set(publishers):
+        publisher.wait_for_all_acked(Duration(seconds=timeout_s))

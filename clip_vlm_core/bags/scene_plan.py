@@ -1,0 +1,194 @@
+"""What goes into one scene's bag: the camera frames, mounts and captions, read from nuScenes.
+
+Planning walks the dataset's tables only (no image is opened), so every user error (unknown scene or
+camera, missing image file, missing captions) is found before a single byte of the bag is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clip_vlm_core.errors import UserError
+
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+DEFAULT_CAMERAS = ("CAM_FRONT", "CAM_BACK")
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """One camera image and the ego pose at its exposure; stamp in ns since the epoch."""
+
+    camera: str
+    stamp_ns: int
+    path: Path
+    width: int
+    height: int
+    ego_translation: tuple[float, float, float]
+    ego_rotation: tuple[float, float, float, float]  # w, x, y, z as nuScenes stores it
+    is_key_frame: bool
+
+
+@dataclass(frozen=True)
+class CameraMount:
+    """Where a camera sits on the car (base_link) and its pinhole intrinsics."""
+
+    camera: str
+    translation: tuple[float, float, float]
+    rotation: tuple[float, float, float, float]
+    intrinsic: tuple[tuple[float, float, float], ...]
+
+
+@dataclass
+class ScenePlan:
+    scene_name: str
+    frames: list[CameraFrame]  # in time order
+    mounts: list[CameraMount]
+    captions: list[tuple[int, str]] = field(default_factory=list)  # (stamp ns, joint caption)
+
+    @property
+    def start_ns(self) -> int:
+        stamps = [f.stamp_ns for f in self.frames] + [s for s, _ in self.captions]
+        return min(stamps)
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(f.path.stat().st_size for f in self.frames)
+
+
+def load_nuscenes(dataroot: str | Path, version: str) -> Any:
+    """Open a nuScenes tree, turning the devkit's asserts about missing tables into a UserError."""
+    from nuscenes.nuscenes import NuScenes
+
+    dataroot = Path(dataroot)
+    if not dataroot.is_dir():
+        raise UserError(f"nuScenes dataroot {dataroot} is not a folder")
+    if not (dataroot / version).is_dir():
+        raise UserError(f"nuScenes version {version!r} is not in {dataroot} (no folder {dataroot / version})")
+    try:
+        return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except (AssertionError, OSError, ValueError, KeyError) as exc:
+        raise UserError(f"nuScenes {version} in {dataroot} cannot be loaded ({exc})") from None
+
+
+def check_cameras(cameras: tuple[str, ...]) -> None:
+    unknown = [c for c in cameras if c not in CAMERAS]
+    if unknown:
+        raise UserError(f"unknown camera {unknown[0]!r}; choose from {', '.join(CAMERAS)}")
+    if not cameras:
+        raise UserError("no camera chosen; name at least one of " + ", ".join(CAMERAS))
+
+
+def find_scene(nusc: Any, scene_name: str) -> dict:
+    for scene in nusc.scene:
+        if scene["name"] == scene_name:
+            return scene
+    known = ", ".join(s["name"] for s in nusc.scene[:5])
+    raise UserError(f"scene {scene_name!r} is not in nuScenes {nusc.version} (scenes include {known})")
+
+
+def plan_scene(
+    nusc: Any, scene_name: str, cameras: tuple[str, ...], sweeps: bool = False, captions_dir: Path | None = None
+) -> ScenePlan:
+    check_cameras(cameras)
+    scene = find_scene(nusc, scene_name)
+    samples = _scene_samples(nusc, scene)
+    frames: list[CameraFrame] = []
+    mounts: list[CameraMount] = []
+    for camera in cameras:
+        if camera not in samples[0]["data"]:
+            raise UserError(f"scene {scene_name} has no {camera} images")
+        first = nusc.get("sample_data", samples[0]["data"][camera])
+        last_token = samples[-1]["data"][camera]
+        frames.extend(_camera_frames(nusc, first, last_token, sweeps))
+        mounts.append(_mount(nusc, camera, first))
+    frames.sort(key=lambda f: (f.stamp_ns, f.camera))
+    missing = next((f.path for f in frames if not f.path.is_file()), None)
+    if missing is not None:
+        raise UserError(f"image file {missing} of scene {scene_name} does not exist")
+    captions = _keyframe_captions(nusc, scene_name, samples, captions_dir) if captions_dir else []
+    return ScenePlan(scene_name, frames, mounts, captions)
+
+
+def _scene_samples(nusc: Any, scene: dict) -> list[dict]:
+    samples, token = [], scene["first_sample_token"]
+    while token:
+        sample = nusc.get("sample", token)
+        samples.append(sample)
+        token = sample["next"]
+    return samples
+
+
+def _camera_frames(nusc: Any, first: dict, last_token: str, sweeps: bool) -> list[CameraFrame]:
+    """Keyframes, or with sweeps every frame on the next chain from the first keyframe to the last."""
+    frames, record = [], first
+    while True:
+        if sweeps or record["is_key_frame"]:
+            frames.append(_frame(nusc, record))
+        if record["token"] == last_token or not record["next"]:
+            return frames
+        record = nusc.get("sample_data", record["next"])
+
+
+def _frame(nusc: Any, record: dict) -> CameraFrame:
+    pose = nusc.get("ego_pose", record["ego_pose_token"])
+    channel = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+    camera = nusc.get("sensor", channel["sensor_token"])["channel"]
+    return CameraFrame(
+        camera=camera,
+        stamp_ns=int(record["timestamp"]) * 1000,
+        path=Path(nusc.dataroot) / record["filename"],
+        width=int(record.get("width") or 0),
+        height=int(record.get("height") or 0),
+        ego_translation=tuple(pose["translation"]),
+        ego_rotation=tuple(pose["rotation"]),
+        is_key_frame=bool(record["is_key_frame"]),
+    )
+
+
+def _mount(nusc: Any, camera: str, record: dict) -> CameraMount:
+    sensor = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+    intrinsic = sensor.get("camera_intrinsic") or []
+    if len(intrinsic) != 3:
+        raise UserError(f"calibrated sensor of {camera} has no 3x3 camera_intrinsic")
+    return CameraMount(
+        camera=camera,
+        translation=tuple(sensor["translation"]),
+        rotation=tuple(sensor["rotation"]),
+        intrinsic=tuple(tuple(float(v) for v in row) for row in intrinsic),
+    )
+
+
+def joint_caption(record: dict) -> str | None:
+    """NuInteract's FRONT and BACK descriptions as one caption (Gemini's, else GPT's)."""
+    for key in ("gemini_caption", "gpt_caption"):
+        caption = record.get(key)
+        if isinstance(caption, dict) and caption.get("FRONT") and caption.get("BACK"):
+            return f"{caption['FRONT'].strip()} {caption['BACK'].strip()}"
+    return None
+
+
+def _keyframe_captions(nusc: Any, scene_name: str, samples: list[dict], captions_dir: Path) -> list[tuple[int, str]]:
+    path = Path(captions_dir) / f"{scene_name}.json"
+    if not path.is_file():
+        raise UserError(f"NuInteract captions file {path} does not exist")
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"NuInteract captions file {path} is not valid JSON ({exc})") from None
+    if not isinstance(records, list):
+        raise UserError(f"NuInteract captions file {path} must hold a list of records")
+    by_token = {r.get("token"): r for r in records if isinstance(r, dict)}
+    captions = []
+    for sample in samples:
+        record = by_token.get(sample["token"])
+        text = joint_caption(record) if record else None
+        if text is None:
+            continue
+        # The caption describes the keyframe, so it carries that keyframe's front-camera time.
+        front = sample["data"].get("CAM_FRONT")
+        stamp_us = nusc.get("sample_data", front)["timestamp"] if front else sample["timestamp"]
+        captions.append((int(stamp_us) * 1000, text))
+    return captions

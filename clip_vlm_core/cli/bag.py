@@ -1,0 +1,158 @@
+"""`clip-vlm bag`: turn nuScenes scenes into rosbag2 bags, inspect them, and replay them without rosbag2."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from clip_vlm_core.errors import UserError
+
+CONVERT_EPILOG = """examples:
+  clip-vlm bag convert --dataroot data/nuscenes --version v1.0-mini --scene scene-0061 --out bags/
+  clip-vlm bag convert --dataroot data/nuscenes --version v1.0-mini --all --sweeps \\
+      --cameras CAM_FRONT CAM_BACK CAM_FRONT_LEFT --captions data/nuinteract --out bags/
+  clip-vlm bag convert ... --raw --storage sqlite3      # decoded rgb8 images in a .db3 bag
+
+Each scene becomes one bag folder named after it (bags/scene-0061), rosbag2 metadata version 8 so
+ROS 2 Humble and later play it:
+  /<CAM>/image_raw/compressed  sensor_msgs/CompressedImage  the dataset's JPEG bytes, unchanged
+  /<CAM>/image_raw             sensor_msgs/Image (rgb8)     instead, with --raw
+  /<CAM>/camera_info           sensor_msgs/CameraInfo       from the calibrated sensor
+  /tf                          tf2_msgs/TFMessage           map -> base_link per image (ego pose)
+  /tf_static                   tf2_msgs/TFMessage           base_link -> <CAM>, latched (transient local)
+  /scene_caption_gt            std_msgs/String              with --captions, at each keyframe"""
+
+INFO_EPILOG = """example:
+  clip-vlm bag info bags/scene-0061"""
+
+PLAY_EPILOG = """examples:
+  clip-vlm bag play bags/scene-0061
+  clip-vlm bag play bags/scene-0061 --rate 2 --loop --topics /CAM_FRONT/image_raw/compressed /tf_static
+
+Publishes with rclpy (install the 'ros' extra), for machines without rosbag2; where rosbag2 is
+installed, 'ros2 bag play' does the same. Each topic gets the QoS its publisher offered when recorded
+(so /tf_static is latched), else reliable, volatile, keep last 10, as 'ros2 bag play' chooses.
+Topics whose message package is not installed (e.g. tf2_msgs) are skipped with a warning. Ctrl-C stops."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bag",
+        help="convert nuScenes scenes to rosbag2, inspect or replay bags",
+        description="Convert nuScenes scenes into rosbag2 bags, show what a bag holds, or replay it.",
+    )
+    verbs = parser.add_subparsers(dest="bag_command", metavar="ACTION", required=True)
+    _register_convert(verbs)
+    _register_info(verbs)
+    _register_play(verbs)
+
+
+def _register_convert(verbs: argparse._SubParsersAction) -> None:
+    from clip_vlm_core.bags.scene_plan import CAMERAS, DEFAULT_CAMERAS
+
+    p = verbs.add_parser(
+        "convert",
+        help="write one rosbag2 bag per nuScenes scene",
+        description="Write one rosbag2 bag per nuScenes scene: camera images, camera info, TF and captions.",
+        epilog=CONVERT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataroot", type=Path, required=True, help="nuScenes root folder (holds samples/, sweeps/, v1.0-*/)")
+    p.add_argument("--version", default="v1.0-mini", help="nuScenes version folder (default %(default)s)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--scene", nargs="+", metavar="NAME", help="scene names, e.g. scene-0061 scene-0103")
+    which.add_argument("--all", action="store_true", help="every scene of the version")
+    p.add_argument("--cameras", nargs="+", default=list(DEFAULT_CAMERAS), metavar="CAM",
+                   help=f"cameras to include, from {' '.join(CAMERAS)} (default: %(default)s)")
+    p.add_argument("--sweeps", action="store_true", help="every camera frame (~12 Hz), not only keyframes (2 Hz)")
+    p.add_argument("--raw", action="store_true", help="decoded rgb8 sensor_msgs/Image instead of the JPEG bytes")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default %(default)s)")
+    p.add_argument("--captions", type=Path, default=None, metavar="DIR",
+                   help="NuInteract folder of <scene>.json files: adds /scene_caption_gt at each keyframe")
+    p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
+    p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
+    p.add_argument("--stats", action="store_true", help="print seconds and image MB/s per scene")
+    p.set_defaults(func=run_convert)
+
+
+def _register_info(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "info",
+        help="show a bag's topics, types, counts, time span and storage",
+        description="Show what a rosbag2 bag holds: topics, types, message counts, offered QoS, start, end, "
+        "duration and storage.",
+        epilog=INFO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml)")
+    p.set_defaults(func=run_info)
+
+
+def _register_play(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "play",
+        help="publish a bag's messages with rclpy at their recorded timing",
+        description="Publish a bag's messages on ROS 2 at their recorded timing, scaled by --rate.",
+        epilog=PLAY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml)")
+    p.add_argument("--rate", type=float, default=1.0, help="speed factor; 2 plays twice as fast (default %(default)s)")
+    p.add_argument("--loop", action="store_true", help="start again at the end until Ctrl-C")
+    p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC", help="play only these topics (default: all)")
+    p.add_argument("--qos-reliability", choices=("reliable", "best_effort"), default=None,
+                   help="override every topic's reliability (default: as recorded, else reliable)")
+    p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for a subscriber on every played topic before starting (default 0)")
+    p.set_defaults(func=run_play)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from clip_vlm_core.bags.convert import BagConvertOptions, convert_scene
+    from clip_vlm_core.bags.scene_plan import load_nuscenes
+
+    options = BagConvertOptions(
+        cameras=tuple(args.cameras), sweeps=args.sweeps, raw=args.raw, storage=args.storage,
+        captions=args.captions, overwrite=args.overwrite,
+    )
+    nusc = load_nuscenes(args.dataroot, args.version)
+    names = [s["name"] for s in nusc.scene] if args.all else list(dict.fromkeys(args.scene))
+    if not args.overwrite:  # refuse before converting anything, not after the first few scenes
+        existing = [args.out / n for n in names if (args.out / n).exists()]
+        if existing:
+            raise UserError(f"bag {existing[0]} already exists; pass --overwrite to replace it")
+    for name in names:
+        start = time.perf_counter()
+        path = convert_scene(nusc, name, args.out, options)
+        seconds = time.perf_counter() - start
+        if args.stats:
+            from clip_vlm_core.bags.info import read_bag_info
+
+            info = read_bag_info(path)
+            image_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+            print(f"{path}: {info.message_count} messages, {image_mb:.1f} MB in {seconds:.2f} s "
+                  f"({image_mb / seconds:.0f} MB/s)")
+        else:
+            print(path)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from clip_vlm_core.bags.info import format_bag_info, read_bag_info
+
+    print(format_bag_info(read_bag_info(args.bag)))
+    return 0
+
+
+def run_play(args: argparse.Namespace) -> int:
+    from clip_vlm_core.bags.play import play_bag
+
+    if args.rate <= 0:
+        raise UserError(f"--rate must be positive, got {args.rate}")
+    summary = play_bag(
+        args.bag, rate=args.rate, loop=args.loop, topics=args.topics, reliability=args.qos_reliability,
+        wait_for_subscribers=args.wait_for_subscribers, report=True,
+    )
+    print(f"published {summary.published} messages in {summary.seconds:.2f} s")
+    return 0
