@@ -61,3 +61,12 @@ def test_report_escapes_captions_and_shows_both_models():
     assert "<script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
     assert "a &amp; b" in html and "tok&lt;1&gt;" in html
     assert "base" in html and "fine-tuned" in html
+
+
+@pytest.mark.parametrize("java", [None, pytest.param(shutil.which("java"), marks=pytest.mark.skipif(
+    shutil.which("java") is None, reason="needs Java"))])
+def test_line_breaks_inside_a_caption_do_not_shift_later_samples(java):
+    from clip_vlm_core.evaluation import CaptionScorer
+
+    tokens = CaptionScorer(java).tokenize(["a car\rahead", "one\u2028two\x0bthree", "last one"])
+    assert tokens == ["a car ahead", "one two three", "last one"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 _USE_PATH = object()  # default of `java`: look it up on PATH when the scorer starts
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+
+
+def one_line(text: str) -> str:
+    """Control characters and line/paragraph separators as spaces.
+
+    The PTB tokenizer reads one caption per line: a stray carriage return in a model's caption would
+    otherwise shift every later caption onto the wrong sample.
+    """
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
 
 
 def simple_tokenize(text: str) -> str:
@@ -51,6 +61,7 @@ class CaptionScorer:
             self._meteor = None
 
     def tokenize(self, texts: Sequence[str]) -> list[str]:
+        texts = [one_line(t) for t in texts]
         if self.java is None:
             return [simple_tokenize(t) for t in texts]
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
