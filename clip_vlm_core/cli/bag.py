@@ -154,5 +154,8 @@ def run_play(args: argparse.Namespace) -> int:
         args.bag, rate=args.rate, loop=args.loop, topics=args.topics, reliability=args.qos_reliability,
         wait_for_subscribers=args.wait_for_subscribers, report=True,
     )
-    print(f"published {summary.published} messages in {summary.seconds:.2f} s")
+    stopped = " (interrupted)" if summary.interrupted else ""
+    print(f"published {summary.published} messages in {summary.seconds:.2f} s{stopped}")
+    if summary.skipped_topics:
+        print(f"skipped {', '.join(summary.skipped_topics)}: message package not installed")
     return 0

@@ -1,0 +1,58 @@
+"""Count messages per topic in a separate process and print them as JSON (for tests of `bag play`).
+
+usage: bag_subscriber.py SECONDS TOPIC=TYPE[:latched] [EXPECTED] ...
+Subscribes to each topic (transient local when marked latched, else reliable volatile), prints
+"ready" once subscriptions exist, and exits after SECONDS, or as soon as every topic has reached its
+EXPECTED count, printing {"topic": count, ...}.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+
+import rclpy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+
+def main() -> int:
+    seconds = float(sys.argv[1])
+    specs = [arg.split("=", 1) for arg in sys.argv[2:]]
+    rclpy.init()
+    node = rclpy.create_node("bag_test_subscriber")
+    counts: dict[str, int] = {}
+    expected: dict[str, int] = {}
+    for topic, rest in specs:
+        msgtype, _, tail = rest.partition(":")
+        flags = tail.split(":") if tail else []
+        latched = "latched" in flags
+        expected[topic] = next((int(f) for f in flags if f.isdigit()), 0)
+        package, _, name = msgtype.rpartition("/")
+        msg_class = getattr(importlib.import_module(package.replace("/", ".")), name)
+        qos = QoSProfile(
+            depth=100,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+        )
+        counts[topic] = 0
+
+        def callback(_msg: object, topic: str = topic) -> None:
+            counts[topic] += 1
+
+        node.create_subscription(msg_class, topic, callback, qos)
+    print("ready", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        if expected and all(counts[t] >= n for t, n in expected.items() if n):
+            break
+    print(json.dumps(counts), flush=True)
+    node.destroy_node()
+    rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
