@@ -122,7 +122,7 @@ def _write_messages(writer: Writer, plan: ScenePlan, options: BagConvertOptions)
         writer.write(captions, stamp, m.string(text))
 
 
-def _image_message(frame: CameraFrame, raw: bool) -> tuple[bytes, int, int]:
+def _image_message(frame: CameraFrame, raw: bool) -> tuple[memoryview, int, int]:
     try:
         jpeg = frame.path.read_bytes()
     except OSError as exc:

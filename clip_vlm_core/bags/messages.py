@@ -54,17 +54,18 @@ def header(stamp_ns: int, frame_id: str) -> object:
     return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
-def serialize(message: object) -> bytes:
-    return bytes(TYPESTORE.serialize_cdr(message, message.__msgtype__))
+def serialize(message: object) -> memoryview:
+    # A view, not bytes: an image is copied often enough on its way into the storage file already.
+    return TYPESTORE.serialize_cdr(message, message.__msgtype__)
 
 
-def compressed_image(stamp_ns: int, frame_id: str, jpeg: bytes) -> bytes:
+def compressed_image(stamp_ns: int, frame_id: str, jpeg: bytes) -> memoryview:
     """The JPEG bytes as they are: no decode, no re-encode."""
     data = np.frombuffer(jpeg, dtype=np.uint8)
     return serialize(T[COMPRESSED_IMAGE](header=header(stamp_ns, frame_id), format="jpeg", data=data))
 
 
-def raw_image(stamp_ns: int, frame_id: str, rgb: np.ndarray) -> bytes:
+def raw_image(stamp_ns: int, frame_id: str, rgb: np.ndarray) -> memoryview:
     """An HxWx3 uint8 array as an rgb8 Image."""
     height, width, _ = rgb.shape
     return serialize(
@@ -80,7 +81,7 @@ def raw_image(stamp_ns: int, frame_id: str, rgb: np.ndarray) -> bytes:
     )
 
 
-def camera_info(stamp_ns: int, frame_id: str, intrinsic: Sequence[Sequence[float]], width: int, height: int) -> bytes:
+def camera_info(stamp_ns: int, frame_id: str, intrinsic: Sequence[Sequence[float]], width: int, height: int) -> memoryview:
     """Pinhole calibration: nuScenes images are already undistorted, hence D = 0 and R = I."""
     k = np.asarray(intrinsic, dtype=np.float64).reshape(3, 3)
     p = np.zeros((3, 4), dtype=np.float64)
@@ -116,11 +117,11 @@ def transform(stamp_ns: int, parent: str, child: str, translation: Sequence[floa
     )
 
 
-def tf_message(transforms: Sequence[object]) -> bytes:
+def tf_message(transforms: Sequence[object]) -> memoryview:
     return serialize(T[TF_MESSAGE](transforms=list(transforms)))
 
 
-def string(text: str) -> bytes:
+def string(text: str) -> memoryview:
     return serialize(T[STRING](data=text))
 
 
