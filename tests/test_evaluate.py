@@ -70,3 +70,80 @@ def test_line_breaks_inside_a_caption_do_not_shift_later_samples(java):
 
     tokens = CaptionScorer(java).tokenize(["a car\rahead", "one\u2028two\x0bthree", "last one"])
     assert tokens == ["a car ahead", "one two three", "last one"]
+
+
+# -- end to end on a synthetic nuScenes tree ---------------------------------------------------------
+
+SAMPLE_EVAL_FLAGS = ["--max-new-tokens", "24", "--batch-size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def manifests(synthetic_nuscenes, tmp_path_factory):
+    """Manifests of the shared synthetic tree: both views, and the front view alone."""
+    from clip_vlm_core.data.manifest import build_manifest
+
+    root = tmp_path_factory.mktemp("manifests")
+    out = {}
+    for name, cameras in (("both", ["CAM_FRONT", "CAM_BACK"]), ("front", ["CAM_FRONT"])):
+        build_manifest(dataroot=synthetic_nuscenes, version="v1.0-mini", captions=synthetic_nuscenes / "nuinteract",
+                       cameras=cameras, out=root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def split(manifests):
+    """The split file with the most samples (the evaluation input)."""
+    return max(manifests["both"].glob("*.jsonl"), key=lambda p: len(p.read_text().splitlines()))
+
+
+@pytest.fixture(scope="module")
+def finetuned_checkpoint(tmp_path_factory):
+    """A tiny checkpoint whose gate and LoRA weights are non-zero: it captions unlike its base model."""
+    import torch
+
+    from clip_vlm_core.model import SceneCaptioner
+    from clip_vlm_core.model.tiny import save_tiny_base_models, tiny_captioner_config
+
+    root = tmp_path_factory.mktemp("models")
+    base = save_tiny_base_models(root / "base", seed=0)
+    captioner = SceneCaptioner.build(tiny_captioner_config(base), device="cpu", trainable=True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        captioner.model.connector.gate.fill_(0.7)
+        for name, param in captioner.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return captioner.save_pretrained(root / "ckpt", base_models_relative_to=root / "ckpt")
+
+
+def read_jsonl(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_json(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+def run_cli(*argv: str) -> int:
+    from clip_vlm_core.cli import main
+
+    return main(["eval", *argv])
+
+
+def test_missing_manifest_is_one_clear_error(tmp_path, capsys):
+    assert run_cli("--manifest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "manifest" in err and "nope.jsonl does not exist" in err and "Traceback" not in err
+
+
+def test_existing_output_folder_is_refused_without_overwrite(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert run_cli("--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
