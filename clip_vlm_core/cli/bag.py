@@ -64,7 +64,7 @@ def _register_convert(verbs: argparse._SubParsersAction) -> None:
     which.add_argument("--scene", nargs="+", metavar="NAME", help="scene names, e.g. scene-0061 scene-0103")
     which.add_argument("--all", action="store_true", help="every scene of the version")
     p.add_argument("--cameras", nargs="+", default=list(DEFAULT_CAMERAS), metavar="CAM",
-                   help=f"cameras to include, from {' '.join(CAMERAS)} (default: %(default)s)")
+                   help=f"cameras to include, from {' '.join(CAMERAS)} (default: {' '.join(DEFAULT_CAMERAS)})")
     p.add_argument("--sweeps", action="store_true", help="every camera frame (~12 Hz), not only keyframes (2 Hz)")
     p.add_argument("--raw", action="store_true", help="decoded rgb8 sensor_msgs/Image instead of the JPEG bytes")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default %(default)s)")
@@ -72,7 +72,7 @@ def _register_convert(verbs: argparse._SubParsersAction) -> None:
                    help="NuInteract folder of <scene>.json files: adds /scene_caption_gt at each keyframe")
     p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
-    p.add_argument("--stats", action="store_true", help="print seconds and image MB/s per scene")
+    p.add_argument("--stats", action="store_true", help="print seconds and MB/s per scene (python -m clip_vlm_core.bags.bench for a full benchmark)")
     p.set_defaults(func=run_convert)
 
 
@@ -130,9 +130,9 @@ def run_convert(args: argparse.Namespace) -> int:
             from clip_vlm_core.bags.info import read_bag_info
 
             info = read_bag_info(path)
-            image_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
-            print(f"{path}: {info.message_count} messages, {image_mb:.1f} MB in {seconds:.2f} s "
-                  f"({image_mb / seconds:.0f} MB/s)")
+            bag_mb = info.size_bytes / 1e6
+            print(f"{path}: {info.message_count} messages, {bag_mb:.1f} MB bag in {seconds:.2f} s "
+                  f"({bag_mb / seconds:.0f} MB/s)")
         else:
             print(path)
     return 0
