@@ -1,6 +1,6 @@
 """Count messages per topic in a separate process and print them as JSON (for tests of `bag play`).
 
-usage: bag_subscriber.py SECONDS TOPIC=TYPE[:latched] [EXPECTED] ...
+usage: bag_subscriber.py SECONDS TOPIC=TYPE[:latched][:EXPECTED] ...
 Subscribes to each topic (transient local when marked latched, else reliable volatile), prints
 "ready" once subscriptions exist, and exits after SECONDS, or as soon as every topic has reached its
 EXPECTED count, printing {"topic": count, ...}.
