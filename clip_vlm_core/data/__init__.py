@@ -1,0 +1,1 @@
+"""Data: synthetic nuScenes, NuInteract captions, the verifiable manifest, training datasets."""

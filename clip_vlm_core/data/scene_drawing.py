@@ -1,0 +1,115 @@
+"""Procedural camera frames whose content is known: big, plain shapes a tiny model can learn.
+
+A front frame shows the sky (day or night), the road with three lanes, one vehicle ahead (type and
+colour, in a lane) and maybe a traffic light; a back frame shows the road behind and maybe a vehicle.
+Shapes are large blocks of saturated colour so the facts survive the tiny model's ~168x84 input.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from functools import lru_cache
+
+from PIL import Image, ImageDraw
+
+from clip_vlm_core.data.scene_facts import NONE, SceneFacts
+
+WIDTH, HEIGHT = 1600, 900
+HORIZON = int(HEIGHT * 0.42)
+RGB = {
+    "red": (220, 30, 30),
+    "blue": (30, 70, 225),
+    "green": (30, 180, 50),
+    "yellow": (240, 210, 20),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
+SKY = {"day": (135, 190, 245), "night": (12, 16, 40)}
+GROUND = {"day": (95, 150, 80), "night": (20, 35, 20)}
+ROAD = {"day": (105, 105, 110), "night": (45, 45, 50)}
+LANE_CENTRE = {"left": 0.24, "ego": 0.5, "right": 0.76}  # fraction of the frame width at the bottom
+
+
+@lru_cache(maxsize=8)
+def _background(time: str) -> Image.Image:
+    image = Image.new("RGB", (WIDTH, HEIGHT), SKY[time])
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, HORIZON, WIDTH, HEIGHT], fill=GROUND[time])
+    vanish = WIDTH // 2
+    draw.polygon([(vanish - 60, HORIZON), (vanish + 60, HORIZON), (WIDTH, HEIGHT), (0, HEIGHT)], fill=ROAD[time])
+    for frac in (1 / 3, 2 / 3):  # dashed lane lines from the vanishing point
+        x_bottom = frac * WIDTH
+        x_top = vanish - 60 + frac * 120
+        for k in range(8):
+            t0, t1 = k / 8, k / 8 + 1 / 16
+            draw.line([(x_top + (x_bottom - x_top) * t0, HORIZON + (HEIGHT - HORIZON) * t0),
+                       (x_top + (x_bottom - x_top) * t1, HORIZON + (HEIGHT - HORIZON) * t1)],
+                      fill=(235, 235, 235), width=10)
+    if time == "night":
+        for x in range(60, WIDTH, 170):
+            draw.ellipse([x, 40 + (x * 7) % 120, x + 4, 44 + (x * 7) % 120], fill=(230, 230, 200))
+    return image
+
+
+def _vehicle(draw: ImageDraw.ImageDraw, vtype: str, colour: str, lane: str, rng: random.Random) -> None:
+    """A vehicle seen from behind (front view) or ahead (back view), its bottom on the road."""
+    fill = RGB[colour]
+    outline = (90, 90, 90) if colour == "black" else (0, 0, 0)
+    cx = LANE_CENTRE[lane] * WIDTH + rng.uniform(-30, 30)
+    bottom = HEIGHT * 0.86 + rng.uniform(-20, 20)
+    width, height = {"car": (330, 190), "truck": (360, 400), "bus": (400, 330)}[vtype]
+    left, right, top = cx - width / 2, cx + width / 2, bottom - height
+    draw.rectangle([left, top, right, bottom], fill=fill, outline=outline, width=6)
+    if vtype == "car":  # a narrower cabin on top with a dark window
+        draw.rectangle([left + 50, top - 110, right - 50, top], fill=fill, outline=outline, width=6)
+        draw.rectangle([left + 75, top - 90, right - 75, top - 20], fill=(60, 80, 100))
+    elif vtype == "truck":  # a tall cargo box with a horizontal stripe
+        draw.rectangle([left + 10, top + 170, right - 10, top + 200], fill=(40, 40, 40))
+    else:  # bus: a row of windows
+        for k in range(4):
+            x0 = left + 20 + k * (width - 40) / 4
+            draw.rectangle([x0 + 8, top + 40, x0 + (width - 40) / 4 - 8, top + 130], fill=(60, 80, 100))
+    for x in (left + 20, right - 80):  # wheels
+        draw.rectangle([x, bottom - 10, x + 60, bottom + 25], fill=(10, 10, 10))
+
+
+def _traffic_light(draw: ImageDraw.ImageDraw, state: str) -> None:
+    x0, y0 = int(WIDTH * 0.86), 60
+    draw.rectangle([x0 + 45, y0 + 300, x0 + 75, HORIZON + 40], fill=(60, 60, 60))
+    draw.rectangle([x0, y0, x0 + 120, y0 + 300], fill=(25, 25, 25))
+    red, green = ((255, 30, 30), (40, 50, 40)) if state == "red" else ((60, 30, 30), (40, 255, 80))
+    draw.ellipse([x0 + 15, y0 + 20, x0 + 105, y0 + 110], fill=red)
+    draw.ellipse([x0 + 15, y0 + 190, x0 + 105, y0 + 280], fill=green)
+
+
+def draw_front(facts: SceneFacts, rng: random.Random) -> Image.Image:
+    image = _background(facts.time).copy()
+    draw = ImageDraw.Draw(image)
+    _vehicle(draw, facts.front_type, facts.front_colour, facts.front_lane, rng)
+    if facts.light != NONE:
+        _traffic_light(draw, facts.light)
+    return image
+
+
+def draw_back(facts: SceneFacts, rng: random.Random) -> Image.Image:
+    image = _background(facts.time).copy()
+    if facts.back_type != NONE:
+        _vehicle(ImageDraw.Draw(image), facts.back_type, facts.back_colour, facts.back_lane, rng)
+    return image
+
+
+@lru_cache(maxsize=8)
+def side_view_jpeg(time: str) -> bytes:
+    """The four side cameras show an empty road side; one encoded frame per time of day is enough."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), SKY[time])
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, HORIZON, WIDTH, HEIGHT], fill=GROUND[time])
+    draw.polygon([(0, HEIGHT), (WIDTH, HORIZON + 60), (WIDTH, HEIGHT)], fill=ROAD[time])
+    return encode_jpeg(image)
+
+
+def encode_jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
