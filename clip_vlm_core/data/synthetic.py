@@ -98,18 +98,21 @@ def generate_synthetic_nuscenes(
     tmp.mkdir()
     try:
         result = _write_tree(tmp, scenes, samples_per_scene, sweeps, seed, show_progress)
-        if captions_out is not None:
-            captions_out = Path(captions_out)
-            shutil.rmtree(captions_out, ignore_errors=True)
-            shutil.move(str(tmp / "nuinteract"), captions_out)
+        captions = Path(captions_out).absolute() if captions_out is not None else out.absolute() / "nuinteract"
+        inside = captions.is_relative_to(out.absolute())
+        if inside and captions != out.absolute() / "nuinteract":
+            (tmp / captions.relative_to(out.absolute())).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "nuinteract").rename(tmp / captions.relative_to(out.absolute()))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        if not inside:
+            shutil.rmtree(captions, ignore_errors=True)
+            shutil.move(str(out / "nuinteract"), captions)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    result.root = out
-    result.captions = Path(captions_out) if captions_out is not None else out / "nuinteract"
+    result.root, result.captions = out, captions
     return result
 
 
