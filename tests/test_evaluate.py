@@ -72,6 +72,40 @@ def test_line_breaks_inside_a_caption_do_not_shift_later_samples(java):
     assert tokens == ["a car ahead", "one two three", "last one"]
 
 
+
+FACT_REFERENCE = ("It is night. A red car is ahead in our lane. The traffic light is green. "
+                  "Behind, a blue bus follows in the left lane.")
+
+
+def test_fact_accuracy_scores_each_fact_and_exact_match_on_hand_written_captions():
+    from clip_vlm_core.data.synthetic import FACT_KEYS
+    from clip_vlm_core.evaluation import fact_accuracy
+
+    wrong_back = ("It is night. A red car is ahead in our lane. The traffic light is green. "
+                  "Behind, a blue truck follows in the right lane.")
+    result = fact_accuracy([FACT_REFERENCE, FACT_REFERENCE], [FACT_REFERENCE, wrong_back])
+    assert set(result["facts"]) == set(FACT_KEYS)
+    assert result["facts"]["front.vehicle_type"] == 1.0
+    assert result["facts"]["back.vehicle_colour"] == 1.0
+    assert result["facts"]["back.vehicle_type"] == 0.5 and result["facts"]["back.lane"] == 0.5
+    assert result["exact_match"] == 0.5
+    assert result["samples"] == 2
+
+
+def test_fact_accuracy_counts_unparseable_predictions_as_wrong():
+    from clip_vlm_core.evaluation import fact_accuracy
+
+    result = fact_accuracy([FACT_REFERENCE], ["blah blah"])
+    assert all(accuracy == 0.0 for accuracy in result["facts"].values())
+    assert result["exact_match"] == 0.0
+
+
+def test_fact_accuracy_is_empty_for_captions_that_are_not_synthetic():
+    from clip_vlm_core.evaluation import fact_accuracy
+
+    assert fact_accuracy(REFERENCES, REFERENCES) == {}
+
+
 # -- end to end on a synthetic nuScenes tree ---------------------------------------------------------
 
 SAMPLE_EVAL_FLAGS = ["--max-new-tokens", "24", "--batch-size", "4", "--device", "cpu"]
