@@ -1,0 +1,145 @@
+"""`clip-vlm data`: synthetic nuScenes, and the verifiable training manifest (build/verify/inspect/gallery)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from clip_vlm_core.config import DEFAULT_VIEWS
+
+BUILD_EPILOG = """examples:
+  clip-vlm data build --dataroot /data/nuscenes --version v1.0-mini --captions /data/nuinteract \\
+      --cameras CAM_FRONT CAM_BACK --out data/manifest
+  clip-vlm data verify data/manifest
+  clip-vlm data gallery data/manifest --n 16 --out gallery.html
+
+Writes OUT/<split>.jsonl (mini_train/mini_val, train/val) with one row per keyframe (sample token, scene,
+timestamp, per view: path, sha256, width, height; the caption) and OUT/manifest.json. Keyframes without a
+caption, captions for unknown samples, and missing or corrupt images are skipped and reported
+(or fatal with --strict)."""
+
+SYNTH_EPILOG = """example:
+  clip-vlm data synth --out data/synthetic --scenes 2 --samples-per-scene 20 --sweeps 5 --seed 0
+
+Writes a nuScenes v1.0-mini tree (all 13 tables, six cameras at 1600x900, keyframes at 2 Hz) with procedurally
+drawn front/back scenes whose facts are known, NuInteract-format captions in OUT/nuinteract/ and the ground
+truth in OUT/synthetic_facts.json. Scene names come from the devkit's mini splits, so two or more scenes
+give both a train and a val split."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="build, check and browse training data",
+                                   description="Synthetic nuScenes, and the training manifest built from nuScenes + NuInteract.")
+    verbs = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = verbs.add_parser("synth", help="write a synthetic nuScenes whose content is known", epilog=SYNTH_EPILOG,
+                         formatter_class=raw, description="Write a synthetic nuScenes tree plus NuInteract captions.")
+    p.add_argument("--out", type=Path, required=True, help="folder to create")
+    p.add_argument("--scenes", type=int, default=2, help="number of scenes, 1-10 (default %(default)s)")
+    p.add_argument("--samples-per-scene", type=int, default=8, help="keyframes per scene (default %(default)s)")
+    p.add_argument("--sweeps", type=int, default=0, help="camera frames between keyframes (default %(default)s; 5 ~ 12 Hz)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--captions-out", type=Path, default=None, help="NuInteract folder (default OUT/nuinteract)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=run_synth)
+
+    p = verbs.add_parser("build", help="write the manifest from nuScenes + NuInteract", epilog=BUILD_EPILOG,
+                         formatter_class=raw, description="Build one JSONL manifest per split, every image hashed.")
+    p.add_argument("--dataroot", type=Path, required=True, help="nuScenes root (holds samples/ and v1.0-*/)")
+    p.add_argument("--version", default="v1.0-mini", help="v1.0-mini, v1.0-trainval or v1.0-test (default %(default)s)")
+    p.add_argument("--captions", type=Path, required=True, help="NuInteract folder of JSON files")
+    p.add_argument("--cameras", nargs="+", default=list(DEFAULT_VIEWS), help="views per sample (default %(default)s)")
+    p.add_argument("--caption-keys", nargs="+", default=["FRONT", "BACK"],
+                   help="NuInteract caption keys joined into the target (default %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="manifest folder to write")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
+    p.set_defaults(func=run_build)
+
+    p = verbs.add_parser("verify", help="re-hash every image of a manifest",
+                         description="Re-hash every image; exit 1 naming each changed or missing file.")
+    p.add_argument("manifest", type=Path, help="manifest folder (or one of its split files)")
+    p.set_defaults(func=run_verify)
+
+    p = verbs.add_parser("inspect", help="counts, caption lengths and a few samples",
+                         description="Print counts per split, caption length statistics and a few samples.")
+    p.add_argument("manifest", type=Path, help="manifest folder")
+    p.add_argument("--samples", type=int, default=3, help="samples to print per split (default %(default)s)")
+    p.set_defaults(func=run_inspect)
+
+    p = verbs.add_parser("gallery", help="an HTML page of samples with their views and captions",
+                         description="Write a self-contained HTML page showing every view and the caption of N samples.")
+    p.add_argument("manifest", type=Path, help="manifest folder (or one split file)")
+    p.add_argument("--n", type=int, default=16, help="number of samples (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which samples, reproducibly (default %(default)s)")
+    p.add_argument("--token", nargs="+", default=[], help="show these sample tokens instead")
+    p.add_argument("--out", type=Path, default=Path("gallery.html"), help="HTML file (default %(default)s)")
+    p.set_defaults(func=run_gallery)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    d = generate_synthetic_nuscenes(args.out, args.scenes, args.samples_per_scene, args.sweeps, args.seed,
+                                    args.captions_out, overwrite=args.overwrite)
+    print(f"wrote {len(d.sample_tokens)} keyframes in {len(d.scene_names)} scenes ({', '.join(d.scene_names)}) "
+          f"to {d.root}; captions in {d.captions}")
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from clip_vlm_core.data.manifest import build_manifest
+
+    report = build_manifest(args.dataroot, args.version, args.captions, args.cameras, args.out,
+                            args.caption_keys, args.strict)
+    print(report.summary())
+    print(f"manifest written to {args.out}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    import sys
+
+    from clip_vlm_core.data.manifest import verify_manifest
+
+    checked, problems = verify_manifest(args.manifest)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} of {checked} images changed or missing", file=sys.stderr)
+        return 1
+    print(f"all {checked} images match their sha256")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta, split_files
+
+    meta = read_manifest_meta(args.manifest)
+    print(f"nuScenes {meta['nuscenes_version']} at {meta['dataroot']}; cameras {', '.join(meta['cameras'])}")
+    for reason, n in meta.get("skipped", {}).items():
+        print(f"skipped while building: {n} ({reason})")
+    for file in split_files(args.manifest):
+        rows = load_manifest(file)
+        words = [len(r.caption.split()) for r in rows] or [0]
+        print(f"\n{file.stem}: {len(rows)} samples, caption words min {min(words)} / mean "
+              f"{statistics.mean(words):.1f} / max {max(words)}")
+        for row in rows[: args.samples]:
+            print(f"  {row.sample_token} {row.scene}: {row.caption}")
+    return 0
+
+
+def run_gallery(args: argparse.Namespace) -> int:
+    from clip_vlm_core.data.gallery import choose_rows, render_gallery
+    from clip_vlm_core.data.manifest import load_manifest, manifest_dir, read_manifest_meta
+
+    meta = read_manifest_meta(args.manifest)
+    rows = choose_rows(load_manifest(args.manifest), args.n, args.seed, args.token)
+    page = render_gallery(rows, Path(meta["dataroot"]), f"clip-vlm gallery: {manifest_dir(args.manifest)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.partial")
+    tmp.write_text(page)
+    tmp.rename(args.out)
+    print(f"wrote {len(rows)} samples to {args.out}")
+    return 0

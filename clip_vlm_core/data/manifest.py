@@ -1,0 +1,239 @@
+"""The training manifest: one JSONL file per split, one row per keyframe, every image hashed.
+
+    OUT/mini_train.jsonl, OUT/mini_val.jsonl   rows: sample_token, scene, timestamp, views, caption
+    OUT/manifest.json                          version, dataroot, caption source, counts, skips, time
+
+`verify` re-hashes every image, so a manifest says exactly which pixels a model was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from clip_vlm_core import __version__
+from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, joint_caption, load_nuinteract
+from clip_vlm_core.errors import UserError
+
+META_FILE = "manifest.json"
+CHUNK = 1 << 20
+VERSION_SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val"), "v1.0-test": ("test",)}
+
+
+@dataclass(frozen=True)
+class ViewRecord:
+    path: str  # relative to the dataroot
+    sha256: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    sample_token: str
+    scene: str
+    timestamp: int
+    views: dict[str, ViewRecord]
+    caption: str
+
+    def image_path(self, camera: str, dataroot: str | Path) -> Path:
+        return Path(dataroot) / self.views[camera].path
+
+
+@dataclass
+class BuildReport:
+    counts: dict[str, int]
+    skipped: dict[str, list[str]]  # reason -> offending tokens / paths
+
+    def summary(self) -> str:
+        lines = [f"{split}: {n} samples" for split, n in self.counts.items()]
+        for reason, items in self.skipped.items():
+            lines.append(f"skipped {len(items)} ({reason}), e.g. {', '.join(items[:3])}")
+        return "\n".join(lines)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_nuscenes(dataroot: str | Path, version: str):
+    from nuscenes.nuscenes import NuScenes
+
+    dataroot = Path(dataroot)
+    if not dataroot.is_dir():
+        raise UserError(f"nuScenes dataroot {dataroot} does not exist")
+    if not (dataroot / version).is_dir():
+        found = sorted(p.name for p in dataroot.glob("v1.0-*"))
+        raise UserError(f"nuScenes version {version} not found in {dataroot} (found: {found or 'none'})")
+    try:
+        return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except (AssertionError, KeyError, ValueError, OSError) as exc:
+        raise UserError(f"nuScenes tables in {dataroot / version} cannot be loaded ({exc})") from None
+
+
+def build_manifest(
+    dataroot: str | Path,
+    version: str,
+    captions: str | Path,
+    cameras: Sequence[str],
+    out: str | Path,
+    caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS,
+    strict: bool = False,
+    show_progress: bool = True,
+) -> BuildReport:
+    """Write one JSONL per split plus manifest.json, atomically (an existing OUT is replaced on success)."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    if version not in VERSION_SPLITS:
+        raise UserError(f"unknown nuScenes version {version!r}; known: {sorted(VERSION_SPLITS)}")
+    nusc = load_nuscenes(dataroot, version)
+    records = load_nuinteract(captions)
+    dataroot, out = Path(dataroot).resolve(), Path(out)
+    known_cameras = {s["channel"] for s in nusc.sensor}
+    unknown = [c for c in cameras if c not in known_cameras]
+    if unknown:
+        raise UserError(f"unknown camera(s) {unknown}; this dataset has {sorted(known_cameras)}")
+    scene_split = {name: split for split, names in create_splits_scenes().items()
+                   if split in VERSION_SPLITS[version] for name in names}
+    skipped: dict[str, list[str]] = defaultdict(list)
+
+    def skip(reason: str, what: str) -> None:
+        if strict:
+            raise UserError(f"{reason}: {what} (--strict)")
+        skipped[reason].append(what)
+
+    rows: dict[str, list[dict]] = {split: [] for split in VERSION_SPLITS[version]}
+    sample_tokens = set()
+    samples = [s for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in scene_split]
+    for sample in tqdm(samples, desc="hashing keyframes", unit="sample", disable=not show_progress or None):
+        sample_tokens.add(sample["token"])
+        scene = nusc.get("scene", sample["scene_token"])["name"]
+        record = records.get(sample["token"])
+        caption = joint_caption(record, caption_keys) if record else None
+        if caption is None:
+            skip("keyframe without caption", sample["token"])
+            continue
+        views = {}
+        for cam in cameras:
+            sd = nusc.get("sample_data", sample["data"][cam])
+            view = _view_record(dataroot, sd["filename"], skip)
+            if view is None:
+                break
+            views[cam] = view
+        else:
+            rows[scene_split[scene]].append({"sample_token": sample["token"], "scene": scene,
+                                             "timestamp": sample["timestamp"],
+                                             "views": {c: asdict(v) for c, v in views.items()}, "caption": caption})
+    for token in sorted(set(records) - {s["token"] for s in nusc.sample}):
+        skip("caption for an unknown sample token", token)
+
+    counts = {split: len(r) for split, r in rows.items()}
+    meta = {"nuscenes_version": version, "dataroot": str(dataroot), "captions": str(Path(captions).resolve()),
+            "cameras": list(cameras), "caption_keys": list(caption_keys), "counts": counts,
+            "skipped": {reason: len(items) for reason, items in skipped.items()},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tool_version": __version__}
+    _write_atomically(out, rows, meta)
+    return BuildReport(counts, dict(skipped))
+
+
+def _view_record(dataroot: Path, filename: str, skip) -> ViewRecord | None:
+    path = dataroot / filename
+    if not path.is_file():
+        skip("missing image", filename)
+        return None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        skip("corrupt image", filename)
+        return None
+    return ViewRecord(filename, sha256_file(path), width, height)
+
+
+def _write_atomically(out: Path, rows: dict[str, list[dict]], meta: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for split, split_rows in rows.items():
+        with open(tmp / f"{split}.jsonl", "w") as f:
+            for row in split_rows:
+                f.write(json.dumps(row) + "\n")
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def manifest_dir(path: str | Path) -> Path:
+    """The manifest folder, given the folder itself or one of its split files."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def read_manifest_meta(out_dir: str | Path) -> dict:
+    path = manifest_dir(out_dir) / META_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: is {manifest_dir(out_dir)} a manifest from `clip-vlm data build`?") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from None
+
+
+def split_files(out_dir: str | Path) -> list[Path]:
+    return sorted(manifest_dir(out_dir).glob("*.jsonl"))
+
+
+def load_manifest(path: str | Path) -> list[ManifestRow]:
+    """Rows of one split file (or of every split, given the folder)."""
+    path = Path(path)
+    files = split_files(path) if path.is_dir() else [path]
+    if not path.exists():
+        raise UserError(f"manifest {path} does not exist")
+    rows = []
+    for file in files:
+        for n, line in enumerate(file.read_text().splitlines(), 1):
+            try:
+                raw = json.loads(line)
+                views = {cam: ViewRecord(**v) for cam, v in raw["views"].items()}
+                rows.append(ManifestRow(raw["sample_token"], raw["scene"], int(raw["timestamp"]), views,
+                                        raw["caption"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise UserError(f"manifest {file} line {n} is not a valid row ({exc})") from None
+    return rows
+
+
+def verify_manifest(out_dir: str | Path, show_progress: bool = True) -> tuple[int, list[str]]:
+    """Re-hash every image; return (files checked, problems naming each changed or missing file)."""
+    meta = read_manifest_meta(out_dir)
+    dataroot = Path(meta["dataroot"])
+    checks = Counter()
+    problems = []
+    rows = load_manifest(manifest_dir(out_dir))
+    for row in tqdm(rows, desc="verifying images", unit="sample", disable=not show_progress or None):
+        for view in row.views.values():
+            path = dataroot / view.path
+            checks["files"] += 1
+            if not path.is_file():
+                problems.append(f"missing: {path}")
+            elif sha256_file(path) != view.sha256:
+                problems.append(f"sha256 changed: {path}")
+    return checks["files"], problems

@@ -1,0 +1,53 @@
+"""NuInteract dense captions: a folder of JSON files, each a list of per-keyframe records.
+
+A record is {token (sample token), prev, next, frame_idx, scene_token, cam_path, gpt_prompt,
+gemini_caption}; `gemini_caption` (`gpt_caption` in some releases) maps each camera plus the joint
+FRONT and BACK descriptions to text. The training target joins the chosen keys, FRONT then BACK.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from clip_vlm_core.errors import UserError
+
+CAPTION_FIELDS = ("gemini_caption", "gpt_caption")
+DEFAULT_CAPTION_KEYS = ("FRONT", "BACK")
+
+
+def load_nuinteract(folder: str | Path) -> dict[str, dict]:
+    """All records of the folder by sample token (a later duplicate token is an error, not an overwrite)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"NuInteract captions folder {folder} does not exist")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise UserError(f"NuInteract captions folder {folder} has no .json files")
+    records: dict[str, dict] = {}
+    for path in files:
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"NuInteract file {path} is not valid JSON ({exc})") from None
+        if not isinstance(rows, list):
+            raise UserError(f"NuInteract file {path} must hold a list of per-keyframe records")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or "token" not in row:
+                raise UserError(f"NuInteract file {path} record {i} has no sample 'token'")
+            if row["token"] in records:
+                raise UserError(f"sample token {row['token']} appears twice in NuInteract ({path.name})")
+            records[row["token"]] = row
+    return records
+
+
+def joint_caption(record: dict, keys: Sequence[str] = DEFAULT_CAPTION_KEYS) -> str | None:
+    """The target caption of a record: the chosen keys' texts joined by a space; None if any is missing."""
+    captions = next((record[f] for f in CAPTION_FIELDS if isinstance(record.get(f), dict)), None)
+    if captions is None:
+        return None
+    parts = [captions.get(key) for key in keys]
+    if any(not isinstance(p, str) or not p.strip() for p in parts):
+        return None
+    return " ".join(p.strip() for p in parts)

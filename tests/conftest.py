@@ -1,0 +1,28 @@
+"""Fixtures shared across the suite: a synthetic nuScenes tree and its manifest, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_nuscenes(tmp_path_factory) -> Path:
+    """2 scenes x 4 keyframes (one train, one val scene), seed 0; captions in <root>/nuinteract."""
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    root = tmp_path_factory.mktemp("synthetic") / "nuscenes"
+    generate_synthetic_nuscenes(root, scenes=2, samples_per_scene=4, seed=0, show_progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(synthetic_nuscenes, tmp_path_factory) -> Path:
+    """The manifest folder of `synthetic_nuscenes` (CAM_FRONT + CAM_BACK)."""
+    from clip_vlm_core.data.manifest import build_manifest
+
+    out = tmp_path_factory.mktemp("manifest") / "manifest"
+    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK"],
+                   out, show_progress=False)
+    return out
