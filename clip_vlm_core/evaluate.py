@@ -56,9 +56,14 @@ def evaluate_manifest(
     blank_views: Sequence[str] = (),
     decoding: DecodingConfig | None = None,
     overwrite: bool = False,
+    scorer: CaptionScorer | None = None,
 ) -> dict[str, Any]:
     """Caption the manifest's samples with `captioner` (a SceneCaptioner), write `out_dir`, return the
-    metrics (what metrics.json holds). Every input is checked before the model runs."""
+    metrics (what metrics.json holds). Every input is checked before the model runs.
+
+    `scorer`: reuse one CaptionScorer (and its METEOR process) across evaluations, or pass
+    `CaptionScorer(java=None)` to score without Java; by default a scorer is made and closed here.
+    """
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -93,8 +98,13 @@ def evaluate_manifest(
     progress.close()
 
     references = [s.reference for s in samples]
-    with CaptionScorer() as scorer:
+    own_scorer = scorer is None
+    scorer = CaptionScorer() if own_scorer else scorer
+    try:
         blocks = {m: _model_metrics(scorer, references, p, seconds[m]) for m, p in predictions.items()}
+    finally:
+        if own_scorer:
+            scorer.close()
     run_info = {
         "manifest": str(manifest_path),
         "model": captioner.model_name,
@@ -115,13 +125,13 @@ def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None
     """Manifest rows as samples, after checking the model's views and every image file exist."""
     from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta
 
-    if not manifest_path.is_file():
+    if not manifest_path.exists():
         raise UserError(f"manifest {manifest_path} does not exist")
-    rows = load_manifest(manifest_path)
+    rows = load_manifest(manifest_path)  # a split file, or a manifest folder for all its splits
     if not rows:
         raise UserError(f"manifest {manifest_path} has no samples")
     rows = rows[:limit] if limit else rows
-    dataroot = Path(read_manifest_meta(manifest_path.parent)["dataroot"])
+    dataroot = Path(read_manifest_meta(manifest_path)["dataroot"])
     samples = []
     for row in rows:
         missing = [v for v in views if v not in row.views]

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from clip_vlm_core.evaluation import METRIC_KEYS, caption_metrics
+from clip_vlm_core.evaluation import METRIC_KEYS, CaptionScorer, caption_metrics
 from clip_vlm_core.evaluation.report import render_report
 
 REFERENCES = [
@@ -66,8 +66,6 @@ def test_report_escapes_captions_and_shows_both_models():
 @pytest.mark.parametrize("java", [None, pytest.param(shutil.which("java"), marks=pytest.mark.skipif(
     shutil.which("java") is None, reason="needs Java"))])
 def test_line_breaks_inside_a_caption_do_not_shift_later_samples(java):
-    from clip_vlm_core.evaluation import CaptionScorer
-
     tokens = CaptionScorer(java).tokenize(["a car\rahead", "one\u2028two\x0bthree", "last one"])
     assert tokens == ["a car ahead", "one two three", "last one"]
 
@@ -112,6 +110,15 @@ SAMPLE_EVAL_FLAGS = ["--max-new-tokens", "24", "--batch-size", "4", "--device", 
 
 
 @pytest.fixture(scope="module")
+def synthetic_nuscenes(tmp_path_factory):  # TEMPORARY until tests/conftest.py provides it
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    root = tmp_path_factory.mktemp("tree") / "nuscenes"
+    generate_synthetic_nuscenes(root, scenes=2, samples_per_scene=3, seed=0, show_progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
 def manifests(synthetic_nuscenes, tmp_path_factory):
     """Manifests of the shared synthetic tree: both views, and the front view alone."""
     from clip_vlm_core.data.manifest import build_manifest
@@ -127,8 +134,8 @@ def manifests(synthetic_nuscenes, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def split(manifests):
-    """The split file with the most samples (the evaluation input)."""
-    return max(manifests["both"].glob("*.jsonl"), key=lambda p: len(p.read_text().splitlines()))
+    """The validation split: 3 samples of the tree's second scene."""
+    return manifests["both"] / "mini_val.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +188,99 @@ def test_existing_output_folder_is_refused_without_overwrite(tmp_path, capsys):
     assert run_cli("--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_eval_writes_captions_and_metrics_in_range_for_every_sample(split, tmp_path):
+    out = tmp_path / "eval"
+    assert run_cli("--manifest", str(split), "--out", str(out), *SAMPLE_EVAL_FLAGS) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["captions.jsonl", "metrics.json", "report.html"]
+    rows = read_jsonl(out / "captions.jsonl")
+    tokens = [json_row["sample_token"] for json_row in read_jsonl(split)]
+    assert [r["sample_token"] for r in rows] == tokens
+    assert all(set(r) == {"sample_token", "reference", "prediction"} for r in rows)
+    metrics = read_json(out / "metrics.json")
+    for key in METRIC_KEYS:
+        assert metrics[key] is None if key == "METEOR" and shutil.which("java") is None else metrics[key] >= 0
+        assert key == "CIDEr" or metrics[key] is None or metrics[key] <= 1
+    assert metrics["samples"] == len(tokens) and metrics["seconds"] > 0
+    assert set(metrics["facts"]) and 0 <= metrics["exact_match"] <= 1  # synthetic captions parse as facts
+    assert not list(tmp_path.glob(".eval*")), "no temporary folder is left beside the output"
+
+
+@pytest.mark.slow
+def test_compare_writes_base_and_finetuned_blocks_and_a_report_of_every_sample(split, finetuned_checkpoint, tmp_path):
+    out = tmp_path / "cmp"
+    code = run_cli("--manifest", str(split), "--out", str(out), "--checkpoint", str(finetuned_checkpoint),
+                   "--compare", *SAMPLE_EVAL_FLAGS)
+    assert code == 0
+    metrics = read_json(out / "metrics.json")
+    assert set(METRIC_KEYS) <= set(metrics["base"]) and set(METRIC_KEYS) <= set(metrics["finetuned"])
+    rows = read_jsonl(out / "captions.jsonl")
+    assert all({"prediction_base", "prediction_finetuned"} <= set(r) for r in rows)
+    assert any(r["prediction_base"] != r["prediction_finetuned"] for r in rows), "the gate and LoRA are open"
+    html = (out / "report.html").read_text()
+    assert all(r["sample_token"] in html for r in rows)
+    assert html.count("data:image/jpeg;base64,") == 2 * len(rows)  # both views of every sample
+
+
+def test_base_mode_of_the_compare_run_captions_like_the_plain_base_model(split, finetuned_checkpoint, tmp_path):
+    """The base column is the frozen base model: the same captions as an untrained connector without LoRA."""
+    from clip_vlm_core.config import CaptionerConfig, DecodingConfig, load_json
+    from clip_vlm_core.evaluate import evaluate_manifest
+    from clip_vlm_core.model import SceneCaptioner
+
+    decoding = DecodingConfig(max_new_tokens=12)
+    finetuned = SceneCaptioner.from_pretrained(finetuned_checkpoint, device="cpu")
+    config = load_json(CaptionerConfig, finetuned_checkpoint / "clip_vlm_config.json")
+    base_dir = finetuned_checkpoint.resolve()
+    plain = SceneCaptioner.build(config, device="cpu", base_dir=base_dir)
+    scorer = CaptionScorer(java=None)  # METEOR is not what this test is about
+    compared = evaluate_manifest(split, finetuned, tmp_path / "cmp", compare=True, limit=2, decoding=decoding,
+                                 scorer=scorer)
+    alone = evaluate_manifest(split, plain, tmp_path / "plain", limit=2, decoding=decoding, scorer=scorer)
+    base_rows = [r["prediction_base"] for r in read_jsonl(tmp_path / "cmp" / "captions.jsonl")]
+    assert base_rows == [r["prediction"] for r in read_jsonl(tmp_path / "plain" / "captions.jsonl")]
+    assert compared["base"]["BLEU-1"] == alone["BLEU-1"]
+
+
+def test_blank_view_is_recorded_and_changes_what_the_finetuned_model_says(split, finetuned_checkpoint, tmp_path):
+    from clip_vlm_core.config import DecodingConfig
+    from clip_vlm_core.evaluate import evaluate_manifest
+    from clip_vlm_core.model import SceneCaptioner
+
+    captioner = SceneCaptioner.from_pretrained(finetuned_checkpoint, device="cpu")
+    options = {"decoding": DecodingConfig(max_new_tokens=24), "scorer": CaptionScorer(java=None)}
+    evaluate_manifest(split, captioner, tmp_path / "full", **options)
+    evaluate_manifest(split, captioner, tmp_path / "blank", blank_views=("CAM_BACK",), **options)
+    assert read_json(tmp_path / "blank" / "metrics.json")["blank_views"] == ["CAM_BACK"]
+    assert read_json(tmp_path / "full" / "metrics.json")["blank_views"] == []
+    full = [r["prediction"] for r in read_jsonl(tmp_path / "full" / "captions.jsonl")]
+    blank = [r["prediction"] for r in read_jsonl(tmp_path / "blank" / "captions.jsonl")]
+    assert full != blank
+
+
+def test_manifest_row_whose_image_is_missing_is_one_error_naming_the_file(manifests, tmp_path, capsys):
+    copy = tmp_path / "manifest"
+    shutil.copytree(manifests["both"], copy)
+    rows = (copy / "mini_val.jsonl").read_text().splitlines()
+    rows[1] = rows[1].replace("CAM_BACK/", "CAM_BACK/gone-", 1)
+    (copy / "mini_val.jsonl").write_text("\n".join(rows) + "\n")
+    assert run_cli("--manifest", str(copy / "mini_val.jsonl"), "--out", str(tmp_path / "out"), "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "gone-" in err and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_views_missing_from_the_manifest_are_one_clear_error(manifests, tmp_path, capsys):
+    front_only = manifests["front"] / "mini_val.jsonl"
+    assert run_cli("--manifest", str(front_only), "--out", str(tmp_path / "out"), "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "['CAM_FRONT', 'CAM_BACK']" in err and "no ['CAM_BACK']" in err
+
+
+def test_blanking_a_view_the_model_does_not_read_is_refused(split, tmp_path, capsys):
+    code = run_cli("--manifest", str(split), "--out", str(tmp_path / "out"), "--blank-view", "CAM_LEFT",
+                   "--device", "cpu")
+    assert code == 2
+    assert "cannot blank view(s) ['CAM_LEFT']" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     decoding = decoding_from_args(args)
     if args.out.exists() and not args.overwrite:  # before minutes of model loading
         raise UserError(f"output folder {args.out} already exists; pass --overwrite to replace it")
-    if not args.manifest.is_file():
+    if not args.manifest.exists():
         raise UserError(f"manifest {args.manifest} does not exist")
     captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only)
     metrics = evaluate_manifest(
