@@ -102,10 +102,34 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise UserError(f"{where} has unknown key(s) {unknown}; known keys are {sorted(names)}")
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    data = {key: _coerce(value, types[key], f"{where}: {key}") for key, value in data.items()}
     try:
         return cls(**data)
     except TypeError as exc:
         raise UserError(f"{where} is invalid: {exc}") from exc
+
+
+def _coerce(value: Any, annotation: str, name: str) -> Any:
+    """YAML reads 1e-4 as a string and users write 8 for 8.0: accept what is meant, refuse what is not."""
+    kind = str(annotation).replace(" | None", "")
+    if value is None and "None" in str(annotation):
+        return None
+    try:
+        if kind == "float" and not isinstance(value, bool):
+            return float(value)
+        if kind == "int" and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+    except (TypeError, ValueError):
+        pass
+    else:
+        if kind not in ("float", "int"):
+            if kind == "bool" and not isinstance(value, bool):
+                raise UserError(f"{name} must be true or false, got {value!r}")
+            if kind == "str" and not isinstance(value, str):
+                raise UserError(f"{name} must be text, got {value!r}")
+            return value
+    raise UserError(f"{name} must be a{'n integer' if kind == 'int' else ' number'}, got {value!r}")
 
 
 def save_json(obj: Any, path: Path) -> None:

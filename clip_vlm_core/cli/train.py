@@ -1,0 +1,44 @@
+"""`clip-vlm train`: fine-tune connector + LoRA from a YAML recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EPILOG = """examples:
+  clip-vlm train --config training/configs/synthetic-tiny.yaml
+  clip-vlm train --config training/configs/synthetic-tiny.yaml optim.max_steps=50 run_dir=runs/try
+  clip-vlm train --config training/configs/synthetic-tiny.yaml --resume latest
+  accelerate launch --num_processes 2 -m clip_vlm_core train --config training/configs/nuinteract-front-back.yaml
+  torchrun --nproc_per_node 8 -m clip_vlm_core train --config training/configs/nuinteract-front-back.yaml
+
+Overrides are section.key=value with sections captioner, data, optim (values parsed as YAML), or run_dir=DIR.
+The run folder gets config.yaml, run_info.json, latest/ (resumable), best/ (loadable by --checkpoint),
+and tensorboard/ (tensorboard --logdir RUN_DIR). SIGTERM or Ctrl-C saves latest/ before exiting."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune the connector and LoRA adapters",
+        description="Train the fusion connector and LoRA adapters over frozen Qwen2.5-VL and OpenCLIP.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, required=True, help="YAML recipe, e.g. training/configs/synthetic-tiny.yaml")
+    parser.add_argument("--resume", default=None, metavar="DIR|latest",
+                        help="continue from a latest/ checkpoint folder, or 'latest' for this run's")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clip_vlm_core.train import run_training
+    from clip_vlm_core.train_config import load_run_config
+
+    config = load_run_config(args.config, args.overrides)
+    summary = run_training(config, resume=args.resume, show_progress=not args.no_progress)
+    print(json.dumps(summary))
+    return 130 if summary["stopped_by"] in ("SIGINT", "SIGTERM") else 0

@@ -1,0 +1,417 @@
+"""Fine-tune the captioner: connector + LoRA over frozen Qwen2.5-VL and OpenCLIP.
+
+Loop mechanics come from accelerate (devices, DDP under `accelerate launch`/`torchrun`, mixed
+precision, gradient accumulation); the schedule from transformers. What is ours: the parameter groups
+(no weight decay on the gate), a resumable checkpoint without pickles, and stopping cleanly.
+
+Run folder:
+    config.yaml         the resolved recipe          run_info.json   git commit, seed, versions
+    base/               tiny base models (init: tiny)  data/          synthetic data (if asked)
+    latest/             everything needed to resume  best/          inference checkpoint (lowest val loss)
+    tensorboard/        loss, learning rate, grad norm, samples/s
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.train_config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    """Progress that a resumed run continues from (saved as JSON in latest/)."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_into_epoch: int = 0
+    best_val_loss: float = math.inf
+    evals_without_improvement: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class TrainingStopped(UserError):
+    """The run stopped early for a reason the user should read (non-finite loss)."""
+
+
+def run_training(
+    config: RunConfig, resume: str | None = None, show_progress: bool = True, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Train per `config`; `resume` is a latest/ folder or "latest" (this run's). `stop_after` ends the
+    session at that step as an interruption would (latest/ saved, schedule unchanged). Returns a summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    run_dir = Path(config.run_dir)
+    o = config.optim
+    mixed = o.mixed_precision if o.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=o.grad_accum_steps,
+        mixed_precision=mixed,
+        log_with="tensorboard",
+        project_dir=str(run_dir),
+    )
+    resume_dir = _resume_dir(run_dir, resume)
+    set_seed(o.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_record(run_dir, config)
+    accelerator.wait_for_everyone()
+
+    captioner = _build_captioner(config, run_dir, resume_dir, accelerator)
+    train_set, val_set, collate = _datasets(config, run_dir, captioner, accelerator)
+    model = captioner.model
+    if o.gradient_checkpointing:
+        model.base_qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.base_qwen.enable_input_require_grads()
+    optimizer = torch.optim.AdamW(_parameter_groups(model, o), betas=(0.9, 0.999))
+    from transformers import get_cosine_schedule_with_warmup
+
+    scheduler = get_cosine_schedule_with_warmup(optimizer, o.warmup_steps, o.max_steps)
+    state = TrainerState()
+    if resume_dir is not None:
+        state = _load_latest(resume_dir, optimizer, scheduler)
+        log.info("resuming from %s at step %d", resume_dir, state.step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.init_trackers("tensorboard")
+
+    stop = _StopRequest()
+    progress = _progress(o.max_steps, state.step, accelerator, show_progress)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    start, samples_since, saved_step = time.perf_counter(), 0, state.step
+    try:
+        while state.step < o.max_steps and not stop.requested:
+            loader = _epoch_loader(train_set, collate, config, state.epoch, accelerator)
+            if state.batches_into_epoch:
+                loader = accelerator.skip_first_batches(loader, state.batches_into_epoch)
+            for batch in loader:
+                model.train()
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    if not torch.isfinite(loss):
+                        raise TrainingStopped(
+                            f"the training loss became {loss.item()} at step {state.step + 1}; stopped. The last good "
+                            f"checkpoint is {run_dir / 'latest'} (step {_latest_step(run_dir)}); lower the learning rates"
+                        )
+                    accelerator.backward(loss)
+                    grad_norm = accelerator.clip_grad_norm_(trainable, o.grad_clip) if accelerator.sync_gradients else None
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state.batches_into_epoch += 1
+                samples_since += batch["input_ids"].shape[0] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state.step += 1
+                progress.update(1)
+                if state.step % o.log_every == 0 or state.step == o.max_steps:
+                    elapsed = time.perf_counter() - start
+                    metrics = {
+                        "train/loss": accelerator.gather(loss.detach()).mean().item(),
+                        "train/lr_connector": scheduler.get_last_lr()[0],
+                        "train/lr_lora": scheduler.get_last_lr()[-1],
+                        "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+                        "train/samples_per_s": samples_since / max(elapsed, 1e-9),
+                    }
+                    accelerator.log(metrics, step=state.step)
+                    state.history.append({"step": state.step, **{k.split("/")[1]: v for k, v in metrics.items()}})
+                    progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+                    if progress.disable and accelerator.is_main_process:
+                        log.info("step %d/%d loss %.4f lr %.2e grad-norm %.3f %.1f samples/s", state.step, o.max_steps,
+                                 metrics["train/loss"], metrics["train/lr_connector"], metrics["train/grad_norm"],
+                                 metrics["train/samples_per_s"])
+                    start, samples_since = time.perf_counter(), 0
+                if state.step % o.eval_every == 0 or state.step == o.max_steps:
+                    if _evaluate_and_keep_best(model, val_set, collate, config, state, captioner, accelerator, run_dir):
+                        stop.requested = stop.requested or "early stopping"
+                if stop_after is not None and state.step >= stop_after:
+                    stop.requested = stop.requested or "stop_after"
+                if state.step % o.save_every == 0 or state.step == o.max_steps or stop.requested:
+                    _save_latest(run_dir, captioner, optimizer, scheduler, state, accelerator)
+                    saved_step = state.step
+                if state.step >= o.max_steps or stop.requested:
+                    break
+            else:
+                state.epoch += 1
+                state.batches_into_epoch = 0
+        if stop.requested and saved_step != state.step:
+            _save_latest(run_dir, captioner, optimizer, scheduler, state, accelerator)
+    finally:
+        progress.close()
+        stop.restore()
+        accelerator.end_training()
+    return {"step": state.step, "best_val_loss": state.best_val_loss, "stopped_by": stop.requested or None,
+            "run_dir": str(run_dir)}
+
+
+# -- setup ----------------------------------------------------------------------------------------
+
+def _resume_dir(run_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    path = run_dir / "latest" if resume == "latest" else Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"cannot resume: {path} is not a latest/ checkpoint (no trainer_state.json)")
+    return path
+
+
+def _write_run_record(run_dir: Path, config: RunConfig) -> None:
+    import peft
+    import transformers
+
+    from clip_vlm_core import __version__
+
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    info = {"git_commit": commit, "seed": config.optim.seed, "clip_vlm": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _build_captioner(config: RunConfig, run_dir: Path, resume_dir: Path | None, accelerator):
+    import dataclasses
+
+    from clip_vlm_core.model import SceneCaptioner
+    from clip_vlm_core.model.tiny import save_tiny_base_models
+
+    device = accelerator.device
+    if resume_dir is not None:
+        return SceneCaptioner.from_pretrained(resume_dir / "checkpoint", device=device, dtype=torch.float32,
+                                              trainable=True)
+    init, captioner_config = config.optim.init, config.captioner
+    if init == "tiny":
+        base = run_dir / "base"
+        if accelerator.is_main_process and not (base / "qwen" / "config.json").exists():
+            save_tiny_base_models(base, seed=config.optim.seed)
+        accelerator.wait_for_everyone()
+        captioner_config = dataclasses.replace(captioner_config, qwen_model=str(base / "qwen"),
+                                               clip_model=str(base / "clip"), clip_pretrained="")
+    elif init != "base":
+        if not (Path(init) / "clip_vlm_config.json").is_file():
+            raise UserError(f"optim.init must be 'base', 'tiny' or a clip-vlm checkpoint folder, got {init!r}")
+        return SceneCaptioner.from_pretrained(init, device=device, trainable=True)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(config.optim.seed)
+    return SceneCaptioner.build(captioner_config, device=device, dtype=dtype, trainable=True)
+
+
+def _datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
+    from functools import partial
+
+    from clip_vlm_core.data.dataset import CachedEncoderDataset, CaptionDataset, RawCollator, collate_cached
+    from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta
+
+    train_path, val_path = _manifests(config, run_dir, accelerator)
+    datasets = []
+    for path in (train_path, val_path):
+        if path is None:
+            datasets.append(None)
+            continue
+        meta = read_manifest_meta(Path(path).parent)
+        datasets.append(CaptionDataset(load_manifest(path), Path(meta["dataroot"]), captioner.views))
+    if not len(datasets[0]):
+        raise UserError(f"the training manifest {train_path} has no samples")
+    if not config.data.cache_encoders:
+        return datasets[0], datasets[1], RawCollator(captioner)
+    cache = run_dir / "encoder_cache"
+    cached = []
+    for ds in datasets:  # the main process fills the cache; the others then read it
+        if ds is not None and accelerator.is_main_process:
+            CachedEncoderDataset(ds, captioner, cache)
+        accelerator.wait_for_everyone()
+        cached.append(CachedEncoderDataset(ds, captioner, cache, show_progress=False) if ds is not None else None)
+    return cached[0], cached[1], partial(collate_cached, pad_token_id=captioner.processor.tokenizer.pad_token_id)
+
+
+def _manifests(config: RunConfig, run_dir: Path, accelerator) -> tuple[str, str | None]:
+    d = config.data
+    if not d.synthetic_scenes:
+        return d.train_manifest, d.val_manifest or None
+    from clip_vlm_core.data.manifest import build_manifest
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    data = run_dir / "data"
+    manifests = data / "manifest"
+    if accelerator.is_main_process and not (manifests / "manifest.json").exists():
+        tree = data / "nuscenes"
+        if not (tree / "v1.0-mini").exists():
+            generate_synthetic_nuscenes(tree, scenes=d.synthetic_scenes,
+                                        samples_per_scene=d.synthetic_samples_per_scene, seed=d.synthetic_seed)
+        build_manifest(dataroot=tree, version="v1.0-mini", captions=tree / "nuinteract",
+                       cameras=list(config.captioner.views), out=manifests)
+    accelerator.wait_for_everyone()
+    return str(manifests / "mini_train.jsonl"), str(manifests / "mini_val.jsonl")
+
+
+def _parameter_groups(model, o) -> list[dict[str, Any]]:
+    """Connector and LoRA learn at their own rates; the gate gets no weight decay (decay would pull
+    it back towards 'off')."""
+    connector = [p for n, p in model.connector.named_parameters() if n != "gate"]
+    lora = [p for n, p in model.qwen.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": connector, "lr": o.lr_connector, "weight_decay": o.weight_decay},
+        {"params": [model.connector.gate], "lr": o.lr_connector, "weight_decay": 0.0},
+    ]
+    if lora:
+        groups.append({"params": lora, "lr": o.lr_lora, "weight_decay": o.weight_decay})
+    return groups
+
+
+def _epoch_loader(dataset, collate, config: RunConfig, epoch: int, accelerator):
+    """A fresh shuffle per epoch from (seed, epoch), so a resumed run sees the same order."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    generator = torch.Generator().manual_seed(config.optim.seed * 1_000_003 + epoch)
+    loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=RandomSampler(dataset, generator=generator),
+                        collate_fn=collate, num_workers=config.data.num_workers, drop_last=False)
+    return accelerator.prepare_data_loader(loader, device_placement=True)
+
+
+# -- evaluation and checkpoints -------------------------------------------------------------------
+
+@torch.no_grad()
+def validation_loss(model, dataset, collate, config: RunConfig, accelerator) -> float:
+    from torch.utils.data import DataLoader
+
+    loader = accelerator.prepare_data_loader(
+        DataLoader(dataset, batch_size=config.optim.batch_size, collate_fn=collate, shuffle=False)
+    )
+    model.eval()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    for batch in loader:
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        total += model(**batch).loss.float() * tokens
+        count += tokens
+    total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+    return (total / count.clamp(min=1)).item()
+
+
+def _evaluate_and_keep_best(model, val_set, collate, config, state, captioner, accelerator, run_dir) -> bool:
+    """Validate, keep best/, and say whether patience ran out."""
+    if val_set is None or not len(val_set):
+        return False
+    val = validation_loss(model, val_set, collate, config, accelerator)
+    accelerator.log({"val/loss": val}, step=state.step)
+    if accelerator.is_main_process:
+        log.info("step %d validation loss %.4f (best %.4f)", state.step, val, min(val, state.best_val_loss))
+    state.history.append({"step": state.step, "val_loss": val})
+    if val < state.best_val_loss:
+        state.best_val_loss, state.evals_without_improvement = val, 0
+        if accelerator.is_main_process:
+            captioner.save_pretrained(run_dir / "best", base_models_relative_to=run_dir / "best")
+    else:
+        state.evals_without_improvement += 1
+    accelerator.wait_for_everyone()
+    return bool(config.optim.patience) and state.evals_without_improvement >= config.optim.patience
+
+
+def _save_latest(run_dir, captioner, optimizer, scheduler, state, accelerator) -> None:
+    """latest/ = checkpoint + optimizer + scheduler + RNG + trainer state, swapped in atomically."""
+    from safetensors.torch import save_file
+
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    target = run_dir / "latest"
+    tmp = run_dir / ".latest.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    captioner.save_pretrained(tmp / "checkpoint", base_models_relative_to=target / "checkpoint")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # tensors and numbers only: loads weights_only
+    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, tmp / "rng.safetensors")
+    np_state = np.random.get_state()
+    record = {**state.__dict__, "python_rng": _jsonable(random.getstate()),
+              "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    (tmp / "trainer_state.json").write_text(json.dumps(record))
+    old = run_dir / ".latest.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_latest(resume_dir: Path, optimizer, scheduler) -> TrainerState:
+    from safetensors.torch import load_file
+
+    optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(json.loads((resume_dir / "scheduler.json").read_text()))
+    rng = load_file(resume_dir / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([rng[k] for k in sorted(k for k in rng if k.startswith("cuda_"))])
+    record = json.loads((resume_dir / "trainer_state.json").read_text())
+    random.setstate(_tupled(record.pop("python_rng")))
+    np_state = record.pop("numpy_rng")
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    return TrainerState(**record)
+
+
+def _latest_step(run_dir: Path) -> int | str:
+    try:
+        return json.loads((run_dir / "latest" / "trainer_state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return "none saved yet"
+
+
+def _jsonable(value):
+    return [_jsonable(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _tupled(value):
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+class _StopRequest:
+    """SIGTERM and Ctrl-C ask the loop to stop at the next step boundary and save latest/."""
+
+    def __init__(self) -> None:
+        self.requested: str | bool = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: saving latest/ and stopping after this step", self.requested)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress(total: int, done: int, accelerator, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="training", unit="step",
+                disable=not (show and accelerator.is_local_main_process))
