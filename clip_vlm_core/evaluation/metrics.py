@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import subprocess
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,25 @@ def one_line(text: str) -> str:
 def simple_tokenize(text: str) -> str:
     """Lowercase words with punctuation removed, space-joined: the Java-free stand-in for PTB."""
     return " ".join(_WORD.findall(text.lower()))
+
+
+def ptb_tokenize(texts: Sequence[str], java: str = "java") -> list[str]:
+    """pycocoevalcap's PTB tokenization (its Stanford jar, lowercased, its punctuation list removed).
+
+    Run here rather than through `PTBTokenizer.tokenize`, which writes a temporary file into the installed
+    package (fails on read-only installs), reads it in the platform charset, and prints to our stderr.
+    """
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    command = [java, "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
+               "-preserveLines", "-lowerCase", "-encoding", "utf-8"]
+    result = subprocess.run(command, input="\n".join(texts) + "\n", capture_output=True, encoding="utf-8")
+    lines = result.stdout.split("\n")
+    if result.returncode != 0 or len(lines) < len(texts):
+        raise RuntimeError(f"the PTB tokenizer failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
+    punctuation = set(ptbtokenizer.PUNCTUATIONS)
+    return [" ".join(w for w in line.split() if w not in punctuation) for line in lines[: len(texts)]]
 
 
 class CaptionScorer:
@@ -64,10 +85,7 @@ class CaptionScorer:
         texts = [one_line(t) for t in texts]
         if self.java is None:
             return [simple_tokenize(t) for t in texts]
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        tokenized = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
-        return [tokenized[i][0] for i in range(len(texts))]
+        return ptb_tokenize(texts, self.java)
 
     def score(self, references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
         """Corpus-level scores, one reference per prediction. METEOR is None when Java is missing."""
