@@ -1,0 +1,160 @@
+"""The caption node's parameters: one table (name, default, description, limits) and one validator.
+
+The ROS node declares its parameters from `PARAMETERS`, the launch-file tests check names against it,
+and `validate_parameters` turns whatever a params file or `-p` said into a `CaptionNodeConfig`, or one
+`UserError` sentence naming the bad parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clip_vlm_core.config import DEFAULT_VIEWS
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.stream.batching import POLICIES
+
+IMAGE_TRANSPORTS = ("compressed", "raw")
+QOS_RELIABILITIES = ("reliable", "best_effort")
+_DEVICE = re.compile(r"^(|auto|cpu|cuda|cuda:\d+)$")
+_VIEW = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # becomes part of a topic name
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True  # the rest are applied live by the node
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("model", "", "checkpoint folder or hub id; '' = the embedded default model"),
+    ParameterSpec("device", "", "'' (auto: cuda when available), cpu, cuda or cuda:N"),
+    ParameterSpec("views", list(DEFAULT_VIEWS), "camera views to subscribe to, in the model's order"),
+    ParameterSpec("image_transport", "compressed", "compressed (sensor_msgs/CompressedImage) or raw (sensor_msgs/Image)",
+                  choices=IMAGE_TRANSPORTS),
+    ParameterSpec("topic_template", "/{view}/image_raw",
+                  "base image topic per view; compressed transport appends '/compressed' as image_transport does"),
+    ParameterSpec("qos_reliability", "reliable", "reliable or best_effort (a best-effort reader may get no "
+                  "large frames from a reliable writer)", choices=QOS_RELIABILITIES),
+    ParameterSpec("qos_depth", 5, "history depth of each image subscription", low=1, high=1000),
+    ParameterSpec("max_skew_ms", 50.0, "frames of different views pair when their stamps differ by at most this",
+                  low=0.0, high=10_000.0),
+    ParameterSpec("max_age_ms", 1000.0, "a pair older than this when its turn comes is dropped (age: newest stamp "
+                  "seen minus its stamp, or time waited here, whichever is larger)", low=1.0, high=3_600_000.0),
+    ParameterSpec("rate_hz", 2.0, "how often the worker captions", read_only=False, low=0.001, high=1000.0),
+    ParameterSpec("batch_size", 4, "pairs captioned in one model call (policy all)", low=1, high=256),
+    ParameterSpec("policy", "latest", "latest: caption only the freshest pair; all: a FIFO of queue_size pairs",
+                  choices=POLICIES),
+    ParameterSpec("queue_size", 32, "pairs kept waiting under policy all (the oldest dropped when full)",
+                  low=1, high=100_000),
+    ParameterSpec("view_timeout_s", 2.0, "a view silent this long is reported as WARN in /diagnostics",
+                  low=0.01, high=3600.0),
+    ParameterSpec("caption_missing_views", False, "caption when a view is silent, showing it as a black image",
+                  read_only=False),
+    ParameterSpec("max_new_tokens", 32, "longest caption, in tokens", read_only=False, low=1, high=4096),
+    ParameterSpec("num_beams", 1, "beam search width (1 = greedy)", read_only=False, low=1, high=64),
+    ParameterSpec("prompt", "", "instruction given to the model; '' = the checkpoint's own"),
+    ParameterSpec("publish_image", True, "publish the front image with the caption drawn on it (only while "
+                  "someone subscribes)", read_only=False),
+)
+SPECS = {spec.name: spec for spec in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class CaptionNodeConfig:
+    model: str
+    device: str
+    views: tuple[str, ...]
+    image_transport: str
+    topic_template: str
+    qos_reliability: str
+    qos_depth: int
+    max_skew_ms: float
+    max_age_ms: float
+    rate_hz: float
+    batch_size: int
+    policy: str
+    queue_size: int
+    view_timeout_s: float
+    caption_missing_views: bool
+    max_new_tokens: int
+    num_beams: int
+    prompt: str
+    publish_image: bool
+
+    def topic_for(self, view: str) -> str:
+        base = self.topic_template.format(view=view)
+        return base + "/compressed" if self.image_transport == "compressed" else base
+
+    def decoding(self) -> dict[str, int]:
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+
+
+def validate_parameters(values: Mapping[str, Any]) -> CaptionNodeConfig:
+    """Defaults filled in, every value checked; the first problem raises one UserError sentence."""
+    unknown = sorted(set(values) - set(SPECS))
+    if unknown:
+        raise UserError(f"unknown parameter(s) {unknown}; the caption node takes {sorted(SPECS)}")
+    checked = {spec.name: _check(spec, values.get(spec.name, spec.default)) for spec in PARAMETERS}
+    views = checked["views"]
+    if not views:
+        raise UserError("parameter views is empty: name at least one camera view, e.g. [CAM_FRONT, CAM_BACK]")
+    for view in views:
+        if not _VIEW.match(view):
+            raise UserError(f"parameter views has {view!r}, which is not a valid view name (letters, digits, _)")
+    if len(set(views)) != len(views):
+        raise UserError(f"parameter views names a view twice: {views}")
+    if not _DEVICE.match(checked["device"]):
+        raise UserError(f"parameter device={checked['device']!r} is unknown: use '', cpu, cuda or cuda:N")
+    template = checked["topic_template"]
+    if "{view}" not in template:
+        raise UserError(f"parameter topic_template={template!r} must contain {{view}}, e.g. '/{{view}}/image_raw'")
+    try:
+        template.format(view="X")
+    except (KeyError, IndexError, ValueError):
+        raise UserError(f"parameter topic_template={template!r} may hold no placeholder but {{view}}") from None
+    checked["views"] = tuple(views)
+    return CaptionNodeConfig(**checked)
+
+
+def replace_parameter(config: CaptionNodeConfig, name: str, value: Any) -> CaptionNodeConfig:
+    """The config with one live-changeable parameter set (validated like at start-up)."""
+    if SPECS[name].read_only:
+        raise UserError(f"parameter {name} is read-only: restart the node to change it")
+    values = dataclasses.asdict(config) | {name: value}
+    values["views"] = list(values["views"])
+    return validate_parameters(values)
+
+
+def _check(spec: ParameterSpec, value: Any) -> Any:
+    default = spec.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"parameter {spec.name}={value!r} must be true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"parameter {spec.name}={value!r} must be a whole number")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"parameter {spec.name}={value!r} must be a number")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise UserError(f"parameter {spec.name}={value!r} must be a string")
+    elif isinstance(default, list):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"parameter {spec.name}={value!r} must be a list of strings")
+        value = list(value)
+    if spec.choices and value not in spec.choices:
+        raise UserError(f"parameter {spec.name}={value!r} is unknown: use one of {list(spec.choices)}")
+    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+        raise UserError(f"parameter {spec.name}={value!r} is out of range [{spec.low}, {spec.high}]")
+    return value

@@ -1,0 +1,117 @@
+"""`StreamStats`: what the caption node reports once a second on /diagnostics.
+
+Counts per view (received, bad), caption rate, and latency percentiles over the last captions, both
+source stamp -> publish (meaningful for live cameras and `--clock` replays) and receive -> publish
+(the node's own delay, meaningful always). Thread-safe: callbacks and the worker both write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LATENCY_WINDOW = 200  # captions kept for the percentiles: a bounded window keeps memory flat
+RATE_WINDOW_S = 10.0
+
+
+@dataclass
+class StreamReport:
+    level: str  # "OK" | "WARN" | "ERROR", as diagnostic_msgs/DiagnosticStatus names them
+    message: str
+    values: list[tuple[str, str]] = field(default_factory=list)
+
+
+class StreamStats:
+    def __init__(self, views: Sequence[str]) -> None:
+        self.views = tuple(views)
+        self.received = dict.fromkeys(self.views, 0)
+        self.bad = dict.fromkeys(self.views, 0)
+        self.last_bad_reason: dict[str, str] = {}
+        self.captions = 0
+        self.inference_errors = 0
+        self.last_inference_error = ""
+        self.batch_halvings = 0
+        self.dropped_on_error = 0
+        self._source_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._receive_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._published_at: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def frame_received(self, view: str) -> None:
+        with self._lock:
+            self.received[view] += 1
+
+    def frame_bad(self, view: str, reason: str) -> None:
+        with self._lock:
+            self.received[view] += 1
+            self.bad[view] += 1
+            self.last_bad_reason[view] = reason
+
+    def caption_published(self, source_latency_ns: int, receive_latency_ns: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.captions += 1
+            self._source_ms.append(source_latency_ns / 1e6)
+            self._receive_ms.append(receive_latency_ns / 1e6)
+            self._published_at.append(now)
+            while self._published_at and now - self._published_at[0] > RATE_WINDOW_S:
+                self._published_at.popleft()
+
+    def inference_failed(self, error: str, pairs_lost: int) -> None:
+        with self._lock:
+            self.inference_errors += 1
+            self.dropped_on_error += pairs_lost
+            self.last_inference_error = error
+
+    def caption_rate_hz(self) -> float:
+        with self._lock:
+            return self._caption_rate_hz()
+
+    def latency_ms(self) -> dict[str, float]:
+        """p50/p95 of both latencies over the window (NaN before the first caption)."""
+        with self._lock:
+            source, receive = list(self._source_ms), list(self._receive_ms)
+        out = {}
+        for name, window in (("source", source), ("receive", receive)):
+            for q in (50, 95):
+                out[f"{name}_p{q}"] = float(np.percentile(window, q)) if window else float("nan")
+        return out
+
+    def report(self, silent_views: Sequence[str], extra: Sequence[tuple[str, str]] = ()) -> StreamReport:
+        """Level and values for /diagnostics; `extra` carries the pairer/queue/model facts."""
+        latency = self.latency_ms()
+        with self._lock:
+            values = [
+                ("caption_rate_hz", f"{self._caption_rate_hz():.2f}"),
+                ("captions", str(self.captions)),
+                ("latency_source_to_publish_p50_ms", f"{latency['source_p50']:.1f}"),
+                ("latency_source_to_publish_p95_ms", f"{latency['source_p95']:.1f}"),
+                ("latency_receive_to_publish_p50_ms", f"{latency['receive_p50']:.1f}"),
+                ("latency_receive_to_publish_p95_ms", f"{latency['receive_p95']:.1f}"),
+                ("inference_errors", str(self.inference_errors)),
+                ("pairs_dropped_on_error", str(self.dropped_on_error)),
+                ("batch_halvings", str(self.batch_halvings)),
+            ]
+            for view in self.views:
+                values.append((f"{view}.received", str(self.received[view])))
+                values.append((f"{view}.bad", str(self.bad[view])))
+                if view in self.last_bad_reason:
+                    values.append((f"{view}.last_bad_reason", self.last_bad_reason[view]))
+            if self.last_inference_error:
+                values.append(("last_inference_error", self.last_inference_error))
+        values.extend(extra)
+        values.append(("silent_views", ",".join(silent_views)))
+        if silent_views:
+            return StreamReport("WARN", f"no frames from {', '.join(silent_views)}", values)
+        if self.inference_errors and self.captions == 0:
+            return StreamReport("ERROR", "every caption attempt failed so far", values)
+        return StreamReport("OK", "captioning", values)
+
+    def _caption_rate_hz(self) -> float:
+        now = time.monotonic()
+        return sum(1 for t in self._published_at if now - t <= RATE_WINDOW_S) / RATE_WINDOW_S
