@@ -1,0 +1,160 @@
+"""`bench caption`: how fast the captioner describes scenes, per batch size.
+
+Every caption is forced to exactly `max_new_tokens` tokens (min_new_tokens = max_new_tokens, so EOS
+cannot end it early) and warm-up runs are not counted, so runs on different machines compare.
+
+    time to first token   from calling generate() to the first token: both vision encoders, the
+                          connector and the prefill
+    decode per token      mean time of each later token (stamped from inside generate()), median of runs
+    bandwidth bound       language-model weight bytes / the device's measured copy bandwidth: the least
+                          time a decode step can take, since every step reads every weight once
+                          (KV-cache reads, which grow with batch and prompt, come on top)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from clip_vlm_core.bench.measure import (
+    copy_bandwidth_gb_s,
+    environment,
+    peak_memory_mib,
+    percentile,
+    reset_peak_memory,
+    summary_ms,
+    synchronize,
+)
+from clip_vlm_core.bench.subject import BenchModel
+from clip_vlm_core.config import DecodingConfig
+from clip_vlm_core.errors import UserError
+
+
+@dataclass
+class CaptionBenchSettings:
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    max_new_tokens: int = 48
+    warmup: int = 2
+    iters: int = 10
+    static_cache: bool = False  # generate(cache_implementation="static"): transformers compiles the decode step
+
+    def __post_init__(self) -> None:
+        self.batch_sizes = tuple(self.batch_sizes)
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.max_new_tokens < 2:
+            raise UserError("--max-new-tokens must be at least 2 to separate decoding from the first token")
+        if self.warmup < 0 or self.iters < 1:
+            raise UserError("--warmup must be >= 0 and --iters >= 1")
+
+
+def language_model_bytes(bench: BenchModel) -> int:
+    """Bytes of the weights one decode step reads: the language model (LoRA included) and its head.
+
+    The vision tower runs once per caption, in the prefill; tied embeddings are counted once, as the
+    output head that reads all of them every step.
+    """
+    return sum(p.numel() * p.element_size() for n, p in bench.model.qwen.named_parameters() if ".visual." not in n)
+
+
+def benchmark_captioning(bench: BenchModel, settings: CaptionBenchSettings) -> dict[str, Any]:
+    """Time captioning at each batch size; the report as a JSON-ready dict."""
+    if settings.static_cache and bench.device.type != "cuda":
+        raise UserError("--compile (static KV cache + torch.compile) needs a CUDA GPU")
+    bench.model.train(False)
+    bandwidth = copy_bandwidth_gb_s(bench.device)
+    weight_bytes = language_model_bytes(bench)
+    bound_ms = weight_bytes / (bandwidth * 1e9) * 1000
+    results = []
+    for batch_size in tqdm(settings.batch_sizes, desc="caption bench", unit="batch size", disable=None):
+        row = _time_batch_size(bench, settings, batch_size)
+        if row.get("decode_ms_per_token") is not None:
+            row["decode_to_bound_ratio"] = row["decode_ms_per_token"] / bound_ms
+        results.append(row)
+    return {
+        "benchmark": "caption",
+        "environment": environment(bench.device),
+        "model": bench.describe(),
+        "settings": dataclasses.asdict(settings),
+        "copy_bandwidth_gb_s": bandwidth,
+        "language_model_weight_bytes": weight_bytes,
+        "bandwidth_bound_ms_per_token": bound_ms,
+        "results": results,
+    }
+
+
+class TokenClock:
+    """Stamps the moment each new token exists, from inside generate() (stopping criteria run once per
+    step, after the token is chosen), so one run yields time to first token, decode rate and latency."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self.stamps = [time.perf_counter()]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        synchronize(self.device)  # generate() waits on the GPU every step anyway to check for EOS
+        self.stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def split(self) -> tuple[float, float, float]:
+        """(time to first token, mean time per later token, whole caption) in seconds."""
+        first = self.stamps[1] - self.stamps[0]
+        per_token = (self.stamps[-1] - self.stamps[1]) / (len(self.stamps) - 2)
+        return first, per_token, self.stamps[-1] - self.stamps[0]
+
+
+def _time_batch_size(bench: BenchModel, settings: CaptionBenchSettings, batch_size: int) -> dict[str, Any]:
+    from transformers import StoppingCriteriaList
+
+    inputs = bench.make_inputs(batch_size, 0)
+    tokens = settings.max_new_tokens
+    clock = TokenClock(bench.device)
+    extra = {"cache_implementation": "static"} if settings.static_cache else {}
+
+    def caption_once() -> tuple[float, float, float]:
+        clock.start()
+        out = bench.model.generate(
+            **inputs,
+            **DecodingConfig(max_new_tokens=tokens).generate_kwargs(),
+            min_new_tokens=tokens,
+            eos_token_id=bench.eos_token_id,
+            pad_token_id=bench.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([clock]),
+            **extra,
+        )
+        synchronize(bench.device)
+        clock.stamps[-1] = time.perf_counter()  # the caption is done when generate() returns it
+        if out.shape != (batch_size, tokens):  # a shorter caption would make the timings meaningless
+            raise RuntimeError(f"generate() returned {tuple(out.shape)} tokens, expected {(batch_size, tokens)}")
+        return clock.split()
+
+    try:
+        for _ in range(settings.warmup):
+            caption_once()
+        reset_peak_memory(bench.device)
+        runs = [caption_once() for _ in range(settings.iters)]
+    except torch.cuda.OutOfMemoryError:
+        del inputs
+        torch.cuda.empty_cache()
+        return {"batch_size": batch_size, "status": "out of memory"}
+    first_ms, latency_ms = summary_ms([r[0] for r in runs]), summary_ms([r[2] for r in runs])
+    return {
+        "batch_size": batch_size,
+        "status": "ok",
+        "time_to_first_token_ms_p50": first_ms["p50"],
+        "time_to_first_token_ms_p95": first_ms["p95"],
+        "decode_ms_per_token": percentile([r[1] * 1000 for r in runs], 50),
+        "caption_latency_ms_p50": latency_ms["p50"],
+        "caption_latency_ms_p95": latency_ms["p95"],
+        "captions_per_s": batch_size / (latency_ms["mean"] / 1000),
+        "peak_gpu_memory_mib": peak_memory_mib(bench.device),
+    }

@@ -1,0 +1,106 @@
+"""A benchmark report read two ways: a table for people, a JSON file for comparing runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from clip_vlm_core.errors import UserError
+
+NOT_AVAILABLE = "n/a"
+
+
+def write_json(report: dict[str, Any], path: Path) -> Path:
+    """Write the report beside its target and rename it into place, so a reader never sees half of it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write the benchmark report {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))] if rows else [
+        len(h) for h in header
+    ]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def format_header(report: dict[str, Any]) -> str:
+    env, model = report["environment"], report["model"]
+    cores = f", {env['cpu_cores']} CPU cores" if env.get("cpu_cores") else ""
+    lines = [
+        f"device: {env['device']}{cores}",
+        f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, open_clip {env['open_clip']}",
+        f"weights: {model['weights'].upper()} - {model['source']}",
+        f"{model['dtype']}, attention {model['attn_implementation']}, views {', '.join(model['views'])}, "
+        f"frames {model['frame_size'][1]}x{model['frame_size'][0]} -> {model['image_tokens_per_view']} image tokens "
+        f"per view, prompt {model['prompt_tokens']} tokens",
+    ]
+    if model["weights"] == "random":
+        lines.append("NOTE: random weights of the right shapes - timings hold, captions would be noise")
+    return "\n".join(lines)
+
+
+def format_caption_report(report: dict[str, Any]) -> str:
+    settings = report["settings"]
+    header = ["batch", "status", "TTFT p50 ms", "decode ms/tok", "latency p50 ms", "latency p95 ms",
+              "captions/s", "peak GPU MiB", "decode/bound"]
+    rows = []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            rows.append([str(r["batch_size"]), r["status"], *[""] * (len(header) - 2)])
+            continue
+        rows.append([
+            str(r["batch_size"]), "ok", _cell(r["time_to_first_token_ms_p50"]), _cell(r["decode_ms_per_token"], 2),
+            _cell(r["caption_latency_ms_p50"]), _cell(r["caption_latency_ms_p95"]), _cell(r["captions_per_s"], 2),
+            _cell(r["peak_gpu_memory_mib"], 0), _cell(r.get("decode_to_bound_ratio"), 2) + "x",
+        ])
+    return "\n".join([
+        format_header(report),
+        f"{settings['max_new_tokens']} new tokens per caption (EOS ignored), {settings['warmup']} warm-up + "
+        f"{settings['iters']} timed runs, static cache {_cell(settings['static_cache'])}",
+        f"copy bandwidth {report['copy_bandwidth_gb_s']:.1f} GB/s; language model "
+        f"{report['language_model_weight_bytes'] / 1e9:.3f} GB -> bound {report['bandwidth_bound_ms_per_token']:.3f} "
+        "ms per decode step",
+        "",
+        _table(header, rows),
+    ])
+
+
+def format_train_report(report: dict[str, Any]) -> str:
+    settings = report["settings"]
+    header = ["batch", "cached enc.", "grad ckpt", "status", "tokens/sample", "step p50 ms", "samples/s", "peak GPU MiB"]
+    rows = []
+    for r in report["results"]:
+        start = [str(r["batch_size"]), _cell(r["cached_encoders"]), _cell(r["gradient_checkpointing"]), r["status"]]
+        if r["status"] != "ok":
+            rows.append([*start, *[""] * (len(header) - len(start))])
+            continue
+        rows.append([*start, str(r["tokens_per_sample"]), _cell(r["step_ms_p50"]), _cell(r["samples_per_s"], 2),
+                     _cell(r["peak_gpu_memory_mib"], 0)])
+    return "\n".join([
+        format_header(report),
+        f"forward + backward + AdamW on {report['trainable_parameters']:,} trainable parameters (connector + LoRA), "
+        f"{settings['caption_tokens']} caption tokens, {settings['warmup']} warm-up + {settings['iters']} timed steps",
+        "",
+        _table(header, rows),
+    ])

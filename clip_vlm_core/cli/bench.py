@@ -1,0 +1,126 @@
+"""`clip-vlm bench caption|train`: measure captioning latency/throughput and training throughput."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+EPILOG = """examples:
+  clip-vlm bench caption --batch-sizes 1 8 32 --max-new-tokens 48 --out bench-caption.json
+  clip-vlm bench train --batch-sizes 8 16 --out bench-train.json
+  clip-vlm bench caption --tiny --batch-sizes 1 2 --max-new-tokens 4 --iters 2 --warmup 1
+
+Without --tiny the full-size model is timed (Qwen2.5-VL-3B + OpenCLIP ViT-L-14, two views): from
+--checkpoint, else from the local hub cache, else with RANDOM weights of the right shapes (the report
+says which). Captions are forced to exactly --max-new-tokens tokens so runs compare. See BENCHMARKS.md."""
+
+
+def _add_common(parser: argparse.ArgumentParser, batch_sizes: list[int], warmup: int, iters: int) -> None:
+    parser.add_argument("--tiny", action="store_true",
+                        help="time the embedded tiny model instead of the full-size one (runs on any CPU in seconds)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="clip-vlm checkpoint folder or Qwen2.5-VL hub id/folder with real weights "
+                        "(default: Qwen2.5-VL-3B from the hub cache, else random weights)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_sizes, metavar="N",
+                        help="batch sizes to time, in pairs of views (default: %(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="cap on Qwen's pixels per image; a 1600x900 frame is resized to fit "
+                        "(default: Qwen's own budget, which keeps it at 1596x896, 1824 tokens per view)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs first (default: %(default)s)")
+    parser.add_argument("--iters", type=int, default=iters, help="timed runs per setting (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from clip_vlm_core.bench.caption import CaptionBenchSettings
+    from clip_vlm_core.bench.train import TrainBenchSettings
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure captioning latency and training throughput",
+        description="Benchmark the captioner: 'caption' times generation per batch size, 'train' times "
+        "training steps with and without cached encoder outputs and gradient checkpointing.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train", required=True)
+
+    c = CaptionBenchSettings()
+    caption = kinds.add_parser(
+        "caption",
+        help="time to first token, decode time per token, caption latency, captions/s, peak memory",
+        description="Time captioning at each batch size, with captions of a fixed length (EOS ignored).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(caption, list(c.batch_sizes), c.warmup, c.iters)
+    caption.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens,
+                         help="tokens generated per caption, exactly (default: %(default)s)")
+    caption.add_argument("--compile", action="store_true",
+                         help="GPU only: static KV cache, with which generate() compiles the decode step")
+    caption.set_defaults(func=run)
+
+    t = TrainBenchSettings()
+    train = kinds.add_parser(
+        "train",
+        help="training samples/s and peak memory, with/without cached encoders and gradient checkpointing",
+        description="Time forward + backward + AdamW steps on the connector and LoRA parameters.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(train, list(t.batch_sizes), t.warmup, t.iters)
+    train.add_argument("--caption-tokens", type=int, default=t.caption_tokens,
+                       help="length of the labelled caption in each sample (default: %(default)s)")
+    train.set_defaults(func=run)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, spelled from its parsed options (defaults included)."""
+    words = ["clip-vlm", "bench", args.benchmark]
+    for name, value in sorted(vars(args).items()):
+        if name in ("func", "command", "benchmark", "verbose") or value in (None, False):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return " ".join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clip_vlm_core import bench
+    from clip_vlm_core.errors import UserError
+    from clip_vlm_core.model.captioner import resolve_device
+
+    training = args.benchmark == "train"
+    if training:
+        settings = bench.TrainBenchSettings(batch_sizes=args.batch_sizes, caption_tokens=args.caption_tokens,
+                                            warmup=args.warmup, iters=args.iters)
+    else:
+        settings = bench.CaptionBenchSettings(batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
+                                              warmup=args.warmup, iters=args.iters, static_cache=args.compile)
+    full_size = not args.tiny and not args.checkpoint
+    if full_size and args.device is None and resolve_device(None).type == "cpu":
+        raise UserError("no GPU here, and the full-size model on CPU needs ~17 GB and hours: "
+                        "pass --tiny, or --device cpu to insist")
+    model = bench.load_bench_model(tiny=args.tiny, checkpoint=args.checkpoint, device=args.device,
+                                   dtype=args.dtype, trainable=training, max_pixels=args.max_pixels)
+    if training:
+        report = bench.benchmark_training(model, settings)
+        text = bench.format_train_report(report)
+    else:
+        report = bench.benchmark_captioning(model, settings)
+        text = bench.format_caption_report(report)
+    report["command"] = command_line(args)
+    report["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print(text)
+    if args.out:
+        bench.write_json(report, args.out)
+        print(f"report written to {args.out}")
+    return 0
