@@ -63,6 +63,7 @@ def run_training(
     o = config.optim
     mixed = o.mixed_precision if o.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # makes torchrun on CPU use DDP over gloo instead of N lone runs
         gradient_accumulation_steps=o.grad_accum_steps,
         mixed_precision=mixed,
         log_with="tensorboard",

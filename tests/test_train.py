@@ -135,3 +135,6 @@ def test_ddp_with_two_cpu_processes_trains_and_saves_once(synthetic_manifest, tm
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     saved = json.loads((run_dir / "latest" / "trainer_state.json").read_text())
     assert saved["step"] == 4 and (run_dir / "best" / "connector.safetensors").exists()
+    # One process group, not two lone runs: only rank 0 logs and prints the summary.
+    assert (result.stdout + result.stderr).count("step 4/4 loss") == 1
+    assert result.stdout.count('"step": 4') == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 EPILOG = """examples:
@@ -40,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_run_config(args.config, args.overrides)
     summary = run_training(config, resume=args.resume, show_progress=not args.no_progress)
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not per DDP process
+        print(json.dumps(summary))
     return 130 if summary["stopped_by"] in ("SIGINT", "SIGTERM") else 0
