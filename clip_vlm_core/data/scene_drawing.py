@@ -58,7 +58,8 @@ def _vehicle(draw: ImageDraw.ImageDraw, vtype: str, colour: str, lane: str, rng:
     outline = (90, 90, 90) if colour == "black" else (0, 0, 0)
     cx = LANE_CENTRE[lane] * WIDTH + rng.uniform(-30, 30)
     bottom = HEIGHT * 0.86 + rng.uniform(-20, 20)
-    width, height = {"car": (330, 190), "truck": (360, 400), "bus": (400, 330)}[vtype]
+    # Types differ first of all in outline (wide and low, tall and narrow, long), which survives downscaling.
+    width, height = {"car": (420, 170), "truck": (300, 480), "bus": (620, 320)}[vtype]
     left, right, top = cx - width / 2, cx + width / 2, bottom - height
     draw.rectangle([left, top, right, bottom], fill=fill, outline=outline, width=6)
     if vtype == "car":  # a narrower cabin on top with a dark window
@@ -75,12 +76,13 @@ def _vehicle(draw: ImageDraw.ImageDraw, vtype: str, colour: str, lane: str, rng:
 
 
 def _traffic_light(draw: ImageDraw.ImageDraw, state: str) -> None:
-    x0, y0 = int(WIDTH * 0.86), 60
-    draw.rectangle([x0 + 45, y0 + 300, x0 + 75, HORIZON + 40], fill=(60, 60, 60))
-    draw.rectangle([x0, y0, x0 + 120, y0 + 300], fill=(25, 25, 25))
-    red, green = ((255, 30, 30), (40, 50, 40)) if state == "red" else ((60, 30, 30), (40, 255, 80))
-    draw.ellipse([x0 + 15, y0 + 20, x0 + 105, y0 + 110], fill=red)
-    draw.ellipse([x0 + 15, y0 + 190, x0 + 105, y0 + 280], fill=green)
+    """A large light high on the right: a lit red lamp on top, or a lit green lamp below."""
+    x0, y0 = WIDTH - 300, 30
+    draw.rectangle([x0 + 105, y0 + 470, x0 + 135, y0 + 640], fill=(60, 60, 60))
+    draw.rectangle([x0, y0, x0 + 240, y0 + 470], fill=(25, 25, 25))
+    red, green = ((255, 30, 30), (40, 60, 40)) if state == "red" else ((70, 30, 30), (40, 255, 80))
+    draw.ellipse([x0 + 20, y0 + 15, x0 + 220, y0 + 215], fill=red)
+    draw.ellipse([x0 + 20, y0 + 255, x0 + 220, y0 + 455], fill=green)
 
 
 def draw_front(facts: SceneFacts, rng: random.Random) -> Image.Image:

@@ -54,9 +54,9 @@ QWEN_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Pixel budget of the tiny processor: a 1600x900 frame becomes 168x84 pixels, 18 visual tokens.
+# Pixel budget of the tiny processor: a 1600x900 frame becomes 224x112 pixels, 32 visual tokens.
 TINY_MIN_PIXELS = 28 * 28 * 4
-TINY_MAX_PIXELS = 28 * 28 * 18
+TINY_MAX_PIXELS = 28 * 28 * 32
 # Wider than Qwen's 0.02: a random tiny model then answers differently for different images, which the
 # tests of batching and save/load need to be meaningful (at 0.02 every caption is the same newline run).
 TINY_INIT_STD = 0.2
