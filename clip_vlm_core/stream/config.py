@@ -150,7 +150,9 @@ def _check(spec: ParameterSpec, value: Any) -> Any:
         if not isinstance(value, str):
             raise UserError(f"parameter {spec.name}={value!r} must be a string")
     elif isinstance(default, list):
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        if value is None or isinstance(value, list | tuple) and len(value) == 0:
+            value = []  # ROS reads `[]` as an unset value or an array of some element type
+        elif not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise UserError(f"parameter {spec.name}={value!r} must be a list of strings")
         value = list(value)
     if spec.choices and value not in spec.choices:

@@ -1,0 +1,1 @@
+../ros2_ws/src/clip_vlm/launch/caption.launch.py

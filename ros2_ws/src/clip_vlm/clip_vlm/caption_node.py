@@ -1,0 +1,264 @@
+"""`caption_node`: camera views in, one scene caption out on /scene_caption.
+
+Thin by design: callbacks decode and pair frames (clip_vlm_core.stream), a worker thread captions at
+`rate_hz`, and this file turns results into messages. Run it as
+`ros2 run clip_vlm caption_node --ros-args -p policy:=all` or `.venv/bin/caption_node --ros-args ...`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from visualization_msgs.msg import Marker
+
+from clip_vlm import messages
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.stream import (
+    PARAMETERS,
+    BadFrame,
+    CaptionNodeConfig,
+    CaptionWorker,
+    Frame,
+    FramePair,
+    FramePairer,
+    PairQueue,
+    StreamStats,
+    decode_image_message,
+    stamp_to_ns,
+    validate_parameters,
+)
+from clip_vlm_core.stream.config import ParameterSpec, replace_parameter
+from clip_vlm_core.stream.drawing import draw_caption
+
+NODE_NAME = "caption_node"
+STOP_TIMEOUT_S = 1.5  # SIGINT must end the process within 2 s, even mid-inference
+
+
+class CaptionNode(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        self.config = validate_parameters(self._declare_parameters())
+        self.captioner = _load_captioner(self.config)
+        self.get_logger().info(
+            f"model {self.captioner.model_name} on {self.captioner.device}, views {list(self.config.views)}"
+        )
+        views = self.config.views
+        self.stats = StreamStats(views)
+        self.pairer = FramePairer(
+            views,
+            max_skew_ns=int(self.config.max_skew_ms * 1e6),
+            view_timeout_ns=int(self.config.view_timeout_s * 1e9),
+            caption_missing_views=self.config.caption_missing_views,
+            started_ns=time.monotonic_ns(),
+        )
+        self.queue = PairQueue(self.config.policy, self.config.queue_size, int(self.config.max_age_ms * 1e6))
+        self._resets_seen = 0
+
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.caption_pub = self.create_publisher(String, "scene_caption", latched)
+        self.marker_pub = self.create_publisher(Marker, "scene_caption/marker", 10)
+        self.image_pub = self.create_publisher(Image, "scene_caption/image", 1)
+        self.overlay_pub = (
+            self.create_publisher(messages.OverlayText, "scene_caption/overlay", 1) if messages.OverlayText else None
+        )
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        image_qos = QoSProfile(
+            depth=self.config.qos_depth,
+            reliability=ReliabilityPolicy.RELIABLE
+            if self.config.qos_reliability == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
+        )
+        message_type = CompressedImage if self.config.image_transport == "compressed" else Image
+        self._subscriptions_by_view = {
+            view: self.create_subscription(
+                message_type, self.config.topic_for(view), partial(self._on_image, view), image_qos
+            )
+            for view in views
+        }
+        self.worker = CaptionWorker(
+            self.captioner,
+            self.queue,
+            self.stats,
+            self._publish,
+            rate_hz=self.config.rate_hz,
+            batch_size=self.config.batch_size,
+            newest_stamp_ns=lambda: self.pairer.newest_stamp_ns,
+            source_clock_ns=lambda: self.get_clock().now().nanoseconds,
+            decoding=self.config.decoding(),
+        )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.worker.start()
+        topics = ", ".join(self.config.topic_for(v) for v in views)
+        self.get_logger().info(f"captioning {topics} at {self.config.rate_hz} Hz, policy {self.config.policy}")
+
+    # -- parameters -------------------------------------------------------------------------------
+    def _declare_parameters(self) -> dict[str, Any]:
+        values = {}
+        for spec in PARAMETERS:
+            try:
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            except InvalidParameterValueException as exc:
+                # Out of the descriptor's range: say it in validate_parameters' words when the given
+                # value can be read back (rclpy keeps overrides in a private dict), else in rclpy's.
+                override = getattr(self, "_parameter_overrides", {}).get(spec.name)
+                if override is not None:
+                    validate_parameters({spec.name: override.value})
+                raise UserError(f"parameter {spec.name}: {exc.args[0]}") from None
+        return values
+
+    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
+        config = self.config
+        try:
+            for parameter in parameters:
+                config = replace_parameter(config, parameter.name, parameter.value)
+        except UserError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.config = config
+        self.worker.rate_hz = config.rate_hz
+        self.worker.decoding = config.decoding()
+        self.pairer.caption_missing_views = config.caption_missing_views
+        return SetParametersResult(successful=True)
+
+    # -- frames in (executor thread: decode, pair, queue; never the model) ------------------------
+    def _on_image(self, view: str, msg: Any) -> None:
+        received_ns = time.monotonic_ns()
+        try:
+            image = decode_image_message(msg)
+        except BadFrame as exc:
+            self.stats.frame_bad(view, str(exc))
+            return
+        self.stats.frame_received(view)
+        frame = Frame(view, stamp_to_ns(msg.header.stamp), received_ns, image, msg.header.frame_id)
+        pair = self.pairer.add(frame)
+        if self.pairer.counters.resets != self._resets_seen:
+            # Stamps went backwards (a looping bag): pairs from before the jump would be judged stale
+            # against the wrong clock, so they go too.
+            self._resets_seen = self.pairer.counters.resets
+            self.queue.clear()
+            self.get_logger().warn(f"{view} stamp went backwards: frame pairing restarted")
+        if pair is not None:
+            self.queue.put(pair)
+
+    # -- captions out (worker thread) -------------------------------------------------------------
+    def _publish(self, pair: FramePair, caption: str) -> None:
+        self.caption_pub.publish(String(data=caption))
+        self.marker_pub.publish(messages.caption_marker(caption, pair.stamp_ns, pair.frame_id))
+        if self.overlay_pub is not None:
+            self.overlay_pub.publish(messages.overlay_text(caption))
+        if self.config.publish_image and self.image_pub.get_subscription_count() > 0:
+            front = pair.images[self.config.views[0]]
+            self.image_pub.publish(messages.rgb_image(draw_caption(front, caption), pair.stamp_ns, pair.frame_id))
+
+    def _publish_diagnostics(self) -> None:
+        silent = self.pairer.silent_views(time.monotonic_ns())
+        counters, queued = self.pairer.counters, self.queue.counters
+        pairs_lost = queued.superseded + queued.overflow + queued.stale + self.stats.dropped_on_error
+        extra = [
+            ("queue_depth", str(len(self.queue))),
+            ("policy", self.config.policy),
+            ("batch_limit", str(self.worker.batch_limit)),
+            ("pairs_made", str(counters.pairs)),
+            ("pairs_dropped_superseded", str(queued.superseded)),
+            ("pairs_dropped_overflow", str(queued.overflow)),
+            ("pairs_dropped_stale", str(queued.stale)),
+            ("pairing_resets", str(counters.resets)),
+            ("device", str(self.captioner.device)),
+            ("model", self.captioner.model_name),
+        ]
+        for view in self.config.views:
+            extra.append((f"{view}.dropped", str(counters.unpaired[view] + pairs_lost)))
+            extra.append((f"{view}.substituted_black", str(counters.substituted[view])))
+        report = self.stats.report(silent, extra)
+        if silent and self.config.caption_missing_views:
+            report.message += " (captioned with a black image in its place)"
+        now = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(
+            messages.diagnostic_array(report, f"clip_vlm: {self.get_name()}", self.captioner.model_name, now)
+        )
+
+    def close(self) -> None:
+        if not self.worker.stop(STOP_TIMEOUT_S):
+            self.get_logger().warn("an inference call was still running at shutdown; leaving it behind")
+
+
+def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    # dynamic_typing: `-p rate_hz:=2` (an integer) must be accepted for a float; validate_parameters
+    # does the type checks and says what is wrong in words.
+    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only, dynamic_typing=True)
+    if spec.choices:
+        descriptor.additional_constraints = f"one of {list(spec.choices)}"
+    if spec.low is not None and isinstance(spec.default, float):
+        descriptor.floating_point_range = [FloatingPointRange(from_value=spec.low, to_value=spec.high, step=0.0)]
+    elif spec.low is not None and isinstance(spec.default, int):
+        descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    return descriptor
+
+
+def _load_captioner(config: CaptionNodeConfig):
+    from clip_vlm_core.model import SceneCaptioner
+
+    captioner = SceneCaptioner.from_pretrained(config.model or None, device=config.device or None)
+    if set(config.views) != set(captioner.views):
+        raise UserError(
+            f"parameter views={list(config.views)} does not match the views the model reads {list(captioner.views)}"
+        )
+    if config.prompt:
+        captioner = captioner.with_prompt(config.prompt)
+    # One caption at start-up so the first real frame does not pay for lazy initialisation.
+    black = {view: np.zeros((64, 64, 3), np.uint8) for view in captioner.views}
+    captioner.caption([black], max_new_tokens=2)
+    return captioner
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console-script entry point: run the node, then leave without the interpreter's slow teardown."""
+    code = run(args)
+    # Everything is shut down by now (worker joined, node destroyed, rclpy shut down); what is left
+    # is Python unloading torch/transformers, which takes 1-2 s and would break the promise that
+    # Ctrl-C ends the node within 2 s.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(args: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = CaptionNode()
+        rclpy.spin(node)
+    except UserError as exc:
+        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

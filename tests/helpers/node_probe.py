@@ -1,0 +1,184 @@
+"""Drive a running caption_node over DDS and report what came back, as JSON.
+
+    node_probe.py --transport compressed --out result.json --plan '[{"kind": "pairs", "count": 5}, ...]'
+
+Plan steps (run in order):
+  pairs        count, rate, width, height: front/back pairs with equal stamps (wall clock)
+  front_only   seconds, rate: only CAM_FRONT, so CAM_BACK goes silent
+  bad          view, what: undecodable | empty | zero_size | unknown_encoding | short_buffer | odd_size
+  backwards    seconds: later stamps are this much older (a bag looping)
+  wait_captions count, timeout: until that many captions arrived since the probe started
+  wait_diagnostics key, value, timeout: until the node's diagnostics show key == value
+  sleep        seconds
+The result holds every marker (stamp, text, receive time), the captions, and the last diagnostics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from PIL import Image as PILImage
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+from visualization_msgs.msg import Marker
+
+VIEWS = ("CAM_FRONT", "CAM_BACK")
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class Probe(Node):
+    def __init__(self, transport: str) -> None:
+        super().__init__("caption_probe")
+        self.transport = transport
+        kind = CompressedImage if transport == "compressed" else Image
+        suffix = "/compressed" if transport == "compressed" else ""
+        self.pubs = {v: self.create_publisher(kind, f"/{v}/image_raw{suffix}", RELIABLE) for v in VIEWS}
+        self.markers: list[dict] = []
+        self.captions: list[str] = []
+        self.diagnostics: dict[str, str] = {}
+        self.diagnostics_level = -1
+        self.diagnostics_message = ""
+        self.offset_ns = 0
+        self.sent_pairs: list[int] = []
+        self._encoded: dict[tuple, bytes] = {}
+        self.create_subscription(Marker, "/scene_caption/marker", self._on_marker, RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(String, "/scene_caption", lambda m: self.captions.append(m.data), latched)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _on_marker(self, msg: Marker) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.markers.append({"stamp_ns": stamp, "text": msg.text, "received_ns": time.time_ns()})
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith("clip_vlm"):
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+                self.diagnostics_level = int.from_bytes(status.level, "little")
+                self.diagnostics_message = status.message
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rclpy.spin_once(self, timeout_sec=min(0.02, max(0.0, end - time.monotonic())))
+
+    def wait_for_node(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            ready = all(p.get_subscription_count() > 0 for p in self.pubs.values())
+            if ready and self.count_publishers("/scene_caption/marker") > 0:
+                self.spin_for(0.3)  # let the reliable readers/writers finish matching
+                return
+            self.spin_for(0.05)
+        raise SystemExit("caption_node did not appear on the graph")
+
+    # -- messages ---------------------------------------------------------------------------------
+    def stamp(self) -> tuple[int, Header]:
+        ns = time.time_ns() - self.offset_ns
+        return ns, Header(stamp=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000), frame_id="cam")
+
+    def image_msg(self, header: Header, width: int, height: int, colour: int):
+        if self.transport == "compressed":
+            key = (width, height, colour)
+            if key not in self._encoded:  # encoding is the slow part; the tests reuse a few images
+                out = io.BytesIO()
+                PILImage.new("RGB", (width, height), (colour, 80, 255 - colour)).save(out, format="JPEG")
+                self._encoded[key] = out.getvalue()
+            return CompressedImage(header=header, format="jpeg", data=self._encoded[key])
+        data = np.full((height, width, 3), colour, np.uint8).tobytes()
+        return Image(header=header, height=height, width=width, encoding="rgb8", step=width * 3, data=data)
+
+    def bad_msg(self, header: Header, what: str):
+        if what == "undecodable":
+            return CompressedImage(header=header, format="jpeg", data=b"\xff\xd8\xff\xe0 not a jpeg")
+        if what == "empty":
+            return CompressedImage(header=header, format="jpeg", data=b"")
+        if what == "odd_size":  # decodes fine; the captioner's processor refuses the aspect ratio
+            return self.image_msg(header, 400, 1, 50)
+        raw = {"zero_size": ("rgb8", 0, 0, 0, b""), "unknown_encoding": ("weird42", 4, 4, 12, bytes(48)),
+               "short_buffer": ("rgb8", 4, 4, 12, bytes(40))}[what]
+        encoding, width, height, step, data = raw
+        return Image(header=header, height=height, width=width, encoding=encoding, step=step, data=data)
+
+    # -- plan steps -------------------------------------------------------------------------------
+    def run_step(self, step: dict) -> None:
+        kind = step["kind"]
+        if kind == "pairs":
+            period = 1.0 / step.get("rate", 10.0)
+            for i in range(step["count"]):
+                stamp, header = self.stamp()
+                for view in VIEWS:
+                    self.pubs[view].publish(self.image_msg(header, step.get("width", 320), step.get("height", 180),
+                                                           (i * 37) % 256))
+                self.sent_pairs.append(stamp)
+                self.spin_for(period)
+        elif kind == "front_only":
+            end = time.monotonic() + step["seconds"]
+            while time.monotonic() < end:
+                _, header = self.stamp()
+                self.pubs["CAM_FRONT"].publish(self.image_msg(header, 320, 180, 90))
+                self.spin_for(1.0 / step.get("rate", 10.0))
+        elif kind == "bad":
+            _, header = self.stamp()
+            views = [step["view"]] if "view" in step else list(VIEWS)
+            for view in views:
+                self.pubs[view].publish(self.bad_msg(header, step["what"]))
+            self.spin_for(0.1)
+        elif kind == "backwards":
+            self.offset_ns += int(step["seconds"] * 1e9)
+        elif kind == "sleep":
+            self.spin_for(step["seconds"])
+        elif kind == "wait_captions":
+            end = time.monotonic() + step.get("timeout", 20.0)
+            while len(self.markers) < step["count"] and time.monotonic() < end:
+                self.spin_for(0.05)
+        elif kind == "wait_diagnostics":
+            end = time.monotonic() + step.get("timeout", 5.0)
+            while self.diagnostics.get(step["key"]) != str(step["value"]) and time.monotonic() < end:
+                self.spin_for(0.05)
+        else:
+            raise SystemExit(f"unknown plan step {kind!r}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", required=True, help="JSON list of steps")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--transport", choices=("compressed", "raw"), default="compressed")
+    parser.add_argument("--node-timeout", type=float, default=60.0)
+    args = parser.parse_args()
+    rclpy.init()
+    probe = Probe(args.transport)
+    try:
+        probe.wait_for_node(args.node_timeout)
+        for step in json.loads(args.plan):
+            probe.run_step(step)
+        probe.spin_for(1.2)  # one more diagnostics message, reflecting everything sent
+        result = {
+            "sent_pairs": probe.sent_pairs,
+            "markers": probe.markers,
+            "captions": probe.captions,
+            "diagnostics": probe.diagnostics,
+            "diagnostics_level": probe.diagnostics_level,
+            "diagnostics_message": probe.diagnostics_message,
+        }
+        with open(args.out, "w") as f:
+            json.dump(result, f)
+    finally:
+        probe.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The ROS 2 caption node end to end: real rclpy, real Fast DDS, node and probe in separate processes.
+
+Two node processes are shared across checks (starting one costs seconds of model loading): one
+under policy `all` on compressed images, one under `latest` on raw images. The probe
+(tests/helpers/node_probe.py) publishes camera pairs and bad frames and reports captions and
+/diagnostics as JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clip_vlm_core.stream import PARAMETERS, validate_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE = ROOT / ".venv" / "bin" / "caption_node"
+PROBE = ROOT / "tests" / "helpers" / "node_probe.py"
+PACKAGE = ROOT / "ros2_ws" / "src" / "clip_vlm"
+FAST_DECODING = {"max_new_tokens": 4}
+# Parameters every rclpy node declares itself; launch files may set them too.
+RCLPY_PARAMETERS = {"use_sim_time"}
+
+pytestmark = pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`")
+
+
+def ros_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def ros_args(params: dict) -> list[str]:
+    args = ["--ros-args"]
+    for name, value in params.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list | tuple):
+            value = "[" + ",".join(value) + "]"
+        args += ["-p", f"{name}:={value}"]
+    return args
+
+
+def start_node(params: dict, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([str(NODE), *ros_args(params)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def probe(env: dict[str, str], tmp_path: Path, plan: list[dict], transport: str = "compressed") -> dict:
+    out = tmp_path / f"probe-{time.monotonic_ns()}.json"
+    done = subprocess.run(
+        [sys.executable, str(PROBE), "--out", str(out), "--plan", json.dumps(plan), "--transport", transport],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def count(result: dict, key: str) -> int:
+    return int(result["diagnostics"].get(key, "0"))
+
+
+@pytest.fixture(scope="module")
+def all_node():
+    env = ros_env()
+    proc = start_node({"policy": "all", "rate_hz": 20.0, "batch_size": 4, "queue_size": 64, "max_age_ms": 60000.0,
+                       "view_timeout_s": 1.0, **FAST_DECODING}, env)
+    yield proc, env
+    stop_node(proc)
+
+
+@pytest.fixture(scope="module")
+def latest_raw_node():
+    env = ros_env()
+    proc = start_node({"policy": "latest", "image_transport": "raw", "rate_hz": 2.0, "view_timeout_s": 1.0,
+                       "caption_missing_views": True, **FAST_DECODING}, env)
+    yield proc, env
+    stop_node(proc)
+
+
+# -- policy all, compressed -----------------------------------------------------------------------
+def test_policy_all_captions_every_pair_with_its_source_stamp(all_node, tmp_path):
+    _, env = all_node
+    result = probe(env, tmp_path, [
+        {"kind": "pairs", "count": 10, "rate": 10.0},
+        {"kind": "pairs", "count": 2, "rate": 4.0, "width": 1600, "height": 900},
+        {"kind": "wait_captions", "count": 12, "timeout": 30.0},
+    ])
+    assert [m["stamp_ns"] for m in result["markers"]] == result["sent_pairs"]
+    assert result["captions"] and result["captions"][-1] == result["markers"][-1]["text"]
+
+
+def test_bad_frames_are_counted_per_view_and_captioning_goes_on(all_node, tmp_path):
+    _, env = all_node
+    result = probe(env, tmp_path, [
+        {"kind": "bad", "view": "CAM_FRONT", "what": "undecodable"},
+        {"kind": "bad", "view": "CAM_BACK", "what": "empty"},
+        {"kind": "bad", "what": "odd_size"},  # decodes, but inference refuses it
+        {"kind": "sleep", "seconds": 0.5},
+        {"kind": "pairs", "count": 3, "rate": 10.0},
+        {"kind": "backwards", "seconds": 100.0},  # a looping bag
+        {"kind": "pairs", "count": 3, "rate": 10.0},
+        {"kind": "wait_captions", "count": 6, "timeout": 20.0},
+    ])
+    assert [m["stamp_ns"] for m in result["markers"]] == result["sent_pairs"]
+    assert count(result, "CAM_FRONT.bad") >= 1 and count(result, "CAM_BACK.bad") >= 1
+    assert "cannot be decoded" in result["diagnostics"]["CAM_FRONT.last_bad_reason"]
+    assert count(result, "inference_errors") >= 1 and "aspect ratio" in result["diagnostics"]["last_inference_error"]
+    assert count(result, "pairing_resets") >= 1
+
+
+def test_silent_view_is_a_warning_in_diagnostics(all_node, tmp_path):
+    _, env = all_node
+    result = probe(env, tmp_path, [{"kind": "front_only", "seconds": 1.8, "rate": 10.0}])
+    assert result["diagnostics_level"] == 1 and "CAM_BACK" in result["diagnostics_message"]
+    assert result["markers"] == []  # caption_missing_views is off: no caption without the back view
+
+
+def test_sigint_stops_the_node_cleanly_within_two_seconds(all_node):
+    proc, _ = all_node
+    assert proc.poll() is None, proc.stdout.read()
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(10)
+    elapsed = time.monotonic() - start
+    output = proc.stdout.read()
+    assert code == 0 and elapsed < 2.0, (elapsed, output[-2000:])
+    assert "Traceback" not in output
+
+
+# -- policy latest, raw ---------------------------------------------------------------------------
+def test_latest_policy_keeps_latency_bounded_and_accounts_for_every_pair(latest_raw_node, tmp_path):
+    _, env = latest_raw_node
+    result = probe(env, tmp_path, [{"kind": "pairs", "count": 40, "rate": 20.0}], transport="raw")
+    latencies_ms = [(m["received_ns"] - m["stamp_ns"]) / 1e6 for m in result["markers"]]
+    assert 2 <= len(latencies_ms) <= 8  # about rate_hz x 2 s, not one per pair
+    assert max(latencies_ms) < 1000.0, latencies_ms  # one tick + one inference, never a backlog
+    lost = sum(count(result, f"pairs_dropped_{why}") for why in ("superseded", "overflow", "stale"))
+    accounted = count(result, "captions") + lost + count(result, "pairs_dropped_on_error") + count(result, "queue_depth")
+    assert count(result, "pairs_made") == accounted and count(result, "pairs_dropped_superseded") > 20
+
+
+def test_bad_raw_frames_are_counted_and_captioning_goes_on(latest_raw_node, tmp_path):
+    _, env = latest_raw_node
+    result = probe(env, tmp_path, [
+        {"kind": "bad", "view": "CAM_FRONT", "what": "unknown_encoding"},
+        {"kind": "bad", "view": "CAM_FRONT", "what": "short_buffer"},
+        {"kind": "bad", "view": "CAM_BACK", "what": "zero_size"},
+        {"kind": "pairs", "count": 4, "rate": 4.0},
+    ], transport="raw")
+    assert count(result, "CAM_FRONT.bad") >= 2 and count(result, "CAM_BACK.bad") >= 1
+    assert "zero-size" in result["diagnostics"]["CAM_BACK.last_bad_reason"]
+    assert len(result["markers"]) >= 1
+
+
+def test_silent_view_is_shown_black_when_captioning_missing_views(latest_raw_node, tmp_path):
+    _, env = latest_raw_node
+    result = probe(env, tmp_path, [{"kind": "front_only", "seconds": 2.5, "rate": 10.0}], transport="raw")
+    assert len(result["markers"]) >= 1 and count(result, "CAM_BACK.substituted_black") >= 1
+    assert result["diagnostics_level"] == 1 and "black image" in result["diagnostics_message"]
+
+
+# -- start-up validation ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "params, message",
+    [({"rate_hz": 0.0}, "rate_hz"), ({"policy": "newest"}, "policy"), ({"views": "[]"}, "views is empty"),
+     ({"model": "/no/such/checkpoint"}, "/no/such/checkpoint")],
+    ids=["rate", "policy", "views", "model"],
+)
+def test_invalid_parameter_exits_2_with_one_clear_line(params, message):
+    done = subprocess.run([str(NODE), *ros_args(params)], env=ros_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.startswith("caption_node: error: ")
+
+
+# -- launch files and the params file ---------------------------------------------------------------
+def parameters_set_by(launch_file: Path) -> set[str]:
+    """Names in the `parameters=` of every caption_node Node(...): dict keys and keyword names."""
+    names: set[str] = set()
+    for call in ast.walk(ast.parse(launch_file.read_text())):
+        if not isinstance(call, ast.Call):
+            continue
+        keywords = {k.arg: k.value for k in call.keywords}
+        executable = keywords.get("executable")
+        if not (isinstance(executable, ast.Constant) and executable.value == "caption_node"):
+            continue
+        for node in ast.walk(keywords["parameters"]):
+            if isinstance(node, ast.Dict):
+                names |= {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            elif isinstance(node, ast.Call):
+                names |= {k.arg for k in node.keywords if k.arg}
+    return names
+
+
+@pytest.mark.parametrize("name", ["caption.launch.py", "replay.launch.py"])
+def test_launch_file_sets_only_parameters_the_node_declares(name):
+    path = ROOT / "launch" / name
+    assert path.resolve() == (PACKAGE / "launch" / name).resolve()  # one file, installed by the package
+    names = parameters_set_by(path)
+    assert names, "no caption_node parameters found"
+    assert names <= {spec.name for spec in PARAMETERS} | RCLPY_PARAMETERS
+
+
+def test_installed_params_file_passes_the_nodes_validation():
+    document = yaml.safe_load((PACKAGE / "config" / "caption.yaml").read_text())
+    config = validate_parameters(document["/**"]["ros__parameters"])
+    assert config.topic_for("CAM_BACK") == "/CAM_BACK/image_raw/compressed"
