@@ -26,11 +26,11 @@ def _add_common(parser: argparse.ArgumentParser, batch_sizes: list[int], warmup:
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_sizes, metavar="N",
                         help="batch sizes to time, in pairs of views (default: %(default)s)")
-    parser.add_argument("--max-pixels", type=int, default=None,
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="cap on Qwen's pixels per image; a 1600x900 frame is resized to fit "
                         "(default: Qwen's own budget, which keeps it at 1596x896, 1824 tokens per view)")
-    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs first (default: %(default)s)")
-    parser.add_argument("--iters", type=int, default=iters, help="timed runs per setting (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=warmup, metavar="N", help="untimed runs first (default: %(default)s)")
+    parser.add_argument("--iters", type=int, default=iters, metavar="N", help="timed runs per setting (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
 
 
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(caption, list(c.batch_sizes), c.warmup, c.iters)
-    caption.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens,
+    caption.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens, metavar="N",
                          help="tokens generated per caption, exactly (default: %(default)s)")
     caption.add_argument("--compile", action="store_true",
                          help="GPU only: static KV cache, with which generate() compiles the decode step")
@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(train, list(t.batch_sizes), t.warmup, t.iters)
-    train.add_argument("--caption-tokens", type=int, default=t.caption_tokens,
+    train.add_argument("--caption-tokens", "--max-new-tokens", dest="caption_tokens", type=int, metavar="N",
+                       default=t.caption_tokens,
                        help="length of the labelled caption in each sample (default: %(default)s)")
     train.set_defaults(func=run)
 
