@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ROS_PKG := ros2_ws/src/clip_vlm
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-fast lint clean
+.PHONY: all venv demo test test-fast lint clean embedded-model
 
 all: venv
 
@@ -33,6 +33,12 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check clip_vlm_core tests $(ROS_PKG) launch
+
+# Retrain the embedded default model from its recipe and seed (~10 min on 2 CPU cores) and install it.
+embedded-model: $(STAMP)
+	rm -rf runs/synthetic-tiny
+	$(BIN)/clip-vlm train --config training/configs/synthetic-tiny.yaml
+	$(BIN)/python -m clip_vlm_core.model.embedded runs/synthetic-tiny
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,331 @@
+"""`make demo`: the whole system on a synthetic nuScenes scene, end to end.
+
+1. synthesise a small nuScenes scene whose content is known   (clip-vlm data synth)
+2. convert it to a rosbag2 bag in bags/                        (clip-vlm bag convert --captions)
+3. start caption_node with the embedded default model          (ros2 run clip_vlm caption_node)
+4. replay the bag into it                                      (clip-vlm bag play)
+5. print each caption as it arrives beside the ground truth, with its latency
+6. write an HTML report (frames, truth, caption, latency and drop figures)
+7. stop everything it started
+
+Like `bag play`, this is an application on top of the core: rclpy is imported only inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clip_vlm_core.errors import UserError
+
+VIEWS = ("CAM_FRONT", "CAM_BACK")
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"demo failed at step '{step}': {reason}")
+
+
+@dataclass
+class Keyframe:
+    stamp_ns: int
+    images: dict[str, Path]
+    truth: str
+    caption: str | None = None
+    latency_ms: float | None = None
+
+
+@dataclass
+class Demo:
+    out: Path
+    bags: Path
+    samples: int
+    seed: int
+    rate: float
+    model: str
+    timeout_s: float
+    keyframes: dict[int, Keyframe] = field(default_factory=dict)
+    diagnostics: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's), falling back to PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def synthesise(demo: Demo) -> tuple[Path, str]:
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    data = generate_synthetic_nuscenes(demo.out / "nuscenes", scenes=1, samples_per_scene=demo.samples,
+                                       seed=demo.seed, overwrite=True, show_progress=False)
+    scene = data.scene_names[0]
+    records = {r["token"]: r for r in json.loads((data.captions / f"{scene}.json").read_text())}
+    from nuscenes.nuscenes import NuScenes
+
+    nusc = NuScenes("v1.0-mini", str(data.root), verbose=False)
+    for sample in nusc.sample:
+        front = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
+        images = {v: data.root / nusc.get("sample_data", sample["data"][v])["filename"] for v in VIEWS}
+        caption = records[sample["token"]]["gemini_caption"]
+        demo.keyframes[front["timestamp"] * 1000] = Keyframe(front["timestamp"] * 1000, images,
+                                                            f"{caption['FRONT']} {caption['BACK']}")
+    print(f"      {len(demo.keyframes)} keyframes of {scene} (seed {demo.seed}) in {data.root}")
+    return data.root, scene
+
+
+def convert(demo: Demo, root: Path, scene: str) -> Path:
+    from clip_vlm_core.bags import BagConvertOptions, convert_scene, load_nuscenes
+
+    options = BagConvertOptions(captions=root / "nuinteract", overwrite=True, progress=False)
+    bag = convert_scene(load_nuscenes(root, "v1.0-mini"), scene, demo.bags, options)
+    print(f"      {bag}  (replay it yourself: clip-vlm bag play {bag})")
+    return bag
+
+
+def start_node(demo: Demo, env: dict[str, str]) -> subprocess.Popen:
+    # Policy "all" captions every pair of the replay; the bag's 2018 stamps are old, so no age limit.
+    params = {"policy": "all", "rate_hz": 4.0, "batch_size": 4, "queue_size": 64, "max_new_tokens": 48,
+              "max_age_ms": 60000.0}
+    if demo.model:
+        params["model"] = demo.model
+    cmd = [_bin("caption_node"), "--ros-args"]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}:={value}"]
+    log = open(demo.out / "caption_node.log", "w")  # noqa: SIM115 - closed with the process
+    node = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    demo.processes.append(node)
+    return node
+
+
+def run(demo: Demo) -> int:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CompressedImage
+    from visualization_msgs.msg import Marker
+
+    demo.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(random.randint(100, 200))),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")}
+    os.environ.update(env)
+    step = "1/7 synthesise a nuScenes scene"
+    try:
+        print(f"[{step}]")
+        root, scene = synthesise(demo)
+        step = "2/7 convert it to a rosbag2 bag"
+        print(f"[{step}]")
+        bag = convert(demo, root, scene)
+
+        step = "3/7 start caption_node"
+        print(f"[{step}]  model: {demo.model or 'embedded default'}; log: {demo.out / 'caption_node.log'}")
+        rclpy.init()
+        listener = rclpy.create_node("clip_vlm_demo")
+        arrivals: dict[int, float] = {}
+        listener.create_subscription(CompressedImage, "/CAM_FRONT/image_raw/compressed",
+                                     lambda m: arrivals.setdefault(_ns(m.header.stamp), time.monotonic()), 10)
+        listener.create_subscription(DiagnosticArray, "/diagnostics", lambda m: _keep_diagnostics(demo, m), 10)
+        listener.create_subscription(Marker, "/scene_caption/marker", lambda m: _on_caption(demo, m, arrivals), 50)
+        executor = SingleThreadedExecutor()
+        executor.add_node(listener)
+        node = start_node(demo, env)
+        started = time.monotonic()
+        while not demo.diagnostics:  # the node publishes diagnostics once its model is loaded
+            executor.spin_once(timeout_sec=0.2)
+            if node.poll() is not None:
+                raise StepFailed(step, f"caption_node exited with code {node.returncode}: {_tail(demo.out / 'caption_node.log')}")
+            if time.monotonic() - started > demo.timeout_s:
+                raise StepFailed(step, f"no /diagnostics from caption_node within {demo.timeout_s:.0f} s")
+        print(f"      up in {time.monotonic() - started:.1f} s on {demo.diagnostics.get('device', '?')}")
+
+        step = "4/7 replay the bag"
+        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate}")
+        play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
+        player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate),
+                                   "--wait-for-subscribers", "10"], stdout=play_log, stderr=subprocess.STDOUT,
+                                  env=env, start_new_session=True)
+        demo.processes.append(player)
+
+        step = "5/7 caption every keyframe"
+        print(f"[{step}]")
+        deadline = None
+        while any(k.caption is None for k in demo.keyframes.values()):
+            executor.spin_once(timeout_sec=0.1)
+            if player.poll() is not None:
+                if player.returncode != 0:
+                    raise StepFailed("4/7 replay the bag", f"bag play exited with code {player.returncode}: "
+                                     f"{_tail(demo.out / 'bag_play.log')}")
+                deadline = deadline or time.monotonic() + demo.timeout_s
+            if node.poll() is not None:
+                raise StepFailed(step, f"caption_node died (code {node.returncode}): {_tail(demo.out / 'caption_node.log')}")
+            if deadline and time.monotonic() > deadline:
+                missing = sum(k.caption is None for k in demo.keyframes.values())
+                raise StepFailed(step, f"{missing} of {len(demo.keyframes)} keyframes got no caption "
+                                 f"{demo.timeout_s:.0f} s after the replay ended")
+        end = time.monotonic() + 1.5  # one more diagnostics message with the final figures
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.1)
+
+        step = "6/7 write the report"
+        print(f"[{step}]")
+        report = write_report(demo, scene)
+        latencies = sorted(k.latency_ms for k in demo.keyframes.values() if k.latency_ms is not None)
+        correct = sum(_facts_right(k)[0] == _facts_right(k)[1] for k in demo.keyframes.values())
+        print(f"      {len(demo.keyframes)}/{len(demo.keyframes)} keyframes captioned; all facts right in "
+              f"{correct}; end-to-end latency p50 {_pct(latencies, 50):.0f} ms, p95 {_pct(latencies, 95):.0f} ms")
+        print(f"      report: {report}")
+        step = "7/7 stop everything"
+        print(f"[{step}]")
+        return 0
+    except StepFailed as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except UserError as exc:
+        print(f"demo failed at step '{step}': {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _stop(demo.processes)
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def _keep_diagnostics(demo: Demo, msg) -> None:
+    for status in msg.status:
+        demo.diagnostics = {kv.key: kv.value for kv in status.values} | {"message": status.message}
+
+
+def _on_caption(demo: Demo, marker, arrivals: dict[int, float]) -> None:
+    stamp = _ns(marker.header.stamp)
+    keyframe = demo.keyframes.get(stamp)
+    if keyframe is None or keyframe.caption is not None:
+        return
+    keyframe.caption = marker.text
+    if stamp in arrivals:
+        keyframe.latency_ms = (time.monotonic() - arrivals[stamp]) * 1000
+    done = sum(k.caption is not None for k in demo.keyframes.values())
+    right, total = _facts_right(keyframe)
+    latency = f"{keyframe.latency_ms:5.0f} ms" if keyframe.latency_ms is not None else "    ? ms"
+    print(f"  [{done:2d}/{len(demo.keyframes)}] latency {latency}   facts right {right}/{total}")
+    print(f"      truth:   {keyframe.truth}")
+    print(f"      caption: {keyframe.caption}")
+
+
+def _facts_right(keyframe: Keyframe) -> tuple[int, int]:
+    from clip_vlm_core.data.scene_facts import parse_facts
+
+    truth, said = parse_facts(keyframe.truth), parse_facts(keyframe.caption or "")
+    return sum(said.get(k) == v for k, v in truth.items()), len(truth)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def write_report(demo: Demo, scene: str) -> Path:
+    import html
+
+    from clip_vlm_core.data.gallery import thumbnail_uri
+
+    rows = []
+    for k in sorted(demo.keyframes.values(), key=lambda k: k.stamp_ns):
+        right, total = _facts_right(k)
+        thumbs = "".join(f'<figure><img src="{thumbnail_uri(k.images[v], 320)}"><figcaption>{v}</figcaption></figure>'
+                         for v in VIEWS)
+        latency = f"{k.latency_ms:.0f} ms" if k.latency_ms is not None else "n/a"
+        rows.append(f"<tr><td>{thumbs}</td><td><b>truth</b> {html.escape(k.truth)}<br><b>caption</b> "
+                    f"{html.escape(k.caption or '')}<br><small>facts right {right}/{total} · latency {latency} · "
+                    f"stamp {k.stamp_ns}</small></td></tr>")
+    figures = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>"
+                      for key, value in sorted(demo.diagnostics.items()))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>clip-vlm demo: {scene}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td{{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}}
+figure{{display:inline-block;margin:0 6px 0 0}} figcaption{{font-size:11px;color:#666}}</style></head><body>
+<h1>clip-vlm demo: {scene}</h1><p>caption_node (model: {html.escape(demo.model or 'embedded default')}) fed by
+<code>clip-vlm bag play</code>; latency is from the front frame's arrival to its caption's arrival, both seen
+by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
+<h2>Node figures (last /diagnostics)</h2><table>{figures}</table></body></html>"""
+    path = demo.out / "report.html"
+    tmp = path.with_name(".report.html.partial")
+    tmp.write_text(page)
+    tmp.rename(path)
+    return path
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text().strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+    for proc in processes:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def prepare_model(out: Path, model: str, clip: str) -> str:
+    """MODEL/CLIP given: build a checkpoint of those base models with an untrained connector (downloads
+    weights where the hub is reachable) for the node to load; nothing given: the embedded model."""
+    if not model and not clip:
+        return ""
+    if model and not clip and (Path(model) / "clip_vlm_config.json").is_file():
+        return str(Path(model).resolve())  # already a clip-vlm checkpoint
+    from clip_vlm_core.config import CaptionerConfig
+    from clip_vlm_core.model import SceneCaptioner
+
+    config = CaptionerConfig(**({"qwen_model": model} if model else {}), **({"clip_model": clip} if clip else {}))
+    folder = out / "model"
+    shutil.rmtree(folder, ignore_errors=True)
+    SceneCaptioner.build(config).save_pretrained(folder)
+    return str(folder.resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clip_vlm_core.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="work folder (default %(default)s)")
+    parser.add_argument("--bags", type=Path, default=Path("bags"), help="where the bag goes (default %(default)s/)")
+    parser.add_argument("--samples", type=int, default=12, help="keyframes in the scene (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=7, help="scene seed; the embedded model was trained on seed 0")
+    parser.add_argument("--rate", type=float, default=1.0, help="replay speed (default %(default)s)")
+    parser.add_argument("--model", default=os.environ.get("MODEL", ""), help="Qwen2.5-VL hub id/folder or checkpoint")
+    parser.add_argument("--clip", default=os.environ.get("CLIP", ""), help="OpenCLIP model name or folder")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node (default %(default)s)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        model = prepare_model(args.out, args.model, args.clip)
+    except UserError as exc:
+        print(f"demo failed at step 'prepare the model': {exc}", file=sys.stderr)
+        return 1
+    demo = Demo(args.out, args.bags, args.samples, args.seed, args.rate, model, args.timeout)
+    code = run(demo)
+    print(f"demo {'finished' if code == 0 else 'FAILED'} in {time.monotonic() - started:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

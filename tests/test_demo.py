@@ -1,0 +1,38 @@
+"""`make demo` end to end: synthetic scene -> bag -> caption_node <- bag play -> captions and a report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_captions_every_keyframe_and_writes_the_report(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags", str(tmp_path / "bags"),
+         "--samples", "6", "--rate", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    for step in range(1, 8):
+        assert f"[{step}/7 " in out
+    assert "6/6 keyframes captioned" in out
+    assert len(re.findall(r"^\s+caption: ", out, flags=re.M)) == 6
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert report.count("<b>caption</b>") == 6 and "pairs_made" in report
+    assert (tmp_path / "bags" / "scene-0061" / "metadata.yaml").exists()
+
+
+def test_demo_failure_names_the_step(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags", str(tmp_path / "bags"),
+         "--samples", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "demo failed at step '1/7 synthesise a nuScenes scene'" in result.stderr
+    assert "Traceback" not in result.stderr
