@@ -138,6 +138,47 @@ def test_silent_view_is_a_warning_in_diagnostics(all_node, tmp_path):
     assert result["markers"] == []  # caption_missing_views is off: no caption without the back view
 
 
+@pytest.mark.slow
+def test_a_bag_played_by_clip_vlm_bag_play_is_captioned_pair_by_pair(all_node, tmp_path):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from clip_vlm_core.bags import messages as m
+
+    _, env = all_node
+    frames, start, spacing = 6, 1_600_000_000 * 10**9, 250_000_000  # stamps years old, as in a real bag
+    writer = Writer(tmp_path / "bag", version=8, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    jpeg = _jpeg_bytes()
+    for view in ("CAM_FRONT", "CAM_BACK"):
+        conn = writer.add_connection(f"/{view}/image_raw/compressed", m.COMPRESSED_IMAGE, typestore=m.TYPESTORE,
+                                     offered_qos_profiles=[m.STREAM_QOS])
+        for i in range(frames):
+            writer.write(conn, start + i * spacing, m.compressed_image(start + i * spacing + 7_000_000 * (view == "CAM_BACK"),
+                                                                        view, jpeg))
+    writer.close()
+    listener = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "bag_subscriber.py"), "30",
+         f"/scene_caption/marker=visualization_msgs/msg/Marker:{frames}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert listener.stdout.readline().strip() == "ready"
+    played = subprocess.run([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(tmp_path / "bag"),
+                             "--wait-for-subscribers", "15"], env=env, capture_output=True, text=True, timeout=60)
+    assert played.returncode == 0, played.stderr
+    out, err = listener.communicate(timeout=60)
+    assert json.loads(out.strip().splitlines()[-1]) == {"/scene_caption/marker": frames}, err
+
+
+def _jpeg_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (320, 180), (40, 120, 200)).save(out, format="JPEG")
+    return out.getvalue()
+
+
 def test_sigint_stops_the_node_cleanly_within_two_seconds(all_node):
     proc, _ = all_node
     assert proc.poll() is None, proc.stdout.read()
@@ -228,3 +269,21 @@ def test_installed_params_file_passes_the_nodes_validation():
     document = yaml.safe_load((PACKAGE / "config" / "caption.yaml").read_text())
     config = validate_parameters(document["/**"]["ros__parameters"])
     assert config.topic_for("CAM_BACK") == "/CAM_BACK/image_raw/compressed"
+
+
+# -- memory -------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ten_thousand_frames_do_not_grow_the_nodes_memory(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    env = ros_env()
+    proc = start_node({"policy": "latest", "rate_hz": 5.0, "max_new_tokens": 2, "publish_image": False}, env)
+    try:
+        small = {"kind": "pairs", "rate": 2000.0, "width": 32, "height": 18}
+        probe(env, tmp_path, [{**small, "count": 1000}])  # warm-up: allocator and DDS pools reach steady state
+        before = psutil.Process(proc.pid).memory_info().rss
+        result = probe(env, tmp_path, [{**small, "count": 5000}])
+        after = psutil.Process(proc.pid).memory_info().rss
+    finally:
+        stop_node(proc)
+    assert count(result, "CAM_FRONT.received") + count(result, "CAM_BACK.received") >= 12_000 * 0.95
+    assert (after - before) / 2**20 < 50, f"RSS grew by {(after - before) / 2**20:.1f} MB"

@@ -18,6 +18,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -241,7 +242,12 @@ def main(args: list[str] | None = None) -> int:
 
 def run(args: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except RCLError as exc:  # a malformed --ros-args rule, e.g. `-p model:=` with nothing after it
+        print(f"{NODE_NAME}: error: the ROS arguments cannot be parsed ({str(exc).split(', at ')[0]})",
+              file=sys.stderr)
+        return 2
     node = None
     code = 0
     try:
