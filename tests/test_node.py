@@ -110,6 +110,8 @@ def test_policy_all_captions_every_pair_with_its_source_stamp(all_node, tmp_path
     ])
     assert [m["stamp_ns"] for m in result["markers"]] == result["sent_pairs"]
     assert result["captions"] and result["captions"][-1] == result["markers"][-1]["text"]
+    # Someone subscribed, so the front image with its caption drawn on came too, at full size.
+    assert result["captioned_images"][0] == [320, 180] and result["captioned_images"][-1] == [1600, 900]
 
 
 def test_bad_frames_are_counted_per_view_and_captioning_goes_on(all_node, tmp_path):

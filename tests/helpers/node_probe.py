@@ -55,6 +55,9 @@ class Probe(Node):
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(String, "/scene_caption", lambda m: self.captions.append(m.data), latched)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.captioned_images: list[list[int]] = []  # [width, height] of each /scene_caption/image
+        self.create_subscription(Image, "/scene_caption/image",
+                                 lambda m: self.captioned_images.append([m.width, m.height]), RELIABLE)
 
     def _on_marker(self, msg: Marker) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -168,6 +171,7 @@ def main() -> int:
             "sent_pairs": probe.sent_pairs,
             "markers": probe.markers,
             "captions": probe.captions,
+            "captioned_images": probe.captioned_images,
             "diagnostics": probe.diagnostics,
             "diagnostics_level": probe.diagnostics_level,
             "diagnostics_message": probe.diagnostics_message,

@@ -159,6 +159,8 @@ class CaptionNode(Node):
 
     # -- captions out (worker thread) -------------------------------------------------------------
     def _publish(self, pair: FramePair, caption: str) -> None:
+        if not self.context.ok():  # Ctrl-C arrived during inference: the publishers are gone
+            return
         self.caption_pub.publish(String(data=caption))
         self.marker_pub.publish(messages.caption_marker(caption, pair.stamp_ns, pair.frame_id))
         if self.overlay_pub is not None:
