@@ -25,6 +25,7 @@ RGB = {
     "white": (245, 245, 245),
     "black": (15, 15, 15),
 }
+ACCENT = {"car": (0, 220, 230), "truck": (255, 140, 0), "bus": (210, 0, 200)}
 SKY = {"day": (135, 190, 245), "night": (12, 16, 40)}
 GROUND = {"day": (95, 150, 80), "night": (20, 35, 20)}
 ROAD = {"day": (105, 105, 110), "night": (45, 45, 50)}
@@ -59,18 +60,22 @@ def _vehicle(draw: ImageDraw.ImageDraw, vtype: str, colour: str, lane: str, rng:
     cx = LANE_CENTRE[lane] * WIDTH + rng.uniform(-30, 30)
     bottom = HEIGHT * 0.86 + rng.uniform(-20, 20)
     # Types differ first of all in outline (wide and low, tall and narrow, long), which survives downscaling.
-    width, height = {"car": (420, 170), "truck": (300, 480), "bus": (620, 320)}[vtype]
+    width, height = {"car": (380, 150), "truck": (280, 560), "bus": (700, 300)}[vtype]
     left, right, top = cx - width / 2, cx + width / 2, bottom - height
     draw.rectangle([left, top, right, bottom], fill=fill, outline=outline, width=6)
-    if vtype == "car":  # a narrower cabin on top with a dark window
-        draw.rectangle([left + 50, top - 110, right - 50, top], fill=fill, outline=outline, width=6)
-        draw.rectangle([left + 75, top - 90, right - 75, top - 20], fill=(60, 80, 100))
-    elif vtype == "truck":  # a tall cargo box with a horizontal stripe
-        draw.rectangle([left + 10, top + 170, right - 10, top + 200], fill=(40, 40, 40))
-    else:  # bus: a row of windows
-        for k in range(4):
-            x0 = left + 20 + k * (width - 40) / 4
-            draw.rectangle([x0 + 8, top + 40, x0 + (width - 40) / 4 - 8, top + 130], fill=(60, 80, 100))
+    # Each type also carries a large accent in a colour no vehicle has (cyan glass, an orange cargo box,
+    # a magenta window band): a local cue that survives the tiny model's patching, like a real
+    # type's distinctive parts.
+    if vtype == "car":  # a narrower cabin on top with wide cyan glass
+        draw.rectangle([left + 40, top - 120, right - 40, top], fill=fill, outline=outline, width=6)
+        draw.rectangle([left + 60, top - 100, right - 60, top - 10], fill=ACCENT["car"])
+    elif vtype == "truck":  # a tall cargo box whose upper half is orange
+        draw.rectangle([left + 12, top + 12, right - 12, top + height // 2], fill=ACCENT["truck"])
+    else:  # bus: a band of magenta windows along the whole side
+        draw.rectangle([left + 20, top + 30, right - 20, top + 150], fill=ACCENT["bus"])
+        for k in range(1, 6):
+            x = left + 20 + k * (width - 40) / 6
+            draw.line([(x, top + 30), (x, top + 150)], fill=outline, width=8)
     for x in (left + 20, right - 80):  # wheels
         draw.rectangle([x, bottom - 10, x + 60, bottom + 25], fill=(10, 10, 10))
 
