@@ -283,9 +283,11 @@ def _epoch_loader(dataset, collate, config: RunConfig, epoch: int, accelerator):
     """A fresh shuffle per epoch from (seed, epoch), so a resumed run sees the same order."""
     from torch.utils.data import DataLoader, RandomSampler
 
+    # The loader's own generator also seeds its workers, so making an iterator never draws from the
+    # global RNG that dropout uses: a resumed run then sees the same dropout masks.
     generator = torch.Generator().manual_seed(config.optim.seed * 1_000_003 + epoch)
     loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=RandomSampler(dataset, generator=generator),
-                        collate_fn=collate, num_workers=config.data.num_workers, drop_last=False)
+                        collate_fn=collate, num_workers=config.data.num_workers, drop_last=False, generator=generator)
     return accelerator.prepare_data_loader(loader, device_placement=True)
 
 
@@ -296,7 +298,8 @@ def validation_loss(model, dataset, collate, config: RunConfig, accelerator) -> 
     from torch.utils.data import DataLoader
 
     loader = accelerator.prepare_data_loader(
-        DataLoader(dataset, batch_size=config.optim.batch_size, collate_fn=collate, shuffle=False)
+        DataLoader(dataset, batch_size=config.optim.batch_size, collate_fn=collate, shuffle=False,
+                   generator=torch.Generator().manual_seed(0))  # leaves the global RNG (dropout) alone
     )
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
