@@ -59,7 +59,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   low=0.01, high=3600.0),
     ParameterSpec("caption_missing_views", False, "caption when a view is silent, showing it as a black image",
                   read_only=False),
-    ParameterSpec("max_new_tokens", 32, "longest caption, in tokens", read_only=False, low=1, high=4096),
+    ParameterSpec("max_new_tokens", 64, "longest caption, in tokens", read_only=False, low=1, high=4096),
     ParameterSpec("num_beams", 1, "beam search width (1 = greedy)", read_only=False, low=1, high=64),
     ParameterSpec("prompt", "", "instruction given to the model; '' = the checkpoint's own"),
     ParameterSpec("publish_image", True, "publish the front image with the caption drawn on it (only while "
