@@ -8,7 +8,7 @@ FRONT and BACK descriptions to text. The training target joins the chosen keys, 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from clip_vlm_core.errors import UserError
@@ -42,9 +42,19 @@ def load_nuinteract(folder: str | Path) -> dict[str, dict]:
     return records
 
 
+def record_captions(record: dict) -> dict | None:
+    """The record's per-key captions, under whichever field name its release uses."""
+    return next((record[f] for f in CAPTION_FIELDS if isinstance(record.get(f), dict)), None)
+
+
+def caption_keys_present(records: Iterable[dict]) -> set[str]:
+    """Every caption key that at least one record has (to catch a misspelt --caption-keys early)."""
+    return {key for record in records for key in (record_captions(record) or {})}
+
+
 def joint_caption(record: dict, keys: Sequence[str] = DEFAULT_CAPTION_KEYS) -> str | None:
     """The target caption of a record: the chosen keys' texts joined by a space; None if any is missing."""
-    captions = next((record[f] for f in CAPTION_FIELDS if isinstance(record.get(f), dict)), None)
+    captions = record_captions(record)
     if captions is None:
         return None
     parts = [captions.get(key) for key in keys]
