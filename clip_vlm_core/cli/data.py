@@ -58,22 +58,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_build)
 
     p = verbs.add_parser("verify", help="re-hash every image of a manifest",
-                         description="Re-hash every image; exit 1 naming each changed or missing file.")
+                         description="Re-hash every image; exit 1 naming each changed or missing file.",
+                         epilog="example:\n  clip-vlm data verify data/manifest", formatter_class=raw)
     p.add_argument("manifest", type=Path, help="manifest folder (or one of its split files)")
     p.set_defaults(func=run_verify)
 
     p = verbs.add_parser("inspect", help="counts, caption lengths and a few samples",
-                         description="Print counts per split, caption length statistics and a few samples.")
+                         description="Print counts per split, caption length statistics and a few samples.",
+                         epilog="example:\n  clip-vlm data inspect data/manifest --samples 5", formatter_class=raw)
     p.add_argument("manifest", type=Path, help="manifest folder")
     p.add_argument("--samples", type=int, default=3, help="samples to print per split (default %(default)s)")
     p.set_defaults(func=run_inspect)
 
     p = verbs.add_parser("gallery", help="an HTML page of samples with their views and captions",
-                         description="Write a self-contained HTML page showing every view and the caption of N samples.")
+                         description="Write a self-contained HTML page showing every view and the caption of N samples.",
+                         epilog="examples:\n  clip-vlm data gallery data/manifest --n 16 --seed 1 --out gallery.html\n"
+                         "  clip-vlm data gallery data/manifest/mini_val.jsonl --token 3e8750f331d7499e9b5123e9eb70f2e2",
+                         formatter_class=raw)
     p.add_argument("manifest", type=Path, help="manifest folder (or one split file)")
     p.add_argument("--n", type=int, default=16, help="number of samples (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="which samples, reproducibly (default %(default)s)")
-    p.add_argument("--token", nargs="+", default=[], help="show these sample tokens instead")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=int, default=0, help="which samples, reproducibly (default %(default)s)")
+    which.add_argument("--token", nargs="+", default=[], help="show these sample tokens instead of --n random ones")
     p.add_argument("--out", type=Path, default=Path("gallery.html"), help="HTML file (default %(default)s)")
     p.set_defaults(func=run_gallery)
 

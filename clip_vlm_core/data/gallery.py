@@ -31,6 +31,8 @@ def choose_rows(rows: Sequence[ManifestRow], n: int, seed: int, tokens: Sequence
         if unknown:
             raise UserError(f"sample token(s) {unknown} are not in the manifest")
         return [by_token[t] for t in tokens]
+    if n < 1:
+        raise UserError(f"--n must be at least 1 (got {n})")
     return random.Random(seed).sample(list(rows), min(n, len(rows)))
 
 

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from pyquaternion import Quaternion
 from tqdm import tqdm
 
@@ -90,16 +91,19 @@ def generate_synthetic_nuscenes(
         raise UserError(f"--scenes must be between 1 and {len(SCENE_NAMES)} (the devkit's mini scene names)")
     if samples_per_scene < 1 or sweeps < 0:
         raise UserError("--samples-per-scene must be at least 1 and --sweeps at least 0")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    captions = Path(captions_out).absolute() if captions_out is not None else out.absolute() / "nuinteract"
+    inside = captions.is_relative_to(out.absolute())
+    for target, flag in ((out, "--out"), (captions, "--captions-out")):
+        if target.exists() and not target.is_dir():
+            raise UserError(f"{flag} {target} is a file; choose a folder")
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            raise UserError(f"{target} already exists and is not empty; choose another {flag} or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         result = _write_tree(tmp, scenes, samples_per_scene, sweeps, seed, show_progress)
-        captions = Path(captions_out).absolute() if captions_out is not None else out.absolute() / "nuinteract"
-        inside = captions.is_relative_to(out.absolute())
         if inside and captions != out.absolute() / "nuinteract":
             (tmp / captions.relative_to(out.absolute())).parent.mkdir(parents=True, exist_ok=True)
             (tmp / "nuinteract").rename(tmp / captions.relative_to(out.absolute()))
@@ -134,8 +138,6 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
     map_token = token()
     (root / "maps").mkdir(parents=True)
     map_file = f"maps/{map_token}.png"
-    from PIL import Image
-
     Image.new("L", (64, 64), 255).save(root / map_file)
     dataset = SyntheticDataset(root, root / "nuinteract", [])
     log_tokens = []
