@@ -28,7 +28,7 @@ RGB = {
 ACCENT = {"car": (0, 220, 230), "truck": (255, 140, 0), "bus": (210, 0, 200)}
 SKY = {"day": (135, 190, 245), "night": (12, 16, 40)}
 GROUND = {"day": (95, 150, 80), "night": (20, 35, 20)}
-ROAD = {"day": (105, 105, 110), "night": (45, 45, 50)}
+ROAD = {"day": (105, 105, 110), "night": (75, 75, 85)}  # lit by street lamps at night
 LANE_CENTRE = {"left": 0.24, "ego": 0.5, "right": 0.76}  # fraction of the frame width at the bottom
 
 
@@ -56,7 +56,7 @@ def _background(time: str) -> Image.Image:
 def _vehicle(draw: ImageDraw.ImageDraw, vtype: str, colour: str, lane: str, rng: random.Random) -> None:
     """A vehicle seen from behind (front view) or ahead (back view), its bottom on the road."""
     fill = RGB[colour]
-    outline = (90, 90, 90) if colour == "black" else (0, 0, 0)
+    outline = (190, 190, 190) if colour == "black" else (0, 0, 0)  # chrome trim keeps black visible at night
     cx = LANE_CENTRE[lane] * WIDTH + rng.uniform(-30, 30)
     bottom = HEIGHT * 0.86 + rng.uniform(-20, 20)
     # Types differ first of all in outline (wide and low, tall and narrow, long), which survives downscaling.
