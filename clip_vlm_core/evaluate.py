@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation import CaptionScorer, caption_metrics, fact_accuracy
@@ -184,20 +183,8 @@ def _caption_rows(samples: list[_Sample], predictions: dict[str, list[str]], com
 
 def _write_atomically(out_dir: Path, metrics: dict, rows: list[dict], report: str) -> None:
     """Everything goes into a temporary folder beside `out_dir`, renamed into place when complete."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         with (tmp / "captions.jsonl").open("w") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(report, encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        old = out_dir.parent / f".{out_dir.name}.old"
-        if out_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

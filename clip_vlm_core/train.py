@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.train_config import RunConfig
 
@@ -332,15 +332,17 @@ def _evaluate_and_keep_best(model, val_set, collate, config, state, captioner, a
 
 def _save_latest(run_dir, captioner, optimizer, scheduler, state, accelerator) -> None:
     """latest/ = checkpoint + optimizer + scheduler + RNG + trainer state, swapped in atomically."""
-    from safetensors.torch import save_file
-
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     target = run_dir / "latest"
-    tmp = run_dir / ".latest.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with staged_dir(target) as tmp:
+        _write_latest(tmp, target, captioner, optimizer, scheduler, state)
+
+
+def _write_latest(tmp: Path, target: Path, captioner, optimizer, scheduler, state: TrainerState) -> None:
+    from safetensors.torch import save_file
+
     captioner.save_pretrained(tmp / "checkpoint", base_models_relative_to=target / "checkpoint")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # tensors and numbers only: loads weights_only
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
@@ -352,12 +354,6 @@ def _save_latest(run_dir, captioner, optimizer, scheduler, state, accelerator) -
     record = {**state.__dict__, "python_rng": _jsonable(random.getstate()),
               "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     (tmp / "trainer_state.json").write_text(json.dumps(record))
-    old = run_dir / ".latest.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_latest(resume_dir: Path, optimizer, scheduler) -> TrainerState:

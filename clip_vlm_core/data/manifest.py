@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from clip_vlm_core import __version__
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.data.nuinteract import (
     DEFAULT_CAPTION_KEYS,
     caption_keys_present,
@@ -187,21 +187,12 @@ def _view_record(dataroot: Path, filename: str, skip) -> ViewRecord | None:
 
 
 def _write_atomically(out: Path, rows: dict[str, list[dict]], meta: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for split, split_rows in rows.items():
-        with open(tmp / f"{split}.jsonl", "w") as f:
-            for row in split_rows:
-                f.write(json.dumps(row) + "\n")
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with staged_dir(out) as tmp:
+        for split, split_rows in rows.items():
+            with open(tmp / f"{split}.jsonl", "w") as f:
+                for row in split_rows:
+                    f.write(json.dumps(row) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def manifest_dir(path: str | Path) -> Path:

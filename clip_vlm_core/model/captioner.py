@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import CaptionerConfig, DecodingConfig, load_json, save_json
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import ImageLike, to_rgb
@@ -132,38 +132,11 @@ class SceneCaptioner:
         qwen.requires_grad_(False)
 
         clip = ClipViewEncoder(load_open_clip(clip_ref, config.clip_pretrained), config.clip_tokens)
-        connector = FusionConnector(
-            clip_dim=clip.token_dim,
-            hidden_size=qwen.config.text_config.hidden_size,
-            num_views=len(config.views),
-            num_layers=config.connector_layers,
-            num_heads=config.connector_heads,
-            dropout=config.connector_dropout,
-        )
-        if connector_state is not None:
-            try:
-                connector.load_state_dict(connector_state)
-            except RuntimeError as exc:
-                raise UserError(f"{CONNECTOR_FILE} does not match the checkpoint's config: {exc}") from None
-
-        if adapter_dir is not None:
-            qwen = _load_adapter(qwen, adapter_dir, trainable)
-        elif trainable:
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=config.lora_targets,
-            )
-            qwen = get_peft_model(qwen, lora)
-        model = MultiViewCaptionModel(qwen, clip, connector, len(config.views))
+        model = assemble_model(qwen, clip, config, trainable, connector_state, adapter_dir)
         model.clip.to(device=device, dtype=dtype)
         model.qwen.to(device)
         # The trainable connector keeps fp32 master weights when training; inference runs in `dtype`.
         model.connector.to(device=device, dtype=torch.float32 if trainable else dtype)
-        model.connector.requires_grad_(trainable)
         model.train(False)
         return cls(model, processor, config, device, name or str(config.qwen_model))
 
@@ -205,10 +178,6 @@ class SceneCaptioner:
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir.parent / f".{out_dir.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         config = self.config
         if base_models_relative_to is not None:
             config = dataclasses.replace(
@@ -216,17 +185,12 @@ class SceneCaptioner:
                 qwen_model=_relative(config.qwen_model, base_models_relative_to),
                 clip_model=_relative(config.clip_model, base_models_relative_to),
             )
-        save_json(config, tmp / CONFIG_FILE)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.connector.state_dict().items()}
-        save_file(state, tmp / CONNECTOR_FILE)
-        if hasattr(self.model.qwen, "peft_config"):
-            self.model.qwen.save_pretrained(tmp / ADAPTER_DIR)
-        old = out_dir.parent / f".{out_dir.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with staged_dir(out_dir) as tmp:
+            save_json(config, tmp / CONFIG_FILE)
+            state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.connector.state_dict().items()}
+            save_file(state, tmp / CONNECTOR_FILE)
+            if hasattr(self.model.qwen, "peft_config"):
+                self.model.qwen.save_pretrained(tmp / ADAPTER_DIR)
         return out_dir
 
     def with_prompt(self, prompt: str) -> SceneCaptioner:
@@ -312,6 +276,44 @@ class SceneCaptioner:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+
+def assemble_model(
+    qwen,
+    clip: ClipViewEncoder,
+    config: CaptionerConfig,
+    trainable: bool,
+    connector_state: dict[str, torch.Tensor] | None = None,
+    adapter_dir: Path | None = None,
+) -> MultiViewCaptionModel:
+    """Frozen Qwen + frozen CLIP + the connector (fresh or loaded), with LoRA when trainable or given."""
+    connector = FusionConnector(
+        clip_dim=clip.token_dim,
+        hidden_size=qwen.config.text_config.hidden_size,
+        num_views=len(config.views),
+        num_layers=config.connector_layers,
+        num_heads=config.connector_heads,
+        dropout=config.connector_dropout,
+    )
+    if connector_state is not None:
+        try:
+            connector.load_state_dict(connector_state)
+        except RuntimeError as exc:
+            raise UserError(f"{CONNECTOR_FILE} does not match the checkpoint's config: {exc}") from None
+    if adapter_dir is not None:
+        qwen = _load_adapter(qwen, adapter_dir, trainable)
+    elif trainable:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+        )
+        qwen = get_peft_model(qwen, lora)
+    connector.requires_grad_(trainable)
+    return MultiViewCaptionModel(qwen, clip, connector, len(config.views))
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

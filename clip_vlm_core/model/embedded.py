@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from clip_vlm_core.atomic import replace_dir
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.model.captioner import CONFIG_FILE, default_model_path
 
@@ -54,12 +55,7 @@ def _replace_dir(src: Path, dst: Path, move: bool = False) -> None:
     for file in tmp.rglob("*"):
         if file.is_file():
             file.chmod(0o644)
-    old = dst.parent / f".{dst.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        dst.rename(old)
-    tmp.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, dst)
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from clip_vlm_core.config import CaptionerConfig
+from clip_vlm_core.model.captioner import assemble_model
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder
-from clip_vlm_core.model.connector import FusionConnector
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
 
 QWEN25_VL_3B_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -89,7 +89,7 @@ def assemble_random(config: CaptionerConfig, trainable: bool, dtype: torch.dtype
     """Qwen2.5-VL-3B + OpenCLIP + connector (+ LoRA when trainable), randomly initialised.
 
     Modules land on the current default device: wrap the call in `with torch.device(...)`; on "meta"
-    nothing is allocated. The connector and LoRA mirror `SceneCaptioner.build`.
+    nothing is allocated. Connector and LoRA come from the same `assemble_model` as `SceneCaptioner.build`.
     """
     import open_clip
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -100,16 +100,6 @@ def assemble_random(config: CaptionerConfig, trainable: bool, dtype: torch.dtype
     qwen.generation_config.eos_token_id = QWEN_IM_END_ID
     qwen.generation_config.pad_token_id = QWEN_ENDOFTEXT_ID
     qwen.requires_grad_(False)
-    if trainable:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_targets,
-        )
-        qwen = get_peft_model(qwen, lora)
     # open_clip moves its model to `device` (cpu by default), which would undo a meta/cuda context; and
     # it warns that no pretrained weights were loaded, which here is the point.
     logging.disable(logging.WARNING)
@@ -117,17 +107,7 @@ def assemble_random(config: CaptionerConfig, trainable: bool, dtype: torch.dtype
         clip_model = open_clip.create_model(config.clip_model, pretrained=None, device=torch.get_default_device())
     finally:
         logging.disable(logging.NOTSET)
-    clip = ClipViewEncoder(clip_model, config.clip_tokens)
-    connector = FusionConnector(
-        clip_dim=clip.token_dim,
-        hidden_size=qwen.config.text_config.hidden_size,
-        num_views=len(config.views),
-        num_layers=config.connector_layers,
-        num_heads=config.connector_heads,
-        dropout=config.connector_dropout,
-    )
-    connector.requires_grad_(trainable)
-    model = MultiViewCaptionModel(qwen, clip, connector, len(config.views))
+    model = assemble_model(qwen, ClipViewEncoder(clip_model, config.clip_tokens), config, trainable)
     if dtype is not None:
         model.clip.to(dtype=dtype)
         # Trainable connectors keep fp32 master weights, as SceneCaptioner.build does.
