@@ -92,7 +92,8 @@ def test_play_delivers_every_message_to_a_subscriber_in_another_process(tmp_path
 
 @pytest.mark.slow
 def test_latched_topic_reaches_a_late_subscriber_and_ctrl_c_stops_the_player(tmp_path):
-    bag = write_bag(tmp_path / "bag", frames=8, spacing_ns=SECOND)
+    # Two minutes of bag: Ctrl-C must arrive while it still plays, however slow the machine is today.
+    bag = write_bag(tmp_path / "bag", frames=120, spacing_ns=SECOND)
     env = ros_env()
     player = subprocess.Popen([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(bag)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
