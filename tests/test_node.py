@@ -199,7 +199,9 @@ def test_latest_policy_keeps_latency_bounded_and_accounts_for_every_pair(latest_
     result = probe(env, tmp_path, [{"kind": "pairs", "count": 40, "rate": 20.0}], transport="raw")
     latencies_ms = [(m["received_ns"] - m["stamp_ns"]) / 1e6 for m in result["markers"]]
     assert 2 <= len(latencies_ms) <= 8  # about rate_hz x 2 s, not one per pair
-    assert max(latencies_ms) < 1000.0, latencies_ms  # one tick + one inference, never a backlog
+    # One tick + one inference (~0.3 s here), never a backlog (40 queued pairs would take 6 s and more);
+    # the bound leaves room for a loaded CI machine.
+    assert max(latencies_ms) < 2500.0, latencies_ms
     lost = sum(count(result, f"pairs_dropped_{why}") for why in ("superseded", "overflow", "stale"))
     accounted = count(result, "captions") + lost + count(result, "pairs_dropped_on_error") + count(result, "queue_depth")
     assert count(result, "pairs_made") == accounted and count(result, "pairs_dropped_superseded") > 20
