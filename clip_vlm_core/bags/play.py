@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -118,6 +120,7 @@ def _play(reader, connections, rate, loop, on_published, reliability, wait_for_s
     # handlers, so Ctrl-C arrives as KeyboardInterrupt and we shut down in order.
     context = rclpy.Context()
     rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    previous = _ctrl_c_raises()
     node = rclpy.create_node("clip_vlm_bag_player", context=context, start_parameter_services=False)
     try:
         publishers = _publishers(node, connections, reliability, summary)
@@ -137,7 +140,17 @@ def _play(reader, connections, rate, loop, on_published, reliability, wait_for_s
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return summary
+
+
+def _ctrl_c_raises():
+    """Make SIGINT raise KeyboardInterrupt even when it was inherited as ignored (a shell starts
+    background jobs that way, and Python then installs no handler). Returns the handler to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _publishers(node: Any, connections: list[Any], reliability: str | None, summary: PlaySummary) -> dict[int, Any]:
