@@ -255,6 +255,7 @@ def write_report(demo: Demo, scene: str) -> Path:
                       for key, value in sorted(demo.diagnostics.items()))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>clip-vlm demo: {scene}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}}
+td:first-child{{white-space:nowrap}}
 figure{{display:inline-block;margin:0 6px 0 0}} figcaption{{font-size:11px;color:#666}}</style></head><body>
 <h1>clip-vlm demo: {scene}</h1><p>caption_node (model: {html.escape(demo.model or 'embedded default')}) fed by
 <code>clip-vlm bag play</code>; latency is from the front frame's arrival to its caption's arrival, both seen
