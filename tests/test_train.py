@@ -121,6 +121,12 @@ def test_sigterm_saves_latest_and_exits(synthetic_manifest, tmp_path):
     assert proc.returncode == 130, rest
     saved = json.loads((tmp_path / "term" / "latest" / "trainer_state.json").read_text())
     assert saved["step"] >= 2
+    # ... and `--resume latest` carries on from there.
+    more = tiny_overrides(synthetic_manifest, tmp_path / "term", max_steps=saved["step"] + 2)
+    assert main(["train", "--config", str(CONFIGS / "synthetic-tiny.yaml"), "--resume", "latest", "--no-progress",
+                 *more]) == 0
+    resumed = json.loads((tmp_path / "term" / "latest" / "trainer_state.json").read_text())
+    assert resumed["step"] == saved["step"] + 2
 
 
 @pytest.mark.slow
