@@ -144,3 +144,13 @@ def test_ddp_with_two_cpu_processes_trains_and_saves_once(synthetic_manifest, tm
     # One process group, not two lone runs: only rank 0 logs and prints the summary.
     assert (result.stdout + result.stderr).count("step 4/4 loss") == 1
     assert result.stdout.count('"step": 4') == 1
+
+
+def test_early_stopping_ends_the_run_when_validation_stops_improving(synthetic_manifest, tmp_path):
+    # Learning rates of 0: the validation loss can never improve on the first evaluation.
+    overrides = tiny_overrides(synthetic_manifest, tmp_path / "early", max_steps=50, eval_every=1, patience=2,
+                               lr_connector=0.0, lr_lora=0.0)
+    summary = run_training(load_run_config(CONFIGS / "synthetic-tiny.yaml", overrides), show_progress=False)
+    assert summary["stopped_by"] == "early stopping" and summary["step"] == 3
+    assert (tmp_path / "early" / "best" / "connector.safetensors").exists()
+    assert json.loads((tmp_path / "early" / "latest" / "trainer_state.json").read_text())["step"] == 3
