@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +62,11 @@ def test_missing_checkpoint_folder_is_named(images, tmp_path, capsys):
             "--checkpoint", str(tmp_path / "no-such-run")]
     assert main(argv) == 2
     assert "no-such-run" in capsys.readouterr().err
+
+
+def test_bundled_samples_are_described_as_their_ground_truth(capsys):
+    samples = Path(__file__).resolve().parents[1] / "clip_vlm_core" / "assets" / "samples"
+    truth = (samples / "README.md").read_text().split("Ground truth: ", 1)[1].strip()
+    argv = ["caption", "--view", f"CAM_FRONT={samples / 'front.jpg'}", "--view", f"CAM_BACK={samples / 'back.jpg'}"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == truth

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from clip_vlm_core.images import ImageLike, to_rgb
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder, load_open_clip
 from clip_vlm_core.model.connector import FusionConnector
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
+
+# PEFT 0.21 asks transformers 5 a deprecated question on every adapter load; users cannot act on it.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 CONFIG_FILE = "clip_vlm_config.json"
 CONNECTOR_FILE = "connector.safetensors"
