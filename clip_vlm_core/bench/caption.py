@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,27 +29,10 @@ from clip_vlm_core.bench.measure import (
     summary_ms,
     synchronize,
 )
+from clip_vlm_core.bench.settings import CaptionBenchSettings
 from clip_vlm_core.bench.subject import BenchModel
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
-
-
-@dataclass
-class CaptionBenchSettings:
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    max_new_tokens: int = 48
-    warmup: int = 2
-    iters: int = 10
-    static_cache: bool = False  # generate(cache_implementation="static"): transformers compiles the decode step
-
-    def __post_init__(self) -> None:
-        self.batch_sizes = tuple(self.batch_sizes)
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        if self.max_new_tokens < 2:
-            raise UserError("--max-new-tokens must be at least 2 to separate decoding from the first token")
-        if self.warmup < 0 or self.iters < 1:
-            raise UserError("--warmup must be >= 0 and --iters >= 1")
 
 
 def language_model_bytes(bench: BenchModel) -> int:

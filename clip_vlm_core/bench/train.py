@@ -11,35 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from clip_vlm_core.bench.measure import environment, peak_memory_mib, reset_peak_memory, summary_ms, timed
+from clip_vlm_core.bench.settings import TrainBenchSettings
 from clip_vlm_core.bench.subject import BenchModel
-from clip_vlm_core.errors import UserError
-
-
-@dataclass
-class TrainBenchSettings:
-    batch_sizes: tuple[int, ...] = (8, 16)
-    caption_tokens: int = 48
-    warmup: int = 2
-    iters: int = 5
-    cached_encoders: tuple[bool, ...] = (False, True)
-    gradient_checkpointing: tuple[bool, ...] = (False, True)
-    learning_rate: float = 1e-5
-
-    def __post_init__(self) -> None:
-        self.batch_sizes = tuple(self.batch_sizes)
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        if self.caption_tokens < 2:
-            raise UserError("--caption-tokens must be at least 2")
-        if self.warmup < 0 or self.iters < 1:
-            raise UserError("--warmup must be >= 0 and --iters >= 1")
 
 
 def benchmark_training(bench: BenchModel, settings: TrainBenchSettings) -> dict[str, Any]:

@@ -35,8 +35,7 @@ def _add_common(parser: argparse.ArgumentParser, batch_sizes: list[int], warmup:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from clip_vlm_core.bench.caption import CaptionBenchSettings
-    from clip_vlm_core.bench.train import TrainBenchSettings
+    from clip_vlm_core.bench.settings import CaptionBenchSettings, TrainBenchSettings
 
     parser = subparsers.add_parser(
         "bench",
@@ -95,33 +94,37 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clip_vlm_core import bench
+    from clip_vlm_core.bench.caption import benchmark_captioning
+    from clip_vlm_core.bench.report import format_caption_report, format_train_report, write_json
+    from clip_vlm_core.bench.settings import CaptionBenchSettings, TrainBenchSettings
+    from clip_vlm_core.bench.subject import load_bench_model
+    from clip_vlm_core.bench.train import benchmark_training
     from clip_vlm_core.errors import UserError
     from clip_vlm_core.model.captioner import resolve_device
 
     training = args.benchmark == "train"
     if training:
-        settings = bench.TrainBenchSettings(batch_sizes=args.batch_sizes, caption_tokens=args.caption_tokens,
+        settings = TrainBenchSettings(batch_sizes=args.batch_sizes, caption_tokens=args.caption_tokens,
                                             warmup=args.warmup, iters=args.iters)
     else:
-        settings = bench.CaptionBenchSettings(batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
+        settings = CaptionBenchSettings(batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
                                               warmup=args.warmup, iters=args.iters, static_cache=args.compile)
     full_size = not args.tiny and not args.checkpoint
     if full_size and args.device is None and resolve_device(None).type == "cpu":
         raise UserError("no GPU here, and the full-size model on CPU needs ~17 GB and hours: "
                         "pass --tiny, or --device cpu to insist")
-    model = bench.load_bench_model(tiny=args.tiny, checkpoint=args.checkpoint, device=args.device,
+    model = load_bench_model(tiny=args.tiny, checkpoint=args.checkpoint, device=args.device,
                                    dtype=args.dtype, trainable=training, max_pixels=args.max_pixels)
     if training:
-        report = bench.benchmark_training(model, settings)
-        text = bench.format_train_report(report)
+        report = benchmark_training(model, settings)
+        text = format_train_report(report)
     else:
-        report = bench.benchmark_captioning(model, settings)
-        text = bench.format_caption_report(report)
+        report = benchmark_captioning(model, settings)
+        text = format_caption_report(report)
     report["command"] = command_line(args)
     report["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(text)
     if args.out:
-        bench.write_json(report, args.out)
+        write_json(report, args.out)
         print(f"report written to {args.out}")
     return 0

@@ -1,0 +1,45 @@
+"""What a benchmark run times: settings shared by the CLI (which must start fast) and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clip_vlm_core.errors import UserError
+
+
+@dataclass
+class CaptionBenchSettings:
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    max_new_tokens: int = 48
+    warmup: int = 2
+    iters: int = 10
+    static_cache: bool = False  # generate(cache_implementation="static"): transformers compiles the decode step
+
+    def __post_init__(self) -> None:
+        self.batch_sizes = tuple(self.batch_sizes)
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.max_new_tokens < 2:
+            raise UserError("--max-new-tokens must be at least 2 to separate decoding from the first token")
+        if self.warmup < 0 or self.iters < 1:
+            raise UserError("--warmup must be >= 0 and --iters >= 1")
+
+
+@dataclass
+class TrainBenchSettings:
+    batch_sizes: tuple[int, ...] = (8, 16)
+    caption_tokens: int = 48
+    warmup: int = 2
+    iters: int = 5
+    cached_encoders: tuple[bool, ...] = (False, True)
+    gradient_checkpointing: tuple[bool, ...] = (False, True)
+    learning_rate: float = 1e-5
+
+    def __post_init__(self) -> None:
+        self.batch_sizes = tuple(self.batch_sizes)
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.caption_tokens < 2:
+            raise UserError("--caption-tokens must be at least 2")
+        if self.warmup < 0 or self.iters < 1:
+            raise UserError("--warmup must be >= 0 and --iters >= 1")
