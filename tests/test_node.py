@@ -159,7 +159,7 @@ def test_a_bag_played_by_clip_vlm_bag_play_is_captioned_pair_by_pair(all_node, t
                                                                         view, jpeg))
     writer.close()
     listener = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "helpers" / "bag_subscriber.py"), "30",
+        [sys.executable, str(ROOT / "tests" / "helpers" / "bag_subscriber.py"), "--matched", "30",
          f"/scene_caption/marker=visualization_msgs/msg/Marker:{frames}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -1,8 +1,9 @@
 """Count messages per topic in a separate process and print them as JSON (for tests of `bag play`).
 
-usage: bag_subscriber.py SECONDS TOPIC=TYPE[:latched][:EXPECTED] ...
+usage: bag_subscriber.py [--matched] SECONDS TOPIC=TYPE[:latched][:EXPECTED] ...
 Subscribes to each topic (transient local when marked latched, else reliable volatile), prints
-"ready" once subscriptions exist, and exits after SECONDS, or as soon as every topic has reached its
+"ready" once subscriptions exist (with --matched: once each has found a publisher, so nothing a running
+publisher sends next is missed), and exits after SECONDS, or as soon as every topic has reached its
 EXPECTED count, printing {"topic": count, ...}.
 """
 
@@ -18,12 +19,16 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 
 def main() -> int:
-    seconds = float(sys.argv[1])
-    specs = [arg.split("=", 1) for arg in sys.argv[2:]]
+    args = sys.argv[1:]
+    matched = "--matched" in args
+    args = [a for a in args if a != "--matched"]
+    seconds = float(args[0])
+    specs = [arg.split("=", 1) for arg in args[1:]]
     rclpy.init()
     node = rclpy.create_node("bag_test_subscriber")
     counts: dict[str, int] = {}
     expected: dict[str, int] = {}
+    subscriptions = []
     for topic, rest in specs:
         msgtype, _, tail = rest.partition(":")
         flags = tail.split(":") if tail else []
@@ -41,9 +46,11 @@ def main() -> int:
         def callback(_msg: object, topic: str = topic) -> None:
             counts[topic] += 1
 
-        node.create_subscription(msg_class, topic, callback, qos)
-    print("ready", flush=True)
+        subscriptions.append(node.create_subscription(msg_class, topic, callback, qos))
     deadline = time.monotonic() + seconds
+    while matched and time.monotonic() < deadline and any(s.get_publisher_count() == 0 for s in subscriptions):
+        rclpy.spin_once(node, timeout_sec=0.05)
+    print("ready", flush=True)
     while time.monotonic() < deadline:
         rclpy.spin_once(node, timeout_sec=0.05)
         if expected and all(counts[t] >= n for t, n in expected.items() if n):
