@@ -180,7 +180,7 @@ def run(demo: Demo) -> int:
         print(f"[{step}]")
         report = write_report(demo, scene)
         latencies = sorted(k.latency_ms for k in demo.keyframes.values() if k.latency_ms is not None)
-        correct = sum(_facts_right(k)[0] == _facts_right(k)[1] for k in demo.keyframes.values())
+        correct = sum(right == total for right, total in map(_facts_right, demo.keyframes.values()))
         print(f"      {len(demo.keyframes)}/{len(demo.keyframes)} keyframes captioned; all facts right in "
               f"{correct}; end-to-end latency p50 {_pct(latencies, 50):.0f} ms, p95 {_pct(latencies, 95):.0f} ms")
         print(f"      report: {report}")

@@ -28,8 +28,8 @@ from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation import CaptionScorer, caption_metrics, fact_accuracy
-from clip_vlm_core.evaluation.report import render_report, thumbnail_data_uri
-from clip_vlm_core.images import load_image
+from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
+from clip_vlm_core.images import load_image, thumbnail_data_uri
 
 __all__ = ["evaluate_manifest", "caption_metrics", "fact_accuracy"]
 
@@ -86,7 +86,7 @@ def evaluate_manifest(
         images = [_images_for(s, blank_views) for s in batch]
         if n == 0:  # first-call set-up would otherwise be billed to whichever model runs first
             captioner.caption(images[:1], **{**settings, "max_new_tokens": 1})
-        thumbnails += [{v: thumbnail_data_uri(img[v]) for v in views} for img in images]
+        thumbnails += [{v: thumbnail_data_uri(img[v], THUMBNAIL_WIDTH) for v in views} for img in images]
         for model in predictions:
             tick = time.perf_counter()
             if model == "base":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +55,12 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise UserError(f"{name} has zero size (shape {tuple(array.shape)})")
     return Image.fromarray(np.ascontiguousarray(array))
+
+
+def thumbnail_data_uri(image: Image.Image, width: int) -> str:
+    """A `data:` URI of the image as a JPEG `width` pixels wide (never enlarged), for self-contained HTML."""
+    scale = min(1.0, width / image.width)
+    small = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

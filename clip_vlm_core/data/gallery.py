@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,15 +11,12 @@ from PIL import Image
 
 from clip_vlm_core.data.manifest import ManifestRow
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.images import thumbnail_data_uri
 
 
 def thumbnail_uri(path: Path, width: int = 320) -> str:
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((width, width * 4))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+        return thumbnail_data_uri(image, width)
 
 
 def choose_rows(rows: Sequence[ManifestRow], n: int, seed: int, tokens: Sequence[str] = ()) -> list[ManifestRow]:

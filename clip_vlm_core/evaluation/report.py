@@ -6,13 +6,9 @@ thumbnails, the reference and each model's caption. All text is escaped: caption
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
-
-from PIL import Image
 
 from clip_vlm_core.evaluation.metrics import METRIC_KEYS
 
@@ -30,15 +26,6 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .token { font-family: monospace; color: #666; }
 .label { font-weight: 600; display: inline-block; min-width: 7em; }
 """
-
-
-def thumbnail_data_uri(image: Image.Image, width: int = THUMBNAIL_WIDTH) -> str:
-    """A `data:` URI of the image as a JPEG `width` pixels wide (never enlarged)."""
-    scale = min(1.0, width / image.width)
-    small = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _number(value: Any) -> str:

@@ -72,8 +72,7 @@ class MultiViewCaptionModel(nn.Module):
             visual_embeds = self.encode_visual(pixel_values, image_grid_thw)
         if clip_tokens is None and self.fusion_enabled:
             clip_tokens = self.clip(clip_pixels)
-        fused = self.fuse(list(visual_embeds), clip_tokens) if self.fusion_enabled else list(visual_embeds)
-        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(fused))}
+        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(self.fuse(list(visual_embeds), clip_tokens)))}
 
     # -- language model -------------------------------------------------------------------------
     def forward(
