@@ -105,6 +105,36 @@ def test_labels_cover_only_the_caption_tokens(captioner):
         assert tokenizer.decode(labelled) == target + tokenizer.eos_token
 
 
+def test_caption_loss_and_gradients_equal_transformers_full_logits_loss(tiny_base):
+    """The loss computes logits only over the captions; it must equal transformers' loss over all logits."""
+    captioner = SceneCaptioner.build(tiny_captioner_config(tiny_base), device="cpu", trainable=True)
+    with torch.no_grad():
+        captioner.model.connector.gate.fill_(0.5)  # so the connector's gradients are not all zero
+    batch = [frames(1), frames(2, front_hw=(56, 84))]
+    inputs = captioner.prepare(batch, targets=["a car is ahead.", "nothing is behind us on the road."])
+    assert (inputs["attention_mask"] == 0).any(), "the batch must be left-padded"
+    trainable = [p for p in captioner.model.parameters() if p.requires_grad]
+
+    def loss_and_grads(loss_fn):
+        for p in trainable:
+            p.grad = None
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trainable]
+
+    def full_logits_loss():
+        mm = captioner.model.encoder_outputs(inputs["image_grid_thw"], inputs["pixel_values"], inputs["clip_pixels"])
+        keys = ("input_ids", "attention_mask", "image_grid_thw", "mm_token_type_ids", "labels")
+        return captioner.model.qwen(**{k: inputs[k] for k in keys}, mm_encoder_outputs=mm).loss
+
+    ours, our_grads = loss_and_grads(lambda: captioner.model(**inputs).loss)
+    reference, reference_grads = loss_and_grads(full_logits_loss)
+    torch.testing.assert_close(ours, reference)
+    for got, expected in zip(our_grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+    assert any(g.abs().sum() > 0 for g in our_grads)
+
+
 def test_save_and_load_round_trip_keeps_logits_and_captions(tiny_base, tmp_path):
     captioner = SceneCaptioner.build(tiny_captioner_config(tiny_base), device="cpu", trainable=True)
     torch.manual_seed(1)

@@ -33,15 +33,21 @@ from clip_vlm_core.bench.settings import CaptionBenchSettings
 from clip_vlm_core.bench.subject import BenchModel
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.model.inference import optimize_for_inference
 
 
-def language_model_bytes(bench: BenchModel) -> int:
-    """Bytes of the weights one decode step reads: the language model (LoRA included) and its head.
+def language_model_bytes(bench: BenchModel, lora_merged: bool = False) -> int:
+    """Bytes of the weights one decode step reads: the language model (LoRA included unless merged) and
+    its head.
 
     The vision tower runs once per caption, in the prefill; tied embeddings are counted once, as the
     output head that reads all of them every step.
     """
-    return sum(p.numel() * p.element_size() for n, p in bench.model.qwen.named_parameters() if ".visual." not in n)
+    return sum(
+        p.numel() * p.element_size()
+        for n, p in bench.model.qwen.named_parameters()
+        if ".visual." not in n and not (lora_merged and ".lora_" in n)
+    )
 
 
 def benchmark_captioning(bench: BenchModel, settings: CaptionBenchSettings) -> dict[str, Any]:
@@ -49,8 +55,9 @@ def benchmark_captioning(bench: BenchModel, settings: CaptionBenchSettings) -> d
     if settings.static_cache and bench.device.type != "cuda":
         raise UserError("--compile (static KV cache + torch.compile) needs a CUDA GPU")
     bench.model.train(False)
+    inference = optimize_for_inference(bench.model, settings.decoder, settings.vision_attention, settings.merge_lora)
     bandwidth = copy_bandwidth_gb_s(bench.device)
-    weight_bytes = language_model_bytes(bench)
+    weight_bytes = language_model_bytes(bench, lora_merged=inference["lora"].startswith("merged"))
     bound_ms = weight_bytes / (bandwidth * 1e9) * 1000
     results = []
     for batch_size in tqdm(settings.batch_sizes, desc="caption bench", unit="batch size", disable=None):
@@ -63,6 +70,7 @@ def benchmark_captioning(bench: BenchModel, settings: CaptionBenchSettings) -> d
         "environment": environment(bench.device),
         "model": bench.describe(),
         "settings": dataclasses.asdict(settings),
+        "inference": inference,
         "copy_bandwidth_gb_s": bandwidth,
         "language_model_weight_bytes": weight_bytes,
         "bandwidth_bound_ms_per_token": bound_ms,
@@ -102,17 +110,37 @@ def _time_batch_size(bench: BenchModel, settings: CaptionBenchSettings, batch_si
     clock = TokenClock(bench.device)
     extra = {"cache_implementation": "static"} if settings.static_cache else {}
 
-    def caption_once() -> tuple[float, float, float]:
-        clock.start()
-        out = bench.model.generate(
+    def generate(new_tokens: int, **more: Any) -> torch.Tensor:
+        return bench.model.generate(
             **inputs,
-            **DecodingConfig(max_new_tokens=tokens).generate_kwargs(),
-            min_new_tokens=tokens,
+            **DecodingConfig(max_new_tokens=new_tokens).generate_kwargs(),
+            min_new_tokens=new_tokens,
             eos_token_id=bench.eos_token_id,
             pad_token_id=bench.pad_token_id,
-            stopping_criteria=StoppingCriteriaList([clock]),
-            **extra,
+            **more,
         )
+
+    def caption_once_static() -> tuple[float, float, float]:
+        """The static decoder takes no stopping criteria to stamp tokens with: time to first token is a
+        one-token caption's latency, and decoding is the rest of a full caption's, per later token."""
+        synchronize(bench.device)
+        start = time.perf_counter()
+        generate(1)
+        synchronize(bench.device)
+        first = time.perf_counter()
+        out = generate(tokens)
+        synchronize(bench.device)
+        end = time.perf_counter()
+        if out.shape != (batch_size, tokens):
+            raise RuntimeError(f"generate() returned {tuple(out.shape)} tokens, expected {(batch_size, tokens)}")
+        ttft, latency = first - start, end - first
+        return ttft, (latency - ttft) / (tokens - 1), latency
+
+    def caption_once() -> tuple[float, float, float]:
+        if bench.model.fast_decoder is not None:
+            return caption_once_static()
+        clock.start()
+        out = generate(tokens, stopping_criteria=StoppingCriteriaList([clock]), **extra)
         synchronize(bench.device)
         clock.stamps[-1] = time.perf_counter()  # the caption is done when generate() returns it
         if out.shape != (batch_size, tokens):  # a shorter caption would make the timings meaningless

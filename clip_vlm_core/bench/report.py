@@ -77,7 +77,8 @@ def format_caption_report(report: dict[str, Any]) -> str:
     return "\n".join([
         format_header(report),
         f"{settings['max_new_tokens']} new tokens per caption (EOS ignored), {settings['warmup']} warm-up + "
-        f"{settings['iters']} timed runs, static cache {_cell(settings['static_cache'])}",
+        f"{settings['iters']} timed runs; generate() compiled: {_cell(settings['static_cache'])}",
+        "decoder: {decoder}; vision attention: {vision_attention}; LoRA: {lora}".format(**report["inference"]),
         f"copy bandwidth {report['copy_bandwidth_gb_s']:.1f} GB/s; language model "
         f"{report['language_model_weight_bytes'] / 1e9:.3f} GB -> bound {report['bandwidth_bound_ms_per_token']:.3f} "
         "ms per decode step",
@@ -101,6 +102,7 @@ def format_train_report(report: dict[str, Any]) -> str:
         format_header(report),
         f"forward + backward + AdamW on {report['trainable_parameters']:,} trainable parameters (connector + LoRA), "
         f"{settings['caption_tokens']} caption tokens, {settings['warmup']} warm-up + {settings['iters']} timed steps",
+        f"vision attention: {report.get('vision_attention', 'n/a')}; logits only over caption positions",
         "",
         _table(header, rows),
     ])

@@ -14,6 +14,9 @@ class CaptionBenchSettings:
     warmup: int = 2
     iters: int = 10
     static_cache: bool = False  # generate(cache_implementation="static"): transformers compiles the decode step
+    decoder: str = "auto"  # clip_vlm_core.model.inference: static (CUDA graphs) | transformers | auto
+    vision_attention: str = "auto"  # varlen | sdpa | auto
+    merge_lora: bool | None = None  # None: merge on GPU
 
     def __post_init__(self) -> None:
         self.batch_sizes = tuple(self.batch_sizes)
@@ -23,6 +26,10 @@ class CaptionBenchSettings:
             raise UserError("--max-new-tokens must be at least 2 to separate decoding from the first token")
         if self.warmup < 0 or self.iters < 1:
             raise UserError("--warmup must be >= 0 and --iters >= 1")
+        if self.static_cache and self.decoder == "static":
+            raise UserError("--compile times transformers' generate(); it cannot be combined with --decoder static")
+        if self.static_cache:
+            self.decoder = "transformers"
 
 
 @dataclass

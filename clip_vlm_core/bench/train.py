@@ -19,6 +19,7 @@ from tqdm import tqdm
 from clip_vlm_core.bench.measure import environment, peak_memory_mib, reset_peak_memory, summary_ms, timed
 from clip_vlm_core.bench.settings import TrainBenchSettings
 from clip_vlm_core.bench.subject import BenchModel
+from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
 
 
 def benchmark_training(bench: BenchModel, settings: TrainBenchSettings) -> dict[str, Any]:
@@ -26,6 +27,8 @@ def benchmark_training(bench: BenchModel, settings: TrainBenchSettings) -> dict[
     trainable = [p for p in bench.model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the benchmarked model has no trainable parameters: load it with trainable=True")
+    # The vision tower is frozen and runs forward only: its packed attention applies to training as well.
+    vision_why_not = enable_varlen_vision_attention(bench.model.base_qwen)
     combos = list(itertools.product(settings.batch_sizes, settings.cached_encoders, settings.gradient_checkpointing))
     results = [
         _time_configuration(bench, settings, trainable, *combo)
@@ -37,6 +40,7 @@ def benchmark_training(bench: BenchModel, settings: TrainBenchSettings) -> dict[
         "model": bench.describe(),
         "settings": dataclasses.asdict(settings),
         "trainable_parameters": sum(p.numel() for p in trainable),
+        "vision_attention": f"sdpa per window ({vision_why_not})" if vision_why_not else "flash varlen",
         "results": results,
     }
 

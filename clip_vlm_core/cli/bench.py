@@ -58,8 +58,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(caption, list(c.batch_sizes), c.warmup, c.iters)
     caption.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens, metavar="N",
                          help="tokens generated per caption, exactly (default: %(default)s)")
+    caption.add_argument("--decoder", choices=["auto", "static", "transformers"], default=c.decoder,
+                         help="static: greedy decoding from a static KV cache, each token one CUDA-graph replay; "
+                         "transformers: its generate(); auto: static on a GPU (default: %(default)s)")
+    caption.add_argument("--vision-attention", choices=["auto", "varlen", "sdpa"], default=c.vision_attention,
+                         help="varlen: Qwen's vision windows in one flash-attention call (GPU, bf16/fp16); "
+                         "sdpa: one call per window; auto: varlen where it runs (default: %(default)s)")
+    caption.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=None,
+                         help="fold LoRA adapters into the weights (default: on a GPU)")
     caption.add_argument("--compile", action="store_true",
-                         help="GPU only: static KV cache, with which generate() compiles the decode step")
+                         help="GPU only: transformers' generate() with its static KV cache, which compiles the "
+                         "decode step (implies --decoder transformers)")
     caption.set_defaults(func=run)
 
     t = TrainBenchSettings()
@@ -81,7 +90,11 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, spelled from its parsed options (defaults included)."""
     words = ["clip-vlm", "bench", args.benchmark]
     for name, value in sorted(vars(args).items()):
-        if name in ("func", "command", "benchmark", "verbose") or value in (None, False):
+        if name in ("func", "command", "benchmark", "verbose") or value is None:
+            continue
+        if value is False:
+            if name == "merge_lora":
+                words.append("--no-merge-lora")
             continue
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -108,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
                                             warmup=args.warmup, iters=args.iters)
     else:
         settings = CaptionBenchSettings(batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
-                                              warmup=args.warmup, iters=args.iters, static_cache=args.compile)
+                                        warmup=args.warmup, iters=args.iters, static_cache=args.compile,
+                                        decoder=args.decoder, vision_attention=args.vision_attention,
+                                        merge_lora=args.merge_lora)
     full_size = not args.tiny and not args.checkpoint
     if full_size and args.device is None and resolve_device(None).type == "cpu":
         raise UserError("no GPU here, and the full-size model on CPU needs ~17 GB and hours: "

@@ -1,0 +1,77 @@
+"""Packed (variable-length) attention for Qwen2.5-VL's vision tower on CUDA.
+
+Most of the vision tower's layers attend within 112x112-pixel windows. Without flash-attn installed,
+transformers runs SDPA once per window, from a Python loop: a 1596x896 frame has 120 windows, so a
+front/back pair costs 28 layers x 240 calls, and a batch of 32 pairs over 200,000 calls per caption.
+PyTorch ships the flash-attention kernel that takes every window at once (cumulative sequence
+lengths, as flash-attn's `flash_attn_varlen_func` does); this module registers it with transformers'
+attention interface under a name containing "flash", which is what makes Qwen's vision tower hand it
+the packed windows instead of looping. Only the vision tower is switched; the language model keeps SDPA.
+
+CUDA with fp16/bf16 only (the kernel's limits); elsewhere `enable_varlen_vision_attention` leaves the
+model as it is and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+VARLEN_ATTENTION = "clip_vlm_flash_varlen"  # "flash" routes Qwen's vision blocks to their cu_seqlens path
+
+
+def varlen_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-interface signature: [1, H, T, D] packed q/k/v -> [1, T, H, D]."""
+    if query.shape[0] != 1 or cu_seq_lens_q is None or attention_mask is not None:
+        raise ValueError("varlen vision attention takes one packed sequence with cu_seqlens and no mask")
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
+    cu_q = cu_seq_lens_q.to(torch.int32)
+    cu_k = cu_q if cu_seq_lens_k is None else cu_seq_lens_k.to(torch.int32)
+    max_q = int(max_length_q) if max_length_q is not None else int((cu_q[1:] - cu_q[:-1]).max())
+    max_k = int(max_length_k) if max_length_k is not None else max_q
+    out = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout, False, False, scale=scaling)[0]
+    return out.unsqueeze(0), None
+
+
+def varlen_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the packed kernel cannot run here, or None when it can."""
+    if device.type != "cuda":
+        return f"needs a CUDA device, the model is on {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"needs float16 or bfloat16, the model is {str(dtype).removeprefix('torch.')}"
+    if not torch.backends.cuda.is_flash_attention_available():
+        return "this PyTorch build has no flash-attention kernel"
+    return None
+
+
+def enable_varlen_vision_attention(qwen: nn.Module) -> str | None:
+    """Switch a Qwen2.5-VL model's vision tower to packed attention; returns why not, or None if done."""
+    from transformers import AttentionInterface
+
+    visual = qwen.model.visual
+    param = next(visual.parameters())
+    reason = varlen_unavailable_reason(param.device, param.dtype)
+    if reason is not None:
+        return reason
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
+    visual.config._attn_implementation = VARLEN_ATTENTION
+    return None
+
+
+def disable_varlen_vision_attention(qwen: nn.Module, implementation: str = "sdpa") -> None:
+    qwen.model.visual.config._attn_implementation = implementation
