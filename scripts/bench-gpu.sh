@@ -25,9 +25,9 @@ step() {  # step NAME SECONDS COMMAND...: run, log, keep going after a failure
   [ "$rc" -eq 0 ] || status=1
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-step gpu-tests 240 "$py" -m pytest --noconftest -q -p no:cacheprovider tests/test_gpu.py tests/test_fast_decode.py
+step gpu-tests 180 "$py" -m pytest --noconftest -q -p no:cacheprovider tests/test_gpu.py tests/test_fast_decode.py
 step caption 400 bench caption --batch-sizes 1 8 32 --max-new-tokens 48 --out "$out/bench-caption.json"
-step caption-transformers 400 bench caption --batch-sizes 1 8 32 --max-new-tokens 48 --iters 3 --warmup 1 \
+step caption-transformers 300 bench caption --batch-sizes 1 8 --max-new-tokens 48 --iters 3 --warmup 1 \
   --decoder transformers --vision-attention sdpa --no-merge-lora --out "$out/bench-caption-transformers.json"
 step caption-480tok 300 bench caption --batch-sizes 1 8 32 --max-new-tokens 48 --max-pixels 401408 \
   --out "$out/bench-caption-480tok.json"
