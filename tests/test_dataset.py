@@ -45,11 +45,14 @@ def test_cached_and_raw_modes_give_equal_batches_and_loss(dataset, captioner, tm
     fast = collate_cached([cached[i] for i in indices], captioner.processor.tokenizer.pad_token_id)
     for key in ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "image_grid_thw"):
         assert torch.equal(raw[key], fast[key]), key
+    # The cache encodes one sample at a time, the raw batch all at once: some CPUs' matrix kernels block
+    # differently by batch size, so equal means equal to float32 rounding, not bit for bit.
     visual = captioner.model.encode_visual(raw["pixel_values"], raw["image_grid_thw"])
-    assert all(torch.equal(a, b) for a, b in zip(visual, fast["visual_embeds"], strict=True))
-    assert torch.equal(captioner.model.clip(raw["clip_pixels"]), fast["clip_tokens"])
+    for a, b in zip(visual, fast["visual_embeds"], strict=True):
+        torch.testing.assert_close(a, b)
     with torch.no_grad():
-        assert torch.equal(captioner.model(**raw).loss, captioner.model(**fast).loss)
+        torch.testing.assert_close(captioner.model.clip(raw["clip_pixels"]), fast["clip_tokens"])
+        torch.testing.assert_close(captioner.model(**raw).loss, captioner.model(**fast).loss)
 
 
 def test_cache_is_reused_not_recomputed(dataset, captioner, tmp_path):
