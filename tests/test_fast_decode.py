@@ -13,6 +13,10 @@ from PIL import Image
 import clip_vlm_core
 from clip_vlm_core.model import SceneCaptioner
 from clip_vlm_core.model.fast_decode import handles
+from clip_vlm_core.model.vision_attention import (
+    disable_varlen_vision_attention,
+    enable_varlen_vision_attention,
+)
 
 SAMPLES = Path(clip_vlm_core.__file__).parent / "assets" / "samples"
 
@@ -35,14 +39,16 @@ def batch_with_padding() -> list[dict[str, np.ndarray]]:
     return [sample_pair(), sample_pair((84, 56)), sample_pair((112, 84))]
 
 
-def generate_both(captioner: SceneCaptioner, batch, **decoding) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_both(
+    captioner: SceneCaptioner, batch, cuda_graphs: bool = False, **decoding
+) -> tuple[torch.Tensor, torch.Tensor]:
     tokenizer = captioner.processor.tokenizer
     inputs = captioner.to_device(captioner.prepare(batch))
     kwargs = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **decoding}
     model = captioner.model
     model.fast_decoder = None
     reference = model.generate(**inputs, **kwargs)
-    decoder = model.enable_fast_decoding()
+    decoder = model.enable_fast_decoding(cuda_graphs=cuda_graphs)
     try:
         fast = model.generate(**inputs, **kwargs)
         assert len(decoder._sessions) == 1, "the fast decoder was not used"
@@ -67,14 +73,17 @@ def test_prompts_really_differ_in_length(captioner):
 
 def test_greedy_tokens_equal_transformers_generate_with_left_padding(captioner):
     pad = captioner.processor.tokenizer.pad_token_id
-    reference, fast = generate_both(captioner, batch_with_padding(), max_new_tokens=40)
+    reference, fast = generate_both(captioner, batch_with_padding(), cuda_graphs=True, max_new_tokens=40)
     assert strip_padding(fast, pad) == strip_padding(reference, pad)
     eos = captioner.processor.tokenizer.eos_token_id
     assert all(eos in row for row in reference.tolist()), "captions should end by themselves within 40 tokens"
 
 
-def test_min_new_tokens_forbids_eos_like_transformers(captioner):
-    reference, fast = generate_both(captioner, [sample_pair()], max_new_tokens=48, min_new_tokens=48)
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "with-capture-warm-up"])
+def test_min_new_tokens_forbids_eos_like_transformers(captioner, cuda_graphs):
+    """With cuda_graphs the capture's warm-up steps run for real (off CUDA no graph follows): the state
+    they advance must be rewound exactly, or the caption would start at the wrong position."""
+    reference, fast = generate_both(captioner, [sample_pair()], cuda_graphs, max_new_tokens=48, min_new_tokens=48)
     assert fast.shape == reference.shape == (1, 48)
     assert torch.equal(fast, reference)
 
@@ -98,3 +107,36 @@ def test_settings_other_than_greedy_fall_back_to_transformers():
     assert not handles({"max_new_tokens": 8, "num_beams": 3})
     assert not handles({"max_new_tokens": 8, "do_sample": True, "temperature": 0.7})
     assert not handles({"max_new_tokens": 8, "repetition_penalty": 1.2})
+
+
+def test_packed_vision_attention_is_wired_like_transformers_per_window_attention(captioner):
+    """Off CUDA the packed path runs its reference kernel: the vision tower's output must not change, which
+    checks the layout the flash kernel gets (cu_seqlens, [T, H, D]) and the layout it returns."""
+    inputs = captioner.prepare(batch_with_padding())
+    qwen = captioner.model.base_qwen
+    assert enable_varlen_vision_attention(qwen) == "needs a CUDA device, the model is on cpu"
+    with torch.no_grad():
+        reference = captioner.model.encode_visual(inputs["pixel_values"], inputs["image_grid_thw"])
+        assert enable_varlen_vision_attention(qwen, anywhere=True) is None
+        try:
+            packed = captioner.model.encode_visual(inputs["pixel_values"], inputs["image_grid_thw"])
+        finally:
+            disable_varlen_vision_attention(qwen)
+    assert len(packed) == len(reference) == 6
+    for got, expected in zip(packed, reference, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_failing_fast_decoder_falls_back_to_transformers_with_a_warning(captioner, caplog):
+    """On a GPU/library pairing the fast path breaks on, captions must still come, from generate()."""
+    from clip_vlm_core.model.fast_decode import StaticGreedyDecoder
+
+    expected = captioner.caption([sample_pair()])
+    captioner.model.fast_decoder = StaticGreedyDecoder(qwen=torch.nn.Identity())  # cannot prefill anything
+    try:
+        got = captioner.caption([sample_pair()])
+        assert captioner.model.fast_decoder is None
+    finally:
+        captioner.model.fast_decoder = None
+    assert got == expected
+    assert "fast decoding failed" in caplog.text and "generate() from now on" in caplog.text

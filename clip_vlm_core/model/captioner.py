@@ -98,6 +98,7 @@ class SceneCaptioner:
         self.device = device
         self.model_name = name
         self.decoding = decoding or DecodingConfig()
+        self.inference: dict[str, Any] = {}  # what optimize_for_inference() put in effect
         self._prompt_text = self._build_prompt_text()
 
     # -- loading ----------------------------------------------------------------------------------
@@ -203,6 +204,16 @@ class SceneCaptioner:
         return SceneCaptioner(self.model, self.processor, config, self.device, self.model_name, self.decoding)
 
     # -- inference --------------------------------------------------------------------------------
+    def optimize_for_inference(self, **settings: Any) -> dict[str, Any]:
+        """The GPU speed-ups of clip_vlm_core.model.inference (same captions); returns what is in effect.
+
+        For captioning only: merged LoRA adapters are not for training.
+        """
+        from clip_vlm_core.model.inference import optimize_for_inference
+
+        self.inference = optimize_for_inference(self.model, **settings)
+        return self.inference
+
     @property
     def views(self) -> tuple[str, ...]:
         return self.config.views

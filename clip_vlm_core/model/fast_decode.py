@@ -12,12 +12,14 @@ and `min_new_tokens` included (tests/test_fast_decode.py checks this against tra
 same step runs eagerly, so the logic is tested without a GPU; only the graph capture needs CUDA.
 
 Graphs are kept per (batch size, cache length), the cache length rounded up to `cache_bucket` tokens
-so prompts of slightly different lengths share one; `reset()` drops them (needed after anything that
+so prompts of slightly different lengths share one, at most `max_sessions` of them (each holds its KV
+cache: ~0.6 GB for 4 full-resolution pairs at full size); `reset()` drops them (needed after anything that
 changes which weights the step reads, e.g. turning LoRA adapters off).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +51,15 @@ class _Session:
     min_tokens_left: torch.Tensor  # [B]-broadcast scalar: EOS is forbidden while > 0
     positions: torch.Tensor  # [L] 0..L-1
     graph: torch.cuda.CUDAGraph | None = None
+    captured: bool = False  # warm-up and capture done (off CUDA: warm-up only, no graph)
 
 
 class StaticGreedyDecoder:
-    def __init__(self, qwen: nn.Module, cuda_graphs: bool = True, cache_bucket: int = 256) -> None:
+    def __init__(self, qwen: nn.Module, cuda_graphs: bool = True, cache_bucket: int = 256, max_sessions: int = 4) -> None:
         self.qwen = qwen  # Qwen2_5_VLForConditionalGeneration, possibly PEFT-wrapped
         self.cuda_graphs = cuda_graphs
         self.cache_bucket = cache_bucket
+        self.max_sessions = max_sessions  # each holds a KV cache: the least recently used goes beyond this
         self._sessions: dict[tuple[int, int], _Session] = {}
         self.eos_token_id = 0
         self.pad_token_id = 0
@@ -116,7 +120,10 @@ class StaticGreedyDecoder:
     def _session(self, batch: int, cache_len: int, prefill_cache: Any) -> _Session:
         key = (batch, cache_len)
         if key in self._sessions:
+            self._sessions[key] = self._sessions.pop(key)  # most recently used last
             return self._sessions[key]
+        while len(self._sessions) >= self.max_sessions:
+            del self._sessions[next(iter(self._sessions))]
         from transformers import StaticCache
 
         layer0 = prefill_cache.layers[0]
@@ -148,8 +155,9 @@ class StaticGreedyDecoder:
         session.key_valid[:, :prompt_len].copy_(attention_mask.bool())
         session.finished.fill_(False)
         session.min_tokens_left.fill_(min_new)
-        if self.cuda_graphs and session.graph is None and session.tokens.is_cuda:
+        if self.cuda_graphs and session.graph is None and not session.captured:
             self._capture(session, prompt_len)
+            session.captured = True
 
     def _choose(self, logits: torch.Tensor, session: _Session) -> torch.Tensor:
         """Greedy choice with EOS forbidden before min_new_tokens; finished rows get padding."""
@@ -179,16 +187,24 @@ class StaticGreedyDecoder:
         session.tokens.copy_(self._choose(logits, session)[:, None])
 
     def _capture(self, session: _Session, prompt_len: int) -> None:
-        """Record `_step` as a CUDA graph. Warm-up steps run for real, so the state is restored after."""
+        """Record `_step` as a CUDA graph. Warm-up steps run for real, so the state is restored after.
+
+        Off CUDA the warm-up and rewind still run (and no graph is made), so they are tested anywhere.
+        """
         saved = (session.tokens.clone(), session.finished.clone(), session.min_tokens_left.clone())
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        on_cuda = session.tokens.is_cuda
+        stream = torch.cuda.Stream() if on_cuda else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             for _ in range(2):  # kernels choose their algorithms and workspaces outside the capture
                 self._rewind(session, prompt_len, saved)
                 self._step(session)
-        torch.cuda.current_stream().wait_stream(stream)
+        if stream is not None:
+            torch.cuda.current_stream().wait_stream(stream)
         self._rewind(session, prompt_len, saved)
+        if not on_cuda:
+            return
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._step(session)

@@ -7,6 +7,7 @@ base model computes them, in training and in `generate()` alike.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +18,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder
 from clip_vlm_core.model.connector import FusionConnector
 from clip_vlm_core.model.fast_decode import StaticGreedyDecoder, handles
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of positions that are not caption tokens
 
@@ -137,14 +140,22 @@ class MultiViewCaptionModel(nn.Module):
         """
         mm = self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels)
         if self.fast_decoder is not None and handles(generate_kwargs):
-            return self.fast_decoder.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                image_grid_thw=image_grid_thw,
-                mm_token_type_ids=mm_token_type_ids,
-                mm_encoder_outputs=mm,
-                **generate_kwargs,
-            )
+            try:
+                return self.fast_decoder.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    image_grid_thw=image_grid_thw,
+                    mm_token_type_ids=mm_token_type_ids,
+                    mm_encoder_outputs=mm,
+                    **generate_kwargs,
+                )
+            except torch.cuda.OutOfMemoryError:
+                self.fast_decoder.reset()  # free the cached KV sessions before the caller retries smaller
+                raise  # the caller's to handle (the node halves its batch), as with generate()
+            except Exception as exc:  # noqa: BLE001 - a GPU/library pairing the fast path was not checked on
+                log.warning("fast decoding failed (%s: %s); using transformers' generate() from now on",
+                            type(exc).__name__, exc)
+                self.fast_decoder = None
         out = self.qwen.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -14,10 +14,13 @@ model as it is and says so.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 VARLEN_ATTENTION = "clip_vlm_flash_varlen"  # "flash" routes Qwen's vision blocks to their cu_seqlens path
 
@@ -42,10 +45,35 @@ def varlen_attention(
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
     cu_q = cu_seq_lens_q.to(torch.int32)
     cu_k = cu_q if cu_seq_lens_k is None else cu_seq_lens_k.to(torch.int32)
-    max_q = int(max_length_q) if max_length_q is not None else int((cu_q[1:] - cu_q[:-1]).max())
-    max_k = int(max_length_k) if max_length_k is not None else max_q
-    out = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout, False, False, scale=scaling)[0]
+    out = None
+    if q.is_cuda and not _flash_failed:
+        max_q = int(max_length_q) if max_length_q is not None else int((cu_q[1:] - cu_q[:-1]).max())
+        max_k = int(max_length_k) if max_length_k is not None else max_q
+        try:
+            out = torch.ops.aten._flash_attention_forward(
+                q, k, v, cu_q, cu_k, max_q, max_k, dropout, False, False, scale=scaling
+            )[0]
+        except RuntimeError as exc:  # e.g. a GPU or head size the kernel was not built for
+            _flash_failed.append(exc)
+            log.warning("packed flash attention failed (%s); the vision tower attends per window instead", exc)
+    if out is None:
+        out = reference_varlen_attention(q, k, v, cu_q, cu_k, scaling)
     return out.unsqueeze(0), None
+
+
+_flash_failed: list[Exception] = []  # set once the kernel has failed in this process: don't try it again
+
+
+def reference_varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float | None
+) -> torch.Tensor:
+    """The packed kernel's contract, one segment at a time with SDPA: [T, H, D] in and out. It is what runs
+    off CUDA, so the wiring into Qwen's vision tower is tested on any machine."""
+    outs = []
+    for i in range(len(cu_q) - 1):
+        segment = [t[a:b].transpose(0, 1) for t, a, b in ((q, cu_q[i], cu_q[i + 1]), (k, cu_k[i], cu_k[i + 1]), (v, cu_k[i], cu_k[i + 1]))]
+        outs.append(nn.functional.scaled_dot_product_attention(*segment, scale=scale).transpose(0, 1))
+    return torch.cat(outs)
 
 
 def varlen_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -59,14 +87,17 @@ def varlen_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str |
     return None
 
 
-def enable_varlen_vision_attention(qwen: nn.Module) -> str | None:
-    """Switch a Qwen2.5-VL model's vision tower to packed attention; returns why not, or None if done."""
+def enable_varlen_vision_attention(qwen: nn.Module, anywhere: bool = False) -> str | None:
+    """Switch a Qwen2.5-VL model's vision tower to packed attention; returns why not, or None if done.
+
+    `anywhere` switches it even off CUDA, where the reference kernel runs (for tests: it is slower).
+    """
     from transformers import AttentionInterface
 
     visual = qwen.model.visual
     param = next(visual.parameters())
     reason = varlen_unavailable_reason(param.device, param.dtype)
-    if reason is not None:
+    if reason is not None and not anywhere:
         return reason
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
     visual.config._attn_implementation = VARLEN_ATTENTION
