@@ -62,6 +62,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("max_new_tokens", 64, "longest caption, in tokens", read_only=False, low=1, high=4096),
     ParameterSpec("num_beams", 1, "beam search width (1 = greedy)", read_only=False, low=1, high=64),
     ParameterSpec("prompt", "", "instruction given to the model; '' = the checkpoint's own"),
+    ParameterSpec("fast_inference", True, "on a GPU: greedy decoding as CUDA-graph replays, packed vision "
+                  "attention, LoRA merged (same captions, see BENCHMARKS.md); false = transformers' generate()"),
     ParameterSpec("publish_image", True, "publish the front image with the caption drawn on it (only while "
                   "someone subscribes)", read_only=False),
 )
@@ -88,6 +90,7 @@ class CaptionNodeConfig:
     max_new_tokens: int
     num_beams: int
     prompt: str
+    fast_inference: bool
     publish_image: bool
 
     def topic_for(self, view: str) -> str:

@@ -58,6 +58,8 @@ class CaptionNode(Node):
         self.get_logger().info(
             f"model {self.captioner.model_name} on {self.captioner.device}, views {list(self.config.views)}"
         )
+        inference = self.captioner.inference or {"settings": "transformers' generate() as is (fast_inference false)"}
+        self.get_logger().info("inference: " + "; ".join(f"{k} {v}" for k, v in inference.items()))
         views = self.config.views
         self.stats = StreamStats(views)
         self.pairer = FramePairer(
@@ -224,6 +226,8 @@ def _load_captioner(config: CaptionNodeConfig):
         )
     if config.prompt:
         captioner = captioner.with_prompt(config.prompt)
+    if config.fast_inference:
+        captioner.optimize_for_inference()
     # One caption at start-up so the first real frame does not pay for lazy initialisation.
     black = {view: np.zeros((64, 64, 3), np.uint8) for view in captioner.views}
     captioner.caption([black], max_new_tokens=2)
