@@ -260,6 +260,30 @@ def parameters_set_by(launch_file: Path) -> set[str]:
     return names
 
 
+@pytest.mark.parametrize(
+    ("fast", "expected"),
+    [(True, "inference: decoder transformers generate(); vision_attention sdpa per window; lora separate adapters"),
+     (False, "inference: settings transformers' generate() as is (fast_inference false)")],
+    ids=["fast_inference-default-on-cpu", "fast_inference-false"],
+)
+def test_node_says_which_inference_path_it_runs(fast, expected):
+    """On a CPU the GPU speed-ups stay off even with fast_inference true, and the node's log says so."""
+    proc = start_node({"fast_inference": fast}, ros_env())
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "captioning " in line:
+                break
+    finally:
+        stop_node(proc)
+    assert any(expected in line for line in lines), "".join(lines)
+
+
 @pytest.mark.parametrize("name", ["caption.launch.py", "replay.launch.py"])
 def test_launch_file_sets_only_parameters_the_node_declares(name):
     path = ROOT / "launch" / name
