@@ -68,6 +68,32 @@ def test_full_size_without_gpu_is_refused_unless_asked_for(capsys):
     assert "--tiny" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # an end-to-end run: a few seconds on a shared 2-core CPU
+def test_static_decoder_is_timed_and_named_in_the_report(tmp_path, capsys):
+    """--decoder static times the static-cache decoder (eagerly off a GPU) with every figure, and says so."""
+    out = tmp_path / "caption-static.json"
+    argv = ["bench", "caption", "--tiny", "--decoder", "static", "--batch-sizes", "2", "--max-new-tokens", "6",
+            "--iters", "2", "--warmup", "1", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    row = report["results"][0]
+    assert row["status"] == "ok" and all(row[key] > 0 for key in CAPTION_FIGURES), row
+    assert report["inference"] == {
+        "decoder": "static cache (eager, no GPU)",
+        "vision_attention": "sdpa per window",
+        "lora": "separate adapters",
+    }
+    assert "--decoder static" in report["command"]
+    assert "decoder: static cache (eager, no GPU)" in capsys.readouterr().out
+
+
+def test_packed_vision_attention_off_a_gpu_is_one_clear_sentence(capsys):
+    argv = ["bench", "caption", "--tiny", "--vision-attention", "varlen", "--iters", "1", "--warmup", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "packed (varlen) vision attention needs a CUDA device" in err and "Traceback" not in err
+
+
 def test_compile_needs_a_gpu(capsys):
     assert main(["bench", "caption", "--tiny", "--compile", "--iters", "1", "--warmup", "0"]) == 2
     assert "CUDA" in capsys.readouterr().err

@@ -140,3 +140,20 @@ def test_a_failing_fast_decoder_falls_back_to_transformers_with_a_warning(captio
         captioner.model.fast_decoder = None
     assert got == expected
     assert "fast decoding failed" in caplog.text and "generate() from now on" in caplog.text
+
+
+def test_merged_lora_and_static_decoder_keep_the_captions_and_undo_cleanly():
+    captioner = SceneCaptioner.from_pretrained(None, device="cpu")
+    batch = batch_with_padding()
+    expected = captioner.caption(batch)
+    applied = captioner.optimize_for_inference(decoder="static", merge_lora=True)
+    assert applied == {
+        "decoder": "static cache (eager, no GPU)",
+        "vision_attention": "sdpa per window",
+        "lora": "merged into the weights",
+    }
+    assert captioner.caption(batch) == expected
+    assert captioner.optimize_for_inference(decoder="transformers", merge_lora=False)["lora"] == "separate adapters"
+    assert not any(getattr(m, "merged", False) for m in captioner.model.qwen.modules())
+    assert captioner.model.fast_decoder is None
+    assert captioner.caption(batch) == expected

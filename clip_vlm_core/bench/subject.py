@@ -115,7 +115,8 @@ def load_bench_model(
     if captioner is not None:
         return _from_captioner(captioner, "pretrained", f"{QWEN25_VL_3B_ID} from the local hub cache", size)
     log.warning("no pretrained weights (%s): timing the full-size architecture with RANDOM weights", why_not)
-    model = build_full_size_model(resolved, resolved_dtype, trainable)
+    # With LoRA adapters, as a fine-tuned checkpoint has them: inference is timed with what it would run.
+    model = build_full_size_model(resolved, resolved_dtype, trainable, lora=True)
     return BenchModel(
         model=model,
         device=resolved,

@@ -300,8 +300,13 @@ def assemble_model(
     trainable: bool,
     connector_state: dict[str, torch.Tensor] | None = None,
     adapter_dir: Path | None = None,
+    lora: bool | None = None,
 ) -> MultiViewCaptionModel:
-    """Frozen Qwen + frozen CLIP + the connector (fresh or loaded), with LoRA when trainable or given."""
+    """Frozen Qwen + frozen CLIP + the connector (fresh or loaded), with LoRA when trainable or given.
+
+    `lora=True` adds fresh (frozen, unless trainable) adapters to an untrainable model too, as a
+    fine-tuned checkpoint would bring: the benchmark times inference with them.
+    """
     connector = FusionConnector(
         clip_dim=clip.token_dim,
         hidden_size=qwen.config.text_config.hidden_size,
@@ -317,16 +322,22 @@ def assemble_model(
             raise UserError(f"{CONNECTOR_FILE} does not match the checkpoint's config: {exc}") from None
     if adapter_dir is not None:
         qwen = _load_adapter(qwen, adapter_dir, trainable)
-    elif trainable:
+    elif trainable if lora is None else lora:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_targets,
+        qwen = get_peft_model(
+            qwen,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_targets,
+            ),
         )
-        qwen = get_peft_model(qwen, lora)
+        qwen.requires_grad_(False)
+        if trainable:
+            for name, param in qwen.named_parameters():
+                param.requires_grad_(".lora_" in name)
     connector.requires_grad_(trainable)
     return MultiViewCaptionModel(qwen, clip, connector, len(config.views))
 

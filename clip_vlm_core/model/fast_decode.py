@@ -60,7 +60,7 @@ class StaticGreedyDecoder:
         self.cuda_graphs = cuda_graphs
         self.cache_bucket = cache_bucket
         self.max_sessions = max_sessions  # each holds a KV cache: the least recently used goes beyond this
-        self._sessions: dict[tuple[int, int], _Session] = {}
+        self._sessions: dict[tuple[int, int, int, int], _Session] = {}
         self.eos_token_id = 0
         self.pad_token_id = 0
 
@@ -100,7 +100,7 @@ class StaticGreedyDecoder:
             logits_to_keep=1,
             **prefill_kwargs,
         )
-        session = self._session(batch, cache_len, prefill_cache)
+        session = self._session((batch, cache_len, eos_token_id, pad_token_id), prefill_cache)
         self._load_prefill(session, prefill_cache, attention_mask, min_new_tokens)
         first = self._choose(out.logits[:, -1].float(), session)
         session.tokens.copy_(first[:, None])
@@ -117,8 +117,9 @@ class StaticGreedyDecoder:
         return torch.stack(generated, dim=1)
 
     # -- internals ------------------------------------------------------------------------------
-    def _session(self, batch: int, cache_len: int, prefill_cache: Any) -> _Session:
-        key = (batch, cache_len)
+    def _session(self, key: tuple[int, int, int, int], prefill_cache: Any) -> _Session:
+        """The session for (batch, cache length, EOS id, padding id): the ids are baked into its graph."""
+        batch, cache_len = key[:2]
         if key in self._sessions:
             self._sessions[key] = self._sessions.pop(key)  # most recently used last
             return self._sessions[key]

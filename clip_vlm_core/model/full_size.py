@@ -85,8 +85,10 @@ def full_size_captioner_config() -> CaptionerConfig:
     return CaptionerConfig(qwen_model=QWEN25_VL_3B_ID, clip_model="ViT-L-14", clip_pretrained="openai")
 
 
-def assemble_random(config: CaptionerConfig, trainable: bool, dtype: torch.dtype | None = None) -> MultiViewCaptionModel:
-    """Qwen2.5-VL-3B + OpenCLIP + connector (+ LoRA when trainable), randomly initialised.
+def assemble_random(
+    config: CaptionerConfig, trainable: bool, dtype: torch.dtype | None = None, lora: bool | None = None
+) -> MultiViewCaptionModel:
+    """Qwen2.5-VL-3B + OpenCLIP + connector (+ LoRA when trainable or `lora`), randomly initialised.
 
     Modules land on the current default device: wrap the call in `with torch.device(...)`; on "meta"
     nothing is allocated. Connector and LoRA come from the same `assemble_model` as `SceneCaptioner.build`.
@@ -107,7 +109,7 @@ def assemble_random(config: CaptionerConfig, trainable: bool, dtype: torch.dtype
         clip_model = open_clip.create_model(config.clip_model, pretrained=None, device=torch.get_default_device())
     finally:
         logging.disable(logging.NOTSET)
-    model = assemble_model(qwen, ClipViewEncoder(clip_model, config.clip_tokens), config, trainable)
+    model = assemble_model(qwen, ClipViewEncoder(clip_model, config.clip_tokens), config, trainable, lora=lora)
     if dtype is not None:
         model.clip.to(dtype=dtype)
         # Trainable connectors keep fp32 master weights, as SceneCaptioner.build does.
@@ -117,13 +119,17 @@ def assemble_random(config: CaptionerConfig, trainable: bool, dtype: torch.dtype
 
 
 def build_full_size_model(
-    device: torch.device, dtype: torch.dtype, trainable: bool, config: CaptionerConfig | None = None
+    device: torch.device,
+    dtype: torch.dtype,
+    trainable: bool,
+    config: CaptionerConfig | None = None,
+    lora: bool | None = None,
 ) -> MultiViewCaptionModel:
     """The full-size model with random weights, made directly on `device` (no CPU copy on the way)."""
     config = config or full_size_captioner_config()
     torch.manual_seed(0)
     with torch.device(device):
-        return assemble_random(config, trainable, dtype)
+        return assemble_random(config, trainable, dtype, lora)
 
 
 def part_of(name: str) -> str:

@@ -57,9 +57,10 @@ def optimize_for_inference(
 
     merge = on_gpu if merge_lora is None else merge_lora
     has_adapters = hasattr(model.qwen, "merge_adapter")
-    if merge and has_adapters:
-        model.qwen.merge_adapter()
-        if model.fast_decoder is not None:
+    merged = has_adapters and any(getattr(m, "merged", False) for m in model.qwen.modules())
+    if has_adapters and merge != merged:
+        model.qwen.merge_adapter() if merge else model.qwen.unmerge_adapter()
+        if model.fast_decoder is not None:  # graphs read the weights in the form they were captured with
             model.fast_decoder.reset()
     applied["lora"] = "none" if not has_adapters else ("merged into the weights" if merge else "separate adapters")
     return applied
