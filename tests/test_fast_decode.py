@@ -157,3 +157,36 @@ def test_merged_lora_and_static_decoder_keep_the_captions_and_undo_cleanly():
     assert not any(getattr(m, "merged", False) for m in captioner.model.qwen.modules())
     assert captioner.model.fast_decoder is None
     assert captioner.caption(batch) == expected
+
+
+@pytest.mark.slow  # builds Qwen2.5-VL-3B's widths (and ViT-L-14) with 3 layers: ~30 s on 2 CPU cores
+def test_static_decoder_at_qwen25_vl_3b_attention_shapes():
+    """The GPU will run 16 query heads on 2 KV heads of 128 dims with mrope sections [16, 24, 24] and a
+    151,936-word vocabulary: the same greedy tokens as transformers at those shapes, left padding included.
+    (At all 36 layers in bf16 with random weights, logits tie exactly often enough that the two paths'
+    rounding picks different tied tokens; with 3 layers there are no ties to break.)"""
+    from clip_vlm_core.bench.subject import frame_size, token_id_inputs
+    from clip_vlm_core.model.full_size import (
+        QWEN_ENDOFTEXT_ID,
+        QWEN_IM_END_ID,
+        build_full_size_model,
+        qwen25_vl_3b_config,
+    )
+
+    qwen_config = qwen25_vl_3b_config()
+    qwen_config.text_config.num_hidden_layers = 3
+    qwen_config.text_config.layer_types = qwen_config.text_config.layer_types[:3]
+    qwen_config.text_config.intermediate_size = 1024
+    qwen_config.vision_config.depth = 2
+    qwen_config.vision_config.fullatt_block_indexes = [1]
+    model = build_full_size_model(torch.device("cpu"), torch.float32, trainable=False, lora=True,
+                                  qwen_config=qwen_config)
+    text = model.base_qwen.config.text_config
+    assert (text.num_attention_heads, text.num_key_value_heads, text.hidden_size // text.num_attention_heads) == (16, 2, 128)
+    inputs = token_id_inputs(model, 2, frame_size(12544), torch.device("cpu"))(3, 0)
+    inputs["attention_mask"][1, :3] = 0
+    inputs["attention_mask"][2, :7] = 0
+    kwargs = {"max_new_tokens": 16, "eos_token_id": QWEN_IM_END_ID, "pad_token_id": QWEN_ENDOFTEXT_ID}
+    reference = model.generate(**inputs, **kwargs)
+    model.enable_fast_decoding(cuda_graphs=True)  # off CUDA: the capture's warm-up and rewind, no graph
+    assert torch.equal(model.generate(**inputs, **kwargs), reference)

@@ -11,6 +11,7 @@ weights of the right shapes time the same as trained ones). The Qwen config belo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +87,11 @@ def full_size_captioner_config() -> CaptionerConfig:
 
 
 def assemble_random(
-    config: CaptionerConfig, trainable: bool, dtype: torch.dtype | None = None, lora: bool | None = None
+    config: CaptionerConfig,
+    trainable: bool,
+    dtype: torch.dtype | None = None,
+    lora: bool | None = None,
+    qwen_config: Any = None,
 ) -> MultiViewCaptionModel:
     """Qwen2.5-VL-3B + OpenCLIP + connector (+ LoRA when trainable or `lora`), randomly initialised.
 
@@ -97,7 +102,7 @@ def assemble_random(
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     qwen = Qwen2_5_VLForConditionalGeneration._from_config(
-        qwen25_vl_3b_config(), dtype=dtype, attn_implementation="sdpa"
+        qwen_config or qwen25_vl_3b_config(), dtype=dtype, attn_implementation="sdpa"
     )
     qwen.generation_config.eos_token_id = QWEN_IM_END_ID
     qwen.generation_config.pad_token_id = QWEN_ENDOFTEXT_ID
@@ -124,12 +129,15 @@ def build_full_size_model(
     trainable: bool,
     config: CaptionerConfig | None = None,
     lora: bool | None = None,
+    qwen_config: Any = None,
 ) -> MultiViewCaptionModel:
-    """The full-size model with random weights, made directly on `device` (no CPU copy on the way)."""
+    """The full-size model with random weights, made directly on `device` (no CPU copy on the way).
+
+    `qwen_config` replaces Qwen2.5-VL-3B's (tests use it shallower, with every width kept)."""
     config = config or full_size_captioner_config()
     torch.manual_seed(0)
     with torch.device(device):
-        return assemble_random(config, trainable, dtype, lora)
+        return assemble_random(config, trainable, dtype, lora, qwen_config)
 
 
 def part_of(name: str) -> str:
