@@ -30,6 +30,7 @@ import yaml
 
 from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
 from clip_vlm_core.train_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ def run_training(
     accelerator.wait_for_everyone()
 
     captioner = _build_captioner(config, run_dir, resume_dir, accelerator)
+    # Qwen's frozen vision tower attends over all its windows in one flash call on a GPU (here and when
+    # the encoder cache is built); elsewhere this changes nothing.
+    if enable_varlen_vision_attention(captioner.model.base_qwen) is None:
+        log.info("vision tower: packed (varlen) flash attention")
     train_set, val_set, collate = _datasets(config, run_dir, captioner, accelerator)
     model = captioner.model
     if o.gradient_checkpointing:
