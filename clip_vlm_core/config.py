@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 from clip_vlm_core.errors import UserError
 
 DEFAULT_VIEWS = ("CAM_FRONT", "CAM_BACK")
+# Inference settings (clip_vlm_core.model.inference); here so the CLI offers them without importing torch.
+DECODERS = ("auto", "static", "transformers")
+VISION_ATTENTIONS = ("auto", "varlen", "sdpa")
 NUSCENES_CAMERAS = (
     "CAM_FRONT",
     "CAM_FRONT_LEFT",

@@ -120,6 +120,11 @@ def _time_batch_size(bench: BenchModel, settings: CaptionBenchSettings, batch_si
             **more,
         )
 
+    def checked(out: torch.Tensor) -> torch.Tensor:
+        if out.shape != (batch_size, tokens):  # a shorter caption would make the timings meaningless
+            raise RuntimeError(f"generate() returned {tuple(out.shape)} tokens, expected {(batch_size, tokens)}")
+        return out
+
     def caption_once_static() -> tuple[float, float, float]:
         """The static decoder takes no stopping criteria to stamp tokens with: time to first token is a
         one-token caption's latency, and decoding is the rest of a full caption's, per later token."""
@@ -128,11 +133,9 @@ def _time_batch_size(bench: BenchModel, settings: CaptionBenchSettings, batch_si
         generate(1)
         synchronize(bench.device)
         first = time.perf_counter()
-        out = generate(tokens)
+        checked(generate(tokens))
         synchronize(bench.device)
         end = time.perf_counter()
-        if out.shape != (batch_size, tokens):
-            raise RuntimeError(f"generate() returned {tuple(out.shape)} tokens, expected {(batch_size, tokens)}")
         ttft, latency = first - start, end - first
         return ttft, (latency - ttft) / (tokens - 1), latency
 
@@ -140,11 +143,9 @@ def _time_batch_size(bench: BenchModel, settings: CaptionBenchSettings, batch_si
         if bench.model.fast_decoder is not None:
             return caption_once_static()
         clock.start()
-        out = generate(tokens, stopping_criteria=StoppingCriteriaList([clock]), **extra)
+        checked(generate(tokens, stopping_criteria=StoppingCriteriaList([clock]), **extra))
         synchronize(bench.device)
         clock.stamps[-1] = time.perf_counter()  # the caption is done when generate() returns it
-        if out.shape != (batch_size, tokens):  # a shorter caption would make the timings meaningless
-            raise RuntimeError(f"generate() returned {tuple(out.shape)} tokens, expected {(batch_size, tokens)}")
         return clock.split()
 
     try:

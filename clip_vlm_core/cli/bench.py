@@ -36,6 +36,7 @@ def _add_common(parser: argparse.ArgumentParser, batch_sizes: list[int], warmup:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from clip_vlm_core.bench.settings import CaptionBenchSettings, TrainBenchSettings
+    from clip_vlm_core.config import DECODERS, VISION_ATTENTIONS
 
     parser = subparsers.add_parser(
         "bench",
@@ -58,10 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(caption, list(c.batch_sizes), c.warmup, c.iters)
     caption.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens, metavar="N",
                          help="tokens generated per caption, exactly (default: %(default)s)")
-    caption.add_argument("--decoder", choices=["auto", "static", "transformers"], default=c.decoder,
+    caption.add_argument("--decoder", choices=DECODERS, default=c.decoder,
                          help="static: greedy decoding from a static KV cache, each token one CUDA-graph replay; "
                          "transformers: its generate(); auto: static on a GPU (default: %(default)s)")
-    caption.add_argument("--vision-attention", choices=["auto", "varlen", "sdpa"], default=c.vision_attention,
+    caption.add_argument("--vision-attention", choices=VISION_ATTENTIONS, default=c.vision_attention,
                          help="varlen: Qwen's vision windows in one flash-attention call (GPU, bf16/fp16); "
                          "sdpa: one call per window; auto: varlen where it runs (default: %(default)s)")
     caption.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=None,

@@ -50,6 +50,8 @@ class _Session:
     finished: torch.Tensor  # [B] bool
     min_tokens_left: torch.Tensor  # [B]-broadcast scalar: EOS is forbidden while > 0
     positions: torch.Tensor  # [L] 0..L-1
+    eos_token_id: int  # baked into the graph, hence part of the session's key
+    pad_token_id: int
     graph: torch.cuda.CUDAGraph | None = None
     captured: bool = False  # warm-up and capture done (off CUDA: warm-up only, no graph)
 
@@ -61,8 +63,6 @@ class StaticGreedyDecoder:
         self.cache_bucket = cache_bucket
         self.max_sessions = max_sessions  # each holds a KV cache: the least recently used goes beyond this
         self._sessions: dict[tuple[int, int, int, int], _Session] = {}
-        self.eos_token_id = 0
-        self.pad_token_id = 0
 
     @property
     def _base(self) -> nn.Module:
@@ -89,7 +89,6 @@ class StaticGreedyDecoder:
 
         batch, prompt_len = input_ids.shape
         cache_len = -(-(prompt_len + max_new_tokens) // self.cache_bucket) * self.cache_bucket
-        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
 
         prefill_cache = DynamicCache(config=self._base.config)
         out = self.qwen(
@@ -119,7 +118,7 @@ class StaticGreedyDecoder:
     # -- internals ------------------------------------------------------------------------------
     def _session(self, key: tuple[int, int, int, int], prefill_cache: Any) -> _Session:
         """The session for (batch, cache length, EOS id, padding id): the ids are baked into its graph."""
-        batch, cache_len = key[:2]
+        batch, cache_len, eos_token_id, pad_token_id = key
         if key in self._sessions:
             self._sessions[key] = self._sessions.pop(key)  # most recently used last
             return self._sessions[key]
@@ -139,6 +138,8 @@ class StaticGreedyDecoder:
             finished=torch.zeros(batch, dtype=torch.bool, device=device),
             min_tokens_left=torch.zeros((), dtype=torch.long, device=device),
             positions=torch.arange(cache_len, device=device),
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
         )
         self._sessions[key] = session
         return session
@@ -162,11 +163,11 @@ class StaticGreedyDecoder:
 
     def _choose(self, logits: torch.Tensor, session: _Session) -> torch.Tensor:
         """Greedy choice with EOS forbidden before min_new_tokens; finished rows get padding."""
-        eos = self.eos_token_id
+        eos = session.eos_token_id
         logits[:, eos] = torch.where(session.min_tokens_left > 0, float("-inf"), logits[:, eos])
         session.min_tokens_left.sub_(1)
         token = logits.argmax(dim=-1)
-        token = torch.where(session.finished, self.pad_token_id, token)
+        token = torch.where(session.finished, session.pad_token_id, token)
         session.finished.logical_or_(token == eos)
         return token
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from clip_vlm_core.config import DECODERS, VISION_ATTENTIONS
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
 from clip_vlm_core.model.vision_attention import (
     disable_varlen_vision_attention,
     enable_varlen_vision_attention,
 )
-
-DECODERS = ("auto", "static", "transformers")
-VISION_ATTENTIONS = ("auto", "varlen", "sdpa")
 
 
 def optimize_for_inference(
