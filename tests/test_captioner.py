@@ -215,3 +215,26 @@ def test_damaged_checkpoint_is_one_clear_error(saved_checkpoint, tmp_path, damag
     with pytest.raises(UserError) as err:
         SceneCaptioner.from_pretrained(checkpoint, device="cpu")
     assert message in str(err.value)
+
+
+def test_an_instruction_per_sample_replaces_the_prompt_for_that_sample_only(captioner):
+    question = "What colour is the vehicle ahead?"
+    mixed = captioner.caption([frames(1), frames(2)], instructions=[None, question], max_new_tokens=8)
+    assert mixed[0] == captioner.caption([frames(1)], max_new_tokens=8)[0]
+    assert mixed[1] == captioner.with_prompt(question).caption([frames(2)], max_new_tokens=8)[0]
+    assert captioner.ask([frames(2)], [question], max_new_tokens=8) == [mixed[1]]
+
+
+def test_instruction_labels_cover_the_answer_only(captioner):
+    question, answer = "Is anything behind?", "no"
+    inputs = captioner.prepare([frames(1)], targets=[answer], instructions=[question])
+    labelled = inputs["labels"][0][inputs["labels"][0] != -100]
+    tokenizer = captioner.processor.tokenizer
+    assert tokenizer.decode(labelled) == answer + tokenizer.eos_token
+    assert question in tokenizer.decode(inputs["input_ids"][0])
+
+
+@pytest.mark.parametrize("questions", [["a", "b"], "Is anything behind?", [""], ["  "]])
+def test_ask_refuses_questions_that_do_not_match_the_batch(captioner, questions):
+    with pytest.raises(UserError, match="question|instruction"):
+        captioner.ask([frames(1)], questions)

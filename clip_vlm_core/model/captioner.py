@@ -218,15 +218,25 @@ class SceneCaptioner:
     def views(self) -> tuple[str, ...]:
         return self.config.views
 
-    def _build_prompt_text(self) -> str:
+    def _build_prompt_text(self, instruction: str | None = None) -> str:
+        """The chat-formatted prompt: every view's image (labelled), then the instruction — the caption
+        prompt by default, or a question about the scene."""
         content: list[dict[str, str]] = []
         for view in self.config.views:
             if self.config.label_views:
                 content.append({"type": "text", "text": f"{view}: "})
             content.append({"type": "image"})
-        content.append({"type": "text", "text": self.config.prompt})
+        content.append({"type": "text", "text": self.config.prompt if instruction is None else instruction})
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _prompt_texts(self, count: int, instructions: Sequence[str | None] | None) -> list[str]:
+        if instructions is None:
+            return [self._prompt_text] * count
+        if isinstance(instructions, str) or len(instructions) != count:
+            raise UserError(f"give one instruction per sample: {count} sample(s), "
+                            f"{1 if isinstance(instructions, str) else len(instructions)} instruction(s)")
+        return [self._prompt_text if text is None else self._build_prompt_text(text) for text in instructions]
 
     def images_for(self, batch: Sequence[Sample]) -> list[list[Any]]:
         """Check a batch against the model's views; RGB PIL images per sample, in view order."""
@@ -245,11 +255,20 @@ class SceneCaptioner:
             out.append([to_rgb(sample[v], f"sample {i} view {v}") for v in self.views])
         return out
 
-    def prepare(self, batch: Sequence[Sample], targets: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Model inputs for a batch; with `targets`, also `labels` covering the caption tokens only."""
+    def prepare(
+        self,
+        batch: Sequence[Sample],
+        targets: Sequence[str] | None = None,
+        instructions: Sequence[str | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch; with `targets`, also `labels` covering the target tokens only.
+
+        `instructions` gives each sample its own instruction (a question) in place of the caption
+        prompt; None (for the batch or a sample) keeps the prompt.
+        """
         images = self.images_for(batch)
         flat = [image for sample in images for image in sample]
-        texts = [self._prompt_text] * len(images)
+        texts = self._prompt_texts(len(images), instructions)
         if targets is not None:
             eos = self.processor.tokenizer.eos_token
             texts = [text + target.strip() + eos for text, target in zip(texts, targets, strict=True)]
@@ -271,10 +290,13 @@ class SceneCaptioner:
             labels[row, -len(ids) :] = span
         return labels
 
-    def caption(self, batch: Sequence[Sample], **decoding: Any) -> list[str]:
-        """Describe each sample's scene in one caption. Decoding overrides: see DecodingConfig."""
+    def caption(
+        self, batch: Sequence[Sample], instructions: Sequence[str | None] | None = None, **decoding: Any
+    ) -> list[str]:
+        """Describe each sample's scene in one caption (or answer its instruction, when one is given).
+        Decoding overrides: see DecodingConfig."""
         settings = dataclasses.replace(self.decoding, **decoding) if decoding else self.decoding
-        inputs = self.to_device(self.prepare(batch))
+        inputs = self.to_device(self.prepare(batch, instructions=instructions))
         tokenizer = self.processor.tokenizer
         new_tokens = self.model.generate(
             **inputs,
@@ -283,6 +305,15 @@ class SceneCaptioner:
             pad_token_id=tokenizer.pad_token_id,
         )
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def ask(self, batch: Sequence[Sample], questions: Sequence[str], **decoding: Any) -> list[str]:
+        """Answer one question per sample about its views (the same model, the question as instruction)."""
+        if isinstance(questions, str):
+            raise UserError("ask() takes one question per sample (a list), not a single string")
+        for i, question in enumerate(questions):
+            if not isinstance(question, str) or not question.strip():
+                raise UserError(f"question {i} is empty: ask something about the scene")
+        return self.caption(batch, instructions=[q.strip() for q in questions], **decoding)
 
     def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
