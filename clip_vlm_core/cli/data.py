@@ -11,11 +11,15 @@ from clip_vlm_core.config import DEFAULT_VIEWS
 BUILD_EPILOG = """examples:
   clip-vlm data build --dataroot /data/nuscenes --version v1.0-mini --captions /data/nuinteract \\
       --cameras CAM_FRONT CAM_BACK --out data/manifest
+  clip-vlm data build --dataroot data/synthetic --captions data/synthetic/nuinteract \
+      --qa data/synthetic/qa.jsonl --out data/synthetic-manifest
   clip-vlm data verify data/manifest
   clip-vlm data gallery data/manifest --n 16 --out gallery.html
 
 Writes OUT/<split>.jsonl (mini_train/mini_val, train/val) with one row per keyframe (sample token, scene,
-timestamp, per view: path, sha256, width, height; the caption) and OUT/manifest.json. Keyframes without a
+timestamp, per view: path, sha256, width, height; the caption; with --qa, the keyframe's question-answer
+pairs as "qa") and OUT/manifest.json. A --qa file holds one JSON object per line: token (sample token),
+question, answer, and optionally type (accuracy is reported per type). Keyframes without a
 caption, captions for unknown samples, and missing or corrupt images are skipped and reported
 (or fatal with --strict)."""
 
@@ -23,8 +27,9 @@ SYNTH_EPILOG = """example:
   clip-vlm data synth --out data/synthetic --scenes 2 --samples-per-scene 20 --sweeps 5 --seed 0
 
 Writes a nuScenes v1.0-mini tree (all 13 tables, six cameras at 1600x900, keyframes at 2 Hz) with procedurally
-drawn front/back scenes whose facts are known, NuInteract-format captions in OUT/nuinteract/ and the ground
-truth in OUT/synthetic_facts.json. Scene names come from the devkit's mini splits, so two or more scenes
+drawn front/back scenes whose facts are known, NuInteract-format captions in OUT/nuinteract/, the ground
+truth in OUT/synthetic_facts.json, and questions with their answers in OUT/qa.jsonl (training phrasings) and
+OUT/qa_heldout.jsonl (phrasings kept for evaluation), for `data build --qa`. Scene names come from the devkit's mini splits, so two or more scenes
 give both a train and a val split."""
 
 
@@ -54,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-keys", nargs="+", default=["FRONT", "BACK"],
                    help="NuInteract caption keys joined into the target (default %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="manifest folder to write")
+    p.add_argument("--qa", nargs="+", type=Path, default=[], metavar="FILE.jsonl",
+                   help="question-answer pairs keyed by sample token (token, question, answer[, type]) to add")
     p.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
     p.set_defaults(func=run_build)
 
@@ -98,7 +105,7 @@ def run_build(args: argparse.Namespace) -> int:
     from clip_vlm_core.data.manifest import build_manifest
 
     report = build_manifest(args.dataroot, args.version, args.captions, args.cameras, args.out,
-                            args.caption_keys, args.strict)
+                            args.caption_keys, args.strict, qa=args.qa)
     print(report.summary())
     print(f"manifest written to {args.out}")
     return 0
@@ -129,10 +136,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     for file in split_files(args.manifest):
         rows = load_manifest(file)
         words = [len(r.caption.split()) for r in rows] or [0]
+        pairs = sum(len(r.qa) for r in rows)
         print(f"\n{file.stem}: {len(rows)} samples, caption words min {min(words)} / mean "
-              f"{statistics.mean(words):.1f} / max {max(words)}")
+              f"{statistics.mean(words):.1f} / max {max(words)}" + (f"; {pairs} question-answer pairs" if pairs else ""))
         for row in rows[: args.samples]:
             print(f"  {row.sample_token} {row.scene}: {row.caption}")
+            for pair in row.qa[:2]:
+                print(f"      Q ({pair.type}) {pair.question}  A {pair.answer}")
     return 0
 
 

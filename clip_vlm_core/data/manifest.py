@@ -1,6 +1,7 @@
 """The training manifest: one JSONL file per split, one row per keyframe, every image hashed.
 
     OUT/mini_train.jsonl, OUT/mini_val.jsonl   rows: sample_token, scene, timestamp, views, caption
+                                               (+ qa: [{question, answer, type}], with --qa)
     OUT/manifest.json                          version, dataroot, caption source, counts, skips, time
 
 `verify` re-hashes every image, so a manifest says exactly which pixels a model was trained on.
@@ -13,7 +14,7 @@ import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from clip_vlm_core.data.nuinteract import (
     joint_caption,
     load_nuinteract,
 )
+from clip_vlm_core.data.qa import QAPair, load_qa_files
 from clip_vlm_core.errors import UserError
 
 META_FILE = "manifest.json"
@@ -50,6 +52,7 @@ class ManifestRow:
     timestamp: int
     views: dict[str, ViewRecord]
     caption: str
+    qa: tuple[QAPair, ...] = ()  # questions about this keyframe, with their answers
 
     def image_path(self, camera: str, dataroot: str | Path) -> Path:
         return Path(dataroot) / self.views[camera].path
@@ -59,9 +62,12 @@ class ManifestRow:
 class BuildReport:
     counts: dict[str, int]
     skipped: dict[str, list[str]]  # reason -> offending tokens / paths
+    qa_counts: dict[str, int] = field(default_factory=dict)  # question-answer pairs per split
 
     def summary(self) -> str:
-        lines = [f"{split}: {n} samples" for split, n in self.counts.items()]
+        lines = [f"{split}: {n} samples" + (f", {self.qa_counts[split]} question-answer pairs"
+                                             if self.qa_counts.get(split) else "")
+                 for split, n in self.counts.items()]
         for reason, items in self.skipped.items():
             lines.append(f"skipped {len(items)} ({reason}), e.g. {', '.join(items[:3])}")
         return "\n".join(lines)
@@ -99,14 +105,19 @@ def build_manifest(
     caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS,
     strict: bool = False,
     show_progress: bool = True,
+    qa: Sequence[str | Path] = (),
 ) -> BuildReport:
-    """Write one JSONL per split plus manifest.json, atomically (an existing OUT is replaced on success)."""
+    """Write one JSONL per split plus manifest.json, atomically (an existing OUT is replaced on success).
+
+    `qa`: JSONL files of question-answer pairs keyed by sample token (see data.qa); each row carries its
+    keyframe's pairs as `qa`."""
     from nuscenes.utils.splits import create_splits_scenes
 
     if version not in VERSION_SPLITS:
         raise UserError(f"unknown nuScenes version {version!r}; known: {sorted(VERSION_SPLITS)}")
     nusc = load_nuscenes(dataroot, version)
     records = load_nuinteract(captions)
+    qa_pairs = load_qa_files(qa)
     absent = [key for key in caption_keys if key not in caption_keys_present(records.values())]
     if absent:
         raise UserError(f"no NuInteract record in {captions} has caption key(s) {absent}; check --caption-keys")
@@ -148,19 +159,25 @@ def build_manifest(
                 break
             views[cam] = view
         else:
-            rows[scene_split[scene]].append({"sample_token": sample["token"], "scene": scene,
-                                             "timestamp": sample["timestamp"],
-                                             "views": {c: asdict(v) for c, v in views.items()}, "caption": caption})
+            row = {"sample_token": sample["token"], "scene": scene, "timestamp": sample["timestamp"],
+                   "views": {c: asdict(v) for c, v in views.items()}, "caption": caption}
+            if sample["token"] in qa_pairs:
+                row["qa"] = [pair.as_dict() for pair in qa_pairs[sample["token"]]]
+            rows[scene_split[scene]].append(row)
     for token in sorted(set(records) - sample_tokens):
         skip("caption for an unknown sample token", token)
+    for token in sorted(set(qa_pairs) - sample_tokens):
+        skip("questions for an unknown sample token", token)
 
     counts = {split: len(r) for split, r in rows.items()}
+    qa_counts = {split: sum(len(row.get("qa", ())) for row in r) for split, r in rows.items()}
     meta = {"nuscenes_version": version, "dataroot": str(dataroot), "captions": str(Path(captions).resolve()),
+            "qa": [str(Path(f).resolve()) for f in qa], "qa_counts": qa_counts,
             "cameras": list(cameras), "caption_keys": list(caption_keys), "counts": counts,
             "skipped": {reason: len(items) for reason, items in skipped.items()},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tool_version": __version__}
     _write_atomically(out, rows, meta)
-    return BuildReport(counts, dict(skipped))
+    return BuildReport(counts, dict(skipped), qa_counts)
 
 
 def _view_record(dataroot: Path, filename: str, skip) -> ViewRecord | None:
@@ -227,8 +244,9 @@ def load_manifest(path: str | Path) -> list[ManifestRow]:
             try:
                 raw = json.loads(line)
                 views = {cam: ViewRecord(**v) for cam, v in raw["views"].items()}
+                qa = tuple(QAPair.from_dict(pair, f"manifest {file} line {n} qa") for pair in raw.get("qa", ()))
                 rows.append(ManifestRow(raw["sample_token"], raw["scene"], int(raw["timestamp"]), views,
-                                        raw["caption"]))
+                                        raw["caption"], qa))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise UserError(f"manifest {file} line {n} is not a valid row ({exc})") from None
     return rows

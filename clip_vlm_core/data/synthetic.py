@@ -2,9 +2,10 @@
 
 All 13 tables, a map, six cameras with realistic calibration at 1600x900, keyframes at 2 Hz with
 optional sweeps between them, ego poses, prev/next chains and real-format tokens and file names;
-plus a NuInteract-format caption folder and the ground-truth facts of every keyframe. CAM_FRONT and
-CAM_BACK show procedurally drawn scenes (see scene_facts / scene_drawing); the other cameras an empty
-road side. Deterministic for a seed.
+plus a NuInteract-format caption folder, the ground-truth facts of every keyframe, and questions about
+every keyframe with their answers (qa.jsonl in training phrasings, qa_heldout.jsonl in held-out ones; see
+scene_questions). CAM_FRONT and CAM_BACK show procedurally drawn scenes (see scene_facts /
+scene_drawing); the other cameras an empty road side. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from clip_vlm_core.data.scene_facts import (
     describe_front,
     parse_facts,
 )
+from clip_vlm_core.data.scene_questions import ask_about
 from clip_vlm_core.errors import UserError
 
 __all__ = ["FACT_KEYS", "SceneFacts", "SyntheticDataset", "caption_corpus", "describe", "describe_back",
@@ -51,6 +53,7 @@ CAMERAS = {
 }
 INTRINSIC = [[1266.42, 0.0, 816.27], [0.0, 1266.42, 491.51], [0.0, 0.0, 1.0]]
 KEYFRAME_US = 500_000  # 2 Hz
+QA_FILE, QA_HELD_OUT_FILE = "qa.jsonl", "qa_heldout.jsonl"  # `clip-vlm data build --qa` reads them
 LOG_NAME = "n015-2018-07-24-11-22-45+0800"
 START_US = 1532402927612460
 SPEED_MPS = 8.0
@@ -123,6 +126,8 @@ def generate_synthetic_nuscenes(
 def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, show_progress: bool) -> SyntheticDataset:
     token = _Tokens(seed)
     rng = random.Random(f"scenes-{seed}")
+    questions_rng = random.Random(f"questions-{seed}")  # apart, so the scenes of a seed stay as they were
+    qa_lines: dict[str, list[str]] = {QA_FILE: [], QA_HELD_OUT_FILE: []}
     tables: dict[str, list[dict]] = {name: [] for name in (
         "attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
         "sample_annotation", "sample_data", "scene", "sensor", "visibility")}
@@ -181,6 +186,9 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
                         _link(last_sd, cam, swd)
             dataset.sample_tokens.append(sample_token)
             dataset.facts[sample_token] = facts.as_dict()
+            for qa_file, held_out in ((QA_FILE, False), (QA_HELD_OUT_FILE, True)):
+                qa_lines[qa_file] += [json.dumps({"token": sample_token, **q.as_dict()})
+                                   for q in ask_about(facts, questions_rng, held_out)]
             records.append(_nuinteract_record(sample_token, sample_tokens, k, scene_token, cam_paths, facts))
             progress.update(1)
         tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": samples,
@@ -195,6 +203,8 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
     for name, rows in tables.items():
         (root / VERSION / f"{name}.json").write_text(json.dumps(rows, indent=0))
     (root / "synthetic_facts.json").write_text(json.dumps(dataset.facts, indent=1))
+    for qa_file, lines in qa_lines.items():
+        (root / qa_file).write_text("\n".join(lines) + "\n")
     return dataset
 
 

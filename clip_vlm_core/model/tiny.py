@@ -70,10 +70,11 @@ def _base_corpus() -> list[str]:
         "CAM_FRONT: CAM_BACK: CAM_FRONT_LEFT: CAM_FRONT_RIGHT: CAM_BACK_LEFT: CAM_BACK_RIGHT:",
         "Describe what the car's cameras see, front then back, in plain language.",
     ]
-    try:  # the synthetic scenes' templated captions, so that they tokenize into few tokens
+    try:  # the synthetic scenes' templated captions and questions, so that they tokenize into few tokens
+        from clip_vlm_core.data.scene_questions import question_corpus
         from clip_vlm_core.data.synthetic import caption_corpus
 
-        corpus += list(caption_corpus())
+        corpus += list(caption_corpus()) + question_corpus()
     except ImportError:
         pass
     return corpus
