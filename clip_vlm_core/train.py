@@ -235,7 +235,8 @@ def _datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
             datasets.append(None)
             continue
         meta = read_manifest_meta(Path(path).parent)
-        datasets.append(CaptionDataset(load_manifest(path), Path(meta["dataroot"]), captioner.views))
+        datasets.append(CaptionDataset(load_manifest(path), Path(meta["dataroot"]), captioner.views,
+                                       questions=config.data.qa_per_caption > 0))
     if not len(datasets[0]):
         raise UserError(f"the training manifest {train_path} has no samples")
     if not config.data.cache_encoders:
@@ -255,7 +256,7 @@ def _manifests(config: RunConfig, run_dir: Path, accelerator) -> tuple[str, str 
     if not d.synthetic_scenes:
         return d.train_manifest, d.val_manifest or None
     from clip_vlm_core.data.manifest import build_manifest
-    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+    from clip_vlm_core.data.synthetic import QA_FILE, generate_synthetic_nuscenes
 
     data = run_dir / "data"
     manifests = data / "manifest"
@@ -265,7 +266,8 @@ def _manifests(config: RunConfig, run_dir: Path, accelerator) -> tuple[str, str 
             generate_synthetic_nuscenes(tree, scenes=d.synthetic_scenes,
                                         samples_per_scene=d.synthetic_samples_per_scene, seed=d.synthetic_seed)
         build_manifest(dataroot=tree, version="v1.0-mini", captions=tree / "nuinteract",
-                       cameras=list(config.captioner.views), out=manifests)
+                       cameras=list(config.captioner.views), out=manifests,
+                       qa=[tree / QA_FILE] if d.qa_per_caption > 0 else [])
     accelerator.wait_for_everyone()
     return str(manifests / "mini_train.jsonl"), str(manifests / "mini_val.jsonl")
 
@@ -286,12 +288,15 @@ def _parameter_groups(model, o) -> list[dict[str, Any]]:
 
 def _epoch_loader(dataset, collate, config: RunConfig, epoch: int, accelerator):
     """A fresh shuffle per epoch from (seed, epoch), so a resumed run sees the same order."""
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import DataLoader
+
+    from clip_vlm_core.data.mixing import CaptionQAMix
 
     # The loader's own generator also seeds its workers, so making an iterator never draws from the
     # global RNG that dropout uses: a resumed run then sees the same dropout masks.
     generator = torch.Generator().manual_seed(config.optim.seed * 1_000_003 + epoch)
-    loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=RandomSampler(dataset, generator=generator),
+    sampler = CaptionQAMix(dataset.caption_indices, dataset.qa_indices, config.data.qa_per_caption, generator)
+    loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=sampler,
                         collate_fn=collate, num_workers=config.data.num_workers, drop_last=False, generator=generator)
     return accelerator.prepare_data_loader(loader, device_placement=True)
 

@@ -22,6 +22,9 @@ class DataConfig:
     synthetic_scenes: int = 0
     synthetic_samples_per_scene: int = 40
     synthetic_seed: int = 0
+    # Question-answer items (manifest rows' `qa` pairs) drawn per caption in each epoch: 1.0 trains on as
+    # many answers as captions, 0 on captions only. Synthetic data gets its qa.jsonl when this is > 0.
+    qa_per_caption: float = 1.0
     cache_encoders: bool = True  # compute the frozen encoders once per sample
     num_workers: int = 0
 
@@ -104,5 +107,7 @@ def _validate(config: RunConfig) -> None:
             raise UserError(f"optim.{name} must be at least 1, got {getattr(o, name)}")
     if o.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError(f"optim.mixed_precision must be auto, no, bf16 or fp16, got {o.mixed_precision!r}")
+    if not 0 <= d.qa_per_caption <= 1000:
+        raise UserError(f"data.qa_per_caption must be between 0 and 1000, got {d.qa_per_caption}")
     if not d.synthetic_scenes and not d.train_manifest:
         raise UserError("give data.train_manifest (from `clip-vlm data build`) or data.synthetic_scenes > 0")

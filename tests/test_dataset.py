@@ -32,14 +32,14 @@ def test_raw_batch_has_every_model_input_and_labels_only_on_captions(dataset, ca
     tokenizer = captioner.processor.tokenizer
     for row, item in enumerate(items):
         labelled = batch["labels"][row][batch["labels"][row] != -100]
-        assert tokenizer.decode(labelled) == item["caption"] + tokenizer.eos_token
+        assert tokenizer.decode(labelled) == item["target"] + tokenizer.eos_token
     image_token = captioner.model.base_qwen.config.image_token_id
     assert not (batch["labels"] == image_token).any()
 
 
 def test_cached_and_raw_modes_give_equal_batches_and_loss(dataset, captioner, tmp_path):
     cached = CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == len(dataset)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == len(dataset.rows) == len(dataset)
     indices = [3, 0, 2]
     raw = RawCollator(captioner)([dataset[i] for i in indices])
     fast = collate_cached([cached[i] for i in indices], captioner.processor.tokenizer.pad_token_id)
@@ -60,3 +60,39 @@ def test_cache_is_reused_not_recomputed(dataset, captioner, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == stamps
+
+
+# -- question-answer items ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qa_dataset(synthetic_nuscenes, captioner, tmp_path_factory):
+    """The training split with the synthetic world's questions: 4 keyframes x (1 caption + 10 questions)."""
+    from clip_vlm_core.data.manifest import build_manifest
+
+    out = tmp_path_factory.mktemp("qa") / "manifest"
+    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK"], out,
+                   show_progress=False, qa=[synthetic_nuscenes / "qa.jsonl"])
+    return CaptionDataset(load_manifest(out / "mini_train.jsonl"), read_manifest_meta(out)["dataroot"], captioner.views)
+
+
+def test_a_question_item_asks_in_place_of_the_prompt_and_labels_only_the_answer(qa_dataset, captioner):
+    assert len(qa_dataset) == 44 and qa_dataset.caption_indices == [0, 1, 2, 3] and len(qa_dataset.qa_indices) == 40
+    item = qa_dataset[qa_dataset.qa_indices[0]]
+    batch = RawCollator(captioner)([qa_dataset[0], item])
+    tokenizer = captioner.processor.tokenizer
+    labelled = batch["labels"][1][batch["labels"][1] != -100]
+    assert tokenizer.decode(labelled) == item["target"] + tokenizer.eos_token
+    prompt = tokenizer.decode(batch["input_ids"][1][batch["labels"][1] == -100], skip_special_tokens=True)
+    assert item["instruction"] in prompt and captioner.config.prompt not in prompt
+    assert captioner.config.prompt in tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+
+
+def test_cached_question_items_equal_raw_ones_from_one_file_per_keyframe(qa_dataset, captioner, tmp_path):
+    cached = CachedEncoderDataset(qa_dataset, captioner, tmp_path / "cache", show_progress=False)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4
+    indices = [qa_dataset.qa_indices[7], 1, qa_dataset.qa_indices[30], qa_dataset.qa_indices[0]]
+    raw = RawCollator(captioner)([qa_dataset[i] for i in indices])
+    fast = collate_cached([cached[i] for i in indices], captioner.processor.tokenizer.pad_token_id)
+    for key in ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "image_grid_thw"):
+        assert torch.equal(raw[key], fast[key]), key
+    with torch.no_grad():
+        torch.testing.assert_close(captioner.model(**raw).loss, captioner.model(**fast).loss)

@@ -1,16 +1,22 @@
 """Training batches for the captioner: a torch Dataset over a manifest, and its collate.
 
+An item is one target for one keyframe: its caption (asked with the caption prompt), or, when the
+manifest row carries question-answer pairs, the answer to one question (asked in place of the prompt).
+A keyframe with ten questions gives eleven items over the same view images.
+
 Two modes give the same batches:
-- raw: each item is the sample's view images and caption; collate runs the captioner's processor.
-- cached: the frozen encoders' outputs (Qwen visual tokens per view, CLIP tokens) and the tokenized
-  prompt + caption are computed once per sample and stored as safetensors, so training never runs the
-  frozen vision towers again.
+- raw: each item is the sample's view images, instruction and target; collate runs the processor.
+- cached: the frozen encoders' outputs (Qwen visual tokens per view, CLIP tokens) are computed once per
+  keyframe, and every item's tokenized prompt + target beside them, in one safetensors file per keyframe,
+  so training never runs the frozen vision towers again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +28,18 @@ from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import load_image
 
 
-class CaptionDataset(Dataset):
-    """Rows of (view image paths, caption); items are {"images": {view: PIL}, "caption": str}."""
+@dataclass(frozen=True)
+class TrainingItem:
+    row: int  # index into the dataset's rows
+    instruction: str | None  # None: the caption prompt; else a question
+    target: str  # the caption, or the answer
 
-    def __init__(self, rows: Sequence[Any], dataroot: Path, views: Sequence[str]) -> None:
+
+class CaptionDataset(Dataset):
+    """Rows of (view image paths, caption[, question-answer pairs]); items are {"sample_token",
+    "images": {view: PIL}, "instruction": str | None, "target": str}, every caption first."""
+
+    def __init__(self, rows: Sequence[Any], dataroot: Path, views: Sequence[str], questions: bool = True) -> None:
         self.rows = list(rows)
         self.dataroot = Path(dataroot)
         self.views = tuple(views)
@@ -33,58 +47,84 @@ class CaptionDataset(Dataset):
             missing = [v for v in self.views if v not in row.views]
             if missing:
                 raise UserError(f"manifest rows have no view(s) {missing}; they have {sorted(row.views)}")
+        self.items = [TrainingItem(r, None, row.caption) for r, row in enumerate(self.rows)]
+        if questions:
+            self.items += [TrainingItem(r, pair.question, pair.answer)
+                           for r, row in enumerate(self.rows) for pair in getattr(row, "qa", ())]
+        self.caption_indices = list(range(len(self.rows)))
+        self.qa_indices = list(range(len(self.rows), len(self.items)))
+        self._row_items: list[list[int]] = [[] for _ in self.rows]
+        for i, item in enumerate(self.items):
+            self._row_items[item.row].append(i)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.items)
+
+    def row_items(self, row: int) -> list[int]:
+        """Indices of the row's items, its caption first."""
+        return self._row_items[row]
+
+    def images(self, row: int) -> dict[str, Any]:
+        return {view: load_image(self.dataroot / self.rows[row].views[view].path) for view in self.views}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.rows[index]
-        images = {view: load_image(self.dataroot / row.views[view].path) for view in self.views}
-        return {"sample_token": row.sample_token, "images": images, "caption": row.caption}
+        item = self.items[index]
+        return {"sample_token": self.rows[item.row].sample_token, "images": self.images(item.row),
+                "instruction": item.instruction, "target": item.target}
 
 
 class RawCollator:
-    """Collate raw items through the captioner's processor (labels on caption tokens only)."""
+    """Collate raw items through the captioner's processor (labels on target tokens only)."""
 
     def __init__(self, captioner) -> None:
         self.captioner = captioner
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.captioner.prepare([i["images"] for i in items], targets=[i["caption"] for i in items])
+        return self.captioner.prepare([i["images"] for i in items], targets=[i["target"] for i in items],
+                                      instructions=[i["instruction"] for i in items])
 
 
 class CachedEncoderDataset(Dataset):
-    """Per-sample frozen-encoder outputs, computed once into `cache_dir` (one safetensors file each)."""
+    """Per-keyframe frozen-encoder outputs and per-item tokens, computed once into `cache_dir` (one
+    safetensors file per keyframe, named for its texts too, so changed captions or questions re-encode)."""
 
     def __init__(self, raw: CaptionDataset, captioner, cache_dir: Path, show_progress: bool = True) -> None:
         self.raw = raw
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.key = _cache_key(captioner)
-        todo = [i for i in range(len(raw)) if not self._path(i).exists()]
-        for i in tqdm(todo, desc="caching frozen encoders", unit="sample", disable=not show_progress or None):
-            self._encode(i, captioner)
+        self.caption_indices, self.qa_indices = raw.caption_indices, raw.qa_indices
+        # Where each item's tokens sit in its keyframe's file.
+        self._slot = {i: n for row in range(len(raw.rows)) for n, i in enumerate(raw.row_items(row))}
+        todo = [row for row in range(len(raw.rows)) if not self._path(row).exists()]
+        for row in tqdm(todo, desc="caching frozen encoders", unit="sample", disable=not show_progress or None):
+            self._encode(row, captioner)
 
-    def _path(self, index: int) -> Path:
-        return self.cache_dir / f"{self.raw.rows[index].sample_token}-{self.key}.safetensors"
+    def _path(self, row: int) -> Path:
+        texts = [(self.raw.items[i].instruction, self.raw.items[i].target) for i in self.raw.row_items(row)]
+        text_key = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
+        return self.cache_dir / f"{self.raw.rows[row].sample_token}-{self.key}-{text_key}.safetensors"
 
     @torch.no_grad()
-    def _encode(self, index: int, captioner) -> None:
+    def _encode(self, row: int, captioner) -> None:
         from safetensors.torch import save_file
 
-        item = self.raw[index]
-        inputs = captioner.to_device(captioner.prepare([item["images"]], targets=[item["caption"]]))
+        images = self.raw.images(row)
+        items = [self.raw.items[i] for i in self.raw.row_items(row)]
+        inputs = captioner.to_device(captioner.prepare([images], targets=[items[0].target],
+                                                       instructions=[items[0].instruction]))
         model = captioner.model
         visual = model.encode_visual(inputs["pixel_values"], inputs["image_grid_thw"])
         tensors = {
-            "input_ids": inputs["input_ids"][0],
-            "labels": inputs["labels"][0],
-            "mm_token_type_ids": inputs["mm_token_type_ids"][0],
             "image_grid_thw": inputs["image_grid_thw"],
             "clip_tokens": model.clip(inputs["clip_pixels"]),
             **{f"visual_{v}": t for v, t in enumerate(visual)},
+            **_token_tensors(inputs, 0),
         }
-        path = self._path(index)
+        if len(items) > 1:
+            tokens = _item_tokens(captioner, images, items[1:], inputs["image_grid_thw"].cpu())
+            tensors.update({k: v for n in range(len(items) - 1) for k, v in _token_tensors(tokens, n, n + 1).items()})
+        path = self._path(row)
         tmp = path.with_suffix(".tmp")
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
         tmp.rename(path)  # a crash mid-write never leaves a cache file that looks complete
@@ -95,7 +135,36 @@ class CachedEncoderDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
-        return load_file(self._path(index))
+        tensors = load_file(self._path(self.raw.items[index].row))
+        slot = self._slot[index]
+        item = {k: v for k, v in tensors.items() if "@" not in k}
+        item.update({key: tensors[f"{key}@{slot}"] for key in _TOKEN_KEYS})
+        return item
+
+
+_TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids")
+
+
+def _token_tensors(inputs: dict[str, Any], row: int, slot: int | None = None) -> dict[str, torch.Tensor]:
+    """One batch row's token tensors, unpadded (left padding removed), stored under `key@slot`."""
+    keep = inputs["attention_mask"][row].bool()
+    return {f"{key}@{row if slot is None else slot}": inputs[key][row][keep] for key in _TOKEN_KEYS}
+
+
+def _item_tokens(captioner, images: dict[str, Any], items: list[TrainingItem], grid: torch.Tensor) -> dict:
+    """Prompt + target tokens of a keyframe's other items. Only the token ids are needed, and they depend
+    on the images only through their patch grid, so the processor is given the images already at the size
+    it resizes them to (a fixed point of its resize): the same grid at a fraction of the cost. Checked: a
+    different grid falls back to the full images."""
+    patch = captioner.processor.image_processor.patch_size
+    small = {view: image.resize((int(g[2]) * patch, int(g[1]) * patch))
+             for (view, image), g in zip(images.items(), grid, strict=True)}
+    batch_of = lambda views: [views] * len(items)  # noqa: E731
+    kwargs = {"targets": [i.target for i in items], "instructions": [i.instruction for i in items]}
+    tokens = captioner.prepare(batch_of(small), **kwargs)
+    if not torch.equal(tokens["image_grid_thw"], grid.repeat(len(items), 1)):
+        tokens = captioner.prepare(batch_of(images), **kwargs)
+    return tokens
 
 
 def collate_cached(items: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, Any]:
