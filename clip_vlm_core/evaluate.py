@@ -3,8 +3,11 @@
     out/
       captions.jsonl   one row per sample: sample_token, reference, prediction
                        (prediction_base and prediction_finetuned when compared)
+      answers.jsonl    one row per question (manifest rows' qa pairs): sample_token, type, question,
+                       reference, prediction (or prediction_base / prediction_finetuned)
       metrics.json     BLEU-1..4, METEOR, ROUGE-L, CIDEr (+ per-fact accuracy on synthetic captions),
-                       samples, seconds; {"base": {...}, "finetuned": {...}} when compared
+                       qa (exact-match accuracy overall and per question type, with chance), samples,
+                       seconds; {"base": {...}, "finetuned": {...}} when compared
       report.html      the same, readable, with every sample's views as thumbnails
 
 `compare=True` captions each batch twice with the same loaded model: once as the base model (fusion gate
@@ -13,6 +16,7 @@ bypassed, LoRA adapters off) and once as the fine-tuned one, so both see exactly
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +32,7 @@ from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation import CaptionScorer, caption_metrics, fact_accuracy
+from clip_vlm_core.evaluation.qa import qa_accuracy
 from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
 from clip_vlm_core.images import load_image, thumbnail_data_uri
 
@@ -43,6 +48,7 @@ class _Sample:
     token: str
     reference: str
     images: dict[str, Path]
+    qa: tuple = ()  # the row's QAPairs
 
 
 def evaluate_manifest(
@@ -56,9 +62,11 @@ def evaluate_manifest(
     decoding: DecodingConfig | None = None,
     overwrite: bool = False,
     scorer: CaptionScorer | None = None,
+    questions: bool = True,
 ) -> dict[str, Any]:
-    """Caption the manifest's samples with `captioner` (a SceneCaptioner), write `out_dir`, return the
-    metrics (what metrics.json holds). Every input is checked before the model runs.
+    """Caption the manifest's samples with `captioner` (a SceneCaptioner), answer their questions (rows'
+    `qa` pairs; `questions=False` skips them), write `out_dir`, return the metrics (what metrics.json
+    holds). Every input is checked before the model runs.
 
     `scorer`: reuse one CaptionScorer (and its METEOR process) across evaluations, or pass
     `CaptionScorer(java=None)` to score without Java; by default a scorer is made and closed here.
@@ -75,11 +83,15 @@ def evaluate_manifest(
     if unknown:
         raise UserError(f"cannot blank view(s) {unknown}: this model reads {list(views)}")
     samples = _load_samples(manifest_path, views, limit)
+    if not questions:
+        samples = [dataclasses.replace(s, qa=()) for s in samples]
     settings = dataclasses.asdict(decoding) if decoding is not None else dataclasses.asdict(captioner.decoding)
 
     started = time.perf_counter()
     predictions: dict[str, list[str]] = {m: [] for m in (MODELS if compare else ("finetuned",))}
+    answers: dict[str, list[str]] = {m: [] for m in predictions}
     seconds = dict.fromkeys(predictions, 0.0)
+    answer_seconds = dict.fromkeys(predictions, 0.0)
     thumbnails: list[dict[str, str]] = []
     progress = tqdm(total=len(samples), desc="captioning", unit="sample", disable=None)
     for n, batch in enumerate(_batches(samples, batch_size)):
@@ -87,14 +99,17 @@ def evaluate_manifest(
         if n == 0:  # first-call set-up would otherwise be billed to whichever model runs first
             captioner.caption(images[:1], **{**settings, "max_new_tokens": 1})
         thumbnails += [{v: thumbnail_data_uri(img[v], THUMBNAIL_WIDTH) for v in views} for img in images]
+        asked = [(image, pair.question) for image, s in zip(images, batch, strict=True) for pair in s.qa]
         for model in predictions:
-            tick = time.perf_counter()
-            if model == "base":
-                with captioner.model.base_model_mode():
-                    predictions[model] += captioner.caption(images, **settings)
-            else:
+            with captioner.model.base_model_mode() if model == "base" else contextlib.nullcontext():
+                tick = time.perf_counter()
                 predictions[model] += captioner.caption(images, **settings)
-            seconds[model] += time.perf_counter() - tick
+                seconds[model] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                for start in range(0, len(asked), batch_size):
+                    chunk = asked[start : start + batch_size]
+                    answers[model] += captioner.ask([i for i, _ in chunk], [q for _, q in chunk], **settings)
+                answer_seconds[model] += time.perf_counter() - tick
         progress.update(len(batch))
     progress.close()
 
@@ -106,6 +121,11 @@ def evaluate_manifest(
     finally:
         if own_scorer:
             scorer.close()
+    pairs = [pair for s in samples for pair in s.qa]
+    for model, block in blocks.items():
+        if pairs:
+            block["qa"] = qa_accuracy([p.type for p in pairs], [p.answer for p in pairs], answers[model])
+            block["qa"]["seconds"] = round(answer_seconds[model], 3)
     run_info = {
         "manifest": str(manifest_path),
         "model": captioner.model_name,
@@ -113,11 +133,13 @@ def evaluate_manifest(
         "blank_views": list(blank_views),
         "decoding": settings,
         "samples": len(samples),
+        "questions": len(pairs),
         "seconds": round(time.perf_counter() - started, 3),
     }
     metrics = {**blocks, **run_info} if compare else {**blocks["finetuned"], **run_info}
     rows = _caption_rows(samples, predictions, compare)
-    _write_atomically(out_dir, metrics, rows, render_report(metrics, rows, thumbnails))
+    answer_rows = _answer_rows(samples, answers, compare)
+    _write_atomically(out_dir, metrics, rows, answer_rows, render_report(metrics, rows, thumbnails, answer_rows))
     log.info("wrote %s (%d samples, %.1f s)", out_dir, len(samples), run_info["seconds"])
     return metrics
 
@@ -145,7 +167,7 @@ def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None
         for view, path in images.items():
             if not path.is_file():
                 raise UserError(f"image {path} ({view} of sample {row.sample_token} in {manifest_path}) does not exist")
-        samples.append(_Sample(row.sample_token, row.caption, images))
+        samples.append(_Sample(row.sample_token, row.caption, images, row.qa))
     return samples
 
 
@@ -181,10 +203,27 @@ def _caption_rows(samples: list[_Sample], predictions: dict[str, list[str]], com
     return rows
 
 
-def _write_atomically(out_dir: Path, metrics: dict, rows: list[dict], report: str) -> None:
+def _answer_rows(samples: list[_Sample], answers: dict[str, list[str]], compare: bool) -> list[dict]:
+    rows = []
+    for sample in samples:
+        for pair in sample.qa:
+            n = len(rows)
+            row = {"sample_token": sample.token, "type": pair.type, "question": pair.question, "reference": pair.answer}
+            if compare:
+                row.update({f"prediction_{m}": answers[m][n] for m in MODELS})
+            else:
+                row["prediction"] = answers["finetuned"][n]
+            rows.append(row)
+    return rows
+
+
+def _write_atomically(out_dir: Path, metrics: dict, rows: list[dict], answer_rows: list[dict], report: str) -> None:
     """Everything goes into a temporary folder beside `out_dir`, renamed into place when complete."""
     with staged_dir(out_dir) as tmp:
         with (tmp / "captions.jsonl").open("w") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if answer_rows:
+            with (tmp / "answers.jsonl").open("w") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in answer_rows)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(report, encoding="utf-8")

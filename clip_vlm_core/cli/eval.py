@@ -1,4 +1,5 @@
-"""`clip-vlm eval`: caption a manifest split and score it, optionally base vs fine-tuned side by side."""
+"""`clip-vlm eval`: caption a manifest split and answer its questions, score both, optionally base vs
+fine-tuned side by side."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ EPILOG = """examples:
 
 The output folder holds captions.jsonl (sample_token, reference, prediction), metrics.json (BLEU-1..4,
 METEOR, ROUGE-L, CIDEr; per-fact accuracy on synthetic captions) and report.html (open it in a browser).
+When the manifest's rows carry question-answer pairs (`clip-vlm data build --qa`), every question is asked
+too: answers.jsonl holds each answer, and metrics.json's "qa" the exact-match accuracy (after lowercasing and
+dropping punctuation and articles) overall and per question type, beside each type's chance level (its
+commonest answer). --blank-view applies to the questions as well: the types only that view shows should
+fall to chance.
 With --compare the same samples are captioned by the base model (fusion bypassed, LoRA off) and by the
 fine-tuned one; metrics.json then holds {"base": {...}, "finetuned": {...}}.
 METEOR and the PTB tokenizer need Java; without it METEOR is reported as null and text is tokenized in Python."""
@@ -38,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (default: all)")
     parser.add_argument("--blank-view", action="append", default=[], metavar="CAMERA",
                         help="replace this view's images with black frames, e.g. CAM_BACK (ablation; repeatable)")
+    parser.add_argument("--skip-questions", action="store_true",
+                        help="caption only; do not ask the manifest rows' questions")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
@@ -64,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         blank_views=tuple(args.blank_view),
         decoding=decoding,
         overwrite=args.overwrite,
+        questions=not args.skip_questions,
     )
     print(json.dumps(_headline(metrics), indent=2))
     print(f"wrote {args.out}/captions.jsonl, metrics.json, report.html")
@@ -73,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
 def _headline(metrics: dict) -> dict:
     """The scores worth a glance on the terminal; metrics.json has everything."""
     keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "exact_match", "samples", "seconds")
+
+    def headline(block: dict) -> dict:
+        out = {k: block[k] for k in keys if k in block}
+        if block.get("qa"):
+            out["qa_accuracy"] = block["qa"]["accuracy"]
+            out["qa_per_type"] = {t: round(f["accuracy"], 3) for t, f in block["qa"]["per_type"].items()}
+        return out
+
     if "finetuned" in metrics:
-        return {m: {k: metrics[m][k] for k in keys if k in metrics[m]} for m in ("base", "finetuned")}
-    return {k: metrics[k] for k in keys if k in metrics}
+        return {m: headline(metrics[m]) for m in ("base", "finetuned")}
+    return headline(metrics)
