@@ -1,0 +1,78 @@
+"""`clip-vlm ask`: ask a question about one set of camera images (the playground, for questions)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from clip_vlm_core.cli.caption import (
+    add_decoding_arguments,
+    add_model_arguments,
+    decoding_from_args,
+    parse_views,
+)
+
+EPILOG = """examples:
+  clip-vlm ask --view CAM_FRONT=front.jpg --view CAM_BACK=back.jpg --question "What colour is the vehicle ahead?"
+  clip-vlm ask --view CAM_FRONT=f.jpg --view CAM_BACK=b.jpg --question "Is anything following us?" \\
+      --question "Is it day or night?" --checkpoint runs/tiny/best --log playground.jsonl
+
+The question takes the place of the caption prompt over the same views and the same model; the answer
+is printed, one line per --question in the order given. With no --checkpoint the embedded default model
+is used: it was trained on synthetic scenes to answer questions about the vehicle ahead and behind (type,
+colour, lane), the traffic light, day or night, whether anything follows, and where a car, truck or bus is."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ask",
+        help="answer a question about a set of camera images",
+        description="Ask a question about one scene seen by several cameras. Give one --view per camera the "
+        "model reads and one or more --question.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--view", action="append", default=[], metavar="CAMERA=IMAGE", required=True,
+                        help="a camera name and its image file, e.g. CAM_FRONT=front.jpg (repeat per view)")
+    parser.add_argument("--question", action="append", default=[], required=True, metavar="TEXT",
+                        help="a question about the scene (repeatable; answered in one batch)")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="append each question and answer, with the settings, to this JSONL file")
+    add_model_arguments(parser)
+    add_decoding_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clip_vlm_core.errors import UserError
+    from clip_vlm_core.images import load_image
+    from clip_vlm_core.model import SceneCaptioner
+
+    decoding = decoding_from_args(args)
+    empty = [n for n, q in enumerate(args.question, 1) if not q.strip()]
+    if empty:  # before seconds of model loading
+        raise UserError(f"--question number {empty[0]} is empty: ask something about the scene")
+    views = parse_views(args.view)
+    images = {name: load_image(path) for name, path in views.items()}
+    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only)
+    captioner.images_for([images])  # bad view names fail here, before any model work
+    start = time.perf_counter()
+    answers = captioner.ask([images] * len(args.question), args.question, **dataclasses.asdict(decoding))
+    seconds = time.perf_counter() - start
+    for answer in answers:
+        print(answer)
+    if args.log:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        with args.log.open("a") as log:
+            for question, answer in zip(args.question, answers, strict=True):
+                record = {"time": now, "model": captioner.model_name,
+                          "views": {name: str(path) for name, path in views.items()}, "question": question.strip(),
+                          "answer": answer, "decoding": dataclasses.asdict(decoding),
+                          "seconds": round(seconds / len(answers), 4)}
+                log.write(json.dumps(record) + "\n")
+    return 0
