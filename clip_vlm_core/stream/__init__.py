@@ -7,6 +7,7 @@ from clip_vlm_core.stream.batching import POLICIES, PairQueue
 from clip_vlm_core.stream.config import PARAMETERS, CaptionNodeConfig, validate_parameters
 from clip_vlm_core.stream.frames import BadFrame, Frame, decode_image_message, stamp_to_ns
 from clip_vlm_core.stream.pairing import FramePair, FramePairer
+from clip_vlm_core.stream.questions import Question, QuestionQueue
 from clip_vlm_core.stream.stats import StreamReport, StreamStats
 from clip_vlm_core.stream.worker import CaptionWorker
 
@@ -20,6 +21,8 @@ __all__ = [
     "FramePair",
     "FramePairer",
     "PairQueue",
+    "Question",
+    "QuestionQueue",
     "StreamReport",
     "StreamStats",
     "decode_image_message",

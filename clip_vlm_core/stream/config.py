@@ -66,6 +66,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "attention, LoRA merged (same captions, see BENCHMARKS.md); false = transformers' generate()"),
     ParameterSpec("publish_image", True, "publish the front image with the caption drawn on it (only while "
                   "someone subscribes)", read_only=False),
+    ParameterSpec("question_queue_size", 8, "questions on scene_question kept waiting for an answer (the oldest "
+                  "dropped when full)", low=1, high=1000),
 )
 SPECS = {spec.name: spec for spec in PARAMETERS}
 
@@ -92,6 +94,7 @@ class CaptionNodeConfig:
     prompt: str
     fast_inference: bool
     publish_image: bool
+    question_queue_size: int
 
     def topic_for(self, view: str) -> str:
         base = self.topic_template.format(view=view)

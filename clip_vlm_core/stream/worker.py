@@ -4,6 +4,10 @@ It never runs in a subscription callback: callbacks only decode, pair and queue.
 up to one batch (one pair under policy `latest`), calls the captioner ONCE for the whole batch and
 hands each caption to `publish`. An exception in inference is logged, counted, and the pairs are
 lost; the worker goes on. Out of GPU memory also halves the batch for the ticks that follow.
+
+Questions (optional, `ask`) share the worker and its one model: a question wakes the worker at once,
+and waiting questions are answered, a batch at a time, before the next caption; each answer goes to
+`answer`. Between ticks the worker answers questions as they come, so they never wait for a tick.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Protocol
 
 from clip_vlm_core.stream.batching import PairQueue
 from clip_vlm_core.stream.pairing import FramePair
+from clip_vlm_core.stream.questions import Question, QuestionQueue
 from clip_vlm_core.stream.stats import StreamStats
 
 log = logging.getLogger(__name__)
@@ -24,8 +29,11 @@ log = logging.getLogger(__name__)
 class Captioner(Protocol):
     def caption(self, batch: Sequence[Mapping[str, Any]], **decoding: Any) -> list[str]: ...
 
+    def ask(self, batch: Sequence[Mapping[str, Any]], questions: Sequence[str], **decoding: Any) -> list[str]: ...
+
 
 Publish = Callable[[FramePair, str], None]
+Answer = Callable[[Question, str], None]
 
 
 class CaptionWorker:
@@ -40,6 +48,8 @@ class CaptionWorker:
         newest_stamp_ns: Callable[[], int | None],
         source_clock_ns: Callable[[], int],
         decoding: Mapping[str, Any] | None = None,
+        questions: QuestionQueue | None = None,
+        answer: Answer | None = None,
     ) -> None:
         self.captioner = captioner
         self.queue = queue
@@ -50,7 +60,13 @@ class CaptionWorker:
         self.batch_limit = 1 if queue.policy == "latest" else batch_size
         self._newest_stamp_ns = newest_stamp_ns
         self._source_clock_ns = source_clock_ns
+        if (questions is None) != (answer is None):
+            raise ValueError("give both a question queue and an answer callback, or neither")
+        self.questions = questions
+        self.answer = answer
+        self.question_batch = batch_size  # questions are answered in batches under either policy
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by a question (and by stop) to end a wait early
         self._thread = threading.Thread(target=self._run, name="caption-worker", daemon=True)
 
     def start(self) -> None:
@@ -59,24 +75,68 @@ class CaptionWorker:
     def stop(self, timeout_s: float = 1.5) -> bool:
         """Ask the loop to end and join it; False when an inference call outlived the timeout."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         return not self._thread.is_alive()
+
+    def ask(self, question: Question) -> Question | None:
+        """Queue a question for the next opportunity and wake the worker; return a question pushed out of
+        the full queue, if any."""
+        if self.questions is None:
+            raise RuntimeError("this worker was made without a question queue")
+        dropped = self.questions.put(question)
+        self._wake.set()
+        return dropped
 
     def _run(self) -> None:
         next_tick = time.monotonic()
         while not self._stop.is_set():
             next_tick += 1.0 / self.rate_hz
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                if self._stop.wait(delay):
-                    return
-            else:
+            if next_tick <= time.monotonic():
                 next_tick = time.monotonic()  # running late: do not try to catch up on missed ticks
+            elif self._wait_answering(next_tick):
+                return
             self.tick()
 
+    def _wait_answering(self, deadline: float) -> bool:
+        """Until `deadline`, answer questions as they arrive; True when asked to stop."""
+        while True:
+            self._wake.clear()  # cleared before looking, so a question arriving now still ends the wait
+            if self._stop.is_set():
+                return True
+            delay = deadline - time.monotonic()
+            if delay <= 0:
+                return False
+            if self.questions is not None and len(self.questions):
+                self.answer_questions()
+                continue
+            self._wake.wait(delay)
+
+    def answer_questions(self) -> int:
+        """Answer one batch of waiting questions, each about its own pair; return how many were answered."""
+        if self.questions is None or self.answer is None:
+            return 0
+        questions = self.questions.take(self.question_batch)
+        if not questions:
+            return 0
+        try:
+            answers = self.captioner.ask([q.pair.images for q in questions], [q.text for q in questions],
+                                         **self.decoding)
+        except Exception as exc:  # like a failed caption: counted and logged, the worker goes on
+            self.questions.failed(len(questions))
+            self.stats.inference_failed(f"{type(exc).__name__}: {exc}"[:300], 0)
+            log.warning("answering %d question(s) failed: %s: %s", len(questions), type(exc).__name__, exc)
+            return 0
+        for question, answer in zip(questions, answers, strict=True):
+            self.answer(question, answer)
+            self.questions.answered(question, time.monotonic_ns())
+        return len(answers)
+
     def tick(self) -> int:
-        """Caption one batch if there is one; return how many captions were published."""
+        """Answer waiting questions (one batch), then caption one batch if there is one; return how many
+        captions were published."""
+        self.answer_questions()
         pairs = self.queue.take(self.batch_limit, self._newest_stamp_ns(), time.monotonic_ns())
         if not pairs:
             return 0

@@ -10,7 +10,11 @@ Plan steps (run in order):
   wait_captions count, timeout: until that many captions arrived since the probe started
   wait_diagnostics key, value, timeout: until the node's diagnostics show key == value
   sleep        seconds
-The result holds every marker (stamp, text, receive time), the captions, and the last diagnostics.
+  file_pair    front, back: these JPEG files as one pair (compressed transport)
+  ask          question, timeout: publish on scene_question, wait for one more answer on scene_answer
+  ask_burst    question, count: publish that many questions at once, waiting for nothing
+The result holds every marker (stamp, text, receive time), the captions, the answers, and the last
+diagnostics.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class Probe(Node):
         self.captioned_images: list[list[int]] = []  # [width, height] of each /scene_caption/image
         self.create_subscription(Image, "/scene_caption/image",
                                  lambda m: self.captioned_images.append([m.width, m.height]), RELIABLE)
+        self.answers: list[str] = []
+        self.question_pub = self.create_publisher(String, "/scene_question", RELIABLE)
+        self.create_subscription(String, "/scene_answer", lambda m: self.answers.append(m.data), RELIABLE)
 
     def _on_marker(self, msg: Marker) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -78,7 +85,7 @@ class Probe(Node):
     def wait_for_node(self, timeout: float) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            ready = all(p.get_subscription_count() > 0 for p in self.pubs.values())
+            ready = all(p.get_subscription_count() > 0 for p in (*self.pubs.values(), self.question_pub))
             if ready and self.count_publishers("/scene_caption/marker") > 0:
                 self.spin_for(0.3)  # let the reliable readers/writers finish matching
                 return
@@ -137,6 +144,22 @@ class Probe(Node):
             for view in views:
                 self.pubs[view].publish(self.bad_msg(header, step["what"]))
             self.spin_for(0.1)
+        elif kind == "file_pair":
+            stamp, header = self.stamp()
+            for view, key in (("CAM_FRONT", "front"), ("CAM_BACK", "back")):
+                with open(step[key], "rb") as f:
+                    self.pubs[view].publish(CompressedImage(header=header, format="jpeg", data=f.read()))
+            self.sent_pairs.append(stamp)
+            self.spin_for(0.2)
+        elif kind == "ask":
+            expected = len(self.answers) + 1
+            self.question_pub.publish(String(data=step["question"]))
+            end = time.monotonic() + step.get("timeout", 20.0)
+            while len(self.answers) < expected and time.monotonic() < end:
+                self.spin_for(0.02)
+        elif kind == "ask_burst":
+            for _ in range(step["count"]):
+                self.question_pub.publish(String(data=step["question"]))
         elif kind == "backwards":
             self.offset_ns += int(step["seconds"] * 1e9)
         elif kind == "sleep":
@@ -172,6 +195,7 @@ def main() -> int:
             "markers": probe.markers,
             "captions": probe.captions,
             "captioned_images": probe.captioned_images,
+            "answers": probe.answers,
             "diagnostics": probe.diagnostics,
             "diagnostics_level": probe.diagnostics_level,
             "diagnostics_message": probe.diagnostics_message,

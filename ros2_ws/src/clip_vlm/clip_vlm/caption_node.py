@@ -1,7 +1,8 @@
-"""`caption_node`: camera views in, one scene caption out on /scene_caption.
+"""`caption_node`: camera views in, one scene caption out on /scene_caption; questions in on
+scene_question, answers out on scene_answer.
 
 Thin by design: callbacks decode and pair frames (clip_vlm_core.stream), a worker thread captions at
-`rate_hz`, and this file turns results into messages. Run it as
+`rate_hz` and answers questions ahead of its next caption, and this file turns results into messages. Run it as
 `ros2 run clip_vlm caption_node --ros-args -p policy:=all` or `.venv/bin/caption_node --ros-args ...`.
 """
 
@@ -38,6 +39,8 @@ from clip_vlm_core.stream import (
     FramePair,
     FramePairer,
     PairQueue,
+    Question,
+    QuestionQueue,
     StreamStats,
     decode_image_message,
     stamp_to_ns,
@@ -71,6 +74,8 @@ class CaptionNode(Node):
         )
         self.queue = PairQueue(self.config.policy, self.config.queue_size, int(self.config.max_age_ms * 1e6))
         self._resets_seen = 0
+        self.questions = QuestionQueue(self.config.question_queue_size)
+        self._freshest_pair: FramePair | None = None  # what a question arriving now is asked about
 
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.caption_pub = self.create_publisher(String, "scene_caption", latched)
@@ -80,6 +85,9 @@ class CaptionNode(Node):
             self.create_publisher(messages.OverlayText, "scene_caption/overlay", 1) if messages.OverlayText else None
         )
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.answer_pub = self.create_publisher(String, "scene_answer", reliable)
+        self.create_subscription(String, "scene_question", self._on_question, reliable)
 
         image_qos = QoSProfile(
             depth=self.config.qos_depth,
@@ -104,6 +112,8 @@ class CaptionNode(Node):
             newest_stamp_ns=lambda: self.pairer.newest_stamp_ns,
             source_clock_ns=lambda: self.get_clock().now().nanoseconds,
             decoding=self.config.decoding(),
+            questions=self.questions,
+            answer=self._publish_answer,
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -157,7 +167,34 @@ class CaptionNode(Node):
             self.queue.clear()
             self.get_logger().warn(f"{view} stamp went backwards: frame pairing restarted")
         if pair is not None:
+            self._freshest_pair = pair
             self.queue.put(pair)
+
+    # -- questions in (executor thread: attach the freshest pair, queue; never the model) -----------
+    def _on_question(self, msg: String) -> None:
+        text, now_ns = msg.data.strip(), time.monotonic_ns()
+        if not text:
+            self.get_logger().warn("an empty question on scene_question was ignored")
+            return
+        pair = self._freshest_pair
+        if pair is None or now_ns - pair.received_ns > self.config.max_age_ms * 1e6:
+            # Answering about frames older than a caption may be would describe a scene long gone.
+            self.questions.unanswerable()
+            self.get_logger().warn(f"question {text!r} not answered: no synchronized camera pair in the last "
+                                   f"{self.config.max_age_ms:.0f} ms (max_age_ms)")
+            return
+        dropped = self.worker.ask(Question(text, pair, now_ns))
+        if dropped is not None:
+            self.get_logger().warn(f"question queue full ({self.config.question_queue_size}): dropped the oldest, "
+                                   f"{dropped.text!r}")
+
+    # -- answers out (worker thread) -----------------------------------------------------------------
+    def _publish_answer(self, question: Question, answer: str) -> None:
+        if not self.context.ok():
+            return
+        self.answer_pub.publish(String(data=answer))
+        self.get_logger().info(f"question {question.text!r} -> answer {answer!r} (frames stamped "
+                               f"{question.pair.stamp_ns} ns)")
 
     # -- captions out (worker thread) -------------------------------------------------------------
     def _publish(self, pair: FramePair, caption: str) -> None:
@@ -186,6 +223,7 @@ class CaptionNode(Node):
             ("pairing_resets", str(counters.resets)),
             ("device", str(self.captioner.device)),
             ("model", self.captioner.model_name),
+            *self.questions.report(),
         ]
         for view in self.config.views:
             extra.append((f"{view}.dropped", str(counters.unpaired[view] + pairs_lost)))
