@@ -5,8 +5,9 @@
 3. start caption_node with the embedded default model          (ros2 run clip_vlm caption_node)
 4. replay the bag into it                                      (clip-vlm bag play)
 5. print each caption as it arrives beside the ground truth, with its latency
-6. write an HTML report (frames, truth, caption, latency and drop figures)
-7. stop everything it started
+6. ask a few questions about the scene on /scene_question; print each answer beside the truth
+7. write an HTML report (frames, truth, caption, latency and drop figures, questions and answers)
+8. stop everything it started
 
 Like `bag play`, this is an application on top of the core: rclpy is imported only inside `run`.
 """
@@ -28,6 +29,9 @@ from pathlib import Path
 from clip_vlm_core.errors import UserError
 
 VIEWS = ("CAM_FRONT", "CAM_BACK")
+# Question types the demo asks about, in held-out phrasings (the embedded model never trained on them).
+DEMO_QUESTION_TYPES = ("front.vehicle_colour", "front.lane", "front.light", "back.follows", "both.where")
+STEPS = 8
 
 
 class StepFailed(Exception):
@@ -40,7 +44,16 @@ class Keyframe:
     stamp_ns: int
     images: dict[str, Path]
     truth: str
+    token: str = ""
     caption: str | None = None
+    latency_ms: float | None = None
+
+
+@dataclass
+class Asked:
+    question: str
+    truth: str
+    answer: str | None = None
     latency_ms: float | None = None
 
 
@@ -54,6 +67,8 @@ class Demo:
     model: str
     timeout_s: float
     keyframes: dict[int, Keyframe] = field(default_factory=dict)
+    questions: dict[str, list[dict]] = field(default_factory=dict)  # sample token -> held-out qa pairs
+    asked: list[Asked] = field(default_factory=list)
     diagnostics: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen] = field(default_factory=list)
 
@@ -65,7 +80,7 @@ def _bin(name: str) -> str:
 
 
 def synthesise(demo: Demo) -> tuple[Path, str]:
-    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+    from clip_vlm_core.data.synthetic import QA_HELD_OUT_FILE, generate_synthetic_nuscenes
 
     data = generate_synthetic_nuscenes(demo.out / "nuscenes", scenes=1, samples_per_scene=demo.samples,
                                        seed=demo.seed, overwrite=True, show_progress=False)
@@ -79,7 +94,10 @@ def synthesise(demo: Demo) -> tuple[Path, str]:
         images = {v: data.root / nusc.get("sample_data", sample["data"][v])["filename"] for v in VIEWS}
         caption = records[sample["token"]]["gemini_caption"]
         demo.keyframes[front["timestamp"] * 1000] = Keyframe(front["timestamp"] * 1000, images,
-                                                            f"{caption['FRONT']} {caption['BACK']}")
+                                                            f"{caption['FRONT']} {caption['BACK']}", sample["token"])
+    for line in (data.root / QA_HELD_OUT_FILE).read_text().splitlines():
+        pair = json.loads(line)
+        demo.questions.setdefault(pair["token"], []).append(pair)
     print(f"      {len(demo.keyframes)} keyframes of {scene} (seed {demo.seed}) in {data.root}")
     return data.root, scene
 
@@ -112,22 +130,24 @@ def run(demo: Demo) -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import String
     from visualization_msgs.msg import Marker
 
     demo.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(random.randint(100, 200))),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")}
     os.environ.update(env)
-    step = "1/7 synthesise a nuScenes scene"
+    step = "1/8 synthesise a nuScenes scene"
     try:
         print(f"[{step}]")
         root, scene = synthesise(demo)
-        step = "2/7 convert it to a rosbag2 bag"
+        step = "2/8 convert it to a rosbag2 bag"
         print(f"[{step}]")
         bag = convert(demo, root, scene)
 
-        step = "3/7 start caption_node"
+        step = "3/8 start caption_node"
         print(f"[{step}]  model: {demo.model or 'embedded default'}; log: {demo.out / 'caption_node.log'}")
         rclpy.init()
         listener = rclpy.create_node("clip_vlm_demo")
@@ -136,6 +156,11 @@ def run(demo: Demo) -> int:
                                      lambda m: arrivals.setdefault(_ns(m.header.stamp), time.monotonic()), 10)
         listener.create_subscription(DiagnosticArray, "/diagnostics", lambda m: _keep_diagnostics(demo, m), 10)
         listener.create_subscription(Marker, "/scene_caption/marker", lambda m: _on_caption(demo, m, arrivals), 50)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        answers: list[tuple[str, float]] = []
+        question_pub = listener.create_publisher(String, "/scene_question", reliable)
+        listener.create_subscription(String, "/scene_answer", lambda m: answers.append((m.data, time.monotonic())),
+                                     reliable)
         executor = SingleThreadedExecutor()
         executor.add_node(listener)
         node = start_node(demo, env)
@@ -148,7 +173,7 @@ def run(demo: Demo) -> int:
                 raise StepFailed(step, f"no /diagnostics from caption_node within {demo.timeout_s:.0f} s")
         print(f"      up in {time.monotonic() - started:.1f} s on {demo.diagnostics.get('device', '?')}")
 
-        step = "4/7 replay the bag"
+        step = "4/8 replay the bag"
         print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate}")
         play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
         player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate),
@@ -156,14 +181,14 @@ def run(demo: Demo) -> int:
                                   env=env, start_new_session=True)
         demo.processes.append(player)
 
-        step = "5/7 caption every keyframe"
+        step = "5/8 caption every keyframe"
         print(f"[{step}]")
         deadline = None
         while any(k.caption is None for k in demo.keyframes.values()):
             executor.spin_once(timeout_sec=0.1)
             if player.poll() is not None:
                 if player.returncode != 0:
-                    raise StepFailed("4/7 replay the bag", f"bag play exited with code {player.returncode}: "
+                    raise StepFailed("4/8 replay the bag", f"bag play exited with code {player.returncode}: "
                                      f"{_tail(demo.out / 'bag_play.log')}")
                 deadline = deadline or time.monotonic() + demo.timeout_s
             if node.poll() is not None:
@@ -176,7 +201,15 @@ def run(demo: Demo) -> int:
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
 
-        step = "6/7 write the report"
+        step = "6/8 ask about the scene"
+        last = max(demo.keyframes.values(), key=lambda k: k.stamp_ns)
+        print(f"[{step}]  about the freshest frames (keyframe {len(demo.keyframes)}), on /scene_question")
+        ask_questions(demo, last, question_pub, answers, executor, step)
+        right = sum(_answer_right(a) for a in demo.asked)
+        answer_ms = sorted(a.latency_ms for a in demo.asked if a.latency_ms is not None)
+        print(f"      {right}/{len(demo.asked)} answers right; answer latency p50 {_pct(answer_ms, 50):.0f} ms")
+
+        step = "7/8 write the report"
         print(f"[{step}]")
         report = write_report(demo, scene)
         latencies = sorted(k.latency_ms for k in demo.keyframes.values() if k.latency_ms is not None)
@@ -184,7 +217,7 @@ def run(demo: Demo) -> int:
         print(f"      {len(demo.keyframes)}/{len(demo.keyframes)} keyframes captioned; all facts right in "
               f"{correct}; end-to-end latency p50 {_pct(latencies, 50):.0f} ms, p95 {_pct(latencies, 95):.0f} ms")
         print(f"      report: {report}")
-        step = "7/7 stop everything"
+        step = "8/8 stop everything"
         print(f"[{step}]")
         return 0
     except StepFailed as exc:
@@ -197,6 +230,33 @@ def run(demo: Demo) -> int:
         _stop(demo.processes)
         if rclpy.ok():
             rclpy.shutdown()
+
+
+def ask_questions(demo: Demo, keyframe: Keyframe, question_pub, answers: list, executor, step: str) -> None:
+    """One question at a time (answers carry no id, so each waits for its answer), printed with the truth."""
+    from std_msgs.msg import String
+
+    pairs = {p["type"]: p for p in demo.questions.get(keyframe.token, [])}
+    for kind in DEMO_QUESTION_TYPES:
+        asked = Asked(pairs[kind]["question"], pairs[kind]["answer"])
+        expected, sent = len(answers) + 1, time.monotonic()
+        question_pub.publish(String(data=asked.question))
+        while len(answers) < expected:
+            executor.spin_once(timeout_sec=0.05)
+            if time.monotonic() - sent > demo.timeout_s:
+                raise StepFailed(step, f"no answer on /scene_answer to {asked.question!r} within {demo.timeout_s:.0f} s")
+        asked.answer, at = answers[-1]
+        asked.latency_ms = (at - sent) * 1000
+        demo.asked.append(asked)
+        mark = "right" if _answer_right(asked) else "WRONG"
+        print(f"  Q: {asked.question}\n      answer: {asked.answer:<12} truth: {asked.truth:<12} {mark}  "
+              f"({asked.latency_ms:.0f} ms)")
+
+
+def _answer_right(asked: Asked) -> bool:
+    from clip_vlm_core.evaluation.qa import answers_match
+
+    return asked.answer is not None and answers_match(asked.truth, asked.answer)
 
 
 def _ns(stamp) -> int:
@@ -253,6 +313,9 @@ def write_report(demo: Demo, scene: str) -> Path:
                     f"stamp {k.stamp_ns}</small></td></tr>")
     figures = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>"
                       for key, value in sorted(demo.diagnostics.items()))
+    asked = "".join(f"<tr><td>{html.escape(a.question)}</td><td>{html.escape(a.answer or '')}</td>"
+                    f"<td>{html.escape(a.truth)}</td><td>{'right' if _answer_right(a) else 'WRONG'}</td>"
+                    f"<td>{a.latency_ms or 0:.0f} ms</td></tr>" for a in demo.asked)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>clip-vlm demo: {scene}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}}
 td:first-child{{white-space:nowrap}}
@@ -260,6 +323,8 @@ figure{{display:inline-block;margin:0 6px 0 0}} figcaption{{font-size:11px;color
 <h1>clip-vlm demo: {scene}</h1><p>caption_node (model: {html.escape(demo.model or 'embedded default')}) fed by
 <code>clip-vlm bag play</code>; latency is from the front frame's arrival to its caption's arrival, both seen
 by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
+<h2>Questions about the last keyframe (/scene_question to /scene_answer)</h2><table><tr><th>question</th>
+<th>answer</th><th>truth</th><th></th><th>latency</th></tr>{asked}</table>
 <h2>Node figures (last /diagnostics)</h2><table>{figures}</table></body></html>"""
     path = demo.out / "report.html"
     tmp = path.with_name(".report.html.partial")
