@@ -39,6 +39,9 @@ class CaptionerConfig:
     views: tuple[str, ...] = DEFAULT_VIEWS
     prompt: str = DEFAULT_PROMPT
     label_views: bool = True  # write "CAM_FRONT:" before each view's image in the prompt
+    # The instruction (caption prompt or question) before the images instead of after them: the visual
+    # tokens then see the question, so even a shallow language model reads the view it asks about.
+    instruction_first: bool = False
     min_pixels: int | None = None  # Qwen's per-image pixel budget; None keeps the processor's
     max_pixels: int | None = None
     connector_layers: int = 2

@@ -199,5 +199,5 @@ def _cache_key(captioner) -> str:
     """Cached outputs are only valid for the same base models, views, prompt and pixel budget."""
     c = captioner.config
     text = "|".join(map(str, (c.qwen_model, c.clip_model, c.clip_pretrained, c.clip_tokens, c.views, c.prompt,
-                               c.label_views, c.min_pixels, c.max_pixels)))
+                               c.label_views, c.min_pixels, c.max_pixels, c.instruction_first)))
     return hashlib.sha256(text.encode()).hexdigest()[:12]

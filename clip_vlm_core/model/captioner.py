@@ -221,12 +221,14 @@ class SceneCaptioner:
     def _build_prompt_text(self, instruction: str | None = None) -> str:
         """The chat-formatted prompt: every view's image (labelled), then the instruction — the caption
         prompt by default, or a question about the scene."""
-        content: list[dict[str, str]] = []
+        text = {"type": "text", "text": self.config.prompt if instruction is None else instruction}
+        content: list[dict[str, str]] = [text] if self.config.instruction_first else []
         for view in self.config.views:
             if self.config.label_views:
                 content.append({"type": "text", "text": f"{view}: "})
             content.append({"type": "image"})
-        content.append({"type": "text", "text": self.config.prompt if instruction is None else instruction})
+        if not self.config.instruction_first:
+            content.append(text)
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
