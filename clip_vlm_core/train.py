@@ -110,7 +110,8 @@ def run_training(
             for batch in loader:
                 model.train()
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    out = model(**batch)
+                    loss = out.loss if o.loss_weighting == "token" else sample_mean_loss(out.logits, batch["labels"])
                     if not torch.isfinite(loss):
                         raise TrainingStopped(
                             f"the training loss became {loss.item()} at step {state.step + 1}; stopped. The last good "
@@ -299,6 +300,19 @@ def _epoch_loader(dataset, collate, config: RunConfig, epoch: int, accelerator):
     loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=sampler,
                         collate_fn=collate, num_workers=config.data.num_workers, drop_last=False, generator=generator)
     return accelerator.prepare_data_loader(loader, device_placement=True)
+
+
+def sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's mean loss over its target tokens, averaged over rows with targets: a short answer weighs
+    as much as a long caption. `logits` are the model's trailing positions (it computes them only from
+    just before the first labelled column on), so they line up with the end of `labels`."""
+    first = labels.shape[1] - logits.shape[1] + 1
+    target = labels[:, first:]
+    token_loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), target,
+                                                   ignore_index=-100, reduction="none")
+    mask = target != -100
+    rows = mask.any(dim=1)
+    return ((token_loss * mask).sum(dim=1)[rows] / mask.sum(dim=1)[rows]).mean()
 
 
 # -- evaluation and checkpoints -------------------------------------------------------------------

@@ -49,6 +49,9 @@ class OptimConfig:
     log_every: int = 10
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # auto = bf16 on GPU, none on CPU; or "no", "bf16", "fp16"
+    # "token": the loss averages over target tokens, so a 40-token caption outweighs a 2-token answer
+    # twenty times; "sample": each item's mean token loss, averaged over the batch's items.
+    loss_weighting: str = "token"
 
 
 @dataclass
@@ -105,6 +108,8 @@ def _validate(config: RunConfig) -> None:
     for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_every", "save_every", "log_every"):
         if getattr(o, name) < 1:
             raise UserError(f"optim.{name} must be at least 1, got {getattr(o, name)}")
+    if o.loss_weighting not in ("token", "sample"):
+        raise UserError(f"optim.loss_weighting must be token or sample, got {o.loss_weighting!r}")
     if o.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError(f"optim.mixed_precision must be auto, no, bf16 or fp16, got {o.mixed_precision!r}")
     if not 0 <= d.qa_per_caption <= 1000:
