@@ -9,8 +9,7 @@ Each type has several phrasings, split into training and held-out ones: the mode
 first and evaluated on the second, so a score measures understanding of the question, not memory of a
 sentence. A phrasing is a frame with a slot ("What colour is the vehicle {x}?" with x = "ahead", "in front
 of us", ...); each frame keeps one of its fillers out of training, in turn, so a held-out question is a
-sentence never trained on whose frame and filler were each seen elsewhere. Types without a slot keep
-their last two frames out.
+sentence never trained on whose frame and filler were each trained on in other sentences.
 """
 
 from __future__ import annotations
@@ -32,7 +31,8 @@ LANE_ANSWERS = {"left": "left lane", "ego": "our lane", "right": "right lane"}
 WHERE_ANSWERS = ("ahead", "behind", "both", "none")
 AHEAD = ("ahead", "in front", "ahead of us", "in front of us")
 BEHIND = ("behind", "behind us", "following us", "at the back")
-HELD_OUT_FRAMES = 2  # of a type without a slot
+LIGHTS_SAID = ("the traffic light", "the light ahead", "the traffic signal", "the signal ahead")
+NOW = ("", " now", " right now", " at the moment")
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,11 @@ class QuestionType:
     name: str
     answer: Callable[[SceneFacts, str], str]  # (facts, slot filler) -> the true answer
     frames: tuple[str, ...]  # "{x}" is the slot
+    fillers: tuple[str, ...]  # what the slot takes
     answers: tuple[str, ...]  # every answer this type can have
-    fillers: tuple[str, ...] = ("",)  # what the slot takes; one empty filler: no slot
 
     def phrasings(self, held_out: bool = False) -> list[tuple[str, str]]:
         """(question, filler) of the training phrasings, or of the held-out ones."""
-        if len(self.fillers) == 1:
-            frames = self.frames[-HELD_OUT_FRAMES:] if held_out else self.frames[:-HELD_OUT_FRAMES]
-            return [(frame, self.fillers[0]) for frame in frames]
         return [(frame.format(x=filler), filler) for f, frame in enumerate(self.frames)
                 for k, filler in enumerate(self.fillers) if ((f + k) % len(self.fillers) == 0) == held_out]
 
@@ -73,39 +70,35 @@ _LANE_FRAMES = ("Which lane is the vehicle {x} in?", "In which lane is the vehic
                 "Which lane does the vehicle {x} use?")
 
 QUESTION_TYPES: tuple[QuestionType, ...] = (
-    QuestionType("front.vehicle_type", lambda f, _: f.front_type, _TYPE_FRAMES, VEHICLE_TYPES, AHEAD),
-    QuestionType("front.vehicle_colour", lambda f, _: f.front_colour, _COLOUR_FRAMES, COLOURS, AHEAD),
-    QuestionType("front.lane", lambda f, _: _lane(f.front_lane), _LANE_FRAMES, tuple(LANE_ANSWERS.values()), AHEAD),
+    QuestionType("front.vehicle_type", lambda f, _: f.front_type, _TYPE_FRAMES, AHEAD, VEHICLE_TYPES),
+    QuestionType("front.vehicle_colour", lambda f, _: f.front_colour, _COLOUR_FRAMES, AHEAD, COLOURS),
+    QuestionType("front.lane", lambda f, _: _lane(f.front_lane), _LANE_FRAMES, AHEAD, tuple(LANE_ANSWERS.values())),
     QuestionType(
         "front.light", lambda f, _: f.light,
-        ("What colour is the traffic light?", "Is the traffic light red or green?", "What does the traffic light show?",
-         "What is the state of the traffic light?", "Which colour does the traffic light show?",
-         "Name the colour of the traffic light.",
-         "Tell me the colour of the traffic light.", "Is the traffic light showing red or green?"),
-        LIGHTS,
+        ("What colour is {x}?", "Is {x} red or green?", "What does {x} show?", "What is the state of {x}?",
+         "Which colour does {x} show?", "Tell me the colour of {x}."),
+        LIGHTS_SAID, LIGHTS,
     ),
-    QuestionType("back.vehicle_type", lambda f, _: f.back_type, _TYPE_FRAMES, (*VEHICLE_TYPES, NONE), BEHIND),
-    QuestionType("back.vehicle_colour", lambda f, _: f.back_colour, _COLOUR_FRAMES, (*COLOURS, NONE), BEHIND),
-    QuestionType("back.lane", lambda f, _: _lane(f.back_lane), _LANE_FRAMES, (*LANE_ANSWERS.values(), NONE), BEHIND),
+    QuestionType("back.vehicle_type", lambda f, _: f.back_type, _TYPE_FRAMES, BEHIND, (*VEHICLE_TYPES, NONE)),
+    QuestionType("back.vehicle_colour", lambda f, _: f.back_colour, _COLOUR_FRAMES, BEHIND, (*COLOURS, NONE)),
+    QuestionType("back.lane", lambda f, _: _lane(f.back_lane), _LANE_FRAMES, BEHIND, (*LANE_ANSWERS.values(), NONE)),
     QuestionType(
         "back.follows", lambda f, _: "no" if f.back_type == NONE else "yes",
-        ("Is anything following us?", "Is there a vehicle behind us?", "Does anything follow us?",
-         "Is something behind us?", "Is there anything at the back?", "Are we followed by a vehicle?",
-         "Is any vehicle driving behind us?", "Tell me whether anything follows us."),
-        ("yes", "no"),
+        ("Is anything {x}?", "Is there a vehicle {x}?", "Is something {x}?", "Is there anything {x}?",
+         "Is any vehicle {x}?", "Tell me whether anything is {x}."),
+        BEHIND, ("yes", "no"),
     ),
     QuestionType(
         "both.time", lambda f, _: f.time,
-        ("Is it day or night?", "Is it daytime or night?", "What time of day is it?", "Day or night?",
-         "Is it daytime or night-time?", "Tell me the time of day.",
-         "Is it currently day or night?", "Which is it, day or night?"),
-        TIMES,
+        ("Is it day or night{x}?", "Is it daytime or night{x}?", "What time of day is it{x}?", "Day or night{x}?",
+         "Is it dark or light{x}?", "Tell me whether it is day or night{x}."),
+        NOW, TIMES,
     ),
     QuestionType(
         "both.where", _where,
         ("Where is the {x}?", "Where do you see a {x}?", "Is there a {x} ahead or behind?", "Which camera shows a {x}?",
          "Tell me where the {x} is.", "In which direction is there a {x}?"),
-        WHERE_ANSWERS, VEHICLE_TYPES,
+        VEHICLE_TYPES, WHERE_ANSWERS,
     ),
 )
 TYPES_BY_NAME = {t.name: t for t in QUESTION_TYPES}
