@@ -48,13 +48,20 @@ def staging_area(target: str | Path) -> Iterator[Path]:
         area = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{_HOST}-{os.getpid()}-", dir=target.parent))
     except OSError as exc:
         raise UserError(f"cannot write {target}: {write_fault(exc, target)}; nothing there was changed") from None
+    def as_user_knows_it(text: str) -> str:  # a file is named by its final path, not its staging path
+        return text.replace(str(area / target.name), str(target)).replace(str(area), str(target.parent))
+
     try:
         yield area
+    except UserError as exc:  # e.g. a nested staged write that failed: keep its sentence, fix its paths
+        if str(area) not in str(exc):
+            raise
+        raise UserError(as_user_knows_it(str(exc))) from None
     except Exception as exc:
         fault = write_fault(exc, target)
         if fault is None:
             raise
-        raise UserError(f"cannot write {target}: {fault}; nothing there was changed") from None
+        raise UserError(f"cannot write {target}: {as_user_knows_it(fault)}; nothing there was changed") from None
     finally:
         shutil.rmtree(area, ignore_errors=True)
 
@@ -214,17 +221,15 @@ def guard_output(
     target = Path(target)
     shown = f"{flag} {target}"
     real = target.resolve()
-    inside_of = None
-    for role, path in (inputs or {}).items():
-        if path in (None, "") or not Path(path).exists():  # what is not there cannot be lost (e.g. a hub id)
-            continue
-        source = Path(path).resolve()
-        if real == source or source.is_relative_to(real):
-            relation = "is" if real == source else "holds"
-            raise UserError(f"{shown} {relation} the {role} {path}; clip-vlm never replaces its own inputs, "
-                            f"even with --overwrite: choose another {flag}")
-        if real.is_relative_to(source):
-            inside_of = inside_of or (role, path)
+    # What is not there cannot be lost (e.g. a hub id); an input the target *is* is named before one it holds.
+    sources = [(role, path, Path(path).resolve()) for role, path in (inputs or {}).items()
+               if path not in (None, "") and Path(path).exists()]
+    for relation, hit in (("is", lambda source: real == source), ("holds", lambda source: source.is_relative_to(real))):
+        for role, path, source in sources:
+            if hit(source):
+                raise UserError(f"{shown} {relation} the {role} {path}; clip-vlm never replaces its own inputs, "
+                                f"even with --overwrite: choose another {flag}")
+    inside_of = next(((role, path) for role, path, source in sources if real.is_relative_to(source)), None)
     if not (target.exists() or target.is_symlink()):
         return
     if kind == "folder" and not target.is_dir():

@@ -89,6 +89,8 @@ def load_nuscenes(dataroot: str | Path, version: str):
     from nuscenes.nuscenes import NuScenes
 
     dataroot = Path(dataroot)
+    if dataroot.exists() and not dataroot.is_dir():
+        raise UserError(f"nuScenes dataroot {dataroot} is a file, not a folder")
     if not dataroot.is_dir():
         raise UserError(f"nuScenes dataroot {dataroot} does not exist")
     if not (dataroot / version).is_dir():
