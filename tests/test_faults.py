@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from intact import REPO, assert_one_sentence, clip_vlm, digest, staging_left
 
 from clip_vlm_core.cli import main
-from intact import REPO, assert_one_sentence, clip_vlm, digest, staging_left
 
 RECIPE = REPO / "training" / "configs" / "synthetic-tiny.yaml"
 SAMPLES = REPO / "clip_vlm_core" / "assets" / "samples"

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from intact import REPO, assert_one_sentence, digest, staging_left
 from PIL import Image
 
 from clip_vlm_core.cli import main
 from clip_vlm_core.images import MAX_IMAGE_BYTES
-from intact import REPO, assert_one_sentence, digest, staging_left
 
 OVER = "is 20000x20000 (400.0 megapixels), over the limit of 67.1 megapixels (8192x8192)"
 

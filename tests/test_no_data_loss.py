@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from intact import REPO, assert_one_sentence, clip_vlm, digest, staging_left
 
 from clip_vlm_core.atomic import guard_output, staged_dir, sweep_stale_staging
 from clip_vlm_core.cli import main
 from clip_vlm_core.errors import UserError
-from intact import REPO, assert_one_sentence, clip_vlm, digest, staging_left
 
 RECIPE = REPO / "training" / "configs" / "synthetic-tiny.yaml"
 

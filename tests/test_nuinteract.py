@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from intact import assert_one_sentence
 from rosbags.rosbag2 import Reader
 
 from clip_vlm_core.bags import BagConvertOptions, convert_scene, load_nuscenes
@@ -14,7 +15,6 @@ from clip_vlm_core.cli import main
 from clip_vlm_core.data.manifest import build_manifest, load_manifest
 from clip_vlm_core.data.nuinteract import load_nuinteract
 from clip_vlm_core.errors import UserError
-from intact import assert_one_sentence
 
 CAMS = ["CAM_FRONT", "CAM_BACK"]
 SCENE = "scene-0061"

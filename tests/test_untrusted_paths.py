@@ -13,12 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from intact import REPO, assert_one_sentence, digest
 
 from clip_vlm_core.cli import main
 from clip_vlm_core.data.manifest import load_manifest, verify_manifest
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.paths import data_file, relative_problem
-from intact import REPO, assert_one_sentence, digest
 
 ESCAPES = [("/etc/passwd", "is an absolute path"), ("/dev/zero", "is an absolute path"),
            ("../../../../../../etc/passwd", "climbs out of its root with '..'"),
