@@ -10,9 +10,11 @@ target is untouched.
 
 Replacing (`guard_output`). A command replaces an existing target only when it wrote that target
 itself, or when told `--overwrite`; and never, even with `--overwrite`, a target that is, holds, or
-sits inside one of the command's own inputs (compared as resolved paths). "Wrote it itself": a folder
-carries a small marker file naming the command that wrote it (`.clip-vlm-output`); a single file says
-so in its first line (`written by clip-vlm data gallery`).
+sits inside one of the command's own inputs (compared as resolved paths; inside an input only the
+command's own earlier output may be replaced). "Wrote it itself": a folder carries a small marker file
+naming the command that wrote it and what it put there (`.clip-vlm-output`), so a folder the user has
+since added a file to is no longer taken as the command's own; a single file says so in its first
+line (`written by clip-vlm data gallery`).
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ def staging_area(target: str | Path) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_staging(target.parent)
         area = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{_HOST}-{os.getpid()}-", dir=target.parent))
-    except OSError as exc:
-        raise UserError(f"cannot write {target}: {write_fault(exc, target)}; nothing there was changed") from None
+    except OSError as exc:  # the folder itself refuses (read-only, full, a file in the way)
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}; nothing there was changed") from None
     def as_user_knows_it(text: str) -> str:  # a file is named by its final path, not its staging path
         return text.replace(str(area / target.name), str(target)).replace(str(area), str(target.parent))
 

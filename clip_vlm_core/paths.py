@@ -10,7 +10,6 @@ never opened.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path, PurePosixPath
 
@@ -90,7 +89,3 @@ def file_kind(mode: int) -> str:
         return "a socket"
     return "not a regular file"
 
-
-def same_or_inside(path: str | Path, root: str | Path) -> bool:
-    """Whether `path` is `root` or lies inside it, compared as resolved paths."""
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
