@@ -42,7 +42,8 @@ _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<host>[A-Za-z0
 @contextmanager
 def staging_area(target: str | Path) -> Iterator[Path]:
     """A fresh hidden folder beside `target`, removed on exit whatever happens. Stale staging of dead
-    processes in the same folder is removed first. OSError inside the block becomes one UserError."""
+    processes in the same folder is removed first. A write fault inside the block (full disk,
+    read-only folder) becomes one UserError naming `target`; any other error stays as it is."""
     target = Path(target).absolute()  # "." has no name to stage beside
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,7 @@ def staging_area(target: str | Path) -> Iterator[Path]:
         area = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{_HOST}-{os.getpid()}-", dir=target.parent))
     except OSError as exc:  # the folder itself refuses (read-only, full, a file in the way)
         raise UserError(f"cannot write {target}: {exc.strerror or exc}; nothing there was changed") from None
+
     def as_user_knows_it(text: str) -> str:  # a file is named by its final path, not its staging path
         return text.replace(str(area / target.name), str(target)).replace(str(area), str(target.parent))
 
@@ -106,14 +108,25 @@ def replace_dir(staged: Path, target: Path) -> None:
 
     Between the two renames the previous folder is `.NAME.old-HOST-PID-X`; should the process die
     there, the next sweep puts it back."""
-    old = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{_HOST}-{os.getpid()}-", dir=target.parent))
-        old.rmdir()
-        target.rename(old)
-    staged.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
+    if not (target.exists() or target.is_symlink()):
+        staged.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{_HOST}-{os.getpid()}-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    try:
+        staged.rename(target)
+    except OSError:
+        old.rename(target)  # keep what was there
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def sweep_stale_staging(folder: Path) -> list[Path]:
@@ -133,7 +146,7 @@ def sweep_stale_staging(folder: Path) -> list[Path]:
             if match["kind"] == "old" and not final.exists():
                 entry.rename(final)  # died between moving the old output aside and putting the new one in
                 continue
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            _remove(entry)
             removed.append(entry)
         except OSError:
             pass  # someone else's to clean; never fail a write over it
@@ -258,7 +271,7 @@ def remove_output(target: Path) -> None:
     try:
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        else:
+            target.unlink(missing_ok=True)
     except OSError as exc:
         raise UserError(f"cannot replace {target}: {write_fault(exc, target)}") from None

@@ -130,14 +130,16 @@ def evaluate_manifest(
 def eval_inputs(manifest_path: str | Path, dataroot: str | Path | None = None) -> dict[str, Path | None]:
     """What an evaluation reads: the manifest (file and folder) and its dataroot (re-rooted if given);
     the dataroot is None when the manifest cannot say (loading the manifest then tells why)."""
-    from clip_vlm_core.data.manifest import manifest_dataroot, manifest_dir
+    from clip_vlm_core.data.manifest import META_FILE, manifest_dataroot, manifest_dir
 
     manifest_path = Path(manifest_path)
     try:
         root = manifest_dataroot(manifest_path, dataroot)
     except UserError:
         root = None
-    return {"manifest": manifest_path, "manifest folder": manifest_dir(manifest_path), "nuScenes dataroot": root}
+    folder = manifest_dir(manifest_path)  # a manifest folder, not just any folder a split file sits in
+    return {"manifest": manifest_path, "manifest folder": folder if (folder / META_FILE).is_file() else None,
+            "nuScenes dataroot": root}
 
 
 def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None, dataroot: Path) -> list[_Sample]:
