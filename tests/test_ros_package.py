@@ -178,3 +178,11 @@ def test_installed_package_is_found_as_ros2_run_and_launch_find_it(colcon_style_
     share = Path(get_package_share_directory("clip_vlm"))
     assert {p.name for p in (share / "launch").iterdir()} == {"caption.launch.py", "replay.launch.py"}
     assert (share / "config" / "caption.yaml").is_file() and (share / "package.xml").is_file()
+
+
+def test_bag_convert_help_tells_a_humble_user_which_storage_plays():
+    done = subprocess.run([sys.executable, "-m", "clip_vlm_core", "bag", "convert", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    text = " ".join(done.stdout.split())
+    assert "Humble plays only sqlite3" in text and "ros-humble-rosbag2-storage-mcap" in text
+    assert "--storage sqlite3" in text

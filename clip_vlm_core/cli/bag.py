@@ -15,6 +15,10 @@ CONVERT_EPILOG = """examples:
       --cameras CAM_FRONT CAM_BACK CAM_FRONT_LEFT --captions data/nuinteract --out bags/
   clip-vlm bag convert ... --raw --storage sqlite3      # decoded rgb8 images in a .db3 bag
 
+Storage: MCAP (the default) is what Iron, Jazzy and later record and play out of the box. Humble plays
+only sqlite3: install ros-humble-rosbag2-storage-mcap (rosdep does, for the clip_vlm package), or
+convert with --storage sqlite3. 'clip-vlm bag play' reads both.
+
 Each scene becomes one bag folder named after it (bags/scene-0061), rosbag2 metadata version 8 so
 ROS 2 Humble and later play it:
   /<CAM>/image_raw/compressed  sensor_msgs/CompressedImage  the dataset's JPEG bytes, unchanged
@@ -72,7 +76,8 @@ def _register_convert(verbs: argparse._SubParsersAction) -> None:
                    help=f"cameras to include, from {' '.join(CAMERAS)} (default: {' '.join(DEFAULT_CAMERAS)})")
     p.add_argument("--sweeps", action="store_true", help="every camera frame (~12 Hz), not only keyframes (2 Hz)")
     p.add_argument("--raw", action="store_true", help="decoded rgb8 sensor_msgs/Image instead of the JPEG bytes")
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default %(default)s)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
+                   help="bag storage (default %(default)s); sqlite3 plays on a stock ROS 2 Humble, which has no MCAP plugin")
     p.add_argument("--captions", type=Path, default=None, metavar="DIR",
                    help="NuInteract folder of <scene>.json files: adds /scene_caption_gt at each keyframe")
     p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
