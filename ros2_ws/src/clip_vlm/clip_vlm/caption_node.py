@@ -218,8 +218,8 @@ class CaptionNode(Node):
     def _source_clock_hint(self) -> str:
         if self.get_parameter("use_sim_time").value:
             return "use_sim_time is on: is /clock published (ros2 bag play --clock, clip-vlm bag play --clock)?"
-        return ("replaying a bag? publish its clock (ros2 bag play --clock, clip-vlm bag play --clock) and set "
-                "use_sim_time:=true; latency_receive_to_publish is measured here and holds either way")
+        # Short enough for `ros2 topic echo`, which cuts strings at 128 characters.
+        return "replaying a bag? play it with --clock (ros2 bag play, clip-vlm bag play) and set use_sim_time:=true"
 
     def close(self) -> None:
         if not self.worker.stop(STOP_TIMEOUT_S):
