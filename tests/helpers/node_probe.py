@@ -166,7 +166,7 @@ class Probe(Node):
             d = self.diagnostics
             if d.get("pairs_made") != last:
                 last, since = d.get("pairs_made"), time.monotonic()
-            idle = d.get("queue_depth") == "0" and d.get("pairs_in_flight") == "0"
+            idle = d.get("queue_depth") == "0" and d.get("pairs_in_flight", "0") == "0"
             if last is not None and idle and time.monotonic() - since > 1.5:
                 return
 
