@@ -155,8 +155,8 @@ class CaptionNode(Node):
             self.queue.put(pair)
 
     def _on_time_jump(self, view: str) -> None:
-        # Pairs already queued stay and are captioned: they are real frames, and the queue judges their
-        # age by the time they waited here, which no jump of the stamps can confuse.
+        # Pairs already queued stay and are captioned: they are real frames. Their stamps now lie ahead
+        # of the newest one, so the queue judges their age by the time they waited here alone.
         self._resets_seen = self.pairer.counters.resets
         jump_s = self.pairer.counters.last_jump_ns / 1e9
         self.get_logger().warn(
