@@ -65,7 +65,8 @@ class CaptionDataset(Dataset):
         return self._row_items[row]
 
     def images(self, row: int) -> dict[str, Any]:
-        return {view: load_image(self.dataroot / self.rows[row].views[view].path) for view in self.views}
+        # image_path keeps the row's path inside the dataroot (a regular file); load_image, within the limits.
+        return {view: load_image(self.rows[row].image_path(view, self.dataroot)) for view in self.views}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
