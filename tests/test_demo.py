@@ -1,4 +1,5 @@
-"""`make demo` end to end: synthetic scene -> bag -> caption_node <- bag play -> captions and a report."""
+"""`make demo` end to end: synthetic scene -> bag -> caption_node <- bag play -> captions, answers to
+questions, and a report."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ def test_demo_captions_every_keyframe_and_writes_the_report(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
-    for step in range(1, 8):
-        assert f"[{step}/7 " in out
+    for step in range(1, 9):
+        assert f"[{step}/8 " in out
     assert "6/6 keyframes captioned" in out
     assert len(re.findall(r"^\s+caption: ", out, flags=re.M)) == 6
+    assert len(re.findall(r"^\s+answer: .* truth: ", out, flags=re.M)) == 5 and "answers right" in out
     report = (tmp_path / "demo" / "report.html").read_text()
-    assert report.count("<b>caption</b>") == 6 and "pairs_made" in report
+    assert report.count("<b>caption</b>") == 6 and "pairs_made" in report and "questions_answered" in report
     assert (tmp_path / "bags" / "scene-0061" / "metadata.yaml").exists()
 
 
@@ -34,5 +36,5 @@ def test_demo_failure_names_the_step(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1
-    assert "demo failed at step '1/7 synthesise a nuScenes scene'" in result.stderr
+    assert "demo failed at step '1/8 synthesise a nuScenes scene'" in result.stderr
     assert "Traceback" not in result.stderr

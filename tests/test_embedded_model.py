@@ -1,5 +1,6 @@
 """Proof that the pipeline learns: the embedded model (tiny architecture trained by
-training/configs/synthetic-tiny.yaml on seed-0 scenes) reads both views of scenes it never saw."""
+training/configs/synthetic-tiny.yaml on seed-0 scenes, captions and questions together) reads both views
+of scenes it never saw, and answers questions about them in phrasings it never trained on."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 
 from clip_vlm_core.data.manifest import load_manifest
 from clip_vlm_core.data.scene_facts import FACT_KEYS, parse_facts
-from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+from clip_vlm_core.data.scene_questions import QUESTION_TYPE_NAMES
+from clip_vlm_core.data.synthetic import QA_HELD_OUT_FILE, generate_synthetic_nuscenes
 from clip_vlm_core.evaluation import fact_accuracy
+from clip_vlm_core.evaluation.qa import qa_accuracy
 from clip_vlm_core.images import load_image
 from clip_vlm_core.model import SceneCaptioner
 
@@ -19,16 +22,16 @@ HELD_OUT_SEED = 20261123  # the training recipe draws its scenes from seed 0
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
-    """40 keyframes of unseen scenes: (view images, reference caption) per sample."""
+    """40 keyframes of unseen scenes: (view images, reference caption, held-out question pairs) per sample."""
     from clip_vlm_core.data.manifest import build_manifest
 
     root = tmp_path_factory.mktemp("held_out")
     tree = generate_synthetic_nuscenes(root / "nuscenes", scenes=2, samples_per_scene=20, seed=HELD_OUT_SEED,
                                        show_progress=False).root
     build_manifest(tree, "v1.0-mini", tree / "nuinteract", ["CAM_FRONT", "CAM_BACK"], root / "manifest",
-                   show_progress=False)
+                   show_progress=False, qa=[tree / QA_HELD_OUT_FILE])
     rows = load_manifest(root / "manifest")
-    return [({v: load_image(r.image_path(v, tree)) for v in r.views}, r.caption) for r in rows]
+    return [({v: load_image(r.image_path(v, tree)) for v in r.views}, r.caption, r.qa) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +39,28 @@ def captioner():
     return SceneCaptioner.from_pretrained(device="cpu")
 
 
-def caption_all(captioner, samples, blank: str | None = None) -> list[str]:
+def views_of(samples, blank: str | None = None) -> list[dict]:
     from PIL import Image
 
-    batch = [{v: (Image.new("RGB", im.size) if v == blank else im) for v, im in views.items()} for views, _ in samples]
+    return [{v: (Image.new("RGB", im.size) if v == blank else im) for v, im in views.items()} for views, *_ in samples]
+
+
+def caption_all(captioner, samples, blank: str | None = None) -> list[str]:
+    batch = views_of(samples, blank)
     return [c for i in range(0, len(batch), 8) for c in captioner.caption(batch[i : i + 8], max_new_tokens=48)]
 
 
+def ask_all(captioner, samples, blank: str | None = None) -> dict:
+    asked = [(views, pair) for views, (_, _, pairs) in zip(views_of(samples, blank), samples, strict=True)
+             for pair in pairs]
+    answers = [a for i in range(0, len(asked), 16)
+               for a in captioner.ask([v for v, _ in asked[i : i + 16]], [p.question for _, p in asked[i : i + 16]],
+                                      max_new_tokens=8)]
+    return qa_accuracy([p.type for _, p in asked], [p.answer for _, p in asked], answers)
+
+
 def test_embedded_model_states_every_fact_of_both_views(captioner, held_out):
-    references = [ref for _, ref in held_out]
+    references = [ref for _, ref, _ in held_out]
     result = fact_accuracy(references, caption_all(captioner, held_out))
     print("per-fact accuracy on held-out scenes:", result)
     assert set(result["facts"]) == set(FACT_KEYS)
@@ -53,7 +69,7 @@ def test_embedded_model_states_every_fact_of_both_views(captioner, held_out):
 
 
 def test_blanking_the_back_view_drops_back_facts_to_chance(captioner, held_out):
-    references = [ref for _, ref in held_out]
+    references = [ref for _, ref, _ in held_out]
     result = fact_accuracy(references, caption_all(captioner, held_out, blank="CAM_BACK"))
     print("with CAM_BACK blanked:", result)
     for key in ("back.vehicle_type", "back.vehicle_colour", "back.lane"):
@@ -63,3 +79,21 @@ def test_blanking_the_back_view_drops_back_facts_to_chance(captioner, held_out):
     # What only the front camera shows is still read. (Time of day is not in this list: both views show
     # the sky, and a black back frame argues for night.)
     assert min(result["facts"][k] for k in FACT_KEYS if k.startswith("front.") and k != "front.time") >= 0.9
+
+
+def test_embedded_model_answers_every_question_type_in_held_out_phrasings(captioner, held_out):
+    result = ask_all(captioner, held_out)
+    print("QA accuracy per type on held-out scenes and phrasings:", result)
+    assert set(result["per_type"]) == set(QUESTION_TYPE_NAMES)
+    low = {t: f["accuracy"] for t, f in result["per_type"].items() if f["accuracy"] < 0.9}
+    assert not low, low
+
+
+def test_blanking_the_back_view_drops_back_questions_to_chance_but_not_front_ones(captioner, held_out):
+    result = ask_all(captioner, held_out, blank="CAM_BACK")
+    print("QA with CAM_BACK blanked:", result)
+    for kind, figures in result["per_type"].items():
+        if kind.startswith("back."):
+            assert figures["accuracy"] <= figures["chance"] + 0.1, (kind, figures)
+        elif kind.startswith("front."):
+            assert figures["accuracy"] >= 0.9, (kind, figures)

@@ -2,8 +2,8 @@
 
 Two node processes are shared across checks (starting one costs seconds of model loading): one
 under policy `all` on compressed images, one under `latest` on raw images. The probe
-(tests/helpers/node_probe.py) publishes camera pairs and bad frames and reports captions and
-/diagnostics as JSON.
+(tests/helpers/node_probe.py) publishes camera pairs and bad frames, asks questions, and reports
+captions, answers and /diagnostics as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ NODE = ROOT / ".venv" / "bin" / "caption_node"
 PROBE = ROOT / "tests" / "helpers" / "node_probe.py"
 PACKAGE = ROOT / "ros2_ws" / "src" / "clip_vlm"
 FAST_DECODING = {"max_new_tokens": 4}
+SAMPLES = ROOT / "clip_vlm_core" / "assets" / "samples"  # their truth: clip_vlm_core/assets/samples/README.md
 # Parameters every rclpy node declares itself; launch files may set them too.
 RCLPY_PARAMETERS = {"use_sim_time"}
 
@@ -256,6 +257,21 @@ class ParameterServices:
         rclpy.shutdown(context=self.context)
 
 
+def test_a_question_is_answered_about_the_freshest_pair_on_scene_answer(all_node, tmp_path):
+    _, env = all_node
+    result = probe(env, tmp_path, [
+        {"kind": "file_pair", "front": str(SAMPLES / "front.jpg"), "back": str(SAMPLES / "back.jpg")},
+        {"kind": "ask", "question": "What colour is the vehicle ahead?"},
+        {"kind": "ask", "question": "What kind of vehicle is behind us?"},
+        {"kind": "ask", "question": "Is the traffic light red or green?"},
+    ])
+    assert result["answers"] == ["red", "car", "green"]
+    assert count(result, "questions_answered") >= 3 and float(result["diagnostics"]["answer_latency_p95_ms"]) > 0
+    received = count(result, "questions_received")
+    assert received == sum(count(result, f"questions_{k}") for k in ("answered", "dropped", "unanswerable", "failed")) \
+        + count(result, "question_queue_depth")
+
+
 def test_sigint_stops_the_node_cleanly_within_two_seconds(all_node):
     proc, _ = all_node
     assert proc.poll() is None, proc.stdout.read()
@@ -292,6 +308,15 @@ def test_bad_raw_frames_are_counted_and_captioning_goes_on(latest_raw_node, tmp_
     assert count(result, "CAM_FRONT.bad") >= 2 and count(result, "CAM_BACK.bad") >= 1
     assert "zero-size" in result["diagnostics"]["CAM_BACK.last_bad_reason"]
     assert len(result["markers"]) >= 1
+
+
+def test_a_question_with_no_fresh_pair_is_not_answered_but_counted(latest_raw_node, tmp_path):
+    _, env = latest_raw_node
+    result = probe(env, tmp_path, [
+        {"kind": "sleep", "seconds": 1.2},  # longer than max_age_ms (1 s) since any pair
+        {"kind": "ask", "question": "Is it day or night?", "timeout": 1.5},
+    ], transport="raw")
+    assert result["answers"] == [] and count(result, "questions_unanswerable") >= 1
 
 
 def test_silent_view_is_shown_black_when_captioning_missing_views(latest_raw_node, tmp_path):

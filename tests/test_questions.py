@@ -1,0 +1,232 @@
+"""Questions about the scene as data: the synthetic world's questions, `data build --qa`, the caption/QA
+mix of an epoch, the exact-match score, `clip-vlm eval` on questions and `clip-vlm ask`."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from clip_vlm_core.cli import main
+from clip_vlm_core.data.manifest import build_manifest, load_manifest, read_manifest_meta
+from clip_vlm_core.data.mixing import CaptionQAMix
+from clip_vlm_core.data.scene_questions import QUESTION_TYPE_NAMES, QUESTION_TYPES
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.evaluation.qa import answers_match, qa_accuracy
+from clip_vlm_core.images import load_image
+
+CAMS = ["CAM_FRONT", "CAM_BACK"]
+SAMPLES = Path(__file__).resolve().parents[1] / "clip_vlm_core" / "assets" / "samples"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def qa_manifest(synthetic_nuscenes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qa") / "manifest"
+    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", CAMS, out, show_progress=False,
+                   qa=[synthetic_nuscenes / "qa_heldout.jsonl"])
+    return out
+
+
+# -- the synthetic world's questions -------------------------------------------------------------------
+def test_every_type_has_several_training_phrasings_and_distinct_held_out_ones():
+    for qtype in QUESTION_TYPES:
+        training, held_out = qtype.phrasings(), qtype.phrasings(held_out=True)
+        assert len(training) >= 6 and len(held_out) >= 2, qtype.name
+        assert not {q for q, _ in training} & {q for q, _ in held_out}, qtype.name
+        # A held-out sentence is new, but its slot filler was trained on in other frames.
+        assert {f for _, f in held_out} <= {f for _, f in training}, qtype.name
+
+
+@pytest.mark.parametrize("file", ["qa.jsonl", "qa_heldout.jsonl"])
+def test_every_keyframe_gets_one_question_of_each_type_answered_from_its_facts(synthetic_nuscenes, file):
+    facts = json.loads((synthetic_nuscenes / "synthetic_facts.json").read_text())
+    pairs = read_jsonl(synthetic_nuscenes / file)
+    assert Counter(p["token"] for p in pairs) == dict.fromkeys(facts, len(QUESTION_TYPES))
+    phrasings = {t.name: {q for q, _ in t.phrasings(held_out=file == "qa_heldout.jsonl")} for t in QUESTION_TYPES}
+    for pair in pairs:
+        truth = facts[pair["token"]]
+        assert pair["question"] in phrasings[pair["type"]], pair
+        expected = {"front.vehicle_colour": truth["front.vehicle_colour"], "front.light": truth["front.light"],
+                    "back.vehicle_type": truth["back.vehicle_type"], "both.time": truth["front.time"],
+                    "back.follows": "no" if truth["back.vehicle_type"] == "none" else "yes"}
+        if pair["type"] in expected:
+            assert pair["answer"] == expected[pair["type"]], pair
+        if pair["type"] == "both.where":
+            vehicle = next(v for v in ("car", "truck", "bus") if re.search(rf"\b{v}\b", pair["question"]))
+            ahead, behind = truth["front.vehicle_type"] == vehicle, truth["back.vehicle_type"] == vehicle
+            assert pair["answer"] == {(1, 1): "both", (1, 0): "ahead", (0, 1): "behind", (0, 0): "none"}[ahead, behind]
+
+
+def test_nothing_behind_is_answered_none_and_no(tmp_path):
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    tree = generate_synthetic_nuscenes(tmp_path / "n", scenes=1, samples_per_scene=12, seed=3, show_progress=False)
+    empty = [t for t, f in tree.facts.items() if f["back.vehicle_type"] == "none"]
+    assert empty, "seed 3 draws at least one keyframe with nothing behind"
+    answers = {(p["token"], p["type"]): p["answer"] for p in read_jsonl(tree.root / "qa.jsonl")}
+    for token in empty:
+        assert answers[token, "back.follows"] == "no"
+        assert answers[token, "back.vehicle_colour"] == answers[token, "back.lane"] == "none"
+
+
+# -- data build --qa -------------------------------------------------------------------------------------
+def test_build_with_qa_puts_each_keyframes_pairs_on_its_row(qa_manifest, synthetic_nuscenes):
+    rows = load_manifest(qa_manifest)
+    assert all(len(r.qa) == len(QUESTION_TYPES) for r in rows)
+    assert {p.type for p in rows[0].qa} == set(QUESTION_TYPE_NAMES)
+    meta = read_manifest_meta(qa_manifest)
+    assert meta["qa_counts"] == {"mini_train": 40, "mini_val": 40}
+    assert meta["qa"] == [str((synthetic_nuscenes / "qa_heldout.jsonl").resolve())]
+
+
+def test_cli_build_adds_pairs_and_reports_unknown_tokens(synthetic_nuscenes, tmp_path, capsys):
+    qa = tmp_path / "extra.jsonl"
+    token = read_jsonl(synthetic_nuscenes / "qa.jsonl")[0]["token"]
+    qa.write_text(json.dumps({"token": token, "question": "Is the road wet?", "answer": "no"}) + "\n"
+                  + json.dumps({"token": "f" * 32, "question": "Any cyclists?", "answer": "no"}) + "\n")
+    argv = ["data", "build", "--dataroot", str(synthetic_nuscenes), "--captions", str(synthetic_nuscenes / "nuinteract"),
+            "--qa", str(qa), "--out", str(tmp_path / "m")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 question-answer pairs" in out and "skipped 1 (questions for an unknown sample token)" in out
+    row = next(r for r in load_manifest(tmp_path / "m") if r.sample_token == token)
+    assert [(p.question, p.answer, p.type) for p in row.qa] == [("Is the road wet?", "no", "untyped")]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"token": "abc", "question": "Why?"}', "line 1 has no answer"),
+    ('{"question": "Why?", "answer": "no"}', "line 1 has no sample 'token'"),
+    ("not json", "line 1 is not valid JSON"),
+])
+def test_a_malformed_qa_file_is_one_sentence_naming_the_line(synthetic_nuscenes, tmp_path, capsys, line, message):
+    qa = tmp_path / "bad.jsonl"
+    qa.write_text(line + "\n")
+    argv = ["data", "build", "--dataroot", str(synthetic_nuscenes), "--captions", str(synthetic_nuscenes / "nuinteract"),
+            "--qa", str(qa), "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(qa) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+# -- the epoch's mix ---------------------------------------------------------------------------------------
+def test_an_epoch_visits_every_caption_and_the_set_share_of_questions():
+    mix = CaptionQAMix(range(10), range(10, 110), 1.5, torch.Generator().manual_seed(0))
+    order = list(mix)
+    assert len(order) == len(mix) == 25 and sorted(i for i in order if i < 10) == list(range(10))
+    questions = [i for i in order if i >= 10]
+    assert len(questions) == len(set(questions)) == 15  # drawn without replacement
+    assert list(CaptionQAMix(range(10), range(10, 110), 1.5, torch.Generator().manual_seed(0))) == order
+
+
+def test_without_questions_the_order_is_the_random_samplers():
+    from torch.utils.data import RandomSampler
+
+    mix = CaptionQAMix(range(12), [], 1.0, torch.Generator().manual_seed(5))
+    assert list(mix) == list(RandomSampler(range(12), generator=torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.qa_per_caption=-1", "data.qa_per_caption must be between 0 and 1000"),
+    ("optim.loss_weighting=word", "optim.loss_weighting must be token or sample"),
+])
+def test_bad_qa_recipe_values_are_refused(override, message):
+    from clip_vlm_core.train_config import load_run_config
+
+    with pytest.raises(UserError, match=message):
+        load_run_config(Path(__file__).resolve().parents[1] / "training/configs/synthetic-tiny.yaml", [override])
+
+
+def test_sample_weighting_gives_a_two_token_answer_the_weight_of_a_long_caption():
+    from clip_vlm_core.train import sample_mean_loss
+
+    labels = torch.full((2, 12), -100)
+    labels[0, 2:] = 1  # a 10-token caption, predicted perfectly
+    labels[1, 10:] = 1  # a 2-token answer, predicted badly
+    logits = torch.zeros(2, 11, 4)  # the model's logits from just before the first labelled column (2) on
+    logits[0, :, 1] = 30.0
+    answer_loss = torch.nn.functional.cross_entropy(torch.zeros(1, 4), torch.tensor([1])).item()
+    assert sample_mean_loss(logits, labels).item() == pytest.approx(answer_loss / 2, rel=1e-4)
+
+
+# -- scoring -----------------------------------------------------------------------------------------------
+def test_answers_match_after_case_punctuation_and_articles_are_dropped():
+    assert answers_match("left lane", "The Left lane.") and answers_match("no", " No! ")
+    assert not answers_match("left lane", "left") and not answers_match("red", "dark red")
+
+
+def test_accuracy_per_type_stands_beside_the_types_chance():
+    result = qa_accuracy(["a", "a", "a", "a", "b"], ["red", "red", "red", "blue", "yes"],
+                         ["red", "blue", "red", "blue", "no"])
+    assert result["accuracy"] == 3 / 5 and result["questions"] == 5
+    assert result["per_type"]["a"] == {"accuracy": 0.75, "chance": 0.75, "questions": 4}
+    assert result["per_type"]["b"]["accuracy"] == 0.0
+    assert qa_accuracy([], [], []) == {}
+
+
+def test_eval_answers_every_question_and_reports_accuracy_per_type(qa_manifest, tmp_path):
+    argv = ["eval", "--manifest", str(qa_manifest / "mini_val.jsonl"), "--out", str(tmp_path / "e"),
+            "--max-new-tokens", "48", "--device", "cpu"]
+    assert main(argv) == 0
+    answers = read_jsonl(tmp_path / "e" / "answers.jsonl")
+    assert len(answers) == 40 and {"sample_token", "type", "question", "reference", "prediction"} <= set(answers[0])
+    qa = json.loads((tmp_path / "e" / "metrics.json").read_text())["qa"]
+    assert set(qa["per_type"]) == set(QUESTION_TYPE_NAMES) and qa["questions"] == 40
+    assert qa["accuracy"] == sum(answers_match(a["reference"], a["prediction"]) for a in answers) / 40
+    report = (tmp_path / "e" / "report.html").read_text()
+    assert "Questions (exact match after normalisation)" in report and report.count("<b>truth</b>") == 40
+    assert main([*argv[:4], str(tmp_path / "c"), "--skip-questions", *argv[5:]]) == 0
+    assert not (tmp_path / "c" / "answers.jsonl").exists()
+
+
+# -- clip-vlm ask ------------------------------------------------------------------------------------------
+def test_ask_prints_one_answer_per_question_and_logs_them(tmp_path, capsys):
+    log = tmp_path / "ask.jsonl"
+    argv = ["ask", "--view", f"CAM_FRONT={SAMPLES / 'front.jpg'}", "--view", f"CAM_BACK={SAMPLES / 'back.jpg'}",
+            "--question", "What colour is the vehicle ahead?", "--question", "Is anything following us?",
+            "--log", str(log)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == ["red", "yes"]  # the samples' truth (assets/samples/README.md)
+    records = read_jsonl(log)
+    assert [(r["question"], r["answer"]) for r in records] == [("What colour is the vehicle ahead?", "red"),
+                                                                ("Is anything following us?", "yes")]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--question", "  "], "--question number 1 is empty"),
+    (["--question", "Why?", "--view", f"CAM_SIDE={SAMPLES / 'back.jpg'}"], "unknown view(s) ['CAM_SIDE']"),
+])
+def test_ask_refuses_bad_input_in_one_line(capsys, extra, message):
+    argv = ["ask", "--view", f"CAM_FRONT={SAMPLES / 'front.jpg'}", "--view", f"CAM_BACK={SAMPLES / 'back.jpg'}", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+# -- where the question goes -------------------------------------------------------------------------------
+@pytest.mark.parametrize("first", [False, True])
+def test_instruction_first_puts_the_question_before_the_images(tmp_path, first):
+    import dataclasses
+
+    from clip_vlm_core.model import SceneCaptioner
+    from clip_vlm_core.model.tiny import save_tiny_base_models, tiny_captioner_config
+
+    config = dataclasses.replace(tiny_captioner_config(save_tiny_base_models(tmp_path / "base")), instruction_first=first)
+    captioner = SceneCaptioner.build(config, device="cpu")
+    images = {v: load_image(SAMPLES / f"{v.split('_')[1].lower()}.jpg") for v in CAMS}
+    batch = captioner.prepare([images, images], targets=["red", "It is night."],
+                              instructions=["What colour is the vehicle ahead?", None])
+    tokenizer = captioner.processor.tokenizer
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in batch["input_ids"]]
+    for text, instruction in zip(texts, ["What colour is the vehicle ahead?", config.prompt], strict=True):
+        assert (text.index(instruction) < text.index("CAM_FRONT:")) == first
+    labelled = batch["labels"][0][batch["labels"][0] != -100]
+    assert tokenizer.decode(labelled) == "red" + tokenizer.eos_token  # the answer stays at the end either way

@@ -1,0 +1,107 @@
+"""Questions in the live stream without ROS: the bounded question queue and the worker answering with the
+same model, ahead of its next caption, about the pair attached when the question arrived."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_vlm_core.stream import CaptionWorker, FramePair, PairQueue, Question, QuestionQueue, StreamStats
+
+VIEWS = ("CAM_FRONT", "CAM_BACK")
+SAMPLES = Path(__file__).resolve().parents[1] / "clip_vlm_core" / "assets" / "samples"
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    from clip_vlm_core.model import SceneCaptioner
+
+    return SceneCaptioner.from_pretrained(None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_pair() -> FramePair:
+    """The bundled frames: a red truck ahead in the left lane, green light, a blue car behind, daytime."""
+    images = {v: np.asarray(Image.open(SAMPLES / f"{v.split('_')[1].lower()}.jpg").convert("RGB")) for v in VIEWS}
+    return FramePair(stamp_ns=1, received_ns=time.monotonic_ns(), images=images)
+
+
+def question(text: str, pair: FramePair) -> Question:
+    return Question(text, pair, time.monotonic_ns())
+
+
+def make_worker(captioner, events: list, rate_hz: float = 50.0, capacity: int = 8):
+    stats, questions = StreamStats(VIEWS), QuestionQueue(capacity)
+    worker = CaptionWorker(
+        captioner, PairQueue("all", 16, 10**15), stats, lambda p, c: events.append(("caption", p.stamp_ns, c)),
+        rate_hz=rate_hz, batch_size=4, newest_stamp_ns=lambda: None, source_clock_ns=time.time_ns,
+        decoding={"max_new_tokens": 48}, questions=questions,
+        answer=lambda q, a: events.append(("answer", q.text, a)),
+    )
+    return worker, questions, stats
+
+
+def test_waiting_questions_are_answered_before_the_next_caption_about_their_own_pair(captioner, sample_pair):
+    events: list = []
+    worker, questions, _ = make_worker(captioner, events)
+    other = FramePair(2, time.monotonic_ns(), {v: np.full((90, 160, 3), 128, np.uint8) for v in VIEWS})
+    worker.queue.put(other)  # the next caption is of another pair
+    worker.ask(question("What colour is the vehicle ahead?", sample_pair))
+    worker.ask(question("What kind of vehicle is behind us?", sample_pair))
+    assert worker.tick() == 1
+    assert [e[0] for e in events] == ["answer", "answer", "caption"]
+    assert [e[2] for e in events[:2]] == ["red", "car"]
+    assert questions.counters.answered == 2 and len(questions) == 0
+
+
+def test_a_question_wakes_the_running_worker_long_before_its_next_tick(captioner, sample_pair):
+    events: list = []
+    answered = threading.Event()
+    worker, questions, _ = make_worker(captioner, events, rate_hz=0.01)  # a caption every 100 s
+    worker.answer = lambda q, a: (events.append(a), answered.set())
+    worker.start()
+    try:
+        time.sleep(0.2)  # the worker is now waiting for a tick 100 s away
+        asked = time.monotonic()
+        worker.ask(question("Is it day or night?", sample_pair))
+        assert answered.wait(10.0)
+        waited = time.monotonic() - asked
+    finally:
+        assert worker.stop()
+    assert events == ["day"] and waited < 5.0
+    figures = dict(questions.report())
+    assert figures["questions_answered"] == "1" and float(figures["answer_latency_p50_ms"]) > 0
+
+
+def test_a_full_question_queue_drops_the_oldest_and_counts_it(sample_pair):
+    questions = QuestionQueue(2)
+    first, second, third = (question(t, sample_pair) for t in ("one?", "two?", "three?"))
+    assert questions.put(first) is None and questions.put(second) is None
+    assert questions.put(third) is first
+    assert [q.text for q in questions.take(5)] == ["two?", "three?"]
+    figures = dict(questions.report())
+    assert (figures["questions_received"], figures["questions_dropped"], figures["question_queue_depth"]) == ("3", "1", "0")
+    assert figures["answer_latency_p95_ms"] == "nan"  # nothing answered yet
+
+
+def test_a_failed_answer_is_counted_and_the_worker_goes_on(captioner, sample_pair):
+    events: list = []
+    worker, questions, stats = make_worker(captioner, events)
+    odd = FramePair(3, time.monotonic_ns(), {v: np.zeros((1, 400, 3), np.uint8) for v in VIEWS})  # refused shape
+    worker.ask(question("Is it day or night?", odd))
+    assert worker.answer_questions() == 0
+    assert questions.counters.failed == 1 and stats.inference_errors == 1 and events == []
+    worker.ask(question("Is the traffic light red or green?", sample_pair))
+    assert worker.answer_questions() == 1 and events == [("answer", "Is the traffic light red or green?", "green")]
+
+
+def test_a_worker_without_questions_refuses_to_be_asked(captioner, sample_pair):
+    worker = CaptionWorker(captioner, PairQueue("latest", 1, 10**15), StreamStats(VIEWS), lambda p, c: None,
+                           rate_hz=1.0, batch_size=1, newest_stamp_ns=lambda: None, source_clock_ns=time.time_ns)
+    with pytest.raises(RuntimeError, match="without a question queue"):
+        worker.ask(question("Is it day or night?", sample_pair))
