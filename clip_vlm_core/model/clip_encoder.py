@@ -26,9 +26,28 @@ def load_open_clip(model: str, pretrained: str | None) -> nn.Module:
         if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
             raise UserError(f"unknown OpenCLIP model {model!r}: give an open_clip model name or a local folder")
     try:
-        return open_clip.create_model(name, pretrained=pretrained or None, weights_only=True)
+        return open_clip.create_model(
+            name, pretrained=pretrained or None, weights_only=True, **activation_for(name, pretrained)
+        )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         raise UserError(f"cannot load OpenCLIP model {model!r} ({pretrained or 'local'}): {exc}") from None
+
+
+def activation_for(model: str, pretrained: str | None) -> dict[str, bool]:
+    """create_model() arguments that give the model the activation its pretrained weights were trained with.
+
+    OpenAI's CLIP weights (every `openai` tag), and some others (MetaCLIP, DFN, LAION-400M ViT-B-32, ...),
+    were trained with QuickGELU, x * sigmoid(1.702 x); the plain model configs (ViT-L-14, ...) build
+    nn.GELU, and open_clip only warns about the mismatch while every CLIP feature comes out subtly wrong.
+    open_clip's pretrained registry marks these tags `quick_gelu`: follow it.
+    """
+    import open_clip
+
+    if not pretrained:
+        return {}
+    if open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False):
+        return {"force_quick_gelu": True}
+    return {}
 
 
 class ClipViewEncoder(nn.Module):
