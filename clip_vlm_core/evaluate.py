@@ -30,6 +30,7 @@ from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation import CaptionScorer, caption_metrics, fact_accuracy
 from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
 from clip_vlm_core.images import load_image, thumbnail_data_uri
+from clip_vlm_core.limits import check_batch
 
 __all__ = ["evaluate_manifest", "caption_metrics", "fact_accuracy"]
 
@@ -64,8 +65,8 @@ def evaluate_manifest(
     `CaptionScorer(java=None)` to score without Java; by default a scorer is made and closed here.
     """
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    requested = dataclasses.asdict(decoding) if decoding is not None else {}
+    check_batch(batch_size, requested.get("num_beams") or captioner.decoding.num_beams, "eval batch size")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
     if out_dir.exists() and not overwrite:
@@ -75,7 +76,9 @@ def evaluate_manifest(
     if unknown:
         raise UserError(f"cannot blank view(s) {unknown}: this model reads {list(views)}")
     samples = _load_samples(manifest_path, views, limit)
-    settings = dataclasses.asdict(decoding) if decoding is not None else dataclasses.asdict(captioner.decoding)
+    # Every setting resolved (the base model's EOS ids and repetition penalty included): metrics.json
+    # then says exactly how the captions were decoded.
+    settings = dataclasses.asdict(captioner.decoding_in_effect(**requested))
 
     started = time.perf_counter()
     predictions: dict[str, list[str]] = {m: [] for m in (MODELS if compare else ("finetuned",))}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from clip_vlm_core.cli.caption import add_decoding_arguments, add_model_arguments, decoding_from_args
+from clip_vlm_core.limits import MAX_BATCH_SIZE, check_batch
 
 EPILOG = """examples:
   clip-vlm eval --manifest data/manifest/mini_val.jsonl --checkpoint runs/tiny/best --out eval/tiny
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (written whole, or not at all)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists (default: refuse)")
     parser.add_argument("--compare", action="store_true", help="also caption with the base model and report both side by side")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples captioned together (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help=f"samples captioned together, at most {MAX_BATCH_SIZE} (default %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (default: all)")
     parser.add_argument("--blank-view", action="append", default=[], metavar="CAMERA",
                         help="replace this view's images with black frames, e.g. CAM_BACK (ablation; repeatable)")
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
+    check_batch(args.batch_size, decoding.num_beams, "--batch-size")  # before minutes of model loading
     if args.out.exists() and not args.overwrite:  # before minutes of model loading
         raise UserError(f"output folder {args.out} already exists; pass --overwrite to replace it")
     if not args.manifest.exists():

@@ -25,6 +25,7 @@ from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import CaptionerConfig, DecodingConfig, load_json, save_json
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import ImageLike, to_rgb
+from clip_vlm_core.limits import check_batch
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder, load_open_clip
 from clip_vlm_core.model.connector import FusionConnector
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
@@ -279,7 +280,13 @@ class SceneCaptioner:
         return inputs
 
     def _caption_labels(self, input_ids: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
-        """Left padding puts each caption (and its end token) at the end of its row: label just those."""
+        """Left padding puts each caption (and its end token) at the end of its row: label just those.
+
+        A caption tokenizes the same alone as after the prompt because Qwen2's pre-tokenizer always
+        splits after the prompt's final newline (no pattern joins a newline to a following non-space)
+        and special tokens are atomic; tests/test_real_weights_settings.py checks punctuation, digits,
+        unicode (NFD input included) and leading spaces with both the tiny and the embedded tokenizer.
+        """
         tokenizer = self.processor.tokenizer
         labels = torch.full_like(input_ids, -100)
         for row, target in enumerate(targets):
@@ -290,20 +297,44 @@ class SceneCaptioner:
             labels[row, -len(ids) :] = span
         return labels
 
+    def decoding_in_effect(self, **overrides: Any) -> DecodingConfig:
+        """The settings a caption() call with these overrides decodes with, every one resolved.
+
+        Overrides left as None keep the captioner's own; unset `eos_token_ids` and `repetition_penalty`
+        are the base model's, from its generation_config.json: all its EOS ids (plus the tokenizer's,
+        which ends every training caption) and its penalty (1.0 where it sets none).
+        """
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DecodingConfig)})
+        if unknown:
+            raise UserError(f"unknown decoding setting(s) {unknown}; see DecodingConfig")
+        settings = dataclasses.replace(self.decoding, **overrides) if overrides else self.decoding
+        generation = self.model.base_qwen.generation_config
+        eos = settings.eos_token_ids
+        if eos is None:
+            own = generation.eos_token_id
+            eos = [own] if isinstance(own, int) else list(own or [])
+            tokenizer_eos = self.processor.tokenizer.eos_token_id
+            eos += [tokenizer_eos] if tokenizer_eos is not None and tokenizer_eos not in eos else []
+        vocab = self.model.base_qwen.config.text_config.vocab_size
+        if any(i >= vocab for i in eos):
+            raise UserError(f"eos_token_ids {list(eos)} name tokens outside the model's vocabulary of {vocab}")
+        penalty = settings.repetition_penalty
+        if penalty is None:
+            penalty = generation.repetition_penalty if generation.repetition_penalty is not None else 1.0
+        return dataclasses.replace(settings, eos_token_ids=tuple(eos), repetition_penalty=float(penalty))
+
     def caption(
         self, batch: Sequence[Sample], instructions: Sequence[str | None] | None = None, **decoding: Any
     ) -> list[str]:
         """Describe each sample's scene in one caption (or answer its instruction, when one is given).
-        Decoding overrides: see DecodingConfig."""
-        settings = dataclasses.replace(self.decoding, **decoding) if decoding else self.decoding
+        Decoding overrides: see DecodingConfig; `decoding_in_effect()` says what they resolve to."""
+        settings = self.decoding_in_effect(**decoding)
+        if not isinstance(batch, Mapping) and len(batch):  # images_for() names the other mistakes
+            check_batch(len(batch), settings.num_beams)
         inputs = self.to_device(self.prepare(batch, instructions=instructions))
         tokenizer = self.processor.tokenizer
-        new_tokens = self.model.generate(
-            **inputs,
-            **settings.generate_kwargs(),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        new_tokens = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def ask(self, batch: Sequence[Sample], questions: Sequence[str], **decoding: Any) -> list[str]:
@@ -338,6 +369,10 @@ def assemble_model(
     `lora=True` adds fresh (frozen, unless trainable) adapters to an untrainable model too, as a
     fine-tuned checkpoint would bring: the benchmark times inference with them.
     """
+    width = qwen.config.text_config.hidden_size
+    if width % config.connector_heads:
+        raise UserError(f"captioner.connector_heads ({config.connector_heads}) must divide the language model's "
+                        f"width ({width})")
     connector = FusionConnector(
         clip_dim=clip.token_dim,
         hidden_size=qwen.config.text_config.hidden_size,

@@ -60,6 +60,8 @@ class CaptionNode(Node):
         )
         inference = self.captioner.inference or {"settings": "transformers' generate() as is (fast_inference false)"}
         self.get_logger().info("inference: " + "; ".join(f"{k} {v}" for k, v in inference.items()))
+        decoding = vars(self.captioner.decoding_in_effect(**self.config.decoding()))  # the model's EOS ids, penalty
+        self.get_logger().info("decoding: " + ", ".join(f"{k} {v}" for k, v in decoding.items()))
         views = self.config.views
         self.stats = StreamStats(views)
         self.pairer = FramePairer(
