@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from clip_vlm_core.bags.play import DEFAULT_WAIT_S
 from clip_vlm_core.errors import UserError
 
 CONVERT_EPILOG = """examples:
@@ -13,6 +14,10 @@ CONVERT_EPILOG = """examples:
   clip-vlm bag convert --dataroot data/nuscenes --version v1.0-mini --all --sweeps \\
       --cameras CAM_FRONT CAM_BACK CAM_FRONT_LEFT --captions data/nuinteract --out bags/
   clip-vlm bag convert ... --raw --storage sqlite3      # decoded rgb8 images in a .db3 bag
+
+Storage: MCAP (the default) is what Iron, Jazzy and later record and play out of the box. Humble plays
+only sqlite3: install ros-humble-rosbag2-storage-mcap (rosdep does, for the clip_vlm package), or
+convert with --storage sqlite3. 'clip-vlm bag play' reads both.
 
 Each scene becomes one bag folder named after it (bags/scene-0061), rosbag2 metadata version 8 so
 ROS 2 Humble and later play it:
@@ -27,12 +32,16 @@ INFO_EPILOG = """example:
   clip-vlm bag info bags/scene-0061"""
 
 PLAY_EPILOG = """examples:
-  clip-vlm bag play bags/scene-0061
+  clip-vlm bag play bags/scene-0061 --clock     # with a node started with use_sim_time:=true
   clip-vlm bag play bags/scene-0061 --rate 2 --loop --topics /CAM_FRONT/image_raw/compressed /tf_static
+  clip-vlm bag play bags/scene-0061 --remap /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed
 
 Publishes with rclpy (install the 'ros' extra), for machines without rosbag2; where rosbag2 is
-installed, 'ros2 bag play' does the same. Each topic gets the QoS its publisher offered when recorded
-(so /tf_static is latched), else reliable, volatile, keep last 10, as 'ros2 bag play' chooses.
+installed, 'ros2 bag play' does the same (--clock, --rate, --loop, --remap mean the same there). Each
+topic gets the QoS its publisher offered when recorded (so /tf_static is latched), else reliable,
+volatile, keep last 10, as 'ros2 bag play' chooses.
+Before the first message it waits for subscribers (up to 10 s; until none has appeared for 0.5 s after
+the first), so a node that is already up misses no frame; with nobody listening it says so and plays.
 Topics whose message package is not installed (e.g. tf2_msgs) are skipped with a warning. Ctrl-C stops."""
 
 
@@ -67,7 +76,8 @@ def _register_convert(verbs: argparse._SubParsersAction) -> None:
                    help=f"cameras to include, from {' '.join(CAMERAS)} (default: {' '.join(DEFAULT_CAMERAS)})")
     p.add_argument("--sweeps", action="store_true", help="every camera frame (~12 Hz), not only keyframes (2 Hz)")
     p.add_argument("--raw", action="store_true", help="decoded rgb8 sensor_msgs/Image instead of the JPEG bytes")
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default %(default)s)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
+                   help="bag storage (default %(default)s); sqlite3 plays on a stock ROS 2 Humble, which has no MCAP plugin")
     p.add_argument("--captions", type=Path, default=None, metavar="DIR",
                    help="NuInteract folder of <scene>.json files: adds /scene_caption_gt at each keyframe")
     p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
@@ -103,8 +113,14 @@ def _register_play(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC", help="play only these topics (default: all)")
     p.add_argument("--qos-reliability", choices=("reliable", "best_effort"), default=None,
                    help="override every topic's reliability (default: as recorded, else reliable)")
-    p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to this long for a subscriber on every played topic before starting (default 0)")
+    p.add_argument("--wait-for-subscribers", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+                   help="wait up to this long for subscribers before the first message; 0 starts at once "
+                   "(default %(default)s)")
+    p.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
+                   help="publish the bag's time on /clock at HZ (default 40 when given), as 'ros2 bag play "
+                   "--clock' does, for nodes with use_sim_time:=true")
+    p.add_argument("-m", "--remap", nargs="+", default=[], metavar="OLD:=NEW",
+                   help="publish topic OLD of the bag as NEW, e.g. /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed")
     p.set_defaults(func=run_play)
 
 
@@ -150,12 +166,27 @@ def run_play(args: argparse.Namespace) -> int:
 
     if args.rate <= 0:
         raise UserError(f"--rate must be positive, got {args.rate}")
+    if args.wait_for_subscribers < 0:
+        raise UserError(f"--wait-for-subscribers cannot be negative, got {args.wait_for_subscribers}")
+    if args.clock < 0:
+        raise UserError(f"--clock must be a positive rate in Hz, got {args.clock}")
     summary = play_bag(
         args.bag, rate=args.rate, loop=args.loop, topics=args.topics, reliability=args.qos_reliability,
-        wait_for_subscribers=args.wait_for_subscribers, report=True,
+        wait_for_subscribers=args.wait_for_subscribers, report=True, clock_hz=args.clock,
+        remap=_remaps(args.remap),
     )
     stopped = " (interrupted)" if summary.interrupted else ""
     print(f"published {summary.published} messages in {summary.seconds:.2f} s{stopped}")
     if summary.skipped_topics:
         print(f"skipped {', '.join(summary.skipped_topics)}: message package not installed")
     return 0
+
+
+def _remaps(rules: list[str]) -> dict[str, str]:
+    remap = {}
+    for rule in rules:
+        old, sep, new = rule.partition(":=")
+        if not sep or not old or not new:
+            raise UserError(f"--remap {rule!r} must read OLD:=NEW, e.g. /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed")
+        remap[old] = new
+    return remap
