@@ -14,7 +14,6 @@ Like `bag play`, this is an application on top of the core: rclpy is imported on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -69,17 +68,18 @@ def synthesise(demo: Demo) -> tuple[Path, str]:
 
     data = generate_synthetic_nuscenes(demo.out / "nuscenes", scenes=1, samples_per_scene=demo.samples,
                                        seed=demo.seed, overwrite=True, show_progress=False)
+    from clip_vlm_core.data.nuinteract import load_nuinteract, target_caption
+
     scene = data.scene_names[0]
-    records = {r["token"]: r for r in json.loads((data.captions / f"{scene}.json").read_text())}
+    records = load_nuinteract(data.captions)  # the one reader, as the bag's /scene_caption_gt is made
     from nuscenes.nuscenes import NuScenes
 
     nusc = NuScenes("v1.0-mini", str(data.root), verbose=False)
     for sample in nusc.sample:
         front = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
         images = {v: data.root / nusc.get("sample_data", sample["data"][v])["filename"] for v in VIEWS}
-        caption = records[sample["token"]]["gemini_caption"]
         demo.keyframes[front["timestamp"] * 1000] = Keyframe(front["timestamp"] * 1000, images,
-                                                            f"{caption['FRONT']} {caption['BACK']}")
+                                                            target_caption(records, sample["token"]))
     print(f"      {len(demo.keyframes)} keyframes of {scene} (seed {demo.seed}) in {data.root}")
     return data.root, scene
 

@@ -26,7 +26,16 @@ ROS 2 Humble and later play it:
   /<CAM>/camera_info           sensor_msgs/CameraInfo       from the calibrated sensor
   /tf                          tf2_msgs/TFMessage           map -> base_link per image (ego pose)
   /tf_static                   tf2_msgs/TFMessage           base_link -> <CAM>, latched (transient local)
-  /scene_caption_gt            std_msgs/String              with --captions, at each keyframe"""
+  /scene_caption_gt            std_msgs/String              with --captions, at each keyframe
+
+--captions reads a NuInteract folder exactly as 'clip-vlm data build' does: every .json file in it,
+whatever it is called, records found by sample token, 'gemini_caption' or 'gpt_caption', the
+--caption-keys joined (FRONT then BACK by default). So /scene_caption_gt at a keyframe is the caption
+'data build' trains on. A keyframe without a caption gets none (counted in the summary); a captions
+folder with no record for any keyframe of a scene is an error.
+
+An existing bag is replaced only with --overwrite, and never when it is or holds the dataroot or the
+captions. Every image must be a regular file inside the dataroot, within 8192x8192 pixels and 32 MiB."""
 
 INFO_EPILOG = """example:
   clip-vlm bag info bags/scene-0061"""
@@ -79,7 +88,9 @@ def _register_convert(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
                    help="bag storage (default %(default)s); sqlite3 plays on a stock ROS 2 Humble, which has no MCAP plugin")
     p.add_argument("--captions", type=Path, default=None, metavar="DIR",
-                   help="NuInteract folder of <scene>.json files: adds /scene_caption_gt at each keyframe")
+                   help="NuInteract folder of .json files (any names): adds /scene_caption_gt at each keyframe")
+    p.add_argument("--caption-keys", nargs="+", default=["FRONT", "BACK"], metavar="KEY",
+                   help="NuInteract caption keys joined into the caption, as in 'data build' (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
     p.add_argument("--stats", action="store_true", help="print seconds and MB/s per scene (python -m clip_vlm_core.bags.bench for a full benchmark)")
@@ -125,23 +136,30 @@ def _register_play(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from clip_vlm_core.bags.convert import BagConvertOptions, convert_scene
+    from clip_vlm_core.bags.convert import (
+        BagConvertOptions,
+        check_bag_target,
+        plan_scene_for,
+        write_scene_bag,
+    )
     from clip_vlm_core.bags.scene_plan import load_nuscenes
 
     options = BagConvertOptions(
         cameras=tuple(args.cameras), sweeps=args.sweeps, raw=args.raw, storage=args.storage,
-        captions=args.captions, overwrite=args.overwrite,
+        captions=args.captions, caption_keys=tuple(args.caption_keys), overwrite=args.overwrite,
     )
     nusc = load_nuscenes(args.dataroot, args.version)
     names = [s["name"] for s in nusc.scene] if args.all else list(dict.fromkeys(args.scene))
-    if not args.overwrite:  # refuse before converting anything, not after the first few scenes
-        existing = [args.out / n for n in names if (args.out / n).exists()]
-        if existing:
-            raise UserError(f"bag {existing[0]} already exists; pass --overwrite to replace it")
+    # Every scene's target and plan are checked before any bag is written, not after the first few.
     for name in names:
+        check_bag_target(nusc, name, args.out, options)
+    plans = [plan_scene_for(nusc, name, options) for name in names]
+    uncaptioned = 0
+    for plan in plans:
         start = time.perf_counter()
-        path = convert_scene(nusc, name, args.out, options)
+        path = write_scene_bag(nusc, plan, args.out, options)
         seconds = time.perf_counter() - start
+        uncaptioned += len(plan.uncaptioned)
         if args.stats:
             from clip_vlm_core.bags.info import read_bag_info
 
@@ -151,6 +169,10 @@ def run_convert(args: argparse.Namespace) -> int:
                   f"({bag_mb / seconds:.0f} MB/s)")
         else:
             print(path)
+    if options.captions is not None:
+        captioned = sum(len(p.captions) for p in plans)
+        print(f"/scene_caption_gt: {captioned} keyframes captioned; {uncaptioned} without a caption in "
+              f"{options.captions} (keys {' '.join(options.caption_keys)}) skipped")
     return 0
 
 
