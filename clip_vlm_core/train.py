@@ -95,13 +95,15 @@ def run_training(
         project_dir=str(run_dir),
     )
     resume_dir = _resume_dir(run_dir, resume)
-    if resume_dir is not None:
-        check_resume_recipe(config, resume_dir)  # before anything is written or loaded
+    # a recipe that changes the model is refused before anything is written or loaded
+    changed = check_resume_recipe(config, resume_dir) if resume_dir is not None else {}
     set_seed(o.seed)
     if accelerator.is_main_process:
         if overwrite and not continuing and run_dir.exists():
             remove_output(run_dir)
         _write_run_record(run_dir, config)
+        if changed:  # said once the resumed run is under way
+            log.info("resuming with changed settings: %s", _differences(changed))
     accelerator.wait_for_everyone()
 
     captioner = _build_captioner(config, run_dir, resume_dir, accelerator)
@@ -204,13 +206,13 @@ SHAPE_SETTINGS = ("qwen_model", "clip_model", "clip_pretrained", "clip_tokens", 
                   "connector_heads", "lora_r", "lora_alpha", "lora_targets", "init")
 
 
-def check_resume_recipe(config: RunConfig, resume_dir: Path) -> None:
-    """Refuse a recipe that changes the model being resumed, naming each difference; log the others
-    (steps, schedule, logging, data), which the resumed run applies."""
+def check_resume_recipe(config: RunConfig, resume_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """Refuse a recipe that changes the model being resumed, naming each difference; return the others
+    (steps, schedule, logging, data: {field: (saved, now)}), which the resumed run applies."""
     saved_path = next((p for p in (resume_dir / "recipe.yaml", resume_dir.parent / "config.yaml") if p.is_file()), None)
     if saved_path is None:
         log.warning("cannot compare the recipe with %s's (no recipe.yaml beside it): resuming as given", resume_dir)
-        return
+        return {}
     saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
     current = _flatten(yaml.safe_load(yaml.safe_dump(config.to_dict())))
     changed = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
@@ -223,8 +225,7 @@ def check_resume_recipe(config: RunConfig, resume_dir: Path) -> None:
             f"cannot resume {resume_dir}: the recipe changes {what} ({_differences(refused)}); resume with the "
             f"run's own settings for these, or start a new run (another run_dir)"
         )
-    if changed:
-        log.info("resuming with changed settings: %s", _differences(changed))
+    return changed
 
 
 def _flatten(recipe: dict[str, Any]) -> dict[str, Any]:
