@@ -26,7 +26,6 @@ from PIL import Image, UnidentifiedImageError
 from clip_vlm_core.errors import UserError
 
 
-
 @dataclass(frozen=True)
 class EncodedImage:
     """An image still in its file format (JPEG, PNG, ...), its size read from the header and within the

@@ -106,3 +106,32 @@ def format_train_report(report: dict[str, Any]) -> str:
         "",
         _table(header, rows),
     ])
+
+
+def format_preprocess_report(report: dict[str, Any]) -> str:
+    env, frame, settings = report["environment"], report["frame"], report["settings"]
+    cores = f", {env['cpu_cores']} CPU cores" if env.get("cpu_cores") else ""
+    tensors = report["tensors"]
+    differences = "; ".join(
+        f"{name} {t['max_abs_diff']:.4g} ({t['max_uint8_levels']:.2f} uint8 levels, "
+        f"{100 * t['fraction_differing']:.2f}% of values differ)"
+        for name, t in tensors.items()
+    )
+    return "\n".join([
+        f"device: {env['device']}{cores} ({report['device']})",
+        f"torch {env['torch']}, transformers {env['transformers']}, open_clip {env['open_clip']}",
+        f"processor: {report['source']}",
+        f"frames: {frame['width']}x{frame['height']} JPEG ({frame['jpeg_bytes'] / 1000:.0f} kB) -> Qwen "
+        f"{frame['qwen_size'][1]}x{frame['qwen_size'][0]} ({frame['image_tokens_per_view']} tokens per view), "
+        f"CLIP {frame['clip_size']}x{frame['clip_size']}; {settings['pairs']} pair(s) per call, "
+        f"{settings['warmup']} warm-up + {settings['iters']} timed rounds, interleaved",
+        "",
+        "JPEG bytes -> model-ready tensors, per pair      p50 ms   p95 ms",
+        f"transformers' processor + OpenCLIP transform  {report['transformers_ms_per_pair']:8.1f} "
+        f"{report['transformers_ms_per_pair_p95']:8.1f}",
+        f"captioner (tensor ops on {report['device']}){' ' * max(0, 19 - len(report['device']))}"
+        f"{report['captioner_ms_per_pair']:8.1f} {report['captioner_ms_per_pair_p95']:8.1f}   "
+        f"{report['speedup']:.2f}x faster",
+        "",
+        f"largest difference: {differences}; token ids {'equal' if report['token_ids_equal'] else 'DIFFER'}",
+    ])

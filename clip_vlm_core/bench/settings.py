@@ -50,3 +50,16 @@ class TrainBenchSettings:
             raise UserError("--caption-tokens must be at least 2")
         if self.warmup < 0 or self.iters < 1:
             raise UserError("--warmup must be >= 0 and --iters >= 1")
+
+
+@dataclass
+class PreprocessBenchSettings:
+    pairs: int = 1  # front/back pairs per call (a batch)
+    warmup: int = 3
+    iters: int = 20
+
+    def __post_init__(self) -> None:
+        if self.pairs < 1:
+            raise UserError(f"--pairs must be at least 1, got {self.pairs}")
+        if self.warmup < 0 or self.iters < 1:
+            raise UserError("--warmup must be >= 0 and --iters >= 1")

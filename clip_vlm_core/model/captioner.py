@@ -277,13 +277,16 @@ class SceneCaptioner:
         targets: Sequence[str] | None = None,
         instructions: Sequence[str | None] | None = None,
         device: torch.device | str | None = None,
+        *,
+        reuse_output: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Model inputs for a batch; with `targets`, also `labels` covering the target tokens only.
 
         `instructions` gives each sample its own instruction (a question) in place of the caption
         prompt; None (for the batch or a sample) keeps the prompt. The inputs are made on `device`
         (default: the CPU, as a data loader's worker needs them): encoded frames are decoded there
-        (on a GPU, JPEGs in one batch), resized and normalised there.
+        (on a GPU, JPEGs in one batch), resized and normalised there. `reuse_output`: for a caller that
+        drops the inputs before its next call, as caption() does (see ImagePreprocessor).
         """
         device = torch.device("cpu") if device is None else torch.device(device)
         frames = self.images_for(batch)
@@ -300,7 +303,7 @@ class SceneCaptioner:
         if targets is not None:
             inputs["labels"] = self._caption_labels(inputs["input_ids"], targets)
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-        return inputs | self.pixels(flat, device)
+        return inputs | self.pixels(flat, device, reuse_output=reuse_output)
 
     def _decoded(self, frames: list[Frame], device: torch.device) -> list[torch.Tensor]:
         encoded = [i for i, frame in enumerate(frames) if isinstance(frame, EncodedImage)]
@@ -333,7 +336,7 @@ class SceneCaptioner:
         """Describe each sample's scene in one caption (or answer its instruction, when one is given).
         Decoding overrides: see DecodingConfig."""
         settings = dataclasses.replace(self.decoding, **decoding) if decoding else self.decoding
-        inputs = self.prepare(batch, instructions=instructions, device=self.device)
+        inputs = self.prepare(batch, instructions=instructions, device=self.device, reuse_output=True)
         tokenizer = self.processor.tokenizer
         new_tokens = self.model.generate(
             **inputs,

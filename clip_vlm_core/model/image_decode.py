@@ -13,6 +13,7 @@ pixels wherever it is decoded.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -57,13 +58,23 @@ def decode_images(
     for i, image in enumerate(images):
         if out[i] is None:
             out[i] = _decode_on_cpu(image)
+            if jpeg_decoder is not None and i in jpegs and isinstance(out[i], torch.Tensor):
+                _warn_once(f"the batched JPEG decoder failed on a frame the CPU decoder reads ({image.width}x"
+                           f"{image.height}); such frames are decoded on the CPU")
     return out  # type: ignore[return-value]
 
 
 def _nvjpeg(device: torch.device) -> JpegDecoder:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    return lambda data: decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    def decode(data: list[torch.Tensor]) -> list[torch.Tensor]:
+        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec, which this project
+        # does not depend on; should they go, the CPU decoder below takes every frame.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+    return decode
 
 
 def _decode_batch(images: list[EncodedImage], decoder: JpegDecoder) -> list[torch.Tensor | None]:
@@ -90,3 +101,12 @@ def _decode_on_cpu(image: EncodedImage) -> torch.Tensor | ImageDecodeError:
     if array is None or array.ndim != 3 or array.shape[:2] != (image.height, image.width):
         return ImageDecodeError(f"{'JPEG' if image.is_jpeg else 'compressed image'} cannot be decoded")
     return torch.from_numpy(array).permute(2, 0, 1)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)

@@ -17,10 +17,12 @@ bytes of the float tensors made from them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvF
@@ -100,36 +102,44 @@ class ImagePreprocessor:
     def __init__(self, qwen: QwenPixelSpec, clip: ClipPixelSpec) -> None:
         self.qwen = qwen
         self.clip = clip
+        self._scratch = threading.local()
 
-    def __call__(self, images: Sequence[torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """`pixel_values`, `image_grid_thw` (Qwen, in image order) and `clip_pixels`, all on `device`."""
+    def __call__(
+        self, images: Sequence[torch.Tensor], device: torch.device | str = "cpu", reuse_output: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """`pixel_values`, `image_grid_thw` (Qwen, in image order) and `clip_pixels`, all on `device`.
+
+        `reuse_output`: on the CPU, write `pixel_values` into this thread's buffer from the last call of
+        the same size, which the caller must no longer hold (the captioner's own caption() does this):
+        a fresh 68 MB tensor per pair costs more in page faults than filling it does.
+        """
         device = torch.device(device)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
                 raise ValueError(f"image {index} must be a [3, H, W] uint8 tensor, got {image.dtype} {tuple(image.shape)}")
             groups.setdefault((int(image.shape[1]), int(image.shape[2])), []).append(index)
+        single = len(groups) == 1  # the usual case: one group, its tensors already in image order
         patches: list[torch.Tensor | None] = [None] * len(images)
         grids: list[list[int] | None] = [None] * len(images)
         clip: list[torch.Tensor | None] = [None] * len(images)
         # Frames of one size go through every step together: a pair of cameras is one batch of work.
         for (height, width), indices in groups.items():
-            batch = _stack_channels_last([images[i] for i in indices], device)
-            qwen_pixels, grid = self._qwen(batch, height, width)
+            batch = self._stack_channels_last([images[i] for i in indices], device)
+            qwen_pixels, grid = self._qwen(batch, height, width, reuse_output and single and device.type == "cpu")
             clip_pixels = self._clip(batch)
             per_image = qwen_pixels.shape[0] // len(indices)
             for n, i in enumerate(indices):
                 patches[i] = qwen_pixels[n * per_image : (n + 1) * per_image]
                 grids[i] = grid
                 clip[i] = clip_pixels[n]
-        single = len(groups) == 1  # the usual case: the group's tensors are already in image order
         return {
             "pixel_values": qwen_pixels if single else torch.cat(patches),
             "image_grid_thw": torch.tensor(grids, dtype=torch.long, device=device),
             "clip_pixels": clip_pixels if single else torch.stack(clip),
         }
 
-    def _qwen(self, batch: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, list[int]]:
+    def _qwen(self, batch: torch.Tensor, height: int, width: int, reuse: bool) -> tuple[torch.Tensor, list[int]]:
         """[n, 3, H, W] uint8 -> ([n x gh x gw, 3 x T x P x P] float32, [1, gh, gw])."""
         spec = self.qwen
         new_height, new_width = spec.resized(height, width)
@@ -138,13 +148,14 @@ class ImagePreprocessor:
         n, c = batch.shape[:2]
         p, m, t = spec.patch_size, spec.merge_size, spec.temporal_patch_size
         gh, gw = new_height // p, new_width // p
+        shape = (n * gh * gw, c, t, p * p)
+        out = self._buffer("pixel_values", shape, torch.float32, batch.device) if reuse else None
+        out = torch.empty(shape, dtype=torch.float32, device=batch.device) if out is None else out
         # The processor's layout: [image, row block, column block, merge row, merge column, channel,
-        # (time), patch row, patch column], permuted while still uint8 (a quarter of the bytes).
+        # (time), patch row, patch column], read straight from the uint8 frames into the first time step.
         blocks = batch.reshape(n, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
-        blocks = blocks.reshape(n * gh * gw, c, 1, p * p)
-        out = torch.empty(n * gh * gw, c, t, p * p, dtype=torch.float32, device=batch.device)
+        out.view(n, gh // m, gw // m, m, m, c, t, p, p)[:, :, :, :, :, :, 0].copy_(blocks)
         first = out[:, :, :1]
-        first.copy_(blocks)
         mean, std = self._qwen_mean_std(batch.device)
         if mean is not None:
             first.sub_(mean.view(1, c, 1, 1)).div_(std.view(1, c, 1, 1))
@@ -154,6 +165,27 @@ class ImagePreprocessor:
         for step in range(1, t):
             out[:, :, step : step + 1].copy_(first)
         return out.view(n * gh * gw, c * t * p * p), [1, gh, gw]
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """This thread's buffer of that shape, made on first use."""
+        buffers = self._scratch.__dict__.setdefault("buffers", {})
+        key = (name, shape, dtype, device)
+        if key not in buffers:
+            buffers.clear()  # one size at a time: a stream does not change its frame size
+            buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buffers[key]
+
+    def _stack_channels_last(self, images: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """[n, 3, H, W] uint8 on `device`, stored channels-last: the layout decoders give (HxWx3) and the
+        one torchvision's uint8 resize works in, so neither side pays for a transposition."""
+        frames = [image.permute(1, 2, 0) for image in images]
+        if all(frame.device.type == "cpu" for frame in frames):
+            # numpy's copy is a plain memcpy; torch's runs as a parallel region, which on a busy CPU
+            # was measured to wait for a descheduled thread for tens of milliseconds.
+            stacked = torch.from_numpy(np.stack([frame.numpy() for frame in frames]))
+        else:
+            stacked = torch.stack([frame.to(device, non_blocking=True) for frame in frames])
+        return stacked.to(device, non_blocking=True).permute(0, 3, 1, 2)
 
     def _qwen_mean_std(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         spec = self.qwen
@@ -171,9 +203,3 @@ class ImagePreprocessor:
         pixels = small.to(torch.float32).div_(255.0)
         return tvF.normalize(pixels, list(spec.mean), list(spec.std), inplace=True)
 
-
-def _stack_channels_last(images: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """[n, 3, H, W] uint8 on `device`, stored channels-last: the layout decoders give (HxWx3) and the
-    one torchvision's uint8 resize works in, so neither side pays for a transposition."""
-    stacked = torch.stack([image.permute(1, 2, 0) for image in images])
-    return stacked.to(device, non_blocking=True).permute(0, 3, 1, 2)
