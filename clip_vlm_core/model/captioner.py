@@ -305,6 +305,11 @@ class SceneCaptioner:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         return inputs | self.pixels(flat, device, reuse_output=reuse_output)
 
+    def decode_frames(self, images: Sequence[EncodedImage]) -> list[torch.Tensor | ImageDecodeError]:
+        """Encoded frames decoded on this captioner's device (JPEGs in one batch on a GPU), each a
+        [3, H, W] uint8 tensor ready for caption(), or the ImageDecodeError that stopped it."""
+        return decode_images(images, self.device)
+
     def _decoded(self, frames: list[Frame], device: torch.device) -> list[torch.Tensor]:
         encoded = [i for i, frame in enumerate(frames) if isinstance(frame, EncodedImage)]
         if not encoded:
