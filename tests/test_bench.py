@@ -183,3 +183,18 @@ def test_full_size_parameter_count_is_qwen25_vl_3b_plus_vit_l_14_and_only_connec
     assert trainable["connector"] > 0 and trainable["lora"] > 0
     assert counts["total"]["trainable"] == trainable["connector"] + trainable["lora"]
     assert counts["connector"]["frozen"] == counts["lora"]["frozen"] == 0
+
+
+def test_every_bench_step_of_the_gpu_script_parses():
+    """scripts/bench-gpu.sh runs on a GPU machine no test here reaches: its commands must at least parse."""
+    import shlex
+    from pathlib import Path
+
+    from clip_vlm_core.cli import build_parser
+
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "bench-gpu.sh").read_text().replace("\\\n", " ")
+    steps = [line.split(" bench ", 1)[1] for line in script.splitlines() if line.startswith("step ") and " bench " in line]
+    assert {"preprocess", "caption", "train"} <= {shlex.split(step)[0] for step in steps}
+    for step in steps:
+        args = build_parser().parse_args(["bench", *shlex.split(step.replace('"$out"', "out"))])
+        assert args.func is not None
