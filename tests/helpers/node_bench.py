@@ -164,7 +164,8 @@ def main() -> int:
         node_p50, direct_p50 = statistics.median(node_ms), statistics.median(direct_ms)
         print(f"alternating, {args.rounds} rounds: node p50 {node_p50:.1f} ms, direct p50 {direct_p50:.1f} ms -> "
               f"added by the node {node_p50 - direct_p50:.1f} ms ({node_p50 / direct_p50:.3f}x); "
-              f"median of per-round ratios {statistics.median(n / d for n, d in zip(node_ms, direct_ms, strict=True)):.3f}")
+              f"median of per-round ratios {statistics.median(n / d for n, d in zip(node_ms, direct_ms, strict=True)):.3f}, "
+              f"of per-round differences {statistics.median(n - d for n, d in zip(node_ms, direct_ms, strict=True)):.1f} ms")
 
         def run_rate(rate: float, seconds: float) -> dict:
             probe.markers.clear()
