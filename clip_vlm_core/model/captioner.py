@@ -291,6 +291,8 @@ class SceneCaptioner:
         device = torch.device("cpu") if device is None else torch.device(device)
         frames = self.images_for(batch)
         instructions = self._instructions(len(frames), instructions)
+        if targets is not None and (isinstance(targets, str) or len(targets) != len(frames)):
+            raise ValueError(f"give one target caption per sample: {len(frames)} sample(s), {len(targets)} target(s)")
         flat = self._decoded([frame for sample in frames for frame in sample], device)
         views = len(self.views)
         tokens = [self.pixel_spec.tokens(int(image.shape[1]), int(image.shape[2])) for image in flat]

@@ -27,7 +27,6 @@ from clip_vlm_core.stream.stats import StreamStats
 
 log = logging.getLogger(__name__)
 
-
 WAIT_SLICE_S = 0.05  # how long one wait for a pair lasts before the stop flag is looked at again
 
 
@@ -93,10 +92,10 @@ class CaptionWorker:
         pairs = self.queue.take(self.batch_limit, self._newest_stamp_ns(), time.monotonic_ns())
         if not pairs:
             return 0
-        samples, pairs = self._decoded(pairs)
-        if not pairs:
-            return 0
         try:
+            samples, pairs = self._decoded(pairs)
+            if not pairs:
+                return 0
             captions = self.captioner.caption(samples, **self.decoding)
         except Exception as exc:  # a failed batch must not stop the stream; it is counted and logged
             if _is_out_of_memory(exc) and self.batch_limit > 1:
@@ -111,7 +110,6 @@ class CaptionWorker:
                 self._source_clock_ns() - pair.stamp_ns, time.monotonic_ns() - pair.received_ns
             )
         return len(captions)
-
 
     def _decoded(self, pairs: list[FramePair]) -> tuple[list[dict[str, Any]], list[FramePair]]:
         """The pairs' images with every encoded frame decoded (one call for the whole batch), and the
