@@ -14,7 +14,6 @@ Like `bag play`, this is an application on top of the core: rclpy is imported on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -69,17 +68,18 @@ def synthesise(demo: Demo) -> tuple[Path, str]:
 
     data = generate_synthetic_nuscenes(demo.out / "nuscenes", scenes=1, samples_per_scene=demo.samples,
                                        seed=demo.seed, overwrite=True, show_progress=False)
+    from clip_vlm_core.data.nuinteract import load_nuinteract, target_caption
+
     scene = data.scene_names[0]
-    records = {r["token"]: r for r in json.loads((data.captions / f"{scene}.json").read_text())}
+    records = load_nuinteract(data.captions)  # the one reader, as the bag's /scene_caption_gt is made
     from nuscenes.nuscenes import NuScenes
 
     nusc = NuScenes("v1.0-mini", str(data.root), verbose=False)
     for sample in nusc.sample:
         front = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
         images = {v: data.root / nusc.get("sample_data", sample["data"][v])["filename"] for v in VIEWS}
-        caption = records[sample["token"]]["gemini_caption"]
         demo.keyframes[front["timestamp"] * 1000] = Keyframe(front["timestamp"] * 1000, images,
-                                                            f"{caption['FRONT']} {caption['BACK']}")
+                                                            target_caption(records, sample["token"]))
     print(f"      {len(demo.keyframes)} keyframes of {scene} (seed {demo.seed}) in {data.root}")
     return data.root, scene
 
@@ -95,8 +95,9 @@ def convert(demo: Demo, root: Path, scene: str) -> Path:
 
 def start_node(demo: Demo, env: dict[str, str]) -> subprocess.Popen:
     # Policy "all" captions every pair of the replay; the bag's 2018 stamps are old, so no age limit.
+    # Sim time: the player publishes the bag's /clock, so the node's source latency is in bag time.
     params = {"policy": "all", "rate_hz": 4.0, "batch_size": 4, "queue_size": 64, "max_new_tokens": 48,
-              "max_age_ms": 60000.0}
+              "max_age_ms": 60000.0, "use_sim_time": "true"}
     if demo.model:
         params["model"] = demo.model
     cmd = [_bin("caption_node"), "--ros-args"]
@@ -149,10 +150,10 @@ def run(demo: Demo) -> int:
         print(f"      up in {time.monotonic() - started:.1f} s on {demo.diagnostics.get('device', '?')}")
 
         step = "4/7 replay the bag"
-        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate}")
+        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock")
         play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
         player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate),
-                                   "--wait-for-subscribers", "10"], stdout=play_log, stderr=subprocess.STDOUT,
+                                   "--clock"], stdout=play_log, stderr=subprocess.STDOUT,
                                   env=env, start_new_session=True)
         demo.processes.append(player)
 

@@ -14,7 +14,6 @@ bypassed, LoRA adapters off) and once as the fine-tuned one, so both see exactly
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -24,18 +23,21 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from clip_vlm_core.atomic import staged_dir
+from clip_vlm_core.atomic import guard_output, staged_dir
 from clip_vlm_core.config import DecodingConfig
+from clip_vlm_core.data.manifest import manifest_dataroot
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation import CaptionScorer, caption_metrics, fact_accuracy
 from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
 from clip_vlm_core.images import load_image, thumbnail_data_uri
+from clip_vlm_core.jsonout import dumps
 
 __all__ = ["evaluate_manifest", "caption_metrics", "fact_accuracy"]
 
 log = logging.getLogger(__name__)
 
 MODELS = ("base", "finetuned")
+WRITER = "clip-vlm eval"
 
 
 @dataclasses.dataclass
@@ -56,25 +58,28 @@ def evaluate_manifest(
     decoding: DecodingConfig | None = None,
     overwrite: bool = False,
     scorer: CaptionScorer | None = None,
+    dataroot: str | Path | None = None,
 ) -> dict[str, Any]:
     """Caption the manifest's samples with `captioner` (a SceneCaptioner), write `out_dir`, return the
     metrics (what metrics.json holds). Every input is checked before the model runs.
 
     `scorer`: reuse one CaptionScorer (and its METEOR process) across evaluations, or pass
     `CaptionScorer(java=None)` to score without Java; by default a scorer is made and closed here.
+    `dataroot`: where the manifest's images are now, when they moved since `data build`.
+    `out_dir` is replaced when an earlier eval wrote it, or with `overwrite`; never when it is or holds
+    an input.
     """
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
-    if out_dir.exists() and not overwrite:
-        raise UserError(f"output folder {out_dir} already exists; pass --overwrite to replace it")
+    guard_output(out_dir, WRITER, eval_inputs(manifest_path, dataroot), overwrite)
     views = tuple(captioner.views)
     unknown = sorted(set(blank_views) - set(views))
     if unknown:
         raise UserError(f"cannot blank view(s) {unknown}: this model reads {list(views)}")
-    samples = _load_samples(manifest_path, views, limit)
+    samples = _load_samples(manifest_path, views, limit, manifest_dataroot(manifest_path, dataroot))
     settings = dataclasses.asdict(decoding) if decoding is not None else dataclasses.asdict(captioner.decoding)
 
     started = time.perf_counter()
@@ -122,17 +127,29 @@ def evaluate_manifest(
     return metrics
 
 
-def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None) -> list[_Sample]:
-    """Manifest rows as samples, after checking the model's views and every image file exist."""
-    from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta
+def eval_inputs(manifest_path: str | Path, dataroot: str | Path | None = None) -> dict[str, Path | None]:
+    """What an evaluation reads: the manifest (file and folder) and its dataroot (re-rooted if given);
+    the dataroot is None when the manifest cannot say (loading the manifest then tells why)."""
+    from clip_vlm_core.data.manifest import META_FILE, manifest_dataroot, manifest_dir
 
-    if not manifest_path.exists():
-        raise UserError(f"manifest {manifest_path} does not exist")
+    manifest_path = Path(manifest_path)
+    try:
+        root = manifest_dataroot(manifest_path, dataroot)
+    except UserError:
+        root = None
+    folder = manifest_dir(manifest_path)  # a manifest folder, not just any folder a split file sits in
+    return {"manifest": manifest_path, "manifest folder": folder if (folder / META_FILE).is_file() else None,
+            "nuScenes dataroot": root}
+
+
+def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None, dataroot: Path) -> list[_Sample]:
+    """Manifest rows as samples, after checking the model's views and every image file (inside the dataroot)."""
+    from clip_vlm_core.data.manifest import load_manifest
+
     rows = load_manifest(manifest_path)  # a split file, or a manifest folder for all its splits
     if not rows:
         raise UserError(f"manifest {manifest_path} has no samples")
     rows = rows[:limit] if limit else rows
-    dataroot = Path(read_manifest_meta(manifest_path)["dataroot"])
     samples = []
     for row in rows:
         missing = [v for v in views if v not in row.views]
@@ -141,10 +158,7 @@ def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None
                 f"the model reads view(s) {list(views)} but manifest {manifest_path} has {sorted(row.views)} "
                 f"(no {missing}); evaluate with a checkpoint trained on these views"
             )
-        images = {v: Path(row.image_path(v, dataroot)) for v in views}
-        for view, path in images.items():
-            if not path.is_file():
-                raise UserError(f"image {path} ({view} of sample {row.sample_token} in {manifest_path}) does not exist")
+        images = {v: row.image_path(v, dataroot) for v in views}  # each a regular file inside the dataroot
         samples.append(_Sample(row.sample_token, row.caption, images))
     return samples
 
@@ -183,8 +197,8 @@ def _caption_rows(samples: list[_Sample], predictions: dict[str, list[str]], com
 
 def _write_atomically(out_dir: Path, metrics: dict, rows: list[dict], report: str) -> None:
     """Everything goes into a temporary folder beside `out_dir`, renamed into place when complete."""
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, WRITER) as tmp:
         with (tmp / "captions.jsonl").open("w") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            f.writelines(dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (tmp / "metrics.json").write_text(dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(report, encoding="utf-8")

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.paths import file_kind
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def read_image_file(path: str | Path, name: str | None = None) -> bytes:
     if stat.S_ISDIR(info.st_mode):
         raise UserError(f"{name} is a folder, not an image file")
     if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{name} is {_file_kind(info.st_mode)}, not a regular image file")
+        raise UserError(f"{name} is {file_kind(info.st_mode)}, not a regular image file")
     problem = bytes_problem(info.st_size)
     if problem is not None:
         raise UserError(f"{name} {problem}")
@@ -143,16 +144,6 @@ def read_image_file(path: str | Path, name: str | None = None) -> bytes:
     if problem is not None:
         raise UserError(f"{name} {problem}")
     return data
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def decode_image(data: bytes, name: str = "image") -> Image.Image:

@@ -9,6 +9,11 @@ Run folder:
     base/               tiny base models (init: tiny)  data/          synthetic data (if asked)
     latest/             everything needed to resume  best/          inference checkpoint (lowest val loss)
     tensorboard/        loss, learning rate, grad norm, samples/s
+
+A fresh run refuses an existing non-empty run folder unless `overwrite` (then it is emptied first),
+and never empties one that is or holds an input (recipe, manifests, dataroot, init checkpoint, base
+models); `--resume latest` continues in it. Checkpoints are written through staging folders, so a full
+disk or a read-only folder ends the run in one sentence with the earlier checkpoints intact.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ import numpy as np
 import torch
 import yaml
 
-from clip_vlm_core.atomic import staged_dir
+from clip_vlm_core.atomic import guard_output, remove_output, staged_dir, write_marker, write_text
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.jsonout import dumps
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
 from clip_vlm_core.train_config import RunConfig
 
 log = logging.getLogger(__name__)
+
+WRITER = "clip-vlm train"
 
 
 @dataclass
@@ -47,20 +55,34 @@ class TrainerState:
     evals_without_improvement: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.best_val_loss is None:  # saved as null: JSON has no Infinity
+            self.best_val_loss = math.inf
+
 
 class TrainingStopped(UserError):
     """The run stopped early for a reason the user should read (non-finite loss)."""
 
 
 def run_training(
-    config: RunConfig, resume: str | None = None, show_progress: bool = True, stop_after: int | None = None
+    config: RunConfig,
+    resume: str | None = None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+    recipe: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train per `config`; `resume` is a latest/ folder or "latest" (this run's). `stop_after` ends the
-    session at that step as an interruption would (latest/ saved, schedule unchanged). Returns a summary."""
+    session at that step as an interruption would (latest/ saved, schedule unchanged). `overwrite`
+    empties an existing run folder first; `recipe` (the YAML read) is protected as an input. Returns a
+    summary (best_val_loss None before any validation)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     run_dir = Path(config.run_dir)
+    continuing = _continues_run(run_dir, resume)
+    if not continuing:  # every process checks before any of them changes a thing
+        guard_output(run_dir, WRITER, _inputs(config, recipe, resume), overwrite, flag="run_dir", reuse_own=False)
     o = config.optim
     mixed = o.mixed_precision if o.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(
@@ -73,7 +95,8 @@ def run_training(
     resume_dir = _resume_dir(run_dir, resume)
     set_seed(o.seed)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not continuing and run_dir.exists():
+            remove_output(run_dir)
         _write_run_record(run_dir, config)
     accelerator.wait_for_everyone()
 
@@ -163,8 +186,8 @@ def run_training(
         progress.close()
         stop.restore()
         accelerator.end_training()
-    return {"step": state.step, "best_val_loss": state.best_val_loss, "stopped_by": stop.requested or None,
-            "run_dir": str(run_dir)}
+    best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+    return {"step": state.step, "best_val_loss": best, "stopped_by": stop.requested or None, "run_dir": str(run_dir)}
 
 
 # -- setup ----------------------------------------------------------------------------------------
@@ -178,13 +201,40 @@ def _resume_dir(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
+def _continues_run(run_dir: Path, resume: str | None) -> bool:
+    """Resuming this run's own latest/ (or a checkpoint inside the run folder) writes on in the folder."""
+    if resume is None:
+        return False
+    return resume == "latest" or Path(resume).resolve().is_relative_to(run_dir.resolve())
+
+
+def _inputs(config: RunConfig, recipe: str | Path | None, resume: str | None) -> dict[str, Any]:
+    """Everything a run reads, by role: a run folder that is or holds one of them is never emptied."""
+    from clip_vlm_core.data.manifest import manifest_dataroot, manifest_dir
+
+    d, c = config.data, config.captioner
+    inputs: dict[str, Any] = {"training recipe": recipe, "resumed checkpoint": resume,
+                              "initial checkpoint": config.optim.init if config.optim.init not in ("base", "tiny") else None,
+                              "Qwen2.5-VL base model": c.qwen_model, "OpenCLIP model": c.clip_model}
+    for role, manifest in (("training manifest", d.train_manifest), ("validation manifest", d.val_manifest)):
+        if manifest and Path(manifest).exists():
+            inputs[role] = manifest
+            inputs[f"{role} folder"] = manifest_dir(manifest)
+            try:
+                inputs[f"{role}'s dataroot"] = manifest_dataroot(manifest, d.dataroot or None)
+            except UserError:
+                pass  # told in its own words when the data is loaded
+    return inputs
+
+
 def _write_run_record(run_dir: Path, config: RunConfig) -> None:
     import peft
     import transformers
 
     from clip_vlm_core import __version__
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_marker(run_dir, WRITER)  # the first write: a read-only or full run folder stops here, in one sentence
+    write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip() or None
@@ -192,7 +242,7 @@ def _write_run_record(run_dir: Path, config: RunConfig) -> None:
         commit = None
     info = {"git_commit": commit, "seed": config.optim.seed, "clip_vlm": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__}
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_text(run_dir / "run_info.json", dumps(info, indent=2) + "\n")
 
 
 def _build_captioner(config: RunConfig, run_dir: Path, resume_dir: Path | None, accelerator):
@@ -203,8 +253,9 @@ def _build_captioner(config: RunConfig, run_dir: Path, resume_dir: Path | None, 
 
     device = accelerator.device
     if resume_dir is not None:
+        # latest/checkpoint names the run's base models as ../../base: the run folder is their root.
         return SceneCaptioner.from_pretrained(resume_dir / "checkpoint", device=device, dtype=torch.float32,
-                                              trainable=True)
+                                              trainable=True, base_models_root=resume_dir.parent)
     init, captioner_config = config.optim.init, config.captioner
     if init == "tiny":
         base = run_dir / "base"
@@ -226,7 +277,7 @@ def _datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
     from functools import partial
 
     from clip_vlm_core.data.dataset import CachedEncoderDataset, CaptionDataset, RawCollator, collate_cached
-    from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta
+    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot
 
     train_path, val_path = _manifests(config, run_dir, accelerator)
     datasets = []
@@ -234,8 +285,8 @@ def _datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
         if path is None:
             datasets.append(None)
             continue
-        meta = read_manifest_meta(Path(path).parent)
-        datasets.append(CaptionDataset(load_manifest(path), Path(meta["dataroot"]), captioner.views))
+        dataroot = manifest_dataroot(path, config.data.dataroot or None)  # data.dataroot: the data moved
+        datasets.append(CaptionDataset(load_manifest(path), dataroot, captioner.views))
     if not len(datasets[0]):
         raise UserError(f"the training manifest {train_path} has no samples")
     if not config.data.cache_encoders:
@@ -358,7 +409,7 @@ def _write_latest(tmp: Path, target: Path, captioner, optimizer, scheduler, stat
     np_state = np.random.get_state()
     record = {**state.__dict__, "python_rng": _jsonable(random.getstate()),
               "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    (tmp / "trainer_state.json").write_text(json.dumps(record))
+    (tmp / "trainer_state.json").write_text(dumps(record))  # an infinite best loss as null
 
 
 def _load_latest(resume_dir: Path, optimizer, scheduler) -> TrainerState:

@@ -17,6 +17,9 @@ from clip_vlm_core.errors import UserError
 class DataConfig:
     train_manifest: str = ""  # JSONL split file from `clip-vlm data build`
     val_manifest: str = ""
+    # Where the manifests' images are now, when the data moved since `data build` ("" = the dataroot
+    # recorded in manifest.json).
+    dataroot: str = ""
     # When > 0, a synthetic nuScenes of this many scenes is generated into <run_dir>/data and its
     # mini_train / mini_val manifests are used (the self-contained tiny recipe).
     synthetic_scenes: int = 0

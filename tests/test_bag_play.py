@@ -81,7 +81,8 @@ def test_play_delivers_every_message_to_a_subscriber_in_another_process(tmp_path
     sub = start_subscriber(env, 30, "/CAM_FRONT/image_raw/compressed=sensor_msgs/msg/CompressedImage:5",
                            "/CAM_FRONT/camera_info=sensor_msgs/msg/CameraInfo:5",
                            "/scene_caption_gt=std_msgs/msg/String:5", "/mounts=std_msgs/msg/String:latched:1")
-    played = play_cli(bag, env, "--rate", "2", "--wait-for-subscribers", "10")
+    # No --wait-for-subscribers: waiting for the subscriber is the default, so nothing is lost.
+    played = play_cli(bag, env, "--rate", "2")
     assert played.returncode == 0, played.stderr
     assert subscriber_counts(sub) == {"/CAM_FRONT/image_raw/compressed": 5, "/CAM_FRONT/camera_info": 5,
                                       "/scene_caption_gt": 5, "/mounts": 1}
@@ -91,11 +92,45 @@ def test_play_delivers_every_message_to_a_subscriber_in_another_process(tmp_path
 
 
 @pytest.mark.slow
+def test_with_nobody_listening_the_player_says_so_and_plays(tmp_path):
+    bag = write_bag(tmp_path / "bag", frames=2, spacing_ns=SECOND // 10)
+    played = play_cli(bag, ros_env(), "--wait-for-subscribers", "0.5")
+    assert played.returncode == 0, played.stderr
+    assert "no subscriber on any of the bag's" in played.stderr and "messages published" in played.stderr
+    assert "published" in played.stdout
+
+
+@pytest.mark.slow
+def test_clock_carries_the_bags_time_while_it_plays(tmp_path):
+    bag = write_bag(tmp_path / "bag", frames=10, spacing_ns=SECOND // 10)  # one second of bag time
+    env = ros_env()
+    sub = start_subscriber(env, 30, "/clock=rosgraph_msgs/msg/Clock:best_effort",
+                           "/scene_caption_gt=std_msgs/msg/String:10")
+    played = play_cli(bag, env, "--clock", "20")
+    assert played.returncode == 0, played.stderr
+    counts = subscriber_counts(sub)
+    first, low, high = counts["/clock:clock_ns"]
+    assert counts["/scene_caption_gt"] == 10
+    assert 10 <= counts["/clock"] and START <= low <= first < high <= START + 9 * SECOND // 10
+
+
+@pytest.mark.slow
+def test_remap_publishes_a_bag_topic_under_another_name(tmp_path):
+    bag = write_bag(tmp_path / "bag", frames=3, spacing_ns=SECOND // 10)
+    env = ros_env()
+    sub = start_subscriber(env, 30, "/car1/CAM_FRONT/image_raw/compressed=sensor_msgs/msg/CompressedImage:3")
+    played = play_cli(bag, env, "--topics", "/CAM_FRONT/image_raw/compressed",
+                      "--remap", "/CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed")
+    assert played.returncode == 0, played.stderr
+    assert subscriber_counts(sub) == {"/car1/CAM_FRONT/image_raw/compressed": 3}
+
+
+@pytest.mark.slow
 def test_latched_topic_reaches_a_late_subscriber_and_ctrl_c_stops_the_player(tmp_path):
     # Two minutes of bag: Ctrl-C must arrive while it still plays, however slow the machine is today.
     bag = write_bag(tmp_path / "bag", frames=120, spacing_ns=SECOND)
     env = ros_env()
-    player = subprocess.Popen([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(bag)],
+    player = subprocess.Popen([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(bag), "--wait-for-subscribers", "0"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2.0)  # the latched message went out at bag time 0, before anyone listened
@@ -116,7 +151,7 @@ def test_play_api_reports_each_published_message_in_bag_order(tmp_path, monkeypa
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     bag = write_bag(tmp_path / "bag", frames=3, spacing_ns=SECOND // 100)
     seen: list[tuple[str, int]] = []
-    summary = play_bag(bag, rate=10.0, topics=["/mounts", "/scene_caption_gt"],
+    summary = play_bag(bag, rate=10.0, topics=["/mounts", "/scene_caption_gt"], wait_for_subscribers=0,
                        on_published=lambda topic, t: seen.append((topic, t)))
     assert seen == [("/mounts", START)] + [("/scene_caption_gt", START + i * SECOND // 100) for i in range(3)]
     assert summary.published == 4 and not summary.interrupted
@@ -128,3 +163,9 @@ def test_play_rejects_a_topic_the_bag_does_not_have(tmp_path):
     bag = write_bag(tmp_path / "bag", frames=1, spacing_ns=SECOND)
     with pytest.raises(UserError, match="/nope"):
         play_bag(bag, topics=["/nope"])
+
+
+def test_a_malformed_remap_is_refused_naming_it(tmp_path):
+    bag = write_bag(tmp_path / "bag", frames=1, spacing_ns=SECOND)
+    played = play_cli(bag, ros_env(), "--remap", "/CAM_FRONT/image_raw/compressed")
+    assert played.returncode == 2 and "--remap '/CAM_FRONT/image_raw/compressed' must read OLD:=NEW" in played.stderr

@@ -230,7 +230,7 @@ def test_image_failing_mid_write_leaves_no_partial_bag(tmp_path):
     (root / scene_camera_records(nusc, scene, "CAM_FRONT")[-1]["filename"]).write_bytes(b"not a jpeg")
     out = tmp_path / "bags"
     out.mkdir()
-    with pytest.raises(UserError, match="cannot be decoded"):
+    with pytest.raises(UserError, match="cannot be read as an image"):
         convert_scene(nusc, scene, out, BagConvertOptions(raw=True, progress=False))
     assert list(out.iterdir()) == []
 

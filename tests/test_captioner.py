@@ -144,7 +144,8 @@ def test_save_and_load_round_trip_keeps_logits_and_captions(tiny_base, tmp_path)
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     captioner.model.eval()
-    checkpoint = captioner.save_pretrained(tmp_path / "ckpt")
+    # Beside its base models: a checkpoint's config may only name folders inside the folder holding it.
+    checkpoint = captioner.save_pretrained(tiny_base["qwen"].parent / f"ckpt-{tmp_path.name}")
     assert {p.name for p in checkpoint.iterdir()} == {"clip_vlm_config.json", "connector.safetensors", "adapter"}
     loaded = SceneCaptioner.from_pretrained(checkpoint, device="cpu")
     inputs = captioner.prepare([frames(5)])

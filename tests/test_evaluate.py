@@ -165,7 +165,7 @@ def test_existing_output_folder_is_refused_without_overwrite(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     assert run_cli("--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert "already exists and was not written by clip-vlm eval" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
@@ -173,7 +173,8 @@ def test_existing_output_folder_is_refused_without_overwrite(tmp_path, capsys):
 def test_eval_writes_captions_and_metrics_in_range_for_every_sample(split, tmp_path):
     out = tmp_path / "eval"
     assert run_cli("--manifest", str(split), "--out", str(out), *SAMPLE_EVAL_FLAGS) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["captions.jsonl", "metrics.json", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == [".clip-vlm-output", "captions.jsonl", "metrics.json",
+                                                     "report.html"]
     rows = read_jsonl(out / "captions.jsonl")
     tokens = [json_row["sample_token"] for json_row in read_jsonl(split)]
     assert [r["sample_token"] for r in rows] == tokens

@@ -57,11 +57,24 @@ def test_nuinteract_gpt_caption_alias_and_missing_key():
 def test_rebuilding_replaces_the_previous_manifest(synthetic_nuscenes, tmp_path):
     out = tmp_path / "m"
     build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", CAMS, out, show_progress=False)
-    (out / "stale.jsonl").write_text("")
     build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT"], out,
                    show_progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mini_train.jsonl", "mini_val.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".clip-vlm-output", "manifest.json", "mini_train.jsonl",
+                                                     "mini_val.jsonl"]
     assert read_manifest_meta(out)["cameras"] == ["CAM_FRONT"]
+
+
+def test_a_file_added_to_a_manifest_folder_makes_a_rebuild_ask_for_overwrite(synthetic_nuscenes, tmp_path):
+    out = tmp_path / "m"
+    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", CAMS, out, show_progress=False)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="pass --overwrite"):
+        build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", CAMS, out,
+                       show_progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", CAMS, out,
+                   show_progress=False, overwrite=True)
+    assert not (out / "notes.txt").exists()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clip_vlm.launch_plan import node_is_ready
 
 from clip_vlm_core.stream import PARAMETERS, validate_parameters
 
@@ -53,8 +54,9 @@ def ros_args(params: dict) -> list[str]:
     return args
 
 
-def start_node(params: dict, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([str(NODE), *ros_args(params)], env=env, stdout=subprocess.PIPE,
+def start_node(params: dict, env: dict[str, str], *rules: str) -> subprocess.Popen:
+    """`rules`: extra --ros-args, e.g. "-r", "__ns:=/car1"."""
+    return subprocess.Popen([str(NODE), *ros_args(params), *rules], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -68,14 +70,23 @@ def stop_node(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def probe_command(out: Path, plan: list[dict], transport: str = "compressed", namespace: str = "") -> list[str]:
+    return [sys.executable, str(PROBE), "--out", str(out), "--plan", json.dumps(plan), "--transport", transport,
+            "--namespace", namespace]
+
+
 def probe(env: dict[str, str], tmp_path: Path, plan: list[dict], transport: str = "compressed") -> dict:
     out = tmp_path / f"probe-{time.monotonic_ns()}.json"
-    done = subprocess.run(
-        [sys.executable, str(PROBE), "--out", str(out), "--plan", json.dumps(plan), "--transport", transport],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    done = subprocess.run(probe_command(out, plan, transport), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(out.read_text())
+
+
+def pairs_accounted(diagnostics: dict[str, str]) -> int:
+    """Captioned + waiting + in flight + dropped under every named reason: pairs_made, if none vanished."""
+    named = [key for key in diagnostics if key.startswith("pairs_dropped_")]
+    keys = ["captions", "queue_depth", "pairs_in_flight", *named]
+    return sum(int(diagnostics[key]) for key in keys)
 
 
 def count(result: dict, key: str) -> int:
@@ -85,7 +96,8 @@ def count(result: dict, key: str) -> int:
 @pytest.fixture(scope="module")
 def all_node():
     env = ros_env()
-    proc = start_node({"policy": "all", "rate_hz": 20.0, "batch_size": 4, "queue_size": 64, "max_age_ms": 60000.0,
+    # rate_hz given as a whole number, as `-p rate_hz:=20` users write it: it must stay a float parameter.
+    proc = start_node({"policy": "all", "rate_hz": 20, "batch_size": 4, "queue_size": 64, "max_age_ms": 60000.0,
                        "view_timeout_s": 1.0, **FAST_DECODING}, env)
     yield proc, env
     stop_node(proc)
@@ -131,6 +143,7 @@ def test_bad_frames_are_counted_per_view_and_captioning_goes_on(all_node, tmp_pa
     assert "cannot be decoded" in result["diagnostics"]["CAM_FRONT.last_bad_reason"]
     assert count(result, "inference_errors") >= 1 and "aspect ratio" in result["diagnostics"]["last_inference_error"]
     assert count(result, "pairing_resets") >= 1
+    assert count(result, "pairs_made") == pairs_accounted(result["diagnostics"])
 
 
 def test_silent_view_is_a_warning_in_diagnostics(all_node, tmp_path):
@@ -142,33 +155,39 @@ def test_silent_view_is_a_warning_in_diagnostics(all_node, tmp_path):
 
 @pytest.mark.slow
 def test_a_bag_played_by_clip_vlm_bag_play_is_captioned_pair_by_pair(all_node, tmp_path):
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    from clip_vlm_core.bags import messages as m
-
     _, env = all_node
-    frames, start, spacing = 6, 1_600_000_000 * 10**9, 250_000_000  # stamps years old, as in a real bag
-    writer = Writer(tmp_path / "bag", version=8, storage_plugin=StoragePlugin.MCAP)
-    writer.open()
-    jpeg = _jpeg_bytes()
-    for view in ("CAM_FRONT", "CAM_BACK"):
-        conn = writer.add_connection(f"/{view}/image_raw/compressed", m.COMPRESSED_IMAGE, typestore=m.TYPESTORE,
-                                     offered_qos_profiles=[m.STREAM_QOS])
-        for i in range(frames):
-            writer.write(conn, start + i * spacing, m.compressed_image(start + i * spacing + 7_000_000 * (view == "CAM_BACK"),
-                                                                        view, jpeg))
-    writer.close()
+    frames = 6
+    write_camera_bag(tmp_path / "bag", frames, start_ns=1_600_000_000 * 10**9, spacing_ns=250_000_000)  # years old
     listener = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "helpers" / "bag_subscriber.py"), "--matched", "30",
          f"/scene_caption/marker=visualization_msgs/msg/Marker:{frames}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert listener.stdout.readline().strip() == "ready"
-    played = subprocess.run([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(tmp_path / "bag"),
-                             "--wait-for-subscribers", "15"], env=env, capture_output=True, text=True, timeout=60)
+    played = subprocess.run([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(tmp_path / "bag")],
+                            env=env, capture_output=True, text=True, timeout=60)
     assert played.returncode == 0, played.stderr
     out, err = listener.communicate(timeout=60)
     assert json.loads(out.strip().splitlines()[-1]) == {"/scene_caption/marker": frames}, err
+
+
+def write_camera_bag(path: Path, frames: int, start_ns: int, spacing_ns: int) -> Path:
+    """Front and back JPEG frames, the back 7 ms after the front, stamped (and logged) at bag time."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from clip_vlm_core.bags import messages as m
+
+    writer = Writer(path, version=8, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    jpeg = _jpeg_bytes()
+    for view, offset in (("CAM_FRONT", 0), ("CAM_BACK", 7_000_000)):
+        conn = writer.add_connection(f"/{view}/image_raw/compressed", m.COMPRESSED_IMAGE, typestore=m.TYPESTORE,
+                                     offered_qos_profiles=[m.STREAM_QOS])
+        for i in range(frames):
+            stamp = start_ns + i * spacing_ns + offset
+            writer.write(conn, stamp, m.compressed_image(stamp, view, jpeg))
+    writer.close()
+    return path
 
 
 def _jpeg_bytes() -> bytes:
@@ -179,6 +198,62 @@ def _jpeg_bytes() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (320, 180), (40, 120, 200)).save(out, format="JPEG")
     return out.getvalue()
+
+
+def test_a_whole_number_set_on_a_float_parameter_keeps_it_a_float(all_node):
+    """`ros2 param set /caption_node rate_hz 25` sends an integer; `-p rate_hz:=20` at start-up did too."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import GetParameters, SetParameters
+
+    _, env = all_node
+    with ParameterServices(env) as services:
+        assert services.get(GetParameters, names=["rate_hz"]).values[0].type == ParameterType.PARAMETER_DOUBLE
+        whole = Parameter(name="rate_hz", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=25))
+        assert services.get(SetParameters, parameters=[whole]).results[0].successful
+        value = services.get(GetParameters, names=["rate_hz"]).values[0]
+        assert (value.type, value.double_value) == (ParameterType.PARAMETER_DOUBLE, 25.0)
+        text = Parameter(name="rate_hz", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="x"))
+        refused = services.get(SetParameters, parameters=[text]).results[0]
+        assert not refused.successful and "rate_hz" in refused.reason
+
+
+class ParameterServices:
+    """Calls /caption_node's parameter services from this process, as `ros2 param` does."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __enter__(self) -> ParameterServices:
+        import rclpy
+
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=int(self.env["ROS_DOMAIN_ID"]))
+        self.node = rclpy.create_node("parameter_test_client", context=self.context)
+        return self
+
+    def get(self, service_type: type, **request: object):
+        from rclpy.executors import SingleThreadedExecutor
+
+        suffix = {"GetParameters": "get_parameters", "SetParameters": "set_parameters"}[service_type.__name__]
+        client = self.node.create_client(service_type, f"/caption_node/{suffix}")
+        try:
+            assert client.wait_for_service(timeout_sec=20), f"no /caption_node/{suffix} service"
+            future = client.call_async(service_type.Request(**request))
+            executor = SingleThreadedExecutor(context=self.context)
+            executor.add_node(self.node)
+            executor.spin_until_future_complete(future, timeout_sec=20)
+            executor.remove_node(self.node)
+            assert future.done(), f"/caption_node/{suffix} did not answer"
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def __exit__(self, *exc: object) -> None:
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
 
 
 def test_sigint_stops_the_node_cleanly_within_two_seconds(all_node):
@@ -202,9 +277,8 @@ def test_latest_policy_keeps_latency_bounded_and_accounts_for_every_pair(latest_
     # One tick + one inference (~0.3 s here), never a backlog (40 queued pairs would take 6 s and more);
     # the bound leaves room for a loaded CI machine.
     assert max(latencies_ms) < 2500.0, latencies_ms
-    lost = sum(count(result, f"pairs_dropped_{why}") for why in ("superseded", "overflow", "stale"))
-    accounted = count(result, "captions") + lost + count(result, "pairs_dropped_on_error") + count(result, "queue_depth")
-    assert count(result, "pairs_made") == accounted and count(result, "pairs_dropped_superseded") > 20
+    assert count(result, "pairs_made") == pairs_accounted(result["diagnostics"])
+    assert count(result, "pairs_dropped_superseded") > 20
 
 
 def test_bad_raw_frames_are_counted_and_captioning_goes_on(latest_raw_node, tmp_path):
@@ -243,7 +317,10 @@ def test_invalid_parameter_exits_2_with_one_clear_line(params, message):
 
 # -- launch files and the params file ---------------------------------------------------------------
 def parameters_set_by(launch_file: Path) -> set[str]:
-    """Names in the `parameters=` of every caption_node Node(...): dict keys and keyword names."""
+    """Names in the `parameters=` of every caption_node Node(...): dict keys, keyword names, and what
+    clip_vlm.launch_plan.node_overrides can return."""
+    from clip_vlm.launch_plan import node_overrides
+
     names: set[str] = set()
     for call in ast.walk(ast.parse(launch_file.read_text())):
         if not isinstance(call, ast.Call):
@@ -257,6 +334,8 @@ def parameters_set_by(launch_file: Path) -> set[str]:
                 names |= {k.value for k in node.keys if isinstance(k, ast.Constant)}
             elif isinstance(node, ast.Call):
                 names |= {k.arg for k in node.keywords if k.arg}
+                if isinstance(node.func, ast.Name) and node.func.id == "node_overrides":
+                    names |= set(node_overrides("a model", "cpu", "true"))
     return names
 
 
@@ -282,6 +361,8 @@ def test_node_says_which_inference_path_it_runs(fast, expected):
     finally:
         stop_node(proc)
     assert any(expected in line for line in lines), "".join(lines)
+    # replay.launch.py starts the bag player on this line: it must be the one the node logs when ready.
+    assert node_is_ready(lines[-1]), "".join(lines)
 
 
 @pytest.mark.parametrize("name", ["caption.launch.py", "replay.launch.py"])
@@ -296,7 +377,7 @@ def test_launch_file_sets_only_parameters_the_node_declares(name):
 def test_installed_params_file_passes_the_nodes_validation():
     document = yaml.safe_load((PACKAGE / "config" / "caption.yaml").read_text())
     config = validate_parameters(document["/**"]["ros__parameters"])
-    assert config.topic_for("CAM_BACK") == "/CAM_BACK/image_raw/compressed"
+    assert config.topic_for("CAM_BACK") == "CAM_BACK/image_raw/compressed"  # relative: namespaces move it
 
 
 # -- memory -------------------------------------------------------------------------------------------

@@ -114,13 +114,28 @@ def test_older_frames_left_behind_by_a_pair_count_as_unpaired():
     assert p.counters.unpaired == {"CAM_FRONT": 1, "CAM_BACK": 0}
 
 
-def test_stamp_jumping_backwards_resets_the_pairer():
+def test_stamp_jumping_backwards_restarts_pairing_and_counts_what_it_discards():
     p = pairer()
     p.add(frame("CAM_FRONT", 5000))
     p.add(frame("CAM_FRONT", 1000))  # the bag looped
-    assert p.counters.resets == 1
+    assert p.counters.resets == 1 and p.counters.last_jump_ns == 4000 * MS
+    assert p.counters.discarded_at_reset == {"CAM_FRONT": 1, "CAM_BACK": 0}
     assert p.add(frame("CAM_BACK", 5000)) is None  # never paired across the jump
     assert p.newest_stamp_ns == 5000 * MS
+
+
+def test_a_looping_bag_pairs_its_first_frames_of_the_new_loop():
+    """Views jump back one after another; a last old frame arriving late must not cost the new pair."""
+    p = pairer()
+    assert p.add(frame("CAM_FRONT", 9000)) is None
+    assert p.add(frame("CAM_BACK", 9000)) is not None
+    assert p.add(frame("CAM_FRONT", 9500)) is None  # old loop, its partner comes late
+    assert p.add(frame("CAM_FRONT", 0)) is None  # new loop: front jumps back
+    assert p.add(frame("CAM_BACK", 9500)) is None  # the late old partner: nothing to pair with
+    pair = p.add(frame("CAM_BACK", 0))  # back jumps back too, and pairs with front's new frame
+    assert pair is not None and pair.stamp_ns == 0
+    assert p.counters.resets == 2
+    assert p.counters.discarded_at_reset == {"CAM_FRONT": 1, "CAM_BACK": 1}
 
 
 def test_silent_view_is_reported_after_the_timeout():
@@ -180,7 +195,19 @@ def test_pair_that_waited_too_long_here_is_stale():
 def test_defaults_validate():
     config = validate_parameters({})
     assert config.views == VIEWS and config.policy == "latest"
-    assert config.topic_for("CAM_FRONT") == "/CAM_FRONT/image_raw/compressed"
+    # Relative, so a namespace or a remap moves the camera inputs with the node.
+    assert config.topic_for("CAM_FRONT") == "CAM_FRONT/image_raw/compressed"
+
+
+@pytest.mark.parametrize("template", ["{view}/image_raw", "/{view}/image_raw", "~/{view}/image", "cams/{view}"])
+def test_topic_template_may_be_relative_absolute_or_private(template):
+    assert validate_parameters({"topic_template": template}).topic_for("CAM_BACK").endswith("/compressed")
+
+
+@pytest.mark.parametrize("template", ["{view}/image raw", "{view}//image", "{view}/", "{view}/2d", "{view}__x"])
+def test_topic_template_giving_an_invalid_topic_name_is_refused(template):
+    with pytest.raises(UserError, match="not a valid ROS topic name"):
+        validate_parameters({"topic_template": template})
 
 
 @pytest.mark.parametrize(
@@ -252,3 +279,58 @@ def test_inference_error_is_counted_and_the_worker_goes_on(captioner):
     assert published == [] and stats.inference_errors == 1 and stats.dropped_on_error == 1
     published, _ = run_worker(captioner, [make_pair(200)])
     assert len(published) == 1
+
+
+# -- accounting: every pair made is captioned, waiting, or dropped for a named reason ---------------
+def test_every_pair_is_accounted_for_through_a_looping_replay(captioner):
+    """Core objects wired as the node wires them; stamps go backwards twice (a bag looping)."""
+    p = pairer()
+    q = PairQueue("all", queue_size=2, max_age_ns=10**15)
+    stats, published = StreamStats(VIEWS), []
+    worker = CaptionWorker(captioner, q, stats, lambda pair, c: published.append(pair.stamp_ns), rate_hz=50.0,
+                           batch_size=3, newest_stamp_ns=lambda: p.newest_stamp_ns,
+                           source_clock_ns=time.time_ns, decoding={"max_new_tokens": 2})
+    for _loop in range(3):
+        for i in range(9):  # 9 pairs per loop into a queue of 2, one batch taken per 3 pairs
+            for view in VIEWS:
+                pair = p.add(frame(view, 1000 + 100 * i))
+                if pair is not None:
+                    q.put(pair)
+            if i % 3 == 2:
+                worker.tick()
+    while worker.tick():
+        pass
+    dropped = q.counters.superseded + q.counters.overflow + q.counters.stale + stats.dropped_on_error
+    assert p.counters.resets == 2 and p.counters.pairs == 27
+    assert stats.captions == len(published) and q.counters.overflow > 0
+    assert p.counters.pairs == stats.captions + dropped + len(q) + worker.in_flight
+
+
+def test_a_caption_that_cannot_be_published_is_counted_and_the_worker_goes_on(captioner):
+    def publish(pair, caption):
+        if pair.stamp_ns == 100 * MS:
+            raise RuntimeError("publisher gone")
+
+    q = PairQueue("all", queue_size=8, max_age_ns=10**15)
+    for t in (100, 200):
+        q.put(make_pair(t))
+    stats = StreamStats(VIEWS)
+    worker = CaptionWorker(captioner, q, stats, publish, rate_hz=50.0, batch_size=4, newest_stamp_ns=lambda: None,
+                           source_clock_ns=time.time_ns, decoding={"max_new_tokens": 2})
+    assert worker.tick() == 1
+    assert stats.captions == 1 and stats.dropped_on_error == 1 and worker.in_flight == 0
+    assert "publisher gone" in stats.last_inference_error
+
+
+# -- latency against the node's clock ------------------------------------------------------------------
+def test_source_latency_on_another_clock_is_left_out_and_said():
+    stats = StreamStats(VIEWS)
+    eight_years_ns = int(8.1 * 365.25 * 86400 * 1e9)
+    stats.caption_published(eight_years_ns, 300 * MS)  # a 2018 bag against today's wall clock
+    values = dict(stats.report([]).values)
+    assert values["latency_source_to_publish_p50_ms"] == "nan"
+    assert values["latency_receive_to_publish_p50_ms"] == "300.0"
+    assert values["source_clock_offset"] == "frame stamps 8.1 years behind this node's clock"
+    stats.caption_published(250 * MS, 300 * MS)  # the same bag with /clock and use_sim_time
+    values = dict(stats.report([]).values)
+    assert values["latency_source_to_publish_p50_ms"] == "250.0" and values["source_clock_mismatches"] == "1"

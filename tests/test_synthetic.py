@@ -151,7 +151,7 @@ def test_caption_corpus_holds_every_word_the_templates_can_produce():
 def test_captions_out_may_live_outside_the_tree(tmp_path):
     d = generate_synthetic_nuscenes(tmp_path / "tree", scenes=2, samples_per_scene=1, captions_out=tmp_path / "caps",
                                     show_progress=False)
-    assert sorted(p.name for p in (tmp_path / "caps").iterdir()) == ["scene-0061.json", "scene-0103.json"]
+    assert sorted(p.name for p in (tmp_path / "caps").glob("*.json")) == ["scene-0061.json", "scene-0103.json"]
     assert d.captions == (tmp_path / "caps").absolute() and not (tmp_path / "tree" / "nuinteract").exists()
 
 

@@ -1,16 +1,17 @@
 """nuScenes scene -> rosbag2 (metadata version 8, so Humble plays it), one bag folder per scene.
 
-A bag is written into a hidden folder beside the target and renamed into place only when complete,
-so an error or Ctrl-C never leaves a bag that looks whole but is not.
+A bag is written into a hidden staging folder beside the target (clip_vlm_core.atomic) and renamed
+into place only when complete, so an error, Ctrl-C or kill -9 never leaves a bag that looks whole but
+is not, and the next conversion removes what a killed one left. Every image passes the one image intake
+(clip_vlm_core.images): a regular file within the byte limit whose header size is within the pixel
+limit, so --raw never decodes a decompression bomb.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,18 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
+from clip_vlm_core.atomic import guard_output, replace_dir, staging_area
 from clip_vlm_core.bags import messages as m
 from clip_vlm_core.bags.scene_plan import DEFAULT_CAMERAS, CameraFrame, ScenePlan, check_cameras, plan_scene
+from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, check_caption_keys, load_nuinteract
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.images import check_encoded, decode_image, read_image_file
 
 log = logging.getLogger(__name__)
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 CAPTION_TOPIC = "/scene_caption_gt"
+WRITER = "clip-vlm bag convert"
 
 
 @dataclass
@@ -36,19 +41,22 @@ class BagConvertOptions:
     sweeps: bool = False  # every camera frame (~12 Hz) instead of keyframes only (2 Hz)
     raw: bool = False  # decoded rgb8 Image instead of the dataset's JPEG bytes
     storage: str = "mcap"
-    captions: Path | None = None  # NuInteract folder with <scene>.json files
+    captions: Path | None = None  # NuInteract folder of .json files (any names): adds /scene_caption_gt
+    caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS  # joined into the caption, as in `data build`
     overwrite: bool = False
     progress: bool = True
+    caption_records: dict[str, dict] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)
+        self.caption_keys = tuple(self.caption_keys)
         check_cameras(self.cameras)
         if self.storage not in STORAGES:
             raise UserError(f"unknown bag storage {self.storage!r}; choose mcap or sqlite3")
-        if self.captions is not None:
+        if self.captions is not None:  # read once, for every scene converted with these options
             self.captions = Path(self.captions)
-            if not self.captions.is_dir():
-                raise UserError(f"NuInteract captions folder {self.captions} does not exist")
+            self.caption_records = load_nuinteract(self.captions)
+            check_caption_keys(self.caption_records, self.caption_keys, self.captions)
 
 
 def image_topic(camera: str, raw: bool) -> str:
@@ -58,22 +66,34 @@ def image_topic(camera: str, raw: bool) -> str:
 def convert_scene(nusc: Any, scene_name: str, out_dir: str | Path, options: BagConvertOptions | None = None) -> Path:
     """Write `out_dir/<scene_name>` and return its path; refuses an existing bag unless overwrite."""
     options = options or BagConvertOptions()
-    target = Path(out_dir) / scene_name
-    if target.exists() and not options.overwrite:
-        raise UserError(f"bag {target} already exists; pass --overwrite to replace it")
-    plan = plan_scene(nusc, scene_name, options.cameras, options.sweeps, options.captions)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{scene_name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    check_bag_target(nusc, scene_name, out_dir, options)
+    return write_scene_bag(nusc, plan_scene_for(nusc, scene_name, options), out_dir, options)
+
+
+def plan_scene_for(nusc: Any, scene_name: str, options: BagConvertOptions) -> ScenePlan:
+    """The scene's plan under these options (captions from the options' NuInteract folder)."""
+    return plan_scene(nusc, scene_name, options.cameras, options.sweeps, options.caption_records,
+                      options.caption_keys, options.captions or "")
+
+
+def check_bag_target(nusc: Any, scene_name: str, out_dir: str | Path, options: BagConvertOptions) -> Path:
+    """Refuse a bag folder that exists (unless overwrite), is not a folder, or is one of the inputs."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder for bags: choose another --out")
+    target = out_dir / scene_name
+    guard_output(target, WRITER, {"nuScenes dataroot": nusc.dataroot, "NuInteract captions folder": options.captions},
+                 overwrite=options.overwrite, flag="bag", reuse_own=False)
+    return target
+
+
+def write_scene_bag(nusc: Any, plan: ScenePlan, out_dir: str | Path, options: BagConvertOptions) -> Path:
+    """Write a planned scene to `out_dir/<scene>` through a staging folder; return the bag's path."""
+    target = check_bag_target(nusc, plan.scene_name, out_dir, options)
+    with staging_area(target) as area:
         # rosbags names the storage file after the bag folder, so the bag gets its final name inside staging.
-        _write_bag(plan, staging / scene_name, options)
-        if target.exists():
-            shutil.rmtree(target)
-        (staging / scene_name).rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _write_bag(plan, area / target.name, options)
+        replace_dir(area / target.name, target)
     log.debug("wrote %s (%d frames)", target, len(plan.frames))
     return target
 
@@ -123,19 +143,10 @@ def _write_messages(writer: Writer, plan: ScenePlan, options: BagConvertOptions)
 
 
 def _image_message(frame: CameraFrame, raw: bool) -> tuple[memoryview, int, int]:
-    try:
-        jpeg = frame.path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"image file {frame.path} cannot be read ({exc.strerror})") from None
-    if not raw and frame.width and frame.height:
-        return m.compressed_image(frame.stamp_ns, frame.camera, jpeg), frame.width, frame.height
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(jpeg)) as image:
-            if not raw:  # the size is in the header; no need to decode
-                return m.compressed_image(frame.stamp_ns, frame.camera, jpeg), image.width, image.height
-            rgb = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"image file {frame.path} cannot be decoded ({exc})") from None
+    name = f"image file {frame.path}"
+    data = read_image_file(frame.path, name)  # a regular file within the byte limit
+    width, height = check_encoded(data, name)  # its header within the pixel limit, nothing decoded yet
+    if not raw:
+        return m.compressed_image(frame.stamp_ns, frame.camera, data), width, height
+    rgb = np.asarray(decode_image(data, name))
     return m.raw_image(frame.stamp_ns, frame.camera, rgb), rgb.shape[1], rgb.shape[0]

@@ -3,6 +3,11 @@
 The CDR bytes stored in a bag are exactly what rclpy puts on the wire, so messages are published
 raw (`Publisher.publish(bytes)`): no deserialization, and the rate is bound by DDS, not Python.
 rclpy is imported here, lazily, so the core library still imports on machines without ROS.
+
+Unlike `ros2 bag play`, it waits (10 s by default) for subscribers before the first message: a node
+that has not matched yet would lose the first frames, and a converted scene has only a few dozen.
+With `clock_hz` it publishes the bag's time on /clock as `ros2 bag play --clock` does, for nodes
+running with use_sim_time.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # rosbag2's player offers keep-last 10 whatever depth was recorded (Rosbag2QoS::default_history).
 PLAYBACK_DEPTH = 10
+DEFAULT_WAIT_S = 10.0  # how long to wait for a first subscriber before playing to nobody
+SETTLE_S = 0.5  # once one topic has a subscriber, this long without a new one and playing starts
+CLOCK_TOPIC = "/clock"
 
 
 @dataclass
@@ -44,6 +52,7 @@ class PlaySummary:
     seconds: float = 0.0
     per_topic: Counter = field(default_factory=Counter)
     skipped_topics: list[str] = field(default_factory=list)  # message package not installed
+    listened_topics: list[str] = field(default_factory=list)  # topics with a subscriber when playing began
     interrupted: bool = False
 
 
@@ -75,23 +84,42 @@ def play_bag(
     topics: list[str] | None = None,
     on_published: Callable[[str, int], None] | None = None,
     reliability: str | None = None,
-    wait_for_subscribers: float = 0.0,
+    wait_for_subscribers: float = DEFAULT_WAIT_S,
     report: bool = False,
+    clock_hz: float = 0.0,
+    remap: dict[str, str] | None = None,
 ) -> PlaySummary:
     """Publish the bag's messages at their recorded timing divided by `rate`; Ctrl-C stops cleanly.
 
+    Waits up to `wait_for_subscribers` seconds for subscribers first (0: start at once). `clock_hz` > 0
+    publishes the bag's time on /clock at that rate. `remap` renames topics ({bag topic: published as}).
     `on_published(topic, bag_time_ns)` is called after each message. Returns what was published.
     """
     if rate <= 0:
         raise UserError(f"play rate must be positive, got {rate}")
     if reliability not in (None, "reliable", "best_effort"):
         raise UserError(f"QoS reliability must be reliable or best_effort, got {reliability!r}")
+    if wait_for_subscribers < 0 or clock_hz < 0:
+        raise UserError("the wait for subscribers and the clock rate cannot be negative")
     reader = open_bag(path)
     try:
         connections = _chosen_connections(reader, topics, path)
-        return _play(reader, connections, rate, loop, on_published, reliability, wait_for_subscribers, report)
+        options = _Options(rate, loop, on_published, reliability, wait_for_subscribers, report, clock_hz, remap or {})
+        return _play(reader, connections, options)
     finally:
         reader.close()
+
+
+@dataclass(frozen=True)
+class _Options:
+    rate: float
+    loop: bool
+    on_published: Callable[[str, int], None] | None
+    reliability: str | None
+    wait_for_subscribers: float
+    report: bool
+    clock_hz: float
+    remap: dict[str, str]
 
 
 def _chosen_connections(reader: Any, topics: list[str] | None, path: str | Path) -> list[Any]:
@@ -111,7 +139,7 @@ def message_class(msgtype: str) -> type | None:
         return None
 
 
-def _play(reader, connections, rate, loop, on_published, reliability, wait_for_subscribers, report) -> PlaySummary:
+def _play(reader: Any, connections: list[Any], options: _Options) -> PlaySummary:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
@@ -123,15 +151,15 @@ def _play(reader, connections, rate, loop, on_published, reliability, wait_for_s
     previous = _ctrl_c_raises()
     node = rclpy.create_node("clip_vlm_bag_player", context=context, start_parameter_services=False)
     try:
-        publishers = _publishers(node, connections, reliability, summary)
-        if wait_for_subscribers > 0:
-            _wait_for_subscribers(publishers.values(), wait_for_subscribers)
+        publishers = _publishers(node, connections, options, summary)
+        clock = BagClock(node, options.clock_hz) if options.clock_hz > 0 else None
         playable = [c for c in connections if c.id in publishers]
         start = time.monotonic()
         try:
+            summary.listened_topics = _wait_for_subscribers(list(publishers.values()), options.wait_for_subscribers)
             while True:
-                _play_once(reader, playable, publishers, rate, on_published, summary, report)
-                if not loop:
+                _play_once(reader, playable, publishers, options, clock, summary)
+                if not options.loop:
                     break
             _wait_for_acks(publishers.values())
         except KeyboardInterrupt:
@@ -153,7 +181,7 @@ def _ctrl_c_raises():
     return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _publishers(node: Any, connections: list[Any], reliability: str | None, summary: PlaySummary) -> dict[int, Any]:
+def _publishers(node: Any, connections: list[Any], options: _Options, summary: PlaySummary) -> dict[int, Any]:
     by_topic: dict[str, list[Any]] = {}
     for conn in connections:
         by_topic.setdefault(conn.topic, []).append(conn)
@@ -165,7 +193,8 @@ def _publishers(node: Any, connections: list[Any], reliability: str | None, summ
             log.warning("skipping %s: its message package for %s is not installed", topic, conns[0].msgtype)
             continue
         offers = [q for c in conns if isinstance(c.ext, ConnectionExtRosbag2) for q in c.ext.offered_qos_profiles]
-        publisher = node.create_publisher(msg_class, topic, _rclpy_qos(playback_qos(offers, reliability)))
+        qos = _rclpy_qos(playback_qos(offers, options.reliability))
+        publisher = node.create_publisher(msg_class, options.remap.get(topic, topic), qos)
         for conn in conns:
             publishers[conn.id] = publisher
     return publishers
@@ -194,39 +223,94 @@ def _rclpy_qos(qos: Qos) -> Any:
     )
 
 
-def _play_once(reader, connections, publishers, rate, on_published, summary: PlaySummary, report: bool) -> None:
+def _play_once(reader, connections, publishers, options: _Options, clock: BagClock | None, summary: PlaySummary) -> None:
     from tqdm import tqdm
 
     total = sum(c.msgcount for c in connections)
-    bar = tqdm(total=total, unit="msg", desc="play", disable=None if report else True, file=sys.stderr)
+    bar = tqdm(total=total, unit="msg", desc="play", disable=None if options.report else True, file=sys.stderr)
     first_ns, wall_start = None, time.monotonic()
+
+    def bag_time_at(monotonic_s: float) -> int:
+        return first_ns + int((monotonic_s - wall_start) * options.rate * 1e9)
+
     try:
         for conn, bag_ns, raw in reader.messages(connections=connections):
             if first_ns is None:
                 first_ns = bag_ns
-            due = wall_start + (bag_ns - first_ns) / 1e9 / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            due = wall_start + (bag_ns - first_ns) / 1e9 / options.rate
+            _sleep_until(due, clock, bag_time_at)
+            if clock is not None:  # the clock reaches a message's time no later than the message
+                clock.publish(bag_ns)
             publishers[conn.id].publish(bytes(raw))
             summary.published += 1
             summary.per_topic[conn.topic] += 1
-            if on_published is not None:
-                on_published(conn.topic, bag_ns)
+            if options.on_published is not None:
+                options.on_published(conn.topic, bag_ns)
             bar.update()
             bar.set_postfix_str(f"bag time {(bag_ns - first_ns) / 1e9:.2f} s", refresh=False)
     finally:
         bar.close()
 
 
-def _wait_for_subscribers(publishers: Iterable[Any], timeout_s: float) -> None:
+def _sleep_until(due: float, clock: BagClock | None, bag_time_at: Callable[[float], int]) -> None:
+    """Sleep until the monotonic time `due`, ticking the clock at its rate meanwhile."""
+    while (now := time.monotonic()) < due:
+        if clock is None:
+            time.sleep(due - now)
+            return
+        clock.publish(bag_time_at(now))
+        time.sleep(min(due - now, clock.period_s))
+
+
+class BagClock:
+    """/clock carrying the bag's time, offered as `ros2 bag play --clock` offers it (best effort, keep
+    last 1, like rclpy's and rclcpp's /clock subscriptions)."""
+
+    def __init__(self, node: Any, hz: float) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        self._message = Clock
+        self.period_s = 1.0 / hz
+        self._publisher = node.create_publisher(
+            Clock, CLOCK_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        )
+
+    def publish(self, bag_ns: int) -> None:
+        msg = self._message()
+        msg.clock.sec, msg.clock.nanosec = divmod(bag_ns, 1_000_000_000)
+        self._publisher.publish(msg)
+
+
+def _wait_for_subscribers(publishers: list[Any], timeout_s: float) -> list[str]:
+    """Wait until subscribers stop appearing (SETTLE_S after the last new one) or every topic has one,
+    at most `timeout_s`; return the topics that have one. Nobody at all is said loudly.
+
+    A node subscribes to only some of a bag's topics (images, not camera_info or /tf), so waiting for
+    every topic would always time out; one node's subscriptions are discovered together, so a short
+    settle after the first catches the rest.
+    """
     deadline = time.monotonic() + timeout_s
-    pending = list(publishers)
-    while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if p.get_subscription_count() == 0]
+    if timeout_s > 0:
+        log.info("waiting up to %.0f s for subscribers (--wait-for-subscribers 0 starts at once)", timeout_s)
+    listened: set[str] = set()
+    changed = time.monotonic()
+    while True:
+        now_listened = {p.topic_name for p in publishers if p.get_subscription_count() > 0}
+        now = time.monotonic()
+        if now_listened != listened:
+            listened, changed = now_listened, now
+        everyone = len(listened) == len({p.topic_name for p in publishers})
+        if everyone or (listened and now - changed >= SETTLE_S) or now >= deadline:
+            break
         time.sleep(0.05)
-    if pending:
-        log.warning("no subscriber after %.1f s on %s", timeout_s, ", ".join(p.topic_name for p in pending))
+    if not listened:
+        waited = f"after {timeout_s:.0f} s" if timeout_s > 0 else "(not waiting: --wait-for-subscribers 0)"
+        log.warning("no subscriber on any of the bag's %d topics %s: playing anyway, and messages published "
+                    "before a subscriber appears are lost", len(publishers), waited)
+    else:
+        log.info("subscribers on %s: playing", ", ".join(sorted(listened)))
+    return sorted(listened)
 
 
 def _wait_for_acks(publishers: Iterable[Any], timeout_s: float = 2.0) -> None:

@@ -1,17 +1,21 @@
 """What goes into one scene's bag: the camera frames, mounts and captions, read from nuScenes.
 
 Planning walks the dataset's tables only (no image is opened), so every user error (unknown scene or
-camera, missing image file, missing captions) is found before a single byte of the bag is written.
+camera, missing image file, an image path leading out of the dataroot, captions of another dataset) is
+found before a single byte of the bag is written. Captions come from the one NuInteract reader
+(clip_vlm_core.data.nuinteract), so a keyframe's /scene_caption_gt is the caption `data build` trains on.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, target_caption
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.paths import data_file
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 DEFAULT_CAMERAS = ("CAM_FRONT", "CAM_BACK")
@@ -47,6 +51,7 @@ class ScenePlan:
     frames: list[CameraFrame]  # in time order
     mounts: list[CameraMount]
     captions: list[tuple[int, str]] = field(default_factory=list)  # (stamp ns, joint caption)
+    uncaptioned: list[str] = field(default_factory=list)  # keyframe sample tokens without a caption
 
     @property
     def start_ns(self) -> int:
@@ -90,8 +95,15 @@ def find_scene(nusc: Any, scene_name: str) -> dict:
 
 
 def plan_scene(
-    nusc: Any, scene_name: str, cameras: tuple[str, ...], sweeps: bool = False, captions_dir: Path | None = None
+    nusc: Any,
+    scene_name: str,
+    cameras: tuple[str, ...],
+    sweeps: bool = False,
+    captions: Mapping[str, dict] | None = None,
+    caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS,
+    captions_source: str | Path = "the given records",
 ) -> ScenePlan:
+    """What goes into the bag; `captions` are NuInteract records by sample token (load_nuinteract)."""
     check_cameras(cameras)
     scene = find_scene(nusc, scene_name)
     samples = _scene_samples(nusc, scene)
@@ -105,11 +117,10 @@ def plan_scene(
         frames.extend(_camera_frames(nusc, first, last_token, sweeps))
         mounts.append(_mount(nusc, camera, first))
     frames.sort(key=lambda f: (f.stamp_ns, f.camera))
-    missing = next((f.path for f in frames if not f.path.is_file()), None)
-    if missing is not None:
-        raise UserError(f"image file {missing} of scene {scene_name} does not exist")
-    captions = _keyframe_captions(nusc, scene_name, samples, captions_dir) if captions_dir else []
-    return ScenePlan(scene_name, frames, mounts, captions)
+    plan = ScenePlan(scene_name, frames, mounts)
+    if captions is not None:
+        _add_keyframe_captions(plan, nusc, samples, captions, caption_keys, captions_source)
+    return plan
 
 
 def _scene_samples(nusc: Any, scene: dict) -> list[dict]:
@@ -139,7 +150,8 @@ def _frame(nusc: Any, record: dict) -> CameraFrame:
     return CameraFrame(
         camera=camera,
         stamp_ns=int(record["timestamp"]) * 1000,
-        path=Path(nusc.dataroot) / record["filename"],
+        # The file name comes from a downloaded table: it must stay inside the dataroot and be a file.
+        path=data_file(nusc.dataroot, record["filename"], f"sample_data {record['token']} filename"),
         width=int(record.get("width") or 0),
         height=int(record.get("height") or 0),
         ego_translation=tuple(pose["translation"]),
@@ -161,34 +173,18 @@ def _mount(nusc: Any, camera: str, record: dict) -> CameraMount:
     )
 
 
-def joint_caption(record: dict) -> str | None:
-    """NuInteract's FRONT and BACK descriptions as one caption (Gemini's, else GPT's)."""
-    for key in ("gemini_caption", "gpt_caption"):
-        caption = record.get(key)
-        if isinstance(caption, dict) and caption.get("FRONT") and caption.get("BACK"):
-            return f"{caption['FRONT'].strip()} {caption['BACK'].strip()}"
-    return None
-
-
-def _keyframe_captions(nusc: Any, scene_name: str, samples: list[dict], captions_dir: Path) -> list[tuple[int, str]]:
-    path = Path(captions_dir) / f"{scene_name}.json"
-    if not path.is_file():
-        raise UserError(f"NuInteract captions file {path} does not exist")
-    try:
-        records = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"NuInteract captions file {path} is not valid JSON ({exc})") from None
-    if not isinstance(records, list):
-        raise UserError(f"NuInteract captions file {path} must hold a list of records")
-    by_token = {r.get("token"): r for r in records if isinstance(r, dict)}
-    captions = []
+def _add_keyframe_captions(plan: ScenePlan, nusc: Any, samples: list[dict], captions: Mapping[str, dict],
+                           keys: Sequence[str], source: str | Path) -> None:
+    """Each keyframe's target caption at its front-camera stamp; keyframes without one are listed, not fatal."""
+    if not any(sample["token"] in captions for sample in samples):
+        raise UserError(f"NuInteract captions in {source} have no record for any of the {len(samples)} keyframes "
+                        f"of scene {plan.scene_name}; are they the captions of this nuScenes version?")
     for sample in samples:
-        record = by_token.get(sample["token"])
-        text = joint_caption(record) if record else None
+        text = target_caption(captions, sample["token"], keys)
         if text is None:
+            plan.uncaptioned.append(sample["token"])
             continue
         # The caption describes the keyframe, so it carries that keyframe's front-camera time.
         front = sample["data"].get("CAM_FRONT")
         stamp_us = nusc.get("sample_data", front)["timestamp"] if front else sample["timestamp"]
-        captions.append((int(stamp_us) * 1000, text))
-    return captions
+        plan.captions.append((int(stamp_us) * 1000, text))

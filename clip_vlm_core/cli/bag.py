@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from clip_vlm_core.bags.play import DEFAULT_WAIT_S
 from clip_vlm_core.errors import UserError
 
 CONVERT_EPILOG = """examples:
@@ -14,6 +15,10 @@ CONVERT_EPILOG = """examples:
       --cameras CAM_FRONT CAM_BACK CAM_FRONT_LEFT --captions data/nuinteract --out bags/
   clip-vlm bag convert ... --raw --storage sqlite3      # decoded rgb8 images in a .db3 bag
 
+Storage: MCAP (the default) is what Iron, Jazzy and later record and play out of the box. Humble plays
+only sqlite3: install ros-humble-rosbag2-storage-mcap (rosdep does, for the clip_vlm package), or
+convert with --storage sqlite3. 'clip-vlm bag play' reads both.
+
 Each scene becomes one bag folder named after it (bags/scene-0061), rosbag2 metadata version 8 so
 ROS 2 Humble and later play it:
   /<CAM>/image_raw/compressed  sensor_msgs/CompressedImage  the dataset's JPEG bytes, unchanged
@@ -21,18 +26,31 @@ ROS 2 Humble and later play it:
   /<CAM>/camera_info           sensor_msgs/CameraInfo       from the calibrated sensor
   /tf                          tf2_msgs/TFMessage           map -> base_link per image (ego pose)
   /tf_static                   tf2_msgs/TFMessage           base_link -> <CAM>, latched (transient local)
-  /scene_caption_gt            std_msgs/String              with --captions, at each keyframe"""
+  /scene_caption_gt            std_msgs/String              with --captions, at each keyframe
+
+--captions reads a NuInteract folder exactly as 'clip-vlm data build' does: every .json file in it,
+whatever it is called, records found by sample token, 'gemini_caption' or 'gpt_caption', the
+--caption-keys joined (FRONT then BACK by default). So /scene_caption_gt at a keyframe is the caption
+'data build' trains on. A keyframe without a caption gets none (counted in the summary); a captions
+folder with no record for any keyframe of a scene is an error.
+
+An existing bag is replaced only with --overwrite, and never when it is or holds the dataroot or the
+captions. Every image must be a regular file inside the dataroot, within 8192x8192 pixels and 32 MiB."""
 
 INFO_EPILOG = """example:
   clip-vlm bag info bags/scene-0061"""
 
 PLAY_EPILOG = """examples:
-  clip-vlm bag play bags/scene-0061
+  clip-vlm bag play bags/scene-0061 --clock     # with a node started with use_sim_time:=true
   clip-vlm bag play bags/scene-0061 --rate 2 --loop --topics /CAM_FRONT/image_raw/compressed /tf_static
+  clip-vlm bag play bags/scene-0061 --remap /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed
 
 Publishes with rclpy (install the 'ros' extra), for machines without rosbag2; where rosbag2 is
-installed, 'ros2 bag play' does the same. Each topic gets the QoS its publisher offered when recorded
-(so /tf_static is latched), else reliable, volatile, keep last 10, as 'ros2 bag play' chooses.
+installed, 'ros2 bag play' does the same (--clock, --rate, --loop, --remap mean the same there). Each
+topic gets the QoS its publisher offered when recorded (so /tf_static is latched), else reliable,
+volatile, keep last 10, as 'ros2 bag play' chooses.
+Before the first message it waits for subscribers (up to 10 s; until none has appeared for 0.5 s after
+the first), so a node that is already up misses no frame; with nobody listening it says so and plays.
 Topics whose message package is not installed (e.g. tf2_msgs) are skipped with a warning. Ctrl-C stops."""
 
 
@@ -67,9 +85,12 @@ def _register_convert(verbs: argparse._SubParsersAction) -> None:
                    help=f"cameras to include, from {' '.join(CAMERAS)} (default: {' '.join(DEFAULT_CAMERAS)})")
     p.add_argument("--sweeps", action="store_true", help="every camera frame (~12 Hz), not only keyframes (2 Hz)")
     p.add_argument("--raw", action="store_true", help="decoded rgb8 sensor_msgs/Image instead of the JPEG bytes")
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default %(default)s)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
+                   help="bag storage (default %(default)s); sqlite3 plays on a stock ROS 2 Humble, which has no MCAP plugin")
     p.add_argument("--captions", type=Path, default=None, metavar="DIR",
-                   help="NuInteract folder of <scene>.json files: adds /scene_caption_gt at each keyframe")
+                   help="NuInteract folder of .json files (any names): adds /scene_caption_gt at each keyframe")
+    p.add_argument("--caption-keys", nargs="+", default=["FRONT", "BACK"], metavar="KEY",
+                   help="NuInteract caption keys joined into the caption, as in 'data build' (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
     p.add_argument("--stats", action="store_true", help="print seconds and MB/s per scene (python -m clip_vlm_core.bags.bench for a full benchmark)")
@@ -103,29 +124,42 @@ def _register_play(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC", help="play only these topics (default: all)")
     p.add_argument("--qos-reliability", choices=("reliable", "best_effort"), default=None,
                    help="override every topic's reliability (default: as recorded, else reliable)")
-    p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to this long for a subscriber on every played topic before starting (default 0)")
+    p.add_argument("--wait-for-subscribers", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+                   help="wait up to this long for subscribers before the first message; 0 starts at once "
+                   "(default %(default)s)")
+    p.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
+                   help="publish the bag's time on /clock at HZ (default 40 when given), as 'ros2 bag play "
+                   "--clock' does, for nodes with use_sim_time:=true")
+    p.add_argument("-m", "--remap", nargs="+", default=[], metavar="OLD:=NEW",
+                   help="publish topic OLD of the bag as NEW, e.g. /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed")
     p.set_defaults(func=run_play)
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from clip_vlm_core.bags.convert import BagConvertOptions, convert_scene
+    from clip_vlm_core.bags.convert import (
+        BagConvertOptions,
+        check_bag_target,
+        plan_scene_for,
+        write_scene_bag,
+    )
     from clip_vlm_core.bags.scene_plan import load_nuscenes
 
     options = BagConvertOptions(
         cameras=tuple(args.cameras), sweeps=args.sweeps, raw=args.raw, storage=args.storage,
-        captions=args.captions, overwrite=args.overwrite,
+        captions=args.captions, caption_keys=tuple(args.caption_keys), overwrite=args.overwrite,
     )
     nusc = load_nuscenes(args.dataroot, args.version)
     names = [s["name"] for s in nusc.scene] if args.all else list(dict.fromkeys(args.scene))
-    if not args.overwrite:  # refuse before converting anything, not after the first few scenes
-        existing = [args.out / n for n in names if (args.out / n).exists()]
-        if existing:
-            raise UserError(f"bag {existing[0]} already exists; pass --overwrite to replace it")
+    # Every scene's target and plan are checked before any bag is written, not after the first few.
     for name in names:
+        check_bag_target(nusc, name, args.out, options)
+    plans = [plan_scene_for(nusc, name, options) for name in names]
+    uncaptioned = 0
+    for plan in plans:
         start = time.perf_counter()
-        path = convert_scene(nusc, name, args.out, options)
+        path = write_scene_bag(nusc, plan, args.out, options)
         seconds = time.perf_counter() - start
+        uncaptioned += len(plan.uncaptioned)
         if args.stats:
             from clip_vlm_core.bags.info import read_bag_info
 
@@ -135,6 +169,10 @@ def run_convert(args: argparse.Namespace) -> int:
                   f"({bag_mb / seconds:.0f} MB/s)")
         else:
             print(path)
+    if options.captions is not None:
+        captioned = sum(len(p.captions) for p in plans)
+        print(f"/scene_caption_gt: {captioned} keyframes captioned; {uncaptioned} without a caption in "
+              f"{options.captions} (keys {' '.join(options.caption_keys)}) skipped")
     return 0
 
 
@@ -150,12 +188,27 @@ def run_play(args: argparse.Namespace) -> int:
 
     if args.rate <= 0:
         raise UserError(f"--rate must be positive, got {args.rate}")
+    if args.wait_for_subscribers < 0:
+        raise UserError(f"--wait-for-subscribers cannot be negative, got {args.wait_for_subscribers}")
+    if args.clock < 0:
+        raise UserError(f"--clock must be a positive rate in Hz, got {args.clock}")
     summary = play_bag(
         args.bag, rate=args.rate, loop=args.loop, topics=args.topics, reliability=args.qos_reliability,
-        wait_for_subscribers=args.wait_for_subscribers, report=True,
+        wait_for_subscribers=args.wait_for_subscribers, report=True, clock_hz=args.clock,
+        remap=_remaps(args.remap),
     )
     stopped = " (interrupted)" if summary.interrupted else ""
     print(f"published {summary.published} messages in {summary.seconds:.2f} s{stopped}")
     if summary.skipped_topics:
         print(f"skipped {', '.join(summary.skipped_topics)}: message package not installed")
     return 0
+
+
+def _remaps(rules: list[str]) -> dict[str, str]:
+    remap = {}
+    for rule in rules:
+        old, sep, new = rule.partition(":=")
+        if not sep or not old or not new:
+            raise UserError(f"--remap {rule!r} must read OLD:=NEW, e.g. /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed")
+        remap[old] = new
+    return remap

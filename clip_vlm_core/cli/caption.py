@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from clip_vlm_core.images import load_image
+    from clip_vlm_core.jsonout import dumps
     from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
@@ -108,5 +108,5 @@ def run(args: argparse.Namespace) -> int:
         }
         args.log.parent.mkdir(parents=True, exist_ok=True)
         with args.log.open("a") as log:
-            log.write(json.dumps(record) + "\n")
+            log.write(dumps(record) + "\n")  # one valid JSON line, whatever the settings
     return 0

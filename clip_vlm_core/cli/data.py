@@ -16,8 +16,12 @@ BUILD_EPILOG = """examples:
 
 Writes OUT/<split>.jsonl (mini_train/mini_val, train/val) with one row per keyframe (sample token, scene,
 timestamp, per view: path, sha256, width, height; the caption) and OUT/manifest.json. Keyframes without a
-caption, captions for unknown samples, and missing or corrupt images are skipped and reported
-(or fatal with --strict)."""
+caption, captions for unknown samples, missing or corrupt images and images over the size limits
+(8192x8192 pixels, 32 MiB) are skipped and reported (or fatal with --strict). An image path that leads
+out of the dataroot (absolute, '..', a symlink out) or names a folder, FIFO or device is refused.
+
+OUT is replaced when an earlier 'data build' wrote it (it holds a .clip-vlm-output marker), or with
+--overwrite; never when it is, holds, or lies inside the dataroot or the captions folder."""
 
 SYNTH_EPILOG = """example:
   clip-vlm data synth --out data/synthetic --scenes 2 --samples-per-scene 20 --sweeps 5 --seed 0
@@ -25,7 +29,8 @@ SYNTH_EPILOG = """example:
 Writes a nuScenes v1.0-mini tree (all 13 tables, six cameras at 1600x900, keyframes at 2 Hz) with procedurally
 drawn front/back scenes whose facts are known, NuInteract-format captions in OUT/nuinteract/ and the ground
 truth in OUT/synthetic_facts.json. Scene names come from the devkit's mini splits, so two or more scenes
-give both a train and a val split."""
+give both a train and a val split. An existing non-empty OUT (or --captions-out) that an earlier
+'data synth' did not write is replaced only with --overwrite."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweeps", type=int, default=0, help="camera frames between keyframes (default %(default)s; 5 ~ 12 Hz)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--captions-out", type=Path, default=None, help="NuInteract folder (default OUT/nuinteract)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out that an earlier 'data synth' did not write")
     p.set_defaults(func=run_synth)
 
     p = verbs.add_parser("build", help="write the manifest from nuScenes + NuInteract", epilog=BUILD_EPILOG,
@@ -55,12 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="NuInteract caption keys joined into the target (default %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="manifest folder to write")
     p.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out that an earlier 'data build' did not write (never an input)")
     p.set_defaults(func=run_build)
 
     p = verbs.add_parser("verify", help="re-hash every image of a manifest",
                          description="Re-hash every image; exit 1 naming each changed or missing file.",
                          epilog="example:\n  clip-vlm data verify data/manifest", formatter_class=raw)
     p.add_argument("manifest", type=Path, help="manifest folder (or one of its split files)")
+    p.add_argument("--dataroot", type=Path, default=None,
+                   help="where the images are now, when the data moved since the build (default: manifest.json's)")
     p.set_defaults(func=run_verify)
 
     p = verbs.add_parser("inspect", help="counts, caption lengths and a few samples",
@@ -80,7 +90,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--seed", type=int, default=0, help="which samples, reproducibly (default %(default)s)")
     which.add_argument("--token", nargs="+", default=[], help="show these sample tokens instead of --n random ones")
-    p.add_argument("--out", type=Path, default=Path("gallery.html"), help="HTML file (default %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("gallery.html"),
+                   help="HTML file (default %(default)s); replaced when an earlier gallery wrote it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out that is not a gallery")
+    p.add_argument("--dataroot", type=Path, default=None,
+                   help="where the images are now, when the data moved since the build (default: manifest.json's)")
     p.set_defaults(func=run_gallery)
 
 
@@ -98,7 +112,7 @@ def run_build(args: argparse.Namespace) -> int:
     from clip_vlm_core.data.manifest import build_manifest
 
     report = build_manifest(args.dataroot, args.version, args.captions, args.cameras, args.out,
-                            args.caption_keys, args.strict)
+                            args.caption_keys, args.strict, overwrite=args.overwrite)
     print(report.summary())
     print(f"manifest written to {args.out}")
     return 0
@@ -109,7 +123,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     from clip_vlm_core.data.manifest import verify_manifest
 
-    checked, problems = verify_manifest(args.manifest)
+    checked, problems = verify_manifest(args.manifest, dataroot=args.dataroot)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -137,15 +151,15 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_gallery(args: argparse.Namespace) -> int:
-    from clip_vlm_core.data.gallery import choose_rows, render_gallery
-    from clip_vlm_core.data.manifest import load_manifest, manifest_dir, read_manifest_meta
+    from clip_vlm_core.atomic import guard_output, write_text
+    from clip_vlm_core.data.gallery import WRITER, choose_rows, render_gallery
+    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot, manifest_dir
 
-    meta = read_manifest_meta(args.manifest)
+    dataroot = manifest_dataroot(args.manifest, args.dataroot)
+    inputs = {"manifest": manifest_dir(args.manifest), "nuScenes dataroot": dataroot}
+    guard_output(args.out, WRITER, inputs, args.overwrite, kind="file")
     rows = choose_rows(load_manifest(args.manifest), args.n, args.seed, args.token)
-    page = render_gallery(rows, Path(meta["dataroot"]), f"clip-vlm gallery: {manifest_dir(args.manifest)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.partial")
-    tmp.write_text(page)
-    tmp.rename(args.out)
+    page = render_gallery(rows, dataroot, f"clip-vlm gallery: {manifest_dir(args.manifest)}")
+    write_text(args.out, page)
     print(f"wrote {len(rows)} samples to {args.out}")
     return 0

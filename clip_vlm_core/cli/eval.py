@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from clip_vlm_core.cli.caption import add_decoding_arguments, add_model_arguments, decoding_from_args
@@ -18,7 +17,11 @@ The output folder holds captions.jsonl (sample_token, reference, prediction), me
 METEOR, ROUGE-L, CIDEr; per-fact accuracy on synthetic captions) and report.html (open it in a browser).
 With --compare the same samples are captioned by the base model (fusion bypassed, LoRA off) and by the
 fine-tuned one; metrics.json then holds {"base": {...}, "finetuned": {...}}.
-METEOR and the PTB tokenizer need Java; without it METEOR is reported as null and text is tokenized in Python."""
+METEOR and the PTB tokenizer need Java; without it METEOR is reported as null and text is tokenized in Python.
+
+The manifest's images are found under the dataroot recorded in its manifest.json (an absolute path);
+when the data has moved, --dataroot says where it is now. --out is replaced when an earlier eval wrote
+it, or with --overwrite; never when it is or holds the manifest, the dataroot or the checkpoint."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--manifest", type=Path, required=True, help="manifest split file, e.g. manifest/mini_val.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="output folder (written whole, or not at all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists (default: refuse)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that an earlier eval did not write (never an input)")
+    parser.add_argument("--dataroot", type=Path, default=None,
+                        help="where the manifest's images are now, if they moved since 'data build' "
+                        "(default: the dataroot in manifest.json)")
     parser.add_argument("--compare", action="store_true", help="also caption with the base model and report both side by side")
     parser.add_argument("--batch-size", type=int, default=8, help="samples captioned together (default %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (default: all)")
@@ -44,15 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clip_vlm_core.errors import UserError
-    from clip_vlm_core.evaluate import evaluate_manifest
+    from clip_vlm_core.atomic import guard_output
+    from clip_vlm_core.data.manifest import manifest_dataroot
+    from clip_vlm_core.evaluate import WRITER, eval_inputs, evaluate_manifest
+    from clip_vlm_core.jsonout import dumps
     from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
-    if args.out.exists() and not args.overwrite:  # before minutes of model loading
-        raise UserError(f"output folder {args.out} already exists; pass --overwrite to replace it")
-    if not args.manifest.exists():
-        raise UserError(f"manifest {args.manifest} does not exist")
+    inputs = {**eval_inputs(args.manifest, args.dataroot), "checkpoint": args.checkpoint}
+    guard_output(args.out, WRITER, inputs, args.overwrite)  # before minutes of model loading
+    manifest_dataroot(args.manifest, args.dataroot)  # so is a missing manifest or dataroot
     captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only)
     metrics = evaluate_manifest(
         args.manifest,
@@ -64,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         blank_views=tuple(args.blank_view),
         decoding=decoding,
         overwrite=args.overwrite,
+        dataroot=args.dataroot,
     )
-    print(json.dumps(_headline(metrics), indent=2))
+    print(dumps(_headline(metrics), indent=2))
     print(f"wrote {args.out}/captions.jsonl, metrics.json, report.html")
     return 0
 

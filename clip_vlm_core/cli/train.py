@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,13 @@ EPILOG = """examples:
 
 Overrides are section.key=value with sections captioner, data, optim (values parsed as YAML), or run_dir=DIR.
 The run folder gets config.yaml, run_info.json, latest/ (resumable), best/ (loadable by --checkpoint),
-and tensorboard/ (tensorboard --logdir RUN_DIR). SIGTERM or Ctrl-C saves latest/ before exiting."""
+and tensorboard/ (tensorboard --logdir RUN_DIR). SIGTERM or Ctrl-C saves latest/ before exiting.
+
+A fresh run refuses an existing non-empty run folder (--resume latest continues it; --overwrite empties
+it first, never when it is or holds the recipe, a manifest, the dataroot or a checkpoint read).
+A manifest's images are found under the dataroot recorded in its manifest.json; when the data moved,
+--dataroot DIR (or data.dataroot=DIR) says where it is now. The summary line is JSON: best_val_loss is
+null before any validation."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,16 +36,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", default=None, metavar="DIR|latest",
                         help="continue from a latest/ checkpoint folder, or 'latest' for this run's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="empty an existing run folder first and start afresh (never one holding an input)")
+    parser.add_argument("--dataroot", default=None, metavar="DIR",
+                        help="where the manifests' images are now, if they moved (same as data.dataroot=DIR)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from clip_vlm_core.jsonout import dumps
     from clip_vlm_core.train import run_training
     from clip_vlm_core.train_config import load_run_config
 
     config = load_run_config(args.config, args.overrides)
-    summary = run_training(config, resume=args.resume, show_progress=not args.no_progress)
+    if args.dataroot:
+        config.data.dataroot = args.dataroot
+    summary = run_training(config, resume=args.resume, show_progress=not args.no_progress, overwrite=args.overwrite,
+                           recipe=args.config)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not per DDP process
-        print(json.dumps(summary))
+        print(dumps(summary))
     return 130 if summary["stopped_by"] in ("SIGINT", "SIGTERM") else 0

@@ -39,7 +39,8 @@ class CaptionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        images = {view: load_image(self.dataroot / row.views[view].path) for view in self.views}
+        # image_path keeps the row's path inside the dataroot (a regular file); load_image, within the limits.
+        images = {view: load_image(row.image_path(view, self.dataroot)) for view in self.views}
         return {"sample_token": row.sample_token, "images": images, "caption": row.caption}
 
 

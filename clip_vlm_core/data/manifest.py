@@ -4,6 +4,11 @@
     OUT/manifest.json                          version, dataroot, caption source, counts, skips, time
 
 `verify` re-hashes every image, so a manifest says exactly which pixels a model was trained on.
+
+Image paths in rows are relative to the dataroot and checked like every path read from a data file
+(clip_vlm_core.paths): never absolute, never out of the dataroot, only regular files. manifest.json
+records the dataroot as an absolute path; when the data moves, `--dataroot` (train, eval, verify,
+gallery) re-roots the manifest without rebuilding it.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from clip_vlm_core import __version__
-from clip_vlm_core.atomic import staged_dir
+from clip_vlm_core.atomic import guard_output, staged_dir
 from clip_vlm_core.data.nuinteract import (
     DEFAULT_CAPTION_KEYS,
-    caption_keys_present,
-    joint_caption,
+    check_caption_keys,
     load_nuinteract,
+    target_caption,
 )
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.images import LIMITS_TEXT, MAX_IMAGE_BYTES, bytes_problem, header_size, pixels_problem
+from clip_vlm_core.paths import MissingDataFile, check_relative, data_file
 
 META_FILE = "manifest.json"
+WRITER = "clip-vlm data build"
+OVER_LIMITS = f"image over the limits of {LIMITS_TEXT}"
 CHUNK = 1 << 20
 VERSION_SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val"), "v1.0-test": ("test",)}
 
@@ -52,7 +61,8 @@ class ManifestRow:
     caption: str
 
     def image_path(self, camera: str, dataroot: str | Path) -> Path:
-        return Path(dataroot) / self.views[camera].path
+        """The view's image file, checked to be a regular file inside the dataroot."""
+        return data_file(dataroot, self.views[camera].path, f"sample {self.sample_token} {camera} image")
 
 
 @dataclass
@@ -79,6 +89,8 @@ def load_nuscenes(dataroot: str | Path, version: str):
     from nuscenes.nuscenes import NuScenes
 
     dataroot = Path(dataroot)
+    if dataroot.exists() and not dataroot.is_dir():
+        raise UserError(f"nuScenes dataroot {dataroot} is a file, not a folder")
     if not dataroot.is_dir():
         raise UserError(f"nuScenes dataroot {dataroot} does not exist")
     if not (dataroot / version).is_dir():
@@ -99,17 +111,18 @@ def build_manifest(
     caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS,
     strict: bool = False,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> BuildReport:
-    """Write one JSONL per split plus manifest.json, atomically (an existing OUT is replaced on success)."""
+    """Write one JSONL per split plus manifest.json, atomically. An existing OUT is replaced on success
+    when an earlier build wrote it (or with `overwrite`), and never when it is or holds an input."""
     from nuscenes.utils.splits import create_splits_scenes
 
     if version not in VERSION_SPLITS:
         raise UserError(f"unknown nuScenes version {version!r}; known: {sorted(VERSION_SPLITS)}")
+    guard_output(out, WRITER, {"nuScenes dataroot": dataroot, "NuInteract captions folder": captions}, overwrite)
     nusc = load_nuscenes(dataroot, version)
     records = load_nuinteract(captions)
-    absent = [key for key in caption_keys if key not in caption_keys_present(records.values())]
-    if absent:
-        raise UserError(f"no NuInteract record in {captions} has caption key(s) {absent}; check --caption-keys")
+    check_caption_keys(records, caption_keys, captions)
     dataroot, out = Path(dataroot).resolve(), Path(out)
     known_cameras = {s["channel"] for s in nusc.sensor}
     unknown = [c for c in cameras if c not in known_cameras]
@@ -132,8 +145,7 @@ def build_manifest(
         if scene not in scene_split:
             skip(f"scene in no {version} split", f"{scene}/{sample['token']}")
             continue
-        record = records.get(sample["token"])
-        caption = joint_caption(record, caption_keys) if record else None
+        caption = target_caption(records, sample["token"], caption_keys)
         if caption is None:
             skip("keyframe without caption", sample["token"])
             continue
@@ -143,7 +155,7 @@ def build_manifest(
                 skip("keyframe without a requested camera", f"{sample['token']}/{cam}")
                 break
             sd = nusc.get("sample_data", sample["data"][cam])
-            view = _view_record(dataroot, sd["filename"], skip)
+            view = _view_record(dataroot, sd, skip)
             if view is None:
                 break
             views[cam] = view
@@ -163,19 +175,29 @@ def build_manifest(
     return BuildReport(counts, dict(skipped))
 
 
-def _view_record(dataroot: Path, filename: str, skip) -> ViewRecord | None:
-    path = dataroot / filename
+def _view_record(dataroot: Path, sample_data: dict, skip) -> ViewRecord | None:
+    filename = sample_data["filename"]
     try:
-        data = path.read_bytes()  # one read serves the hash and the decode; camera frames are small
-    except FileNotFoundError:
+        # From a downloaded table: refused (not skipped) when it leaves the dataroot or is no regular file.
+        path = data_file(dataroot, filename, f"sample_data {sample_data['token']} filename")
+    except MissingDataFile:
         skip("missing image", filename)
         return None
-    except IsADirectoryError:
+    if bytes_problem(path.stat().st_size):
+        skip(OVER_LIMITS, filename)
+        return None
+    with open(path, "rb") as f:
+        data = f.read(MAX_IMAGE_BYTES + 1)  # one read serves the hash and the decode; frames are small
+    try:
+        width, height = header_size(data)
+    except ValueError:
         skip("corrupt image", filename)
+        return None
+    if bytes_problem(len(data)) or pixels_problem(width, height):  # a bomb is refused from its header
+        skip(OVER_LIMITS, filename)
         return None
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
             # `verify()` passes truncated JPEGs; decoding every block does not. Draft mode decodes at
             # 1/8 scale, which still reads the whole entropy-coded stream, at a third of the cost.
             image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
@@ -187,7 +209,7 @@ def _view_record(dataroot: Path, filename: str, skip) -> ViewRecord | None:
 
 
 def _write_atomically(out: Path, rows: dict[str, list[dict]], meta: dict) -> None:
-    with staged_dir(out) as tmp:
+    with staged_dir(out, WRITER) as tmp:
         for split, split_rows in rows.items():
             with open(tmp / f"{split}.jsonl", "w") as f:
                 for row in split_rows:
@@ -202,6 +224,8 @@ def manifest_dir(path: str | Path) -> Path:
 
 
 def read_manifest_meta(out_dir: str | Path) -> dict:
+    if not Path(out_dir).exists():
+        raise UserError(f"manifest {out_dir} does not exist")
     path = manifest_dir(out_dir) / META_FILE
     try:
         return json.loads(path.read_text())
@@ -218,15 +242,17 @@ def split_files(out_dir: str | Path) -> list[Path]:
 def load_manifest(path: str | Path) -> list[ManifestRow]:
     """Rows of one split file (or of every split, given the folder)."""
     path = Path(path)
-    files = split_files(path) if path.is_dir() else [path]
     if not path.exists():
         raise UserError(f"manifest {path} does not exist")
+    files = split_files(path) if path.is_dir() else [path]
     rows = []
     for file in files:
         for n, line in enumerate(file.read_text().splitlines(), 1):
             try:
                 raw = json.loads(line)
                 views = {cam: ViewRecord(**v) for cam, v in raw["views"].items()}
+                for cam, view in views.items():  # rows are data files too: paths stay inside the dataroot
+                    check_relative(view.path, f"manifest {file} line {n}: {cam} path")
                 rows.append(ManifestRow(raw["sample_token"], raw["scene"], int(raw["timestamp"]), views,
                                         raw["caption"]))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -234,19 +260,37 @@ def load_manifest(path: str | Path) -> list[ManifestRow]:
     return rows
 
 
-def verify_manifest(out_dir: str | Path, show_progress: bool = True) -> tuple[int, list[str]]:
-    """Re-hash every image; return (files checked, problems naming each changed or missing file)."""
-    meta = read_manifest_meta(out_dir)
-    dataroot = Path(meta["dataroot"])
+def manifest_dataroot(manifest: str | Path, dataroot: str | Path | None = None) -> Path:
+    """Where a manifest's images are: `dataroot` when given (the data moved), else the one it was built from."""
+    recorded = read_manifest_meta(manifest).get("dataroot")
+    root = Path(dataroot) if dataroot else Path(recorded or "")
+    if not root.is_dir():
+        hint = "" if dataroot else "; pass --dataroot to say where the data is now"
+        raise UserError(f"nuScenes dataroot {root} of manifest {manifest} is not a folder{hint}")
+    return root
+
+
+def verify_manifest(out_dir: str | Path, show_progress: bool = True,
+                    dataroot: str | Path | None = None) -> tuple[int, list[str]]:
+    """Re-hash every image; return (files checked, problems naming each changed, missing or refused file)."""
+    root = manifest_dataroot(out_dir, dataroot)
     checks = Counter()
     problems = []
     rows = load_manifest(manifest_dir(out_dir))
     for row in tqdm(rows, desc="verifying images", unit="sample", disable=not show_progress or None):
-        for view in row.views.values():
-            path = dataroot / view.path
+        for camera, view in row.views.items():
             checks["files"] += 1
-            if not path.is_file():
-                problems.append(f"missing: {path}")
+            try:
+                path = row.image_path(camera, root)
+            except MissingDataFile:
+                problems.append(f"missing: {root / view.path}")
+                continue
+            except UserError as exc:  # out of the dataroot, a folder, a FIFO: never opened
+                problems.append(f"refused: {exc}")
+                continue
+            too_big = bytes_problem(path.stat().st_size)
+            if too_big:
+                problems.append(f"too large: {path} {too_big}")
             elif sha256_file(path) != view.sha256:
                 problems.append(f"sha256 changed: {path}")
     return checks["files"], problems

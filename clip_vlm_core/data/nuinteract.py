@@ -1,17 +1,24 @@
 """NuInteract dense captions: a folder of JSON files, each a list of per-keyframe records.
 
+The one reader of the format: `data build`, `bag convert` and everything else that needs captions
+read them here, so the same folder gives the same caption for a keyframe in every command.
+
 A record is {token (sample token), prev, next, frame_idx, scene_token, cam_path, gpt_prompt,
 gemini_caption}; `gemini_caption` (`gpt_caption` in some releases) maps each camera plus the joint
-FRONT and BACK descriptions to text. The training target joins the chosen keys, FRONT then BACK.
+FRONT and BACK descriptions to text. The target caption joins the chosen keys, FRONT then BACK by
+default. Every `.json` file of the folder is read whatever it is called (one file per scene, by scene
+token, in chunks such as part0.json, or one file for all scenes): records are found by sample token.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import stat
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.paths import file_kind
 
 CAPTION_FIELDS = ("gemini_caption", "gpt_caption")
 DEFAULT_CAPTION_KEYS = ("FRONT", "BACK")
@@ -20,13 +27,18 @@ DEFAULT_CAPTION_KEYS = ("FRONT", "BACK")
 def load_nuinteract(folder: str | Path) -> dict[str, dict]:
     """All records of the folder by sample token (a later duplicate token is an error, not an overwrite)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise UserError(f"NuInteract captions folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"NuInteract captions folder {folder} is a file, not a folder of .json files")
     files = sorted(folder.glob("*.json"))
     if not files:
         raise UserError(f"NuInteract captions folder {folder} has no .json files")
     records: dict[str, dict] = {}
     for path in files:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO named x.json would block the read forever
+            raise UserError(f"NuInteract file {path} is {file_kind(mode)}, not a regular file")
         try:
             rows = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -50,6 +62,22 @@ def record_captions(record: dict) -> dict | None:
 def caption_keys_present(records: Iterable[dict]) -> set[str]:
     """Every caption key that at least one record has (to catch a misspelt --caption-keys early)."""
     return {key for record in records for key in (record_captions(record) or {})}
+
+
+def check_caption_keys(records: Mapping[str, dict], keys: Sequence[str], folder: str | Path) -> None:
+    """Refuse caption keys that no record of the folder has: a typo, not a few missing captions."""
+    if not keys:
+        raise UserError("give at least one caption key (--caption-keys), e.g. FRONT BACK")
+    absent = [key for key in keys if key not in caption_keys_present(records.values())]
+    if absent:
+        raise UserError(f"no NuInteract record in {folder} has caption key(s) {absent}; check --caption-keys")
+
+
+def target_caption(records: Mapping[str, dict], sample_token: str,
+                   keys: Sequence[str] = DEFAULT_CAPTION_KEYS) -> str | None:
+    """The target caption of one keyframe, or None when it has no record or lacks a chosen key."""
+    record = records.get(sample_token)
+    return joint_caption(record, keys) if record is not None else None
 
 
 def joint_caption(record: dict, keys: Sequence[str] = DEFAULT_CAPTION_KEYS) -> str | None:

@@ -20,6 +20,7 @@ from PIL import Image
 from pyquaternion import Quaternion
 from tqdm import tqdm
 
+from clip_vlm_core.atomic import guard_output, staged_dir
 from clip_vlm_core.data.scene_drawing import HEIGHT, WIDTH, draw_back, draw_front, encode_jpeg, side_view_jpeg
 from clip_vlm_core.data.scene_facts import (
     FACT_KEYS,
@@ -56,6 +57,7 @@ START_US = 1532402927612460
 SPEED_MPS = 8.0
 # Optical frame (z forward, x right, y down) into the vehicle frame (x forward, y left, z up).
 _OPTICAL_TO_VEHICLE = Quaternion(0.5, -0.5, 0.5, -0.5)
+WRITER = "clip-vlm data synth"
 
 
 @dataclass
@@ -93,29 +95,21 @@ def generate_synthetic_nuscenes(
         raise UserError("--samples-per-scene must be at least 1 and --sweeps at least 0")
     captions = Path(captions_out).absolute() if captions_out is not None else out.absolute() / "nuinteract"
     inside = captions.is_relative_to(out.absolute())
-    for target, flag in ((out, "--out"), (captions, "--captions-out")):
-        if target.exists() and not target.is_dir():
-            raise UserError(f"{flag} {target} is a file; choose a folder")
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            raise UserError(f"{target} already exists and is not empty; choose another {flag} or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    if captions == out.absolute() or (not inside and out.absolute().is_relative_to(captions)):
+        raise UserError(f"--captions-out {captions} is or holds --out {out}: choose a captions folder beside or inside it")
+    guard_output(out, WRITER, overwrite=overwrite)
+    if not inside:
+        guard_output(captions, WRITER, overwrite=overwrite, flag="--captions-out")
+    with staged_dir(out, WRITER) as tmp:
         result = _write_tree(tmp, scenes, samples_per_scene, sweeps, seed, show_progress)
         if inside and captions != out.absolute() / "nuinteract":
             (tmp / captions.relative_to(out.absolute())).parent.mkdir(parents=True, exist_ok=True)
             (tmp / "nuinteract").rename(tmp / captions.relative_to(out.absolute()))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        if not inside:
-            shutil.rmtree(captions, ignore_errors=True)
-            shutil.move(str(out / "nuinteract"), captions)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not inside:  # written beside the tree, through a staging folder of its own
+            with staged_dir(captions, WRITER) as staged_captions:
+                for file in (tmp / "nuinteract").iterdir():
+                    shutil.move(str(file), staged_captions / file.name)
+            (tmp / "nuinteract").rmdir()
     result.root, result.captions = out, captions
     return result
 

@@ -33,6 +33,7 @@ from clip_vlm_core.model.fusion import MultiViewCaptionModel
 from clip_vlm_core.model.image_decode import ImageDecodeError, decode_images
 from clip_vlm_core.model.preprocess import ImagePreprocessor, QwenPixelSpec
 from clip_vlm_core.model.prompt_ids import PromptTokens
+from clip_vlm_core.paths import resolve_inside
 
 # PEFT 0.21 asks transformers 5 a deprecated question on every adapter load; users cannot act on it.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -77,16 +78,43 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-def _resolve_model_ref(ref: str, base_dir: Path | None) -> str:
-    """A base-model reference may be relative to the checkpoint folder (the embedded model's are)."""
-    if base_dir is not None and not Path(ref).is_absolute() and (base_dir / ref).exists():
-        return str((base_dir / ref).resolve())
-    return ref
+def _resolve_model_ref(ref: str, checkpoint: Path | None, root: Path | None, what: str) -> str:
+    """A base-model reference. Given directly (a flag, a recipe) it is used as is. Read from a checkpoint's
+    config, a file that may have been downloaded, it must be a hub id / model name or a folder inside
+    `root` (default: the folder holding the checkpoint), written relative to the checkpoint (the
+    embedded model's are ../tiny_base/...): never an absolute path, nor one leading out of `root`."""
+    if checkpoint is None:
+        return ref
+    root = (root or checkpoint.parent).resolve()
+    shown = f"checkpoint {checkpoint} names its {what} {ref!r}"
+    rule = "a checkpoint may name a hub id, or a folder inside the folder that holds it"
+    if Path(ref).is_absolute() or ref.startswith(("~", "local-dir:")):
+        raise UserError(f"{shown}, an absolute path; {rule}")
+    lexical = os.path.relpath(os.path.normpath(checkpoint / ref), root)
+    if lexical.split(os.sep)[0] == "..":
+        raise UserError(f"{shown}, which leads out of {root}; {rule}")
+    if (checkpoint / ref).exists() or ref.startswith("."):
+        return str(resolve_inside(root, lexical, f"{shown}: folder", kind="folder").resolve())
+    return ref  # a hub id ("org/name") or an OpenCLIP model name
 
 
 def _check_model_ref(ref: str, what: str) -> None:
     if not Path(ref).exists() and not _HUB_ID.match(ref):
         raise UserError(f"{what} {ref!r} is neither an existing folder nor a hub id like 'org/name'")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_safetensors_only(ref: str, what: str) -> None:
+    """Unpickling weights can run code: a local model folder must hold safetensors, and nothing else is loaded."""
+    folder = Path(ref)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise UserError(f"{what} folder {folder} holds pickled weights ({pickled[0]}) and no .safetensors file; "
+                        f"clip-vlm loads safetensors weights only")
 
 
 class SceneCaptioner:
@@ -122,6 +150,7 @@ class SceneCaptioner:
         dtype: str | torch.dtype | None = None,
         local_files_only: bool = False,
         base_dir: Path | None = None,
+        base_models_root: Path | None = None,
         connector_state: dict[str, torch.Tensor] | None = None,
         adapter_dir: Path | None = None,
         trainable: bool = False,
@@ -134,12 +163,17 @@ class SceneCaptioner:
         hf_logging.disable_progress_bar()  # a per-tensor bar on every load; hub downloads keep theirs
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        qwen_ref = _resolve_model_ref(config.qwen_model, base_dir)
-        clip_ref = _resolve_model_ref(config.clip_model, base_dir)
+        qwen_ref = _resolve_model_ref(config.qwen_model, base_dir, base_models_root, "Qwen2.5-VL base model")
+        clip_ref = _resolve_model_ref(config.clip_model, base_dir, base_models_root, "OpenCLIP model")
         _check_model_ref(qwen_ref, "Qwen2.5-VL model")
+        _check_safetensors_only(qwen_ref, "Qwen2.5-VL model")
+        # Where the base models really are, so that saving this model again (best/ of a resumed run)
+        # writes refs relative to the new folder, not the old folder's relative refs unchanged.
+        config = dataclasses.replace(config, qwen_model=qwen_ref, clip_model=clip_ref)
         try:
             qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                qwen_ref, dtype=dtype, local_files_only=local_files_only, attn_implementation="sdpa"
+                qwen_ref, dtype=dtype, local_files_only=local_files_only, attn_implementation="sdpa",
+                use_safetensors=True,
             )
             pixel_budget = {k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v}
             processor = AutoProcessor.from_pretrained(qwen_ref, local_files_only=local_files_only, **pixel_budget)
@@ -165,9 +199,13 @@ class SceneCaptioner:
         dtype: str | torch.dtype | None = None,
         local_files_only: bool = False,
         trainable: bool = False,
+        base_models_root: Path | None = None,
     ) -> SceneCaptioner:
         """Load a clip-vlm checkpoint folder, or a bare Qwen2.5-VL (hub id or folder) with an untrained
-        connector, which captions exactly like that base model. No path: the embedded default model."""
+        connector, which captions exactly like that base model. No path: the embedded default model.
+
+        Base models named by a folder in the checkpoint's config must lie inside `base_models_root`
+        (default: the folder that holds the checkpoint)."""
         path = default_model_path() if path in (None, "") else path
         folder = Path(path)
         if not (folder / CONFIG_FILE).exists():
@@ -184,6 +222,7 @@ class SceneCaptioner:
             dtype,
             local_files_only,
             base_dir=folder.resolve(),
+            base_models_root=base_models_root,
             connector_state=connector_state,
             adapter_dir=adapter if adapter.exists() else None,
             trainable=trainable,
@@ -196,12 +235,13 @@ class SceneCaptioner:
 
         out_dir = Path(out_dir)
         config = self.config
-        if base_models_relative_to is not None:
-            config = dataclasses.replace(
-                config,
-                qwen_model=_relative(config.qwen_model, base_models_relative_to),
-                clip_model=_relative(config.clip_model, base_models_relative_to),
-            )
+        # Local base models are always written relative to the checkpoint: loading refuses absolute paths.
+        relative_to = base_models_relative_to or out_dir
+        config = dataclasses.replace(
+            config,
+            qwen_model=_relative(config.qwen_model, relative_to),
+            clip_model=_relative(config.clip_model, relative_to),
+        )
         with staged_dir(out_dir) as tmp:
             save_json(config, tmp / CONFIG_FILE)
             state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.connector.state_dict().items()}

@@ -5,7 +5,9 @@ Rebuild it from its recipe and seed (about 10 minutes on a 2-core CPU), then ins
     clip-vlm train --config training/configs/synthetic-tiny.yaml
     python -m clip_vlm_core.model.embedded runs/synthetic-tiny
 
-`make embedded-model` does both.
+`make embedded-model` does both. Installing replaces the assets' `tiny_base/` and `default_model/`
+only when an earlier install wrote them (their marker file) or with --overwrite, and never when they
+are or hold the run being installed; each folder is swapped in whole, through a staging folder.
 """
 
 from __future__ import annotations
@@ -13,57 +15,63 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
-from clip_vlm_core.atomic import replace_dir
+from clip_vlm_core.atomic import guard_output, staged_dir
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.model.captioner import CONFIG_FILE, default_model_path
 
 ASSETS = default_model_path().parent
+WRITER = "clip-vlm embedded-model install"
 
 
-def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS) -> Path:
+def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite: bool = False) -> Path:
     """Copy a run's base models and best/ checkpoint into the package assets (atomically per folder)."""
     run_dir = Path(run_dir)
     best, base = run_dir / "best", run_dir / "base"
     for needed in (best / CONFIG_FILE, base / "qwen" / "config.json", base / "clip" / "open_clip_config.json"):
         if not needed.exists():
             raise UserError(f"{needed} is missing: is {run_dir} a finished run of a tiny recipe (optim.init: tiny)?")
-    _replace_dir(base, assets / "tiny_base")
-    staging = assets / ".default_model.new"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(best, staging)
-    config = json.loads((staging / CONFIG_FILE).read_text())
-    config.update(qwen_model="../tiny_base/qwen", clip_model="../tiny_base/clip")
-    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    adapter_config = staging / "adapter" / "adapter_config.json"
-    if adapter_config.exists():  # PEFT records where the base came from; keep no path of the training machine
-        data = json.loads(adapter_config.read_text())
-        data["base_model_name_or_path"] = "../tiny_base/qwen"
-        adapter_config.write_text(json.dumps(data, indent=2) + "\n")
-    _replace_dir(staging, assets / "default_model", move=True)
+    inputs = {"run's best checkpoint": best, "run's base models": base}
+    for name in ("tiny_base", "default_model"):  # both checked before either is replaced
+        guard_output(assets / name, WRITER, inputs, overwrite, flag="asset folder")
+    with staged_dir(assets / "tiny_base", WRITER) as staged:
+        _copy_readable(base, staged)
+    with staged_dir(assets / "default_model", WRITER) as staged:
+        _copy_readable(best, staged)
+        config = json.loads((staged / CONFIG_FILE).read_text())
+        config.update(qwen_model="../tiny_base/qwen", clip_model="../tiny_base/clip")
+        (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        adapter_config = staged / "adapter" / "adapter_config.json"
+        if adapter_config.exists():  # PEFT records where the base came from; keep no path of the training machine
+            data = json.loads(adapter_config.read_text())
+            data["base_model_name_or_path"] = "../tiny_base/qwen"
+            adapter_config.write_text(json.dumps(data, indent=2) + "\n")
     return assets / "default_model"
 
 
-def _replace_dir(src: Path, dst: Path, move: bool = False) -> None:
-    tmp = dst.parent / f".{dst.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if move:
-        src.rename(tmp)
-    else:
-        shutil.copytree(src, tmp)
-    for file in tmp.rglob("*"):
+def _copy_readable(src: Path, dst: Path) -> None:
+    """Copy a folder's contents into `dst`, every file world-readable (the assets ship in the package)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    for file in dst.rglob("*"):
         if file.is_file():
             file.chmod(0o644)
-    replace_dir(tmp, dst)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Install a trained tiny run as the embedded default model.")
     parser.add_argument("run_dir", type=Path, help="run folder of training/configs/synthetic-tiny.yaml")
-    args = parser.parse_args()
-    print(f"installed {install_embedded_model(args.run_dir)}")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace asset folders that an earlier install did not write")
+    args = parser.parse_args(argv)
+    try:
+        print(f"installed {install_embedded_model(args.run_dir, overwrite=args.overwrite)}")
+    except UserError as exc:
+        print(f"clip_vlm_core.model.embedded: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,6 +21,8 @@ IMAGE_TRANSPORTS = ("compressed", "raw")
 QOS_RELIABILITIES = ("reliable", "best_effort")
 _DEVICE = re.compile(r"^(|auto|cpu|cuda|cuda:\d+)$")
 _VIEW = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # becomes part of a topic name
+# A ROS topic name: absolute (/a/b), relative (a/b) or private (~/a/b); tokens of letters, digits, _.
+_TOPIC = re.compile(r"^(/|~/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("views", list(DEFAULT_VIEWS), "camera views to subscribe to, in the model's order"),
     ParameterSpec("image_transport", "compressed", "compressed (sensor_msgs/CompressedImage) or raw (sensor_msgs/Image)",
                   choices=IMAGE_TRANSPORTS),
-    ParameterSpec("topic_template", "/{view}/image_raw",
-                  "base image topic per view; compressed transport appends '/compressed' as image_transport does"),
+    ParameterSpec("topic_template", "{view}/image_raw",
+                  "base image topic per view, relative so a namespace or remap moves it (a leading / pins it); "
+                  "compressed transport appends '/compressed' as image_transport does"),
     ParameterSpec("qos_reliability", "reliable", "reliable or best_effort (a best-effort reader may get no "
                   "large frames from a reliable writer)", choices=QOS_RELIABILITIES),
     ParameterSpec("qos_depth", 5, "history depth of each image subscription", low=1, high=1000),
@@ -119,11 +122,14 @@ def validate_parameters(values: Mapping[str, Any]) -> CaptionNodeConfig:
         raise UserError(f"parameter device={checked['device']!r} is unknown: use '', cpu, cuda or cuda:N")
     template = checked["topic_template"]
     if "{view}" not in template:
-        raise UserError(f"parameter topic_template={template!r} must contain {{view}}, e.g. '/{{view}}/image_raw'")
+        raise UserError(f"parameter topic_template={template!r} must contain {{view}}, e.g. '{{view}}/image_raw'")
     try:
-        template.format(view="X")
+        example = template.format(view=views[0])
     except (KeyError, IndexError, ValueError):
         raise UserError(f"parameter topic_template={template!r} may hold no placeholder but {{view}}") from None
+    if not _TOPIC.match(example) or "__" in example:
+        raise UserError(f"parameter topic_template={template!r} gives {example!r}, which is not a valid ROS "
+                        "topic name (letters, digits, _ and /, e.g. '{view}/image_raw')")
     checked["views"] = tuple(views)
     return CaptionNodeConfig(**checked)
 

@@ -3,7 +3,8 @@
 Cameras fire at slightly different times, so frames are matched when their stamps lie within
 `max_skew_ns` of each other. Each view keeps only a few recent frames; a frame that finds no partner
 before it is pushed out is counted as unpaired. A stamp that jumps backwards by more than the skew
-(a bag played in a loop, a restarted driver) resets the pairer rather than pairing across the jump.
+(a bag played in a loop, a restarted driver) restarts pairing rather than pairing across the jump:
+frames from before the jump are discarded and counted, frames already on the new timeline are kept.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ class FramePair:
 class PairerCounters:
     unpaired: dict[str, int] = field(default_factory=dict)
     substituted: dict[str, int] = field(default_factory=dict)
+    discarded_at_reset: dict[str, int] = field(default_factory=dict)  # frames from before a backwards jump
     resets: int = 0
     pairs: int = 0
+    last_jump_ns: int = 0  # how far the stamp went back at the last reset
 
 
 class FramePairer:
@@ -53,7 +56,9 @@ class FramePairer:
         self.caption_missing_views = caption_missing_views
         self.newest_stamp_ns: int | None = None
         self.counters = PairerCounters(
-            unpaired=dict.fromkeys(self.views, 0), substituted=dict.fromkeys(self.views, 0)
+            unpaired=dict.fromkeys(self.views, 0),
+            substituted=dict.fromkeys(self.views, 0),
+            discarded_at_reset=dict.fromkeys(self.views, 0),
         )
         self._started_ns = started_ns
         self._pending: dict[str, deque[Frame]] = {v: deque() for v in self.views}
@@ -65,7 +70,8 @@ class FramePairer:
         """Take one frame; return a pair when this frame completes one."""
         last = self._last_stamp.get(frame.view)
         if last is not None and frame.stamp_ns < last - self.max_skew_ns:
-            self.reset()
+            self.restart_at(frame.stamp_ns)
+            self.counters.last_jump_ns = last - frame.stamp_ns
         self._last_stamp[frame.view] = frame.stamp_ns
         self._last_received[frame.view] = frame.received_ns
         self._last_shape[frame.view] = frame.image.shape
@@ -79,12 +85,22 @@ class FramePairer:
         pending.append(frame)
         return self._match(frame)
 
-    def reset(self) -> None:
-        """Forget every pending frame and stamp (they are not counted as unpaired: time restarted)."""
-        for pending in self._pending.values():
-            pending.clear()
-        self._last_stamp.clear()
-        self.newest_stamp_ns = None
+    def restart_at(self, stamp_ns: int) -> None:
+        """Time restarted at `stamp_ns`: forget what lies after it, keep what is already on the new timeline.
+
+        In a looping bag the views jump back one after another, so when the first view jumps another
+        may already have sent its first frame of the new loop (kept, it pairs), or may still send a last
+        frame of the old loop (it then jumps back itself and restarts pairing once more).
+        """
+        limit = stamp_ns + self.max_skew_ns
+        for view, pending in self._pending.items():
+            kept = deque(f for f in pending if f.stamp_ns <= limit)
+            self.counters.discarded_at_reset[view] += len(pending) - len(kept)
+            self._pending[view] = kept
+            if self._last_stamp.get(view, stamp_ns) > limit:
+                del self._last_stamp[view]
+        on_new_timeline = [f.stamp_ns for pending in self._pending.values() for f in pending]
+        self.newest_stamp_ns = max(on_new_timeline, default=None)
         self.counters.resets += 1
 
     def silent_views(self, now_ns: int) -> list[str]:

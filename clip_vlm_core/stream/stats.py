@@ -1,8 +1,14 @@
 """`StreamStats`: what the caption node reports once a second on /diagnostics.
 
 Counts per view (received, bad), caption rate, and latency percentiles over the last captions, both
-source stamp -> publish (meaningful for live cameras and `--clock` replays) and receive -> publish
-(the node's own delay, meaningful always). Thread-safe: callbacks and the worker both write.
+source stamp -> publish and receive -> publish (the node's own delay, meaningful always).
+
+The source latency compares a frame's stamp with the node's clock, which is only meaningful when both
+are the same clock: a live camera stamped with synchronised time, or a replay that publishes /clock to
+a node using sim time. A stamp further than `SOURCE_CLOCK_TOLERANCE_NS` from the node's clock (a 2018
+bag replayed against today's wall clock is 8 years behind) is not a latency: such captions are left out
+of the percentiles, counted, and the report says how far off the stamps are. Thread-safe: callbacks
+and the worker both write.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import numpy as np
 
 LATENCY_WINDOW = 200  # captions kept for the percentiles: a bounded window keeps memory flat
 RATE_WINDOW_S = 10.0
+# Beyond this, a frame stamp and the node's clock are not the same clock (no camera takes a minute to
+# deliver a frame); a stamp a little ahead of the clock is skew between synchronised machines.
+SOURCE_CLOCK_TOLERANCE_NS = 60 * 1_000_000_000
+SOURCE_CLOCK_AHEAD_NS = 1_000_000_000
 
 
 @dataclass
@@ -38,6 +48,8 @@ class StreamStats:
         self.batch_halvings = 0
         self.dropped_on_error = 0
         self.dropped_bad_frame = 0  # pairs lost because a frame's body would not decode in the worker
+        self.source_clock_mismatches = 0  # captions whose stamp was on another clock than the node's
+        self.source_clock_offset_ns = 0  # node clock minus stamp, at the last mismatch
         self._source_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._receive_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._published_at: deque[float] = deque()
@@ -66,7 +78,11 @@ class StreamStats:
         now = time.monotonic()
         with self._lock:
             self.captions += 1
-            self._source_ms.append(source_latency_ns / 1e6)
+            if -SOURCE_CLOCK_AHEAD_NS <= source_latency_ns <= SOURCE_CLOCK_TOLERANCE_NS:
+                self._source_ms.append(source_latency_ns / 1e6)
+            else:
+                self.source_clock_mismatches += 1
+                self.source_clock_offset_ns = source_latency_ns
             self._receive_ms.append(receive_latency_ns / 1e6)
             self._published_at.append(now)
             while self._published_at and now - self._published_at[0] > RATE_WINDOW_S:
@@ -108,6 +124,9 @@ class StreamStats:
                 ("pairs_dropped_bad_frame", str(self.dropped_bad_frame)),
                 ("batch_halvings", str(self.batch_halvings)),
             ]
+            if self.source_clock_mismatches:
+                values.append(("source_clock_mismatches", str(self.source_clock_mismatches)))
+                values.append(("source_clock_offset", describe_offset(self.source_clock_offset_ns)))
             for view in self.views:
                 values.append((f"{view}.received", str(self.received[view])))
                 values.append((f"{view}.bad", str(self.bad[view])))
@@ -126,3 +145,15 @@ class StreamStats:
     def _caption_rate_hz(self) -> float:
         now = time.monotonic()
         return sum(1 for t in self._published_at if now - t <= RATE_WINDOW_S) / RATE_WINDOW_S
+
+
+def describe_offset(offset_ns: int) -> str:
+    """'8.1 years behind' / '3.0 s ahead': how a frame stamp relates to the node's clock, in words."""
+    seconds = abs(offset_ns) / 1e9
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400.0), ("hours", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            amount = f"{seconds / size:.1f} {unit}"
+            break
+    else:
+        amount = f"{seconds:.1f} s"
+    return f"frame stamps {amount} {'behind' if offset_ns > 0 else 'ahead of'} this node's clock"

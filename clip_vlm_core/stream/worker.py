@@ -3,9 +3,11 @@
 It never runs in a subscription callback: callbacks only check, pair and queue. Each tick it takes
 up to one batch (one pair under policy `latest`), decodes the batch's still-encoded frames in one
 call on the captioner's device, calls the captioner ONCE for the whole batch and hands each caption
-to `publish`. A frame whose body does not decode is counted as bad and its pair is lost; an
-exception in inference is logged, counted, and the pairs are lost; the worker goes on either way.
-Out of GPU memory also halves the batch for the ticks that follow.
+to `publish`. A frame whose body does not decode is counted as bad and its pair as dropped for it.
+An exception in inference (or in publishing one caption) is logged and its pairs are counted as
+dropped on error; the worker goes on either way. Out of GPU memory also halves the batch for the
+ticks that follow. `in_flight` is how many pairs were taken and are neither published nor dropped
+yet: queued, in-flight, captioned and dropped pairs add up to the pairs made.
 
 Ticks are at least 1/rate_hz apart, and a pair that arrives while the worker is idle is captioned at
 once rather than at the next tick: waiting for a fixed tick added half a tick to every caption's
@@ -61,6 +63,7 @@ class CaptionWorker:
         self.rate_hz = rate_hz  # read every tick, so the node may change it live
         self.decoding = dict(decoding or {})
         self.batch_limit = 1 if queue.policy == "latest" else batch_size
+        self.in_flight = 0
         self._newest_stamp_ns = newest_stamp_ns
         self._source_clock_ns = source_clock_ns
         self._stop = threading.Event()
@@ -92,6 +95,7 @@ class CaptionWorker:
         pairs = self.queue.take(self.batch_limit, self._newest_stamp_ns(), time.monotonic_ns())
         if not pairs:
             return 0
+        self.in_flight = len(pairs)
         try:
             samples, pairs = self._decoded(pairs)
             if not pairs:
@@ -101,15 +105,24 @@ class CaptionWorker:
             if _is_out_of_memory(exc) and self.batch_limit > 1:
                 self.batch_limit = max(1, self.batch_limit // 2)
                 self.stats.batch_halvings += 1
-            self.stats.inference_failed(f"{type(exc).__name__}: {exc}"[:300], len(pairs))
-            log.warning("captioning %d pair(s) failed: %s: %s", len(pairs), type(exc).__name__, exc)
+            self._failed(f"{type(exc).__name__}: {exc}", len(pairs), "captioning")
             return 0
+        published = 0
         for pair, caption in zip(pairs, captions, strict=True):
-            self.publish(pair, caption)
-            self.stats.caption_published(
-                self._source_clock_ns() - pair.stamp_ns, time.monotonic_ns() - pair.received_ns
-            )
-        return len(captions)
+            try:
+                self.publish(pair, caption)
+            except Exception as exc:  # one caption that cannot go out must not end the worker thread
+                self._failed(f"publishing: {type(exc).__name__}: {exc}", 1, "publishing a caption")
+                continue
+            self.stats.caption_published(self._source_clock_ns() - pair.stamp_ns, time.monotonic_ns() - pair.received_ns)
+            self.in_flight -= 1
+            published += 1
+        return published
+
+    def _failed(self, error: str, pairs_lost: int, doing: str) -> None:
+        self.stats.inference_failed(error[:300], pairs_lost)
+        self.in_flight -= pairs_lost
+        log.warning("%s failed for %d pair(s): %s", doing, pairs_lost, error)
 
     def _decoded(self, pairs: list[FramePair]) -> tuple[list[dict[str, Any]], list[FramePair]]:
         """The pairs' images with every encoded frame decoded (one call for the whole batch), and the
@@ -128,6 +141,7 @@ class CaptionWorker:
                 samples[p][view] = image
         if bad:
             self.stats.frames_found_bad([frame for frames in bad.values() for frame in frames], len(bad))
+            self.in_flight -= len(bad)
             log.warning("%d pair(s) dropped: a frame would not decode (%s)", len(bad), next(iter(bad.values()))[0][1])
         keep = [p for p in range(len(pairs)) if p not in bad]
         return [samples[p] for p in keep], [pairs[p] for p in keep]

@@ -1,10 +1,12 @@
 """Count messages per topic in a separate process and print them as JSON (for tests of `bag play`).
 
-usage: bag_subscriber.py [--matched] SECONDS TOPIC=TYPE[:latched][:EXPECTED] ...
-Subscribes to each topic (transient local when marked latched, else reliable volatile), prints
+usage: bag_subscriber.py [--matched] SECONDS TOPIC=TYPE[:latched|:best_effort][:EXPECTED] ...
+Subscribes to each topic (transient local when marked latched, best effort when so marked, else
+reliable volatile), prints
 "ready" once subscriptions exist (with --matched: once each has found a publisher, so nothing a running
 publisher sends next is missed), and exits after SECONDS, or as soon as every topic has reached its
-EXPECTED count, printing {"topic": count, ...}.
+EXPECTED count, printing {"topic": count, ...}; for rosgraph_msgs/Clock topics also
+{"topic:clock_ns": [first, min, max]}.
 """
 
 from __future__ import annotations
@@ -27,24 +29,30 @@ def main() -> int:
     rclpy.init()
     node = rclpy.create_node("bag_test_subscriber")
     counts: dict[str, int] = {}
+    clocks: dict[str, list[int]] = {}
     expected: dict[str, int] = {}
     subscriptions = []
     for topic, rest in specs:
         msgtype, _, tail = rest.partition(":")
         flags = tail.split(":") if tail else []
         latched = "latched" in flags
+        best_effort = "best_effort" in flags
         expected[topic] = next((int(f) for f in flags if f.isdigit()), 0)
         package, _, name = msgtype.rpartition("/")
         msg_class = getattr(importlib.import_module(package.replace("/", ".")), name)
         qos = QoSProfile(
             depth=100,
-            reliability=ReliabilityPolicy.RELIABLE,
+            reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
         )
         counts[topic] = 0
 
-        def callback(_msg: object, topic: str = topic) -> None:
+        def callback(msg: object, topic: str = topic) -> None:
             counts[topic] += 1
+            if hasattr(msg, "clock"):
+                ns = msg.clock.sec * 1_000_000_000 + msg.clock.nanosec
+                seen = clocks.setdefault(topic, [ns, ns, ns])
+                seen[1], seen[2] = min(seen[1], ns), max(seen[2], ns)
 
         subscriptions.append(node.create_subscription(msg_class, topic, callback, qos))
     deadline = time.monotonic() + seconds
@@ -55,7 +63,7 @@ def main() -> int:
         rclpy.spin_once(node, timeout_sec=0.05)
         if expected and all(counts[t] >= n for t, n in expected.items() if n):
             break
-    print(json.dumps(counts), flush=True)
+    print(json.dumps({**counts, **{f"{t}:clock_ns": v for t, v in clocks.items()}}), flush=True)
     node.destroy_node()
     rclpy.shutdown()
     return 0

@@ -1,6 +1,7 @@
 """Drive a running caption_node over DDS and report what came back, as JSON.
 
     node_probe.py --transport compressed --out result.json --plan '[{"kind": "pairs", "count": 5}, ...]'
+    node_probe.py --namespace /car1 ...   # a node started in namespace car1 (/diagnostics stays global)
 
 Plan steps (run in order):
   pairs        count, rate, width, height: front/back pairs with equal stamps (wall clock)
@@ -11,6 +12,7 @@ Plan steps (run in order):
   backwards    seconds: later stamps are this much older (a bag looping)
   wait_captions count, timeout: until that many captions arrived since the probe started
   wait_diagnostics key, value, timeout: until the node's diagnostics show key == value
+  wait_at_rest  timeout: until nothing is queued or in flight and pairs_made has not moved for 1.5 s
   sleep        seconds
 The result holds every marker (stamp, text, receive time), the captions, and the last diagnostics.
 """
@@ -40,12 +42,13 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class Probe(Node):
-    def __init__(self, transport: str) -> None:
+    def __init__(self, transport: str, namespace: str = "") -> None:
         super().__init__("caption_probe")
         self.transport = transport
+        ns = namespace.rstrip("/")
         kind = CompressedImage if transport == "compressed" else Image
         suffix = "/compressed" if transport == "compressed" else ""
-        self.pubs = {v: self.create_publisher(kind, f"/{v}/image_raw{suffix}", RELIABLE) for v in VIEWS}
+        self.pubs = {v: self.create_publisher(kind, f"{ns}/{v}/image_raw{suffix}", RELIABLE) for v in VIEWS}
         self.markers: list[dict] = []
         self.captions: list[str] = []
         self.diagnostics: dict[str, str] = {}
@@ -55,12 +58,13 @@ class Probe(Node):
         self.sent_pairs: list[int] = []
         self.waits: list[float] = []  # seconds each wait_diagnostics step took
         self._encoded: dict[tuple, bytes] = {}
-        self.create_subscription(Marker, "/scene_caption/marker", self._on_marker, RELIABLE)
+        self.marker_topic = f"{ns}/scene_caption/marker"
+        self.create_subscription(Marker, self.marker_topic, self._on_marker, RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(String, "/scene_caption", lambda m: self.captions.append(m.data), latched)
+        self.create_subscription(String, f"{ns}/scene_caption", lambda m: self.captions.append(m.data), latched)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.captioned_images: list[list[int]] = []  # [width, height] of each /scene_caption/image
-        self.create_subscription(Image, "/scene_caption/image",
+        self.create_subscription(Image, f"{ns}/scene_caption/image",
                                  lambda m: self.captioned_images.append([m.width, m.height]), RELIABLE)
 
     def _on_marker(self, msg: Marker) -> None:
@@ -83,7 +87,7 @@ class Probe(Node):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             ready = all(p.get_subscription_count() > 0 for p in self.pubs.values())
-            if ready and self.count_publishers("/scene_caption/marker") > 0:
+            if ready and self.count_publishers(self.marker_topic) > 0:
                 self.spin_for(0.3)  # let the reliable readers/writers finish matching
                 return
             self.spin_for(0.05)
@@ -164,8 +168,22 @@ class Probe(Node):
             while self.diagnostics.get(step["key"]) != str(step["value"]) and time.monotonic() < end:
                 self.spin_for(0.05)
             self.waits.append(round(time.monotonic() - start, 3))
+        elif kind == "wait_at_rest":
+            self.wait_at_rest(step.get("timeout", 20.0))
         else:
             raise SystemExit(f"unknown plan step {kind!r}")
+
+    def wait_at_rest(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < end:
+            self.spin_for(0.1)
+            d = self.diagnostics
+            if d.get("pairs_made") != last:
+                last, since = d.get("pairs_made"), time.monotonic()
+            idle = d.get("queue_depth") == "0" and d.get("pairs_in_flight", "0") == "0"
+            if last is not None and idle and time.monotonic() - since > 1.5:
+                return
 
 
 def main() -> int:
@@ -174,9 +192,10 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--transport", choices=("compressed", "raw"), default="compressed")
     parser.add_argument("--node-timeout", type=float, default=60.0)
+    parser.add_argument("--namespace", default="", help="the node's namespace, e.g. /car1")
     args = parser.parse_args()
     rclpy.init()
-    probe = Probe(args.transport)
+    probe = Probe(args.transport, args.namespace)
     try:
         probe.wait_for_node(args.node_timeout)
         for step in json.loads(args.plan):

@@ -18,21 +18,21 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.exceptions import InvalidParameterValueException
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker
 
-from clip_vlm import messages
+from clip_vlm import messages, parameters
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.stream import (
-    PARAMETERS,
     BadFrame,
     CaptionNodeConfig,
     CaptionWorker,
@@ -43,20 +43,20 @@ from clip_vlm_core.stream import (
     StreamStats,
     image_from_message,
     stamp_to_ns,
-    validate_parameters,
 )
-from clip_vlm_core.stream.config import ParameterSpec, replace_parameter
+from clip_vlm_core.stream.config import replace_parameter
 from clip_vlm_core.stream.drawing import draw_caption
 from clip_vlm_core.stream.frames import decode_compressed
 
 NODE_NAME = "caption_node"
 STOP_TIMEOUT_S = 1.5  # SIGINT must end the process within 2 s, even mid-inference
+TIME_JUMP_WARNING_PERIOD_S = 10.0  # a looping bag jumps back every loop: say so, not once per frame
 
 
 class CaptionNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
-        self.config = validate_parameters(self._declare_parameters())
+        self.config = parameters.declare_parameters(self)
         self.captioner = _load_captioner(self.config)
         self.get_logger().info(
             f"model {self.captioner.model_name} on {self.captioner.device}, views {list(self.config.views)}"
@@ -74,6 +74,9 @@ class CaptionNode(Node):
         )
         self.queue = PairQueue(self.config.policy, self.config.queue_size, int(self.config.max_age_ms * 1e6))
         self._resets_seen = 0
+        # The diagnostics timer runs on the steady clock: under use_sim_time a ROS-time timer would stop
+        # whenever /clock does (before a replay starts, after it ends), and with it /diagnostics.
+        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
 
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.caption_pub = self.create_publisher(String, "scene_caption", latched)
@@ -109,25 +112,21 @@ class CaptionNode(Node):
             decoding=self.config.decoding(),
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(1.0, self._publish_diagnostics)
+        self.create_timer(1.0, self._publish_diagnostics, clock=self._steady_clock)
         self.worker.start()
-        topics = ", ".join(self.config.topic_for(v) for v in views)
+        # Resolved names (namespace and remaps applied): what the node really listens to.
+        topics = ", ".join(sub.topic_name for sub in self._subscriptions_by_view.values())
         self.get_logger().info(f"captioning {topics} at {self.config.rate_hz} Hz, policy {self.config.policy}")
 
     # -- parameters -------------------------------------------------------------------------------
-    def _declare_parameters(self) -> dict[str, Any]:
-        values = {}
-        for spec in PARAMETERS:
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
-            except InvalidParameterValueException as exc:
-                # Out of the descriptor's range: say it in validate_parameters' words when the given
-                # value can be read back (rclpy keeps overrides in a private dict), else in rclpy's.
-                override = getattr(self, "_parameter_overrides", {}).get(spec.name)
-                if override is not None:
-                    validate_parameters({spec.name: override.value})
-                raise UserError(f"parameter {spec.name}: {exc.args[0]}") from None
-        return values
+    def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
+        # The parameter services call this on every distro: whole numbers for float parameters arrive
+        # here as integers and must stay floats (see clip_vlm.parameters).
+        parameter_list = parameters.as_declared_types(parameter_list)
+        reason = parameters.refusal(parameter_list)
+        if reason is not None:
+            return SetParametersResult(successful=False, reason=reason)
+        return super().set_parameters_atomically(parameter_list)
 
     def _on_set_parameters(self, parameters: list) -> SetParametersResult:
         config = self.config
@@ -156,13 +155,20 @@ class CaptionNode(Node):
         frame = Frame(view, stamp_to_ns(msg.header.stamp), received_ns, image, msg.header.frame_id)
         pair = self.pairer.add(frame)
         if self.pairer.counters.resets != self._resets_seen:
-            # Stamps went backwards (a looping bag): pairs from before the jump would be judged stale
-            # against the wrong clock, so they go too.
-            self._resets_seen = self.pairer.counters.resets
-            self.queue.clear()
-            self.get_logger().warn(f"{view} stamp went backwards: frame pairing restarted")
+            self._on_time_jump(view)
         if pair is not None:
             self.queue.put(pair)
+
+    def _on_time_jump(self, view: str) -> None:
+        # Pairs already queued stay and are captioned: they are real frames. Their stamps now lie ahead
+        # of the newest one, so the queue judges their age by the time they waited here alone.
+        self._resets_seen = self.pairer.counters.resets
+        jump_s = self.pairer.counters.last_jump_ns / 1e9
+        self.get_logger().warn(
+            f"{view} stamp went back {jump_s:.1f} s (a looping bag or a restarted camera): frame pairing "
+            f"restarted ({self._resets_seen} time(s) so far; said at most every {TIME_JUMP_WARNING_PERIOD_S:.0f} s)",
+            throttle_duration_sec=TIME_JUMP_WARNING_PERIOD_S,
+        )
 
     # -- captions out (worker thread) -------------------------------------------------------------
     def _publish(self, pair: FramePair, caption: str) -> None:
@@ -180,24 +186,9 @@ class CaptionNode(Node):
 
     def _publish_diagnostics(self) -> None:
         silent = self.pairer.silent_views(time.monotonic_ns())
-        counters, queued = self.pairer.counters, self.queue.counters
-        pairs_lost = (queued.superseded + queued.overflow + queued.stale + self.stats.dropped_on_error
-                      + self.stats.dropped_bad_frame)
-        extra = [
-            ("queue_depth", str(len(self.queue))),
-            ("policy", self.config.policy),
-            ("batch_limit", str(self.worker.batch_limit)),
-            ("pairs_made", str(counters.pairs)),
-            ("pairs_dropped_superseded", str(queued.superseded)),
-            ("pairs_dropped_overflow", str(queued.overflow)),
-            ("pairs_dropped_stale", str(queued.stale)),
-            ("pairing_resets", str(counters.resets)),
-            ("device", str(self.captioner.device)),
-            ("model", self.captioner.model_name),
-        ]
-        for view in self.config.views:
-            extra.append((f"{view}.dropped", str(counters.unpaired[view] + pairs_lost)))
-            extra.append((f"{view}.substituted_black", str(counters.substituted[view])))
+        extra = [*self._pair_accounting(), ("device", str(self.captioner.device)), ("model", self.captioner.model_name)]
+        if self.stats.source_clock_mismatches:
+            extra.append(("source_clock_hint", self._source_clock_hint()))
         report = self.stats.report(silent, extra)
         if silent and self.config.caption_missing_views:
             report.message += " (captioned with a black image in its place)"
@@ -206,22 +197,41 @@ class CaptionNode(Node):
             messages.diagnostic_array(report, f"clip_vlm: {self.get_name()}", self.captioner.model_name, now)
         )
 
+    def _pair_accounting(self) -> list[tuple[str, str]]:
+        """Where every pair made went: captioned, queued, in flight, or dropped for a named reason.
+
+        At rest, pairs_made == captions + queue_depth + pairs_in_flight + the pairs_dropped_* values.
+        """
+        counters, queued = self.pairer.counters, self.queue.counters
+        pairs_lost = (queued.superseded + queued.overflow + queued.stale + self.stats.dropped_on_error
+                      + self.stats.dropped_bad_frame)
+        values = [
+            ("queue_depth", str(len(self.queue))),
+            ("policy", self.config.policy),
+            ("batch_limit", str(self.worker.batch_limit)),
+            ("pairs_made", str(counters.pairs)),
+            ("pairs_in_flight", str(self.worker.in_flight)),
+            ("pairs_dropped_superseded", str(queued.superseded)),
+            ("pairs_dropped_overflow", str(queued.overflow)),
+            ("pairs_dropped_stale", str(queued.stale)),
+            ("pairing_resets", str(counters.resets)),
+        ]
+        for view in self.config.views:
+            dropped = counters.unpaired[view] + counters.discarded_at_reset[view] + pairs_lost
+            values.append((f"{view}.dropped", str(dropped)))
+            values.append((f"{view}.discarded_at_reset", str(counters.discarded_at_reset[view])))
+            values.append((f"{view}.substituted_black", str(counters.substituted[view])))
+        return values
+
+    def _source_clock_hint(self) -> str:
+        if self.get_parameter("use_sim_time").value:
+            return "use_sim_time is on: is /clock published (ros2 bag play --clock, clip-vlm bag play --clock)?"
+        # Short enough for `ros2 topic echo`, which cuts strings at 128 characters.
+        return "replaying a bag? play it with --clock (ros2 bag play, clip-vlm bag play) and set use_sim_time:=true"
+
     def close(self) -> None:
         if not self.worker.stop(STOP_TIMEOUT_S):
             self.get_logger().warn("an inference call was still running at shutdown; leaving it behind")
-
-
-def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
-    # dynamic_typing: `-p rate_hz:=2` (an integer) must be accepted for a float; validate_parameters
-    # does the type checks and says what is wrong in words.
-    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only, dynamic_typing=True)
-    if spec.choices:
-        descriptor.additional_constraints = f"one of {list(spec.choices)}"
-    if spec.low is not None and isinstance(spec.default, float):
-        descriptor.floating_point_range = [FloatingPointRange(from_value=spec.low, to_value=spec.high, step=0.0)]
-    elif spec.low is not None and isinstance(spec.default, int):
-        descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    return descriptor
 
 
 def _load_captioner(config: CaptionNodeConfig):

@@ -3,43 +3,54 @@
     ros2 launch clip_vlm caption.launch.py
     ros2 launch clip_vlm caption.launch.py model:=/path/to/checkpoint device:=cuda overlay:=true
     ros2 launch clip_vlm caption.launch.py params_file:=/path/to/my_caption.yaml namespace:=car1
+    ros2 launch clip_vlm caption.launch.py use_sim_time:=true     # stamps judged by a replay's /clock
 
-model and device, when given, override the params file; left empty, the params file decides.
+model and device, when given, override the params file; left empty, the params file decides. The camera
+topics are relative, so namespace:=car1 moves them too (/car1/CAM_FRONT/image_raw/compressed).
+Without rviz_2d_overlay_plugins, overlay:=true warns and starts the node alone.
 """
 
 # ruff takes `launch` (ROS) for the repo's own launch/ folder and would split the imports below.
 # ruff: noqa: I001
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-
-def given(**overrides):
-    """Only the overrides a user actually gave, so an empty launch argument leaves the params file's value."""
-    return {name: value for name, value in overrides.items() if value != ""}
+from clip_vlm.launch_plan import node_overrides, overlay_choice, package_installed
 
 
-def caption_node(context):
-    return [
+def nodes(context):
+    """Everything is decided here, before any process starts: a missing overlay package cannot leave
+    a caption_node running behind a failed launch."""
+    def arg(name):
+        return LaunchConfiguration(name).perform(context)
+
+    start_overlay, warning = overlay_choice(arg("overlay"), package_installed)
+    if warning:
+        get_logger("caption.launch").warning(warning)
+    actions = [
         Node(
             package="clip_vlm",
             executable="caption_node",
             name="caption_node",
-            namespace=LaunchConfiguration("namespace"),
+            namespace=arg("namespace"),
             output="screen",
             emulate_tty=True,
-            parameters=[
-                LaunchConfiguration("params_file"),
-                given(
-                    model=LaunchConfiguration("model").perform(context),
-                    device=LaunchConfiguration("device").perform(context),
-                ),
-            ],
+            parameters=[arg("params_file"), node_overrides(arg("model"), arg("device"), arg("use_sim_time"))],
         )
     ]
+    if start_overlay:
+        actions.append(Node(
+            package="rviz_2d_overlay_plugins",
+            executable="string_to_overlay_text",
+            name="scene_caption_overlay",
+            namespace=arg("namespace"),
+            parameters=[{"string_topic": "scene_caption", "fg_color": "w"}],
+        ))
+    return actions
 
 
 def generate_launch_description():
@@ -51,16 +62,12 @@ def generate_launch_description():
         ),
         DeclareLaunchArgument("model", default_value="", description="checkpoint folder or hub id; '' = params file"),
         DeclareLaunchArgument("device", default_value="", description="cpu, cuda or cuda:N; '' = params file"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace for the node and its topics"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="namespace for the node and its topics, camera inputs included"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (a replay's, e.g. ros2 bag play --clock) as the node's time"),
         DeclareLaunchArgument("overlay", default_value="false",
-                              description="also start rviz_2d_overlay_plugins' string_to_overlay_text"),
-        OpaqueFunction(function=caption_node),
-        Node(
-            package="rviz_2d_overlay_plugins",
-            executable="string_to_overlay_text",
-            name="scene_caption_overlay",
-            namespace=LaunchConfiguration("namespace"),
-            condition=IfCondition(LaunchConfiguration("overlay")),
-            parameters=[{"string_topic": "scene_caption", "fg_color": "w"}],
-        ),
+                              description="also start rviz_2d_overlay_plugins' string_to_overlay_text "
+                                          "(warns and skips it when not installed)"),
+        OpaqueFunction(function=nodes),
     ])
