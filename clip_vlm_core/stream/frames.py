@@ -88,6 +88,11 @@ def decode_compressed(data: bytes) -> np.ndarray:
     return image
 
 
+def black_jpeg(width: int, height: int) -> EncodedImage:
+    """A black frame as a camera would send it (JPEG), e.g. to warm up the decoding path at start-up."""
+    return EncodedImage.checked(cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))[1].tobytes())
+
+
 def decode_raw(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data: Any) -> np.ndarray:
     if height == 0 or width == 0:
         raise BadFrame(f"zero-size image ({width}x{height})")

@@ -14,8 +14,6 @@ import time
 from functools import partial
 from typing import Any
 
-import cv2
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -46,7 +44,7 @@ from clip_vlm_core.stream import (
 )
 from clip_vlm_core.stream.config import replace_parameter
 from clip_vlm_core.stream.drawing import draw_caption
-from clip_vlm_core.stream.frames import decode_compressed
+from clip_vlm_core.stream.frames import black_jpeg, decode_compressed
 
 NODE_NAME = "caption_node"
 STOP_TIMEOUT_S = 1.5  # SIGINT must end the process within 2 s, even mid-inference
@@ -248,8 +246,7 @@ def _load_captioner(config: CaptionNodeConfig):
         captioner.optimize_for_inference()
     # One caption at start-up, from JPEG bytes as frames arrive, so the first real frame does not pay
     # for lazy initialisation (on a GPU, nvJPEG's too).
-    black = EncodedImage.checked(cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes())
-    captioner.caption([dict.fromkeys(captioner.views, black)], max_new_tokens=2)
+    captioner.caption([dict.fromkeys(captioner.views, black_jpeg(64, 64))], max_new_tokens=2)
     return captioner
 
 
