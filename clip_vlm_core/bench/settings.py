@@ -59,3 +59,15 @@ def _checked_batch_sizes(sizes) -> tuple[int, ...]:
     for size in sizes:
         check_batch(size, 1, "--batch-sizes value")
     return sizes
+
+
+@dataclass
+class PreprocessBenchSettings:
+    pairs: int = 1  # front/back pairs per call (a batch)
+    warmup: int = 3
+    iters: int = 20
+
+    def __post_init__(self) -> None:
+        check_batch(self.pairs, 1, "--pairs")
+        if self.warmup < 0 or self.iters < 1:
+            raise UserError("--warmup must be >= 0 and --iters >= 1")

@@ -74,7 +74,9 @@ class CachedEncoderDataset(Dataset):
         from safetensors.torch import save_file
 
         item = self.raw[index]
-        inputs = captioner.to_device(captioner.prepare([item["images"]], targets=[item["caption"]]))
+        # Made on the model's device (decoded, resized and laid out there); the raw collator runs in
+        # data-loader workers, which must not touch the GPU, so it keeps prepare()'s CPU default.
+        inputs = captioner.prepare([item["images"]], targets=[item["caption"]], device=captioner.device)
         model = captioner.model
         visual = model.encode_visual(inputs["pixel_values"], inputs["image_grid_thw"])
         tensors = {

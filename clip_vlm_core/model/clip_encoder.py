@@ -9,6 +9,7 @@ from PIL import Image
 from torch import nn
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.model.preprocess import ClipPixelSpec
 
 
 def load_open_clip(model: str, pretrained: str | None) -> nn.Module:
@@ -50,6 +51,22 @@ def activation_for(model: str, pretrained: str | None) -> dict[str, bool]:
     return {}
 
 
+def clip_pixel_spec(size: int, preprocess_cfg: dict) -> ClipPixelSpec:
+    """The settings the encoder's open_clip.image_transform gets: mean and std from the model's config
+    (open_clip's OpenAI defaults when absent), bicubic, squashed to size x size."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return ClipPixelSpec(
+        size=size,
+        mean=_per_channel(preprocess_cfg.get("mean") or OPENAI_DATASET_MEAN),
+        std=_per_channel(preprocess_cfg.get("std") or OPENAI_DATASET_STD),
+    )
+
+
+def _per_channel(value: float | list[float] | tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else (float(value),) * 3
+
+
 class ClipViewEncoder(nn.Module):
     """Turns each view image into CLIP tokens: [N, 1, embed_dim] pooled, or [N, P, width] patches."""
 
@@ -71,6 +88,8 @@ class ClipViewEncoder(nn.Module):
             std=cfg.get("std"),
             resize_mode="squash",
         )
+        # The same transform as tensor operations (model/preprocess.py): what the captioner runs.
+        self.pixel_spec = clip_pixel_spec(size, cfg)
         if tokens == "patch":
             self.visual.output_tokens = True
         self.requires_grad_(False)
@@ -83,6 +102,7 @@ class ClipViewEncoder(nn.Module):
         return int(self.visual.transformer.width)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """OpenCLIP's own transform on PIL images (the reference the tensor path is tested against)."""
         return torch.stack([self.transform(image) for image in images])
 
     def train(self, mode: bool = True) -> ClipViewEncoder:

@@ -39,6 +39,7 @@ class PairQueue:
         self._pairs: deque[FramePair] = deque()
         self._capacity = 1 if policy == "latest" else queue_size
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
 
     def put(self, pair: FramePair) -> None:
         with self._lock:
@@ -49,6 +50,12 @@ class PairQueue:
                 else:
                     self.counters.overflow += 1
             self._pairs.append(pair)
+            self._arrived.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a pair is queued (True) or `timeout_s` passes (False)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self._pairs) > 0, timeout_s)
 
     def take(self, limit: int, newest_stamp_ns: int | None, now_ns: int) -> list[FramePair]:
         """Up to `limit` fresh pairs, oldest first; stale ones met on the way are dropped and counted."""

@@ -1,6 +1,6 @@
 """`caption_node`: camera views in, one scene caption out on /scene_caption.
 
-Thin by design: callbacks decode and pair frames (clip_vlm_core.stream), a worker thread captions at
+Thin by design: callbacks check and pair frames (clip_vlm_core.stream), a worker thread captions at
 `rate_hz`, and this file turns results into messages. Run it as
 `ros2 run clip_vlm caption_node --ros-args -p policy:=all` or `.venv/bin/caption_node --ros-args ...`.
 """
@@ -14,7 +14,6 @@ import time
 from functools import partial
 from typing import Any
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -30,6 +29,7 @@ from visualization_msgs.msg import Marker
 
 from clip_vlm import messages, parameters
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.stream import (
     BadFrame,
     CaptionNodeConfig,
@@ -39,11 +39,12 @@ from clip_vlm_core.stream import (
     FramePairer,
     PairQueue,
     StreamStats,
-    decode_image_message,
+    image_from_message,
     stamp_to_ns,
 )
 from clip_vlm_core.stream.config import replace_parameter
 from clip_vlm_core.stream.drawing import draw_caption
+from clip_vlm_core.stream.frames import black_jpeg, decode_compressed
 
 NODE_NAME = "caption_node"
 STOP_TIMEOUT_S = 1.5  # SIGINT must end the process within 2 s, even mid-inference
@@ -140,11 +141,13 @@ class CaptionNode(Node):
         self.pairer.caption_missing_views = config.caption_missing_views
         return SetParametersResult(successful=True)
 
-    # -- frames in (executor thread: decode, pair, queue; never the model) ------------------------
+    # -- frames in (executor thread: check, pair, queue; never the model) -------------------------
     def _on_image(self, view: str, msg: Any) -> None:
         received_ns = time.monotonic_ns()
         try:
-            image = decode_image_message(msg)
+            # Compressed frames stay encoded (header and limits checked): the worker decodes the ones it
+            # captions, in one batch on the model's device. Raw frames are converted here.
+            image = image_from_message(msg)
         except BadFrame as exc:
             self.stats.frame_bad(view, str(exc))
             return
@@ -177,6 +180,8 @@ class CaptionNode(Node):
             self.overlay_pub.publish(messages.overlay_text(caption))
         if self.config.publish_image and self.image_pub.get_subscription_count() > 0:
             front = pair.images[self.config.views[0]]
+            if isinstance(front, EncodedImage):  # decoded on the model's device for the caption; here for people
+                front = decode_compressed(front.data)
             self.image_pub.publish(messages.rgb_image(draw_caption(front, caption), pair.stamp_ns, pair.frame_id))
 
     def _publish_diagnostics(self) -> None:
@@ -198,7 +203,8 @@ class CaptionNode(Node):
         At rest, pairs_made == captions + queue_depth + pairs_in_flight + the pairs_dropped_* values.
         """
         counters, queued = self.pairer.counters, self.queue.counters
-        pairs_lost = queued.superseded + queued.overflow + queued.stale + self.stats.dropped_on_error
+        pairs_lost = (queued.superseded + queued.overflow + queued.stale + self.stats.dropped_on_error
+                      + self.stats.dropped_bad_frame)
         values = [
             ("queue_depth", str(len(self.queue))),
             ("policy", self.config.policy),
@@ -240,9 +246,9 @@ def _load_captioner(config: CaptionNodeConfig):
         captioner = captioner.with_prompt(config.prompt)
     if config.fast_inference:
         captioner.optimize_for_inference()
-    # One caption at start-up so the first real frame does not pay for lazy initialisation.
-    black = {view: np.zeros((64, 64, 3), np.uint8) for view in captioner.views}
-    captioner.caption([black], max_new_tokens=2)
+    # One caption at start-up, from JPEG bytes as frames arrive, so the first real frame does not pay
+    # for lazy initialisation (on a GPU, nvJPEG's too).
+    captioner.caption([dict.fromkeys(captioner.views, black_jpeg(64, 64))], max_new_tokens=2)
     return captioner
 
 
