@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-from clip_vlm_core.errors import UserError
+from clip_vlm_core import jsonout
+from clip_vlm_core.atomic import write_text
 
 NOT_AVAILABLE = "n/a"
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
-    """Write the report beside its target and rename it into place, so a reader never sees half of it."""
+    """Write the report atomically (a reader never sees half of it), as strict JSON: a figure that could
+    not be measured (NaN, infinite) is null."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write the benchmark report {path}: {exc.strerror or exc}") from None
+    write_text(path, jsonout.dumps(report, indent=2) + "\n")
     return path
 
 
