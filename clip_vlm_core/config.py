@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.limits import (
+    MAX_EOS_TOKEN_IDS,
+    MAX_NEW_TOKENS,
+    MAX_NUM_BEAMS,
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+    bounded,
+    check_fields,
+    one_of,
+)
 
 DEFAULT_VIEWS = ("CAM_FRONT", "CAM_BACK")
 # Inference settings (clip_vlm_core.model.inference); here so the CLI offers them without importing torch.
@@ -28,6 +42,12 @@ DEFAULT_PROMPT = "Describe what the car's cameras see, front then back, in plain
 LANGUAGE_MODEL_LORA_TARGETS = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
+# Qwen2.5-VL's processor sees images between 4 and 16,384 patches of 28x28 pixels (its own defaults).
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 16384
+_PIXELS = "Qwen2.5-VL's range, 4 to 16,384 patches of 28x28"
+_DROPOUT = "a dropout probability"
+
+
 @dataclass
 class CaptionerConfig:
     """What a captioner is made of; saved as `clip_vlm_config.json` in every checkpoint."""
@@ -35,21 +55,22 @@ class CaptionerConfig:
     qwen_model: str = "Qwen/Qwen2.5-VL-3B-Instruct"  # hub id or local folder
     clip_model: str = "ViT-L-14"  # open_clip model name, or a local open_clip folder
     clip_pretrained: str = "openai"  # open_clip pretrained tag (ignored for a local folder)
-    clip_tokens: str = "pooled"  # "pooled": one token per view; "patch": every patch token
+    clip_tokens: str = one_of("pooled", ("pooled", "patch"))  # "pooled": one token per view; "patch": every patch
     views: tuple[str, ...] = DEFAULT_VIEWS
     prompt: str = DEFAULT_PROMPT
     label_views: bool = True  # write "CAM_FRONT:" before each view's image in the prompt
     # The instruction (caption prompt or question) before the images instead of after them: the visual
     # tokens then see the question, so even a shallow language model reads the view it asks about.
     instruction_first: bool = False
-    min_pixels: int | None = None  # Qwen's per-image pixel budget; None keeps the processor's
-    max_pixels: int | None = None
-    connector_layers: int = 2
-    connector_heads: int = 8
-    connector_dropout: float = 0.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    # Qwen's per-image pixel budget; None keeps the processor's
+    min_pixels: int | None = bounded(None, QWEN_MIN_PIXELS, QWEN_MAX_PIXELS, why=_PIXELS)
+    max_pixels: int | None = bounded(None, QWEN_MIN_PIXELS, QWEN_MAX_PIXELS, why=_PIXELS)
+    connector_layers: int = bounded(2, 0, 24, why="a connector deeper than 24 layers outweighs the model it adapts")
+    connector_heads: int = bounded(8, 1, 128, why="it must divide the language model's width")
+    connector_dropout: float = bounded(0.0, 0.0, 1.0, high_open=True, why=_DROPOUT)
+    lora_r: int = bounded(16, 1, 1024, why="LoRA's rank, far below the projections' width")
+    lora_alpha: int = bounded(32, 1, 4096, why="LoRA's scale is alpha / r")
+    lora_dropout: float = bounded(0.05, 0.0, 1.0, high_open=True, why=_DROPOUT)
     lora_targets: str = LANGUAGE_MODEL_LORA_TARGETS
 
     def __post_init__(self) -> None:
@@ -58,44 +79,70 @@ class CaptionerConfig:
             raise UserError("the captioner needs at least one camera view")
         if len(set(self.views)) != len(self.views):
             raise UserError(f"camera views must be distinct, got {list(self.views)}")
-        if self.clip_tokens not in ("pooled", "patch"):
-            raise UserError(f"clip_tokens must be 'pooled' or 'patch', got {self.clip_tokens!r}")
-        if self.connector_layers < 0 or self.connector_heads < 1:
-            raise UserError("connector_layers must be >= 0 and connector_heads >= 1")
+        check_fields(self, "captioner.")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise UserError(f"captioner.min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if not self.prompt.strip():
+            raise UserError("captioner.prompt is empty: give the instruction the model captions by")
+        try:
+            re.compile(self.lora_targets)
+        except re.error as exc:
+            raise UserError(f"captioner.lora_targets is not a valid regular expression ({exc})") from None
 
 
 @dataclass
 class DecodingConfig:
-    """Generation knobs; greedy by default so captions are reproducible."""
+    """Generation settings; greedy by default so captions are reproducible.
 
-    max_new_tokens: int = 64
-    num_beams: int = 1
+    Left as None, `repetition_penalty` and `eos_token_ids` are the base model's own, from its
+    generation_config.json (Qwen2.5-VL-Instruct: stop on <|im_end|> or <|endoftext|>, penalty 1.05):
+    `SceneCaptioner.decoding_in_effect()` resolves them. Sampling settings are never taken from there:
+    Qwen's (top_k 1, top_p 0.001, temperature 0.1) describe greedy decoding, and would silently turn
+    `--sample` back into it. Every setting is passed to generate() explicitly.
+    """
+
+    max_new_tokens: int = bounded(64, 1, MAX_NEW_TOKENS, why="every new token grows each sequence's KV cache")
+    num_beams: int = bounded(1, 1, MAX_NUM_BEAMS, why="each beam is a sequence with its own KV cache")
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    temperature: float = bounded(1.0, MIN_TEMPERATURE, MAX_TEMPERATURE,
+                                 why="below, sampling is greedy; above, noise")
+    top_p: float = bounded(1.0, 0.0, 1.0, low_open=True, why="a probability mass; 1 keeps every word")
+    top_k: int = bounded(0, 0, MAX_TOP_K, why="0 keeps every word")
+    repetition_penalty: float | None = bounded(None, MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY,
+                                               why="beyond, captions loop or lose their common words")
+    eos_token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.num_beams < 1:
-            raise UserError(f"num_beams must be at least 1, got {self.num_beams}")
-        if self.temperature <= 0:
-            raise UserError(f"temperature must be positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise UserError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        if not isinstance(self.do_sample, bool):
+            raise UserError(f"do_sample must be true or false, got {self.do_sample!r}")
+        check_fields(self)
+        if self.eos_token_ids is not None:
+            ids = self.eos_token_ids = tuple([self.eos_token_ids] if isinstance(self.eos_token_ids, int)
+                                             else self.eos_token_ids)
+            if not 1 <= len(ids) <= MAX_EOS_TOKEN_IDS or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+            ):
+                raise UserError(f"eos_token_ids must be 1 to {MAX_EOS_TOKEN_IDS} token ids (whole numbers >= 0), "
+                                f"got {list(ids)}")
+        if self.do_sample and self.num_beams > 1:
+            raise UserError(f"do_sample cannot be combined with num_beams {self.num_beams} (beam search does not "
+                            "sample here): choose one")
 
     def generate_kwargs(self) -> dict[str, Any]:
+        """generate() arguments, every one explicit; unset (None) ones are left to the model's config."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "num_beams": self.num_beams,
             "do_sample": self.do_sample,
-            "repetition_penalty": self.repetition_penalty,
         }
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = float(self.repetition_penalty)
+        if self.eos_token_ids is not None:
+            kwargs["eos_token_id"] = list(self.eos_token_ids)
+        if self.do_sample:  # top_k explicitly: the model's config (Qwen's top_k 1) would otherwise apply
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:  # unset, so that the model's sampling settings neither apply nor warn in greedy/beam mode
+            kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
 
 

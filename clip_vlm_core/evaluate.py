@@ -36,6 +36,7 @@ from clip_vlm_core.evaluation.qa import qa_accuracy
 from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
 from clip_vlm_core.images import load_image, thumbnail_data_uri
 from clip_vlm_core.jsonout import dumps
+from clip_vlm_core.limits import check_batch
 
 __all__ = ["evaluate_manifest", "caption_metrics", "fact_accuracy"]
 
@@ -78,8 +79,8 @@ def evaluate_manifest(
     an input.
     """
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    requested = dataclasses.asdict(decoding) if decoding is not None else {}
+    check_batch(batch_size, requested.get("num_beams") or captioner.decoding.num_beams, "eval batch size")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
     guard_output(out_dir, WRITER, eval_inputs(manifest_path, dataroot), overwrite)
@@ -90,7 +91,9 @@ def evaluate_manifest(
     samples = _load_samples(manifest_path, views, limit, manifest_dataroot(manifest_path, dataroot))
     if not questions:
         samples = [dataclasses.replace(s, qa=()) for s in samples]
-    settings = dataclasses.asdict(decoding) if decoding is not None else dataclasses.asdict(captioner.decoding)
+    # Every setting resolved (the base model's EOS ids and repetition penalty included): metrics.json
+    # then says exactly how the captions were decoded.
+    settings = dataclasses.asdict(captioner.decoding_in_effect(**requested))
 
     started = time.perf_counter()
     predictions: dict[str, list[str]] = {m: [] for m in (MODELS if compare else ("finetuned",))}

@@ -17,6 +17,7 @@ import base64
 import io
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,35 @@ from PIL import Image, UnidentifiedImageError
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.paths import file_kind
 
-ImageLike = Image.Image | np.ndarray
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image still in its file format (JPEG, PNG, ...), its size read from the header and within the
+    limits: decoding can wait for the place that does it best (the model's device, in one batch).
+
+    Make one with `EncodedImage.checked(data)`; a camera message's bytes cost a header read here.
+    """
+
+    data: bytes
+    width: int
+    height: int
+
+    @classmethod
+    def checked(cls, data: bytes, name: str = "image") -> EncodedImage:
+        width, height = check_encoded(data, name)
+        return cls(bytes(data), width, height)
+
+    @property
+    def is_jpeg(self) -> bool:
+        return self.data[:3] == b"\xff\xd8\xff"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The decoded array's shape (HxWx3 RGB), known before decoding."""
+        return (self.height, self.width, 3)
+
+
+ImageLike = Image.Image | np.ndarray | EncodedImage
 
 # 8192 x 8192: four times a 4K frame and 47 times a nuScenes frame (1600x900); no camera a car carries
 # comes near it, and one decoded RGB image at the limit is 192 MiB.
@@ -134,7 +163,10 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def to_rgb(image: ImageLike, name: str = "image") -> Image.Image:
-    """Accept PIL images in any mode or HxW / HxWx1 / HxWx3 / HxWx4 uint8 arrays; return RGB PIL."""
+    """Accept PIL images in any mode, HxW / HxWx1 / HxWx3 / HxWx4 uint8 arrays or encoded images;
+    return RGB PIL."""
+    if isinstance(image, EncodedImage):
+        return decode_image(image.data, name)
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image, name)
     elif not isinstance(image, Image.Image):
@@ -175,6 +207,7 @@ def thumbnail_data_uri(image: Image.Image, width: int) -> str:
 
 __all__ = [
     "LIMITS_TEXT",
+    "EncodedImage",
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
     "bytes_problem",

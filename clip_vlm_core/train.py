@@ -2,7 +2,8 @@
 
 Loop mechanics come from accelerate (devices, DDP under `accelerate launch`/`torchrun`, mixed
 precision, gradient accumulation); the schedule from transformers. What is ours: the parameter groups
-(no weight decay on the gate), a resumable checkpoint without pickles, and stopping cleanly.
+(weight decay on weight matrices only), a resumable checkpoint without pickles that refuses a recipe
+changing the model it holds, the memory plan said at the start, and stopping cleanly.
 
 Run folder:
     config.yaml         the resolved recipe          run_info.json   git commit, seed, versions
@@ -22,6 +23,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -93,11 +95,15 @@ def run_training(
         project_dir=str(run_dir),
     )
     resume_dir = _resume_dir(run_dir, resume)
+    # a recipe that changes the model is refused before anything is written or loaded
+    changed = check_resume_recipe(config, resume_dir) if resume_dir is not None else {}
     set_seed(o.seed)
     if accelerator.is_main_process:
         if overwrite and not continuing and run_dir.exists():
             remove_output(run_dir)
         _write_run_record(run_dir, config)
+        if changed:  # said once the resumed run is under way
+            log.info("resuming with changed settings: %s", _differences(changed))
     accelerator.wait_for_everyone()
 
     captioner = _build_captioner(config, run_dir, resume_dir, accelerator)
@@ -107,16 +113,17 @@ def run_training(
         log.info("vision tower: packed (varlen) flash attention")
     train_set, val_set, collate = _datasets(config, run_dir, captioner, accelerator)
     model = captioner.model
-    if o.gradient_checkpointing:
+    if _plan_memory(config, captioner, train_set, accelerator):
         model.base_qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.base_qwen.enable_input_require_grads()
-    optimizer = torch.optim.AdamW(_parameter_groups(model, o), betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(parameter_groups(model, o), betas=(0.9, 0.999))
     from transformers import get_cosine_schedule_with_warmup
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, o.warmup_steps, o.max_steps)
     state = TrainerState()
     if resume_dir is not None:
         state = _load_latest(resume_dir, optimizer, scheduler)
+        apply_recipe_rates(optimizer, scheduler, parameter_groups(model, o))
         log.info("resuming from %s at step %d", resume_dir, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.init_trackers("tensorboard")
@@ -192,6 +199,49 @@ def run_training(
 
 
 # -- setup ----------------------------------------------------------------------------------------
+
+# Recipe settings that make the model a checkpoint holds: a resumed run keeps them (its checkpoint carries
+# them), so a recipe that changes one is refused rather than silently ignored.
+MODEL_SETTINGS = ("captioner.", "optim.init")
+SHAPE_SETTINGS = ("qwen_model", "clip_model", "clip_pretrained", "clip_tokens", "views", "connector_layers",
+                  "connector_heads", "lora_r", "lora_alpha", "lora_targets", "init")
+
+
+def check_resume_recipe(config: RunConfig, resume_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """Refuse a recipe that changes the model being resumed, naming each difference; return the others
+    (steps, schedule, logging, data: {field: (saved, now)}), which the resumed run applies."""
+    saved_path = next((p for p in (resume_dir / "recipe.yaml", resume_dir.parent / "config.yaml") if p.is_file()), None)
+    if saved_path is None:
+        log.warning("cannot compare the recipe with %s's (no recipe.yaml beside it): resuming as given", resume_dir)
+        return {}
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    current = _flatten(yaml.safe_load(yaml.safe_dump(config.to_dict())))
+    changed = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
+               if k != "run_dir" and saved.get(k) != current.get(k)}
+    refused = {k: v for k, v in changed.items() if k.startswith(MODEL_SETTINGS)}
+    if refused:
+        shape = any(k.rsplit(".", 1)[-1] in SHAPE_SETTINGS for k in refused)
+        what = "the model's shape" if shape else "settings its checkpoint was trained with"
+        raise UserError(
+            f"cannot resume {resume_dir}: the recipe changes {what} ({_differences(refused)}); resume with the "
+            f"run's own settings for these, or start a new run (another run_dir)"
+        )
+    return changed
+
+
+def _flatten(recipe: dict[str, Any]) -> dict[str, Any]:
+    flat = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _differences(changed: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+
 
 def _resume_dir(run_dir: Path, resume: str | None) -> Path | None:
     if resume is None:
@@ -324,18 +374,69 @@ def _manifests(config: RunConfig, run_dir: Path, accelerator) -> tuple[str, str 
     return str(manifests / "mini_train.jsonl"), str(manifests / "mini_val.jsonl")
 
 
-def _parameter_groups(model, o) -> list[dict[str, Any]]:
-    """Connector and LoRA learn at their own rates; the gate gets no weight decay (decay would pull
-    it back towards 'off')."""
-    connector = [p for n, p in model.connector.named_parameters() if n != "gate"]
-    lora = [p for n, p in model.qwen.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": connector, "lr": o.lr_connector, "weight_decay": o.weight_decay},
-        {"params": [model.connector.gate], "lr": o.lr_connector, "weight_decay": 0.0},
-    ]
-    if lora:
-        groups.append({"params": lora, "lr": o.lr_lora, "weight_decay": o.weight_decay})
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Weight decay shrinks weight matrices only. Norm scales and biases (1-D) set offsets and scales
+    that decay would drag towards 0; embeddings (the per-view embedding, any LoRA embedding) are learnt
+    positions, not weights; and the gate would be pulled back towards 'off'."""
+    return param.ndim >= 2 and "embed" not in name and name.rsplit(".", 1)[-1] != "gate"
+
+
+def parameter_groups(model, o) -> list[dict[str, Any]]:
+    """Connector and LoRA learn at their own rates; within each, only `decays` parameters are decayed."""
+    groups = []
+    parts = (("connector", model.connector.named_parameters(), o.lr_connector),
+             ("lora", ((n, p) for n, p in model.qwen.named_parameters() if p.requires_grad), o.lr_lora))
+    for part, named, lr in parts:
+        named = list(named)
+        for decayed in (True, False):
+            params = [p for n, p in named if decays(n, p) == decayed]
+            if params:
+                groups.append({"name": f"{part}{'' if decayed else ' (no decay)'}", "params": params, "lr": lr,
+                               "weight_decay": o.weight_decay if decayed else 0.0})
     return groups
+
+
+def apply_recipe_rates(optimizer, scheduler, groups: list[dict[str, Any]]) -> None:
+    """A loaded optimizer and scheduler bring back the saved learning rates and weight decay: the
+    recipe's (unchanged, or changed on resume) take their place, at the schedule's current step."""
+    for group, fresh in zip(optimizer.param_groups, groups, strict=True):
+        group["initial_lr"], group["weight_decay"] = fresh["lr"], fresh["weight_decay"]
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _plan_memory(config: RunConfig, captioner, train_set, accelerator) -> bool:
+    """Say the pixel budget, the tokens per view and sample it gives, and the activation estimate; return
+    whether gradient checkpointing is on (the recipe's choice, or auto: on a GPU)."""
+    from clip_vlm_core.train_memory import (
+        activation_bytes,
+        checkpointing_line,
+        pixel_budget_line,
+        sample_shape,
+    )
+
+    o = config.optim
+    item = train_set[0]
+    if "input_ids" not in item:  # raw items: the processor makes the tokens, as the collator will
+        item = captioner.prepare([item["images"]], targets=[item["target"]], instructions=[item["instruction"]])
+    qwen = captioner.model.base_qwen
+    vision, text = qwen.config.vision_config, qwen.config.text_config
+    shape = sample_shape(int(item["input_ids"].shape[-1]), item["image_grid_thw"], captioner.views,
+                         vision.patch_size, vision.spatial_merge_size)
+    element = next(qwen.parameters()).element_size()
+    estimate = activation_bytes(shape.tokens, o.batch_size, text.num_hidden_layers, text.hidden_size, element)
+    on = o.gradient_checkpointing
+    if on is None:
+        on, why = accelerator.device.type == "cuda", "auto: on a GPU" if accelerator.device.type == "cuda" else "auto: no GPU"
+    else:
+        why = "optim.gradient_checkpointing"
+    if accelerator.is_main_process:
+        size = captioner.processor.image_processor.size
+        log.info(pixel_budget_line(size.get("shortest_edge"), size.get("longest_edge"), shape))
+        log.info(checkpointing_line(estimate, o.batch_size, shape.tokens, on, why))
+    return on
 
 
 def _epoch_loader(dataset, collate, config: RunConfig, epoch: int, accelerator):
@@ -419,6 +520,8 @@ def _write_latest(tmp: Path, target: Path, captioner, optimizer, scheduler, stat
     from safetensors.torch import save_file
 
     captioner.save_pretrained(tmp / "checkpoint", base_models_relative_to=target / "checkpoint")
+    if (target.parent / "config.yaml").is_file():  # the recipe this state was trained by, for resuming
+        shutil.copyfile(target.parent / "config.yaml", tmp / "recipe.yaml")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # tensors and numbers only: loads weights_only
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     rng = {"torch": torch.get_rng_state()}
@@ -434,7 +537,11 @@ def _write_latest(tmp: Path, target: Path, captioner, optimizer, scheduler, stat
 def _load_latest(resume_dir: Path, optimizer, scheduler) -> TrainerState:
     from safetensors.torch import load_file
 
-    optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
+    try:
+        optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
+    except ValueError as exc:  # another parameter-group layout: an older clip-vlm wrote it
+        raise UserError(f"cannot resume {resume_dir}: its optimizer state does not fit this version's parameter "
+                        f"groups ({exc}); start a new run with optim.init={resume_dir / 'checkpoint'}") from None
     scheduler.load_state_dict(json.loads((resume_dir / "scheduler.json").read_text()))
     rng = load_file(resume_dir / "rng.safetensors")
     torch.set_rng_state(rng["torch"])

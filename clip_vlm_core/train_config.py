@@ -11,6 +11,10 @@ import yaml
 
 from clip_vlm_core.config import CaptionerConfig, from_dict
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.limits import MAX_BATCH_SIZE, bounded, check_fields, one_of
+
+_SEED = "a seed numpy accepts"
+_STEPS = "a count of optimizer steps"
 
 
 @dataclass
@@ -22,14 +26,14 @@ class DataConfig:
     dataroot: str = ""
     # When > 0, a synthetic nuScenes of this many scenes is generated into <run_dir>/data and its
     # mini_train / mini_val manifests are used (the self-contained tiny recipe).
-    synthetic_scenes: int = 0
-    synthetic_samples_per_scene: int = 40
-    synthetic_seed: int = 0
+    synthetic_scenes: int = bounded(0, 0, 10, why="the devkit's ten mini scene names, data.synthetic.SCENE_NAMES")
+    synthetic_samples_per_scene: int = bounded(40, 1, 400, why="a 20 s nuScenes scene has ~40 keyframes")
+    synthetic_seed: int = bounded(0, 0, 2**32 - 1, why=_SEED)
     # Question-answer items (manifest rows' `qa` pairs) drawn per caption in each epoch: 1.0 trains on as
     # many answers as captions, 0 on captions only. Synthetic data gets its qa.jsonl when this is > 0.
-    qa_per_caption: float = 1.0
+    qa_per_caption: float = bounded(1.0, 0.0, 1000.0, why="answers drawn per caption in an epoch")
     cache_encoders: bool = True  # compute the frozen encoders once per sample
-    num_workers: int = 0
+    num_workers: int = bounded(0, 0, 64, why="data-loading processes, each a copy of the dataset")
 
 
 @dataclass
@@ -37,24 +41,30 @@ class OptimConfig:
     # "base": start from captioner.qwen_model / clip_model with a fresh connector and LoRA;
     # "tiny": tiny random base models built from `seed` (tests, demo); or a clip-vlm checkpoint folder.
     init: str = "base"
-    seed: int = 0
-    batch_size: int = 8
-    grad_accum_steps: int = 1
-    max_steps: int = 1000
-    lr_connector: float = 1e-3
-    lr_lora: float = 2e-4
-    weight_decay: float = 0.01  # never applied to the gate
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    eval_every: int = 100  # steps between validation (and best/ checkpoints)
-    save_every: int = 100  # steps between latest/ checkpoints
-    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
-    log_every: int = 10
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"  # auto = bf16 on GPU, none on CPU; or "no", "bf16", "fp16"
+    seed: int = bounded(0, 0, 2**32 - 1, why=_SEED)
+    batch_size: int = bounded(8, 1, MAX_BATCH_SIZE, why="samples per step on each device")
+    # An effective batch of 256 x 1,024 samples is ten times nuScenes' 28,130 training keyframes.
+    grad_accum_steps: int = bounded(1, 1, 1024, why="micro-batches per optimizer step")
+    max_steps: int = bounded(1000, 1, why=_STEPS)
+    lr_connector: float = bounded(1e-3, 0.0, 1.0, low_open=True, why="AdamW learning rates are small and positive")
+    lr_lora: float = bounded(2e-4, 0.0, 1.0, low_open=True, why="AdamW learning rates are small and positive")
+    # AdamW's decoupled decay per step is lr x weight_decay; never applied to norms, biases, embeddings, gate
+    weight_decay: float = bounded(0.01, 0.0, 1.0, why="a fraction of each weight")
+    warmup_steps: int = bounded(50, 0, why=_STEPS)
+    # the gradient norm is clipped to this; 0 would zero every update
+    grad_clip: float = bounded(1.0, 0.0, 1e6, low_open=True, why="a gradient norm")
+    eval_every: int = bounded(100, 1, why=_STEPS)  # steps between validation (and best/ checkpoints)
+    save_every: int = bounded(100, 1, why=_STEPS)  # steps between latest/ checkpoints
+    # stop after this many evaluations without improvement; 0 = never
+    patience: int = bounded(0, 0, why="a count of evaluations")
+    log_every: int = bounded(10, 1, why=_STEPS)
+    # None (auto): on when training on a GPU, where activations outgrow memory (the estimate is logged)
+    gradient_checkpointing: bool | None = None
+    # auto = bf16 on GPU, none on CPU
+    mixed_precision: str = one_of("auto", ("auto", "no", "bf16", "fp16"))
     # "token": the loss averages over target tokens, so a 40-token caption outweighs a 2-token answer
     # twenty times; "sample": each item's mean token loss, averaged over the batch's items.
-    loss_weighting: str = "token"
+    loss_weighting: str = one_of("token", ("token", "sample"))
 
 
 @dataclass
@@ -107,15 +117,12 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
 
 
 def _validate(config: RunConfig) -> None:
+    """Every field of every section within its declared bounds (clip_vlm_core.limits), then the few rules
+    that relate fields. A new field is validated by declaring it with `bounded(...)` or `one_of(...)`."""
+    for name in SECTIONS:
+        check_fields(getattr(config, name), f"{name}.")
     o, d = config.optim, config.data
-    for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_every", "save_every", "log_every"):
-        if getattr(o, name) < 1:
-            raise UserError(f"optim.{name} must be at least 1, got {getattr(o, name)}")
-    if o.loss_weighting not in ("token", "sample"):
-        raise UserError(f"optim.loss_weighting must be token or sample, got {o.loss_weighting!r}")
-    if o.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-        raise UserError(f"optim.mixed_precision must be auto, no, bf16 or fp16, got {o.mixed_precision!r}")
-    if not 0 <= d.qa_per_caption <= 1000:
-        raise UserError(f"data.qa_per_caption must be between 0 and 1000, got {d.qa_per_caption}")
     if not d.synthetic_scenes and not d.train_manifest:
         raise UserError("give data.train_manifest (from `clip-vlm data build`) or data.synthetic_scenes > 0")
+    if o.init not in ("base", "tiny") and not (Path(o.init) / "clip_vlm_config.json").is_file():
+        raise UserError(f"optim.init must be 'base', 'tiny' or a clip-vlm checkpoint folder, got {o.init!r}")

@@ -11,11 +11,14 @@ import json
 import pytest
 import torch
 
-from clip_vlm_core.bench.subject import frame_size, load_bench_model, token_id_inputs
+from clip_vlm_core.bench.frames import camera_samples
+from clip_vlm_core.bench.subject import frame_size, load_bench_model, token_id_frames, token_id_inputs
 from clip_vlm_core.cli import main
 from clip_vlm_core.model.full_size import PARTS, full_size_parameter_counts, qwen25_vl_3b_config
 
 CAPTION_FIGURES = (
+    "preprocess_ms_p50",
+    "preprocess_share",
     "time_to_first_token_ms_p50",
     "time_to_first_token_ms_p95",
     "decode_ms_per_token",
@@ -38,6 +41,7 @@ def test_caption_bench_writes_every_figure_per_batch_size(tmp_path, capsys):
     for row in report["results"]:
         assert row["status"] == "ok"
         assert all(row[key] > 0 for key in CAPTION_FIGURES), row
+        assert row["preprocess_share"] < 1 and row["time_to_first_token_ms_p50"] > row["preprocess_ms_p50"]
         assert row["peak_gpu_memory_mib"] is None  # no GPU counter on CPU
     assert report["copy_bandwidth_gb_s"] > 0 and report["bandwidth_bound_ms_per_token"] > 0
     assert report["model"]["weights"] == "tiny"
@@ -45,7 +49,7 @@ def test_caption_bench_writes_every_figure_per_batch_size(tmp_path, capsys):
     assert {"torch", "transformers", "peft"} <= set(report["environment"])
     assert report["command"].startswith("clip-vlm bench caption")
     printed = capsys.readouterr().out
-    assert "TINY" in printed and "captions/s" in printed and "n/a" in printed
+    assert "TINY" in printed and "captions/s" in printed and "n/a" in printed and "include preprocessing" in printed
 
 
 @pytest.mark.slow  # four training configurations end to end: about 10 s on a shared 2-core CPU
@@ -116,6 +120,42 @@ def test_token_id_inputs_run_through_the_model_like_processor_inputs():
     assert new.shape == (2, 3)
 
 
+def test_token_id_frames_make_inputs_from_jpeg_bytes_like_token_id_inputs():
+    # The random-weight run's preprocessing from JPEG bytes (captioner's pixels, recipe's ids), on the tiny model.
+    bench = load_bench_model(tiny=True, device="cpu")
+    budget = 28 * 28 * 8
+    inputs = token_id_frames(bench.model, bench.views, budget, bench.device)(camera_samples(bench.views, 2))
+    recipe = token_id_inputs(bench.model, len(bench.views), frame_size(budget), bench.device)(2, 0)
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
+        assert torch.equal(inputs[key], recipe[key]), key
+    assert inputs["pixel_values"].shape == recipe["pixel_values"].shape
+    assert inputs["clip_pixels"].shape == recipe["clip_pixels"].shape
+    new = bench.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                               eos_token_id=bench.eos_token_id, pad_token_id=bench.pad_token_id)
+    assert new.shape == (2, 3)
+
+
+PREPROCESS_KEYS = ("device", "transformers_ms_per_pair", "captioner_ms_per_pair", "speedup", "max_abs_diff")
+
+
+@pytest.mark.slow  # 1600x900 pairs through both paths: about 10 s on a shared 2-core CPU
+@pytest.mark.parametrize("extra", [[], ["--max-pixels", "401408"]], ids=["released-settings", "max-pixels"])
+def test_preprocess_bench_times_both_paths_and_compares_their_tensors(tmp_path, capsys, extra):
+    out = tmp_path / "preprocess.json"
+    assert main(["bench", "preprocess", "--device", "cpu", "--iters", "2", "--warmup", "1", *extra,
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(PREPROCESS_KEYS) <= set(report) and report["device"] == "cpu"
+    assert report["transformers_ms_per_pair"] > 0 and report["captioner_ms_per_pair"] > 0
+    assert report["speedup"] == pytest.approx(report["transformers_ms_per_pair"] / report["captioner_ms_per_pair"])
+    assert report["token_ids_equal"] and report["tensors"]["pixel_values"]["max_abs_diff"] == 0
+    assert report["tensors"]["clip_pixels"]["max_uint8_levels"] <= 1.0 + 1e-4
+    assert report["max_abs_diff"] == report["tensors"]["clip_pixels"]["max_abs_diff"]
+    tokens = 480 if extra else 1824
+    assert report["frame"]["image_tokens_per_view"] == tokens and report["frame"]["width"] == 1600
+    assert "faster" in capsys.readouterr().out
+
+
 def test_frame_size_fits_the_pixel_budget_in_multiples_of_28():
     assert frame_size() == (896, 1596)
     height, width = frame_size(28 * 28 * 256)
@@ -143,3 +183,18 @@ def test_full_size_parameter_count_is_qwen25_vl_3b_plus_vit_l_14_and_only_connec
     assert trainable["connector"] > 0 and trainable["lora"] > 0
     assert counts["total"]["trainable"] == trainable["connector"] + trainable["lora"]
     assert counts["connector"]["frozen"] == counts["lora"]["frozen"] == 0
+
+
+def test_every_bench_step_of_the_gpu_script_parses():
+    """scripts/bench-gpu.sh runs on a GPU machine no test here reaches: its commands must at least parse."""
+    import shlex
+    from pathlib import Path
+
+    from clip_vlm_core.cli import build_parser
+
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "bench-gpu.sh").read_text().replace("\\\n", " ")
+    steps = [line.split(" bench ", 1)[1] for line in script.splitlines() if line.startswith("step ") and " bench " in line]
+    assert {"preprocess", "caption", "train"} <= {shlex.split(step)[0] for step in steps}
+    for step in steps:
+        args = build_parser().parse_args(["bench", *shlex.split(step.replace('"$out"', "out"))])
+        assert args.func is not None

@@ -103,10 +103,51 @@ def test_fast_decoder_serves_repeated_calls_and_batch_sizes(captioner):
 
 
 def test_settings_other_than_greedy_fall_back_to_transformers():
-    assert handles({"max_new_tokens": 8, "num_beams": 1, "do_sample": False, "repetition_penalty": 1.0})
-    assert not handles({"max_new_tokens": 8, "num_beams": 3})
-    assert not handles({"max_new_tokens": 8, "do_sample": True, "temperature": 0.7})
-    assert not handles({"max_new_tokens": 8, "repetition_penalty": 1.2})
+    from transformers import GenerationConfig
+
+    ids = {"eos_token_id": [2, 0], "pad_token_id": 0}
+    assert handles({"max_new_tokens": 8, "num_beams": 1, "do_sample": False, "repetition_penalty": 1.2, **ids})
+    assert handles({"max_new_tokens": 8, "do_sample": False, "temperature": None, "top_k": None, **ids})
+    assert not handles({"max_new_tokens": 8, "num_beams": 3, **ids})
+    assert not handles({"max_new_tokens": 8, "do_sample": True, "temperature": 0.7, **ids})
+    assert not handles({"max_new_tokens": 8, "no_repeat_ngram_size": 3, **ids})
+    # what the call leaves unset comes from the model's generation config, as in generate()
+    assert not handles({"max_new_tokens": 8, **ids}, GenerationConfig(no_repeat_ngram_size=3))
+    assert not handles({"max_new_tokens": 8, **ids}, GenerationConfig(do_sample=True, top_k=1))
+    assert not handles({"max_new_tokens": 8})  # no EOS id known: nothing to stop on
+    assert handles({"max_new_tokens": 8}, GenerationConfig(eos_token_id=[2, 0], pad_token_id=0))
+
+
+@pytest.fixture(scope="module")
+def qwen_shaped(tmp_path_factory):
+    """An untrained tiny captioner whose generation_config.json is shaped like Qwen2.5-VL-3B-Instruct's:
+    two EOS ids (<|im_end|>, <|endoftext|>), repetition_penalty 1.05, sampling with top_k 1."""
+    from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint
+
+    checkpoint = save_untrained_tiny_checkpoint(tmp_path_factory.mktemp("qwen-shaped") / "checkpoint")
+    return SceneCaptioner.from_pretrained(checkpoint, device="cpu")
+
+
+@pytest.mark.parametrize("penalty", [None, 1.8], ids=["model-default-1.05", "strong-1.8"])
+def test_static_decoder_applies_the_repetition_penalty_like_transformers(qwen_shaped, penalty):
+    settings = qwen_shaped.decoding_in_effect(repetition_penalty=penalty, max_new_tokens=24)
+    kwargs = {**settings.generate_kwargs(), "pad_token_id": qwen_shaped.processor.tokenizer.pad_token_id}
+    reference, fast = generate_both(qwen_shaped, batch_with_padding(), cuda_graphs=True, **kwargs)
+    assert strip_padding(fast, kwargs["pad_token_id"]) == strip_padding(reference, kwargs["pad_token_id"])
+    unpenalised, _ = generate_both(qwen_shaped, batch_with_padding(), **{**kwargs, "repetition_penalty": 1.0})
+    assert not torch.equal(unpenalised, reference), "the penalty must change these captions for the test to mean anything"
+
+
+def test_static_decoder_stops_on_every_eos_id_like_transformers(qwen_shaped):
+    """A second stop id (here a token the model is known to emit at step 4 of row 0) ends that row there."""
+    tokenizer = qwen_shaped.processor.tokenizer
+    kwargs = {**qwen_shaped.decoding_in_effect(max_new_tokens=16).generate_kwargs(), "pad_token_id": tokenizer.pad_token_id}
+    free, _ = generate_both(qwen_shaped, batch_with_padding(), **kwargs)
+    stop = int(free[0, 3])
+    kwargs["eos_token_id"] = [tokenizer.eos_token_id, stop]
+    reference, fast = generate_both(qwen_shaped, batch_with_padding(), cuda_graphs=True, **kwargs)
+    assert reference[0, 3] == stop and (reference[0, 4:] == tokenizer.pad_token_id).all()
+    assert strip_padding(fast, tokenizer.pad_token_id) == strip_padding(reference, tokenizer.pad_token_id)
 
 
 def test_packed_vision_attention_is_wired_like_transformers_per_window_attention(captioner):

@@ -214,3 +214,15 @@ def test_a_qwen_folder_of_pickled_weights_is_refused_in_one_sentence(pickled_qwe
     assert_one_sentence(err, "caption", f"{pickled_qwen} holds pickled weights (pytorch_model.bin)",
                         "safetensors weights only")
     assert "weights_only" not in err
+
+
+def test_a_benchmark_figure_that_could_not_be_measured_is_null_in_its_json(tmp_path):
+    from clip_vlm_core.bench.report import write_json
+
+    path = write_json({"device": "cpu", "decode_to_bound_ratio": float("nan"), "best": float("inf"),
+                       "rows": [{"captions_per_s": 3.5, "peak_gpu_memory_mib": float("nan")}]}, tmp_path / "b.json")
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text)
+    assert data["decode_to_bound_ratio"] is None and data["best"] is None
+    assert data["rows"] == [{"captions_per_s": 3.5, "peak_gpu_memory_mib": None}]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.model.captioner import SceneCaptioner, resolve_device, resolve_dtype
 from clip_vlm_core.model.full_size import (
     QWEN25_VL_3B_ID,
@@ -32,6 +33,8 @@ from clip_vlm_core.model.full_size import (
     full_size_captioner_config,
 )
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
+from clip_vlm_core.model.image_decode import decode_images
+from clip_vlm_core.model.preprocess import ImagePreprocessor, QwenPixelSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ CAPTION_WORDS = "a white van is parked on the right while a cyclist crosses ahea
 
 # (batch_size, caption_tokens) -> model inputs on the device; caption_tokens > 0 adds caption labels.
 InputMaker = Callable[[int, int], dict[str, Any]]
+# Samples of {view: encoded JPEG} -> model inputs on the device, the way the captioner makes them.
+FramePreparer = Callable[[list[dict[str, EncodedImage]]], dict[str, Any]]
 
 
 @dataclass
@@ -64,6 +69,7 @@ class BenchModel:
     eos_token_id: int
     pad_token_id: int
     make_inputs: InputMaker
+    prepare_frames: FramePreparer
 
     def describe(self) -> dict[str, Any]:
         """The model part of a report: what was timed, at which resolution and precision."""
@@ -107,13 +113,15 @@ def load_bench_model(
     size = frame_size(max_pixels)
     if tiny:
         captioner = SceneCaptioner.from_pretrained(None, resolved, resolved_dtype, trainable=trainable)
-        return _from_captioner(captioner, "tiny", "embedded default model (tiny Qwen2.5-VL + tiny OpenCLIP)", size)
+        source = "embedded default model (tiny Qwen2.5-VL + tiny OpenCLIP)"
+        return _from_captioner(captioner, "tiny", source, size, max_pixels)
     if checkpoint:
         captioner = SceneCaptioner.from_pretrained(checkpoint, resolved, resolved_dtype, trainable=trainable)
-        return _from_captioner(captioner, "pretrained", checkpoint, size)
+        return _from_captioner(captioner, "pretrained", checkpoint, size, max_pixels)
     captioner, why_not = _cached_full_size(resolved, resolved_dtype, trainable)
     if captioner is not None:
-        return _from_captioner(captioner, "pretrained", f"{QWEN25_VL_3B_ID} from the local hub cache", size)
+        source = f"{QWEN25_VL_3B_ID} from the local hub cache"
+        return _from_captioner(captioner, "pretrained", source, size, max_pixels)
     log.warning("no pretrained weights (%s): timing the full-size architecture with RANDOM weights", why_not)
     # With LoRA adapters, as a fine-tuned checkpoint has them: inference is timed with what it would run.
     model = build_full_size_model(resolved, resolved_dtype, trainable, lora=True)
@@ -128,6 +136,7 @@ def load_bench_model(
         eos_token_id=QWEN_IM_END_ID,
         pad_token_id=QWEN_ENDOFTEXT_ID,
         make_inputs=token_id_inputs(model, len(full_size_captioner_config().views), size, resolved),
+        prepare_frames=token_id_frames(model, full_size_captioner_config().views, max_pixels, resolved),
     )
 
 
@@ -146,11 +155,19 @@ def _cached_full_size(device: torch.device, dtype: torch.dtype, trainable: bool)
     return captioner, ""
 
 
-def _from_captioner(captioner: SceneCaptioner, weights: str, source: str, size: tuple[int, int]) -> BenchModel:
+def _from_captioner(
+    captioner: SceneCaptioner, weights: str, source: str, size: tuple[int, int], max_pixels: int | None
+) -> BenchModel:
     tokenizer = captioner.processor.tokenizer
-    # Frames are made at the size the processor would resize them to anyway (random pixels lose nothing
-    # by it), which spares resizing 1600x900 frames down to the tiny model's budget on every batch.
     budget = (captioner.processor.image_processor.size or {}).get("longest_edge")
+    if max_pixels is not None and (not budget or max_pixels < budget):
+        # Frames from JPEG bytes are 1600x900: the processor itself must resize them within the cap.
+        captioner.processor.image_processor.size["longest_edge"] = budget = max_pixels
+        captioner = SceneCaptioner(captioner.model, captioner.processor, captioner.config, captioner.device,
+                                   captioner.model_name, captioner.decoding)
+    # Training inputs are made from random frames at the size the processor would resize them to
+    # anyway (random pixels lose nothing by it), which spares resizing 1600x900 frames to the tiny
+    # model's budget on every batch.
     if budget and budget < size[0] * size[1]:
         size = frame_size(budget)
     return BenchModel(
@@ -164,6 +181,7 @@ def _from_captioner(captioner: SceneCaptioner, weights: str, source: str, size: 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         make_inputs=_processor_inputs(captioner, size),
+        prepare_frames=lambda samples: captioner.prepare(samples, device=captioner.device, reuse_output=True),
     )
 
 
@@ -192,6 +210,17 @@ def _caption_of_length(tokenizer, tokens: int) -> str:
     return " ".join(words) + "."
 
 
+def token_id_prompt(model: MultiViewCaptionModel, num_views: int, image_tokens: int) -> list[int]:
+    """The prompt as token ids in the chat template's layout (see the module's docstring)."""
+    config = model.base_qwen.config
+    filler = min(FILLER_TOKEN_ID, config.text_config.vocab_size - 1)
+    prompt = [filler] * PREFIX_TEXT_TOKENS
+    for _ in range(num_views):
+        prompt += [filler] * VIEW_LABEL_TOKENS
+        prompt += [config.vision_start_token_id, *[config.image_token_id] * image_tokens, config.vision_end_token_id]
+    return prompt + [*[filler] * INSTRUCTION_TOKENS, config.text_config.eos_token_id, *[filler] * (SUFFIX_TEXT_TOKENS - 1)]
+
+
 def token_id_inputs(model: MultiViewCaptionModel, num_views: int, size: tuple[int, int], device: torch.device) -> InputMaker:
     """Inputs built as token ids and random pixels, laid out as Qwen's chat template and processor would.
 
@@ -209,11 +238,7 @@ def token_id_inputs(model: MultiViewCaptionModel, num_views: int, size: tuple[in
     clip_size = clip_size if isinstance(clip_size, int) else clip_size[0]
     pixel_dtype = next(model.base_qwen.parameters()).dtype
 
-    prompt = [filler] * PREFIX_TEXT_TOKENS
-    for _ in range(num_views):
-        prompt += [filler] * VIEW_LABEL_TOKENS
-        prompt += [config.vision_start_token_id, *[config.image_token_id] * image_tokens, config.vision_end_token_id]
-    prompt += [*[filler] * INSTRUCTION_TOKENS, eos, *[filler] * (SUFFIX_TEXT_TOKENS - 1)]
+    prompt = token_id_prompt(model, num_views, image_tokens)
 
     def make(batch_size: int, caption_tokens: int) -> dict[str, Any]:
         caption = [*[filler] * (caption_tokens - 1), eos] if caption_tokens else []
@@ -234,3 +259,30 @@ def token_id_inputs(model: MultiViewCaptionModel, num_views: int, size: tuple[in
         return inputs
 
     return make
+
+
+def token_id_frames(
+    model: MultiViewCaptionModel, views: tuple[str, ...], max_pixels: int | None, device: torch.device
+) -> FramePreparer:
+    """Inputs from JPEG bytes for the random-weights model: pixels the captioner's way (decoded on the
+    device, resized and laid out there, with the released processor's settings), prompt ids from the
+    token-id recipe of `token_id_inputs` (the captioner takes its ids from a cache as well)."""
+    vision = model.base_qwen.config.vision_config
+    spec = QwenPixelSpec(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                         temporal_patch_size=vision.temporal_patch_size, min_pixels=QWEN25_VL_MIN_PIXELS,
+                         max_pixels=QWEN25_VL_MAX_PIXELS if max_pixels is None else max_pixels)
+    pixels = ImagePreprocessor(spec, model.clip.pixel_spec)
+    prompt = torch.tensor([token_id_prompt(model, len(views), spec.tokens(FRAME_HEIGHT, FRAME_WIDTH))])
+    image_token_id = model.base_qwen.config.image_token_id
+
+    def prepare(samples: list[dict[str, EncodedImage]]) -> dict[str, Any]:
+        decoded = decode_images([sample[view] for sample in samples for view in views], device)
+        bad = [str(image) for image in decoded if not isinstance(image, torch.Tensor)]
+        if bad:
+            raise RuntimeError(f"a benchmark frame cannot be decoded: {bad[0]}")
+        ids = prompt.repeat(len(samples), 1).to(device, non_blocking=True)
+        tokens = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                  "mm_token_type_ids": (ids == image_token_id).long()}
+        return tokens | pixels(decoded, device, reuse_output=True)
+
+    return prepare

@@ -1,4 +1,5 @@
-"""`clip-vlm bench caption|train`: measure captioning latency/throughput and training throughput."""
+"""`clip-vlm bench caption|train|preprocess`: captioning latency/throughput, training throughput, and
+the cost of turning JPEG bytes into model inputs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ EPILOG = """examples:
   clip-vlm bench caption --batch-sizes 1 8 32 --max-new-tokens 48 --out bench-caption.json
   clip-vlm bench train --batch-sizes 8 16 --out bench-train.json
   clip-vlm bench caption --tiny --batch-sizes 1 2 --max-new-tokens 4 --iters 2 --warmup 1
+  clip-vlm bench preprocess --device cpu --out bench-preprocess.json
 
 Without --tiny the full-size model is timed (Qwen2.5-VL-3B + OpenCLIP ViT-L-14, two views): from
 --checkpoint, else from the local hub cache, else with RANDOM weights of the right shapes (the report
@@ -35,7 +37,7 @@ def _add_common(parser: argparse.ArgumentParser, batch_sizes: list[int], warmup:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from clip_vlm_core.bench.settings import CaptionBenchSettings, TrainBenchSettings
+    from clip_vlm_core.bench.settings import CaptionBenchSettings, PreprocessBenchSettings, TrainBenchSettings
     from clip_vlm_core.config import DECODERS, VISION_ATTENTIONS
 
     parser = subparsers.add_parser(
@@ -46,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train", required=True)
+    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess", required=True)
 
     c = CaptionBenchSettings()
     caption = kinds.add_parser(
@@ -85,6 +87,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        default=t.caption_tokens,
                        help="length of the labelled caption in each sample (default: %(default)s)")
     train.set_defaults(func=run)
+
+    p = PreprocessBenchSettings()
+    preprocess = kinds.add_parser(
+        "preprocess",
+        help="JPEG bytes to model inputs per 1600x900 pair: transformers' processor vs the captioner's path",
+        description="Time turning a 1600x900 front/back JPEG pair into model-ready tensors, two ways in one "
+        "run: transformers' processor + OpenCLIP's transform (as the captioner called them before) and the "
+        "captioner's own path (tensor operations on the device); also report how much their tensors differ.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    preprocess.add_argument("--tiny", action="store_true",
+                            help="use the embedded tiny model's processor (default: Qwen2.5-VL-3B's released settings)")
+    preprocess.add_argument("--checkpoint", default=None, help="use this checkpoint's processor and CLIP settings")
+    preprocess.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    preprocess.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                            help="cap on Qwen's pixels per image (default: the processor's own)")
+    preprocess.add_argument("--pairs", type=int, default=p.pairs, metavar="N",
+                            help="front/back pairs per call (default: %(default)s)")
+    preprocess.add_argument("--warmup", type=int, default=p.warmup, metavar="N", help="untimed rounds first (default: %(default)s)")
+    preprocess.add_argument("--iters", type=int, default=p.iters, metavar="N", help="timed rounds (default: %(default)s)")
+    preprocess.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
+    preprocess.set_defaults(func=run_preprocess)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -140,6 +165,23 @@ def run(args: argparse.Namespace) -> int:
     report["command"] = command_line(args)
     report["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(text)
+    if args.out:
+        write_json(report, args.out)
+        print(f"report written to {args.out}")
+    return 0
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    from clip_vlm_core.bench.preprocess import benchmark_preprocessing, preprocessing_captioner
+    from clip_vlm_core.bench.report import format_preprocess_report, write_json
+    from clip_vlm_core.bench.settings import PreprocessBenchSettings
+
+    settings = PreprocessBenchSettings(pairs=args.pairs, warmup=args.warmup, iters=args.iters)
+    captioner, source = preprocessing_captioner(args.tiny, args.checkpoint, args.device, args.max_pixels)
+    report = benchmark_preprocessing(captioner, settings, source)
+    report["command"] = command_line(args)
+    report["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print(format_preprocess_report(report))
     if args.out:
         write_json(report, args.out)
         print(f"report written to {args.out}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from clip_vlm_core.config import DecodingConfig
+from clip_vlm_core.limits import bound_of
 
 EPILOG = """examples:
   clip-vlm caption --view CAM_FRONT=front.jpg --view CAM_BACK=back.jpg
@@ -18,15 +20,26 @@ With no --checkpoint the embedded default model is used (a tiny model trained on
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """Decoding flags shared by `caption` and `eval`; defaults come from DecodingConfig."""
+    """Decoding flags shared by `caption` and `eval`; defaults and bounds come from DecodingConfig."""
     d = DecodingConfig()
-    group = parser.add_argument_group("decoding")
-    group.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="caption length limit in tokens (default %(default)s)")
-    group.add_argument("--num-beams", type=int, default=d.num_beams, help="beam search width; 1 is greedy (default %(default)s)")
+    b = partial(bound_of, DecodingConfig)
+    group = parser.add_argument_group(
+        "decoding", "Greedy by default. Unset, --repetition-penalty and --eos-token-ids are the base model's own "
+        "(its generation_config.json); every setting in effect is written by --log.")
+    group.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                       help=f"caption length limit in tokens, at most {b('max_new_tokens').high:g} (default %(default)s)")
+    group.add_argument("--num-beams", type=int, default=d.num_beams,
+                       help=f"beam search width, at most {b('num_beams').high:g}; 1 is greedy (default %(default)s)")
     group.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
-    group.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature, with --sample (default %(default)s)")
+    group.add_argument("--temperature", type=float, default=d.temperature,
+                       help="sampling temperature, with --sample (default %(default)s)")
     group.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass, with --sample (default %(default)s)")
-    group.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="1.0 means none (default %(default)s)")
+    group.add_argument("--top-k", type=int, default=d.top_k,
+                       help="sample among the k most likely tokens, with --sample; 0 = all (default %(default)s)")
+    group.add_argument("--repetition-penalty", type=float, default=None,
+                       help="1.0 means none (default: the base model's, e.g. 1.05 for Qwen2.5-VL-Instruct)")
+    group.add_argument("--eos-token-ids", type=int, nargs="+", default=None, metavar="ID",
+                       help="token ids that end a caption (default: the base model's, plus its tokenizer's end token)")
 
 
 def decoding_from_args(args: argparse.Namespace) -> DecodingConfig:
@@ -36,7 +49,9 @@ def decoding_from_args(args: argparse.Namespace) -> DecodingConfig:
         do_sample=args.sample,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_k=args.top_k,
         repetition_penalty=args.repetition_penalty,
+        eos_token_ids=tuple(args.eos_token_ids) if args.eos_token_ids else None,
     )
 
 
@@ -62,6 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def decoding_record(settings: DecodingConfig) -> dict:
+    """The decoding settings in effect, as a JSON-ready record (EOS ids as a list)."""
+    import dataclasses
+
+    record = dataclasses.asdict(settings)
+    record["eos_token_ids"] = list(settings.eos_token_ids or ())
+    return record
 
 
 def parse_views(specs: list[str]) -> dict[str, Path]:
@@ -93,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         captioner = captioner.with_prompt(args.prompt)
     captioner.images_for([images])  # bad view names fail here, before any model work
     start = time.perf_counter()
-    caption = captioner.caption([images], **dataclasses.asdict(decoding))[0]
+    settings = captioner.decoding_in_effect(**dataclasses.asdict(decoding))
+    caption = captioner.caption([images], **dataclasses.asdict(settings))[0]
     seconds = time.perf_counter() - start
     print(caption)
     if args.log:
@@ -102,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             "model": captioner.model_name,
             "views": {name: str(path) for name, path in views.items()},
             "prompt": captioner.config.prompt,
-            "decoding": dataclasses.asdict(decoding),
+            "decoding": decoding_record(settings),
             "caption": caption,
             "seconds": round(seconds, 4),
         }

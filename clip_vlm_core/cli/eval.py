@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from clip_vlm_core.cli.caption import add_decoding_arguments, add_model_arguments, decoding_from_args
+from clip_vlm_core.limits import MAX_BATCH_SIZE, check_batch
 
 EPILOG = """examples:
   clip-vlm eval --manifest data/manifest/mini_val.jsonl --checkpoint runs/tiny/best --out eval/tiny
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where the manifest's images are now, if they moved since 'data build' "
                         "(default: the dataroot in manifest.json)")
     parser.add_argument("--compare", action="store_true", help="also caption with the base model and report both side by side")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples captioned together (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help=f"samples captioned together, at most {MAX_BATCH_SIZE} (default %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (default: all)")
     parser.add_argument("--blank-view", action="append", default=[], metavar="CAMERA",
                         help="replace this view's images with black frames, e.g. CAM_BACK (ablation; repeatable)")
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
+    check_batch(args.batch_size, decoding.num_beams, "--batch-size")  # before minutes of model loading
     inputs = {**eval_inputs(args.manifest, args.dataroot), "checkpoint": args.checkpoint}
     guard_output(args.out, WRITER, inputs, args.overwrite)  # before minutes of model loading
     manifest_dataroot(args.manifest, args.dataroot)  # so is a missing manifest or dataroot

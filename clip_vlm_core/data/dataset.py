@@ -112,8 +112,10 @@ class CachedEncoderDataset(Dataset):
 
         images = self.raw.images(row)
         items = [self.raw.items[i] for i in self.raw.row_items(row)]
-        inputs = captioner.to_device(captioner.prepare([images], targets=[items[0].target],
-                                                       instructions=[items[0].instruction]))
+        # Made on the model's device (decoded, resized and laid out there); the raw collator runs in
+        # data-loader workers, which must not touch the GPU, so it keeps prepare()'s CPU default.
+        inputs = captioner.prepare([images], targets=[items[0].target], instructions=[items[0].instruction],
+                                   device=captioner.device)
         model = captioner.model
         visual = model.encode_visual(inputs["pixel_values"], inputs["image_grid_thw"])
         tensors = {

@@ -19,15 +19,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import CaptionerConfig, DecodingConfig, load_json, save_json
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.images import ImageLike, to_rgb
+from clip_vlm_core.images import EncodedImage, ImageLike, pixels_problem, to_rgb
+from clip_vlm_core.limits import check_batch, check_question
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder, load_open_clip
 from clip_vlm_core.model.connector import FusionConnector
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
+from clip_vlm_core.model.image_decode import ImageDecodeError, decode_images
+from clip_vlm_core.model.preprocess import ImagePreprocessor, QwenPixelSpec
+from clip_vlm_core.model.prompt_ids import PromptTokens
 from clip_vlm_core.paths import resolve_inside
 
 # PEFT 0.21 asks transformers 5 a deprecated question on every adapter load; users cannot act on it.
@@ -38,7 +44,9 @@ CONNECTOR_FILE = "connector.safetensors"
 ADAPTER_DIR = "adapter"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-Sample = Mapping[str, ImageLike]
+Sample = Mapping[str, ImageLike | torch.Tensor]
+# One view's image on its way in: a [3, H, W] uint8 RGB tensor, or still encoded (decoded in a batch).
+Frame = torch.Tensor | EncodedImage
 
 
 def default_model_path() -> Path:
@@ -128,6 +136,11 @@ class SceneCaptioner:
         self.decoding = decoding or DecodingConfig()
         self.inference: dict[str, Any] = {}  # what optimize_for_inference() put in effect
         self._prompt_text = self._build_prompt_text()
+        # Model inputs as tensor operations (model/preprocess.py, model/prompt_ids.py): the one path
+        # the node, the CLI, evaluation and training all take.
+        self.pixel_spec = QwenPixelSpec.of(processor.image_processor)
+        self.pixels = ImagePreprocessor(self.pixel_spec, model.clip.pixel_spec)
+        self.prompt_tokens = PromptTokens(processor, self._prompt_for)
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -272,16 +285,20 @@ class SceneCaptioner:
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _prompt_texts(self, count: int, instructions: Sequence[str | None] | None) -> list[str]:
+    def _prompt_for(self, instruction: str | None) -> str:
+        return self._prompt_text if instruction is None else self._build_prompt_text(instruction)
+
+    def _instructions(self, count: int, instructions: Sequence[str | None] | None) -> list[str | None]:
         if instructions is None:
-            return [self._prompt_text] * count
+            return [None] * count
         if isinstance(instructions, str) or len(instructions) != count:
             raise UserError(f"give one instruction per sample: {count} sample(s), "
                             f"{1 if isinstance(instructions, str) else len(instructions)} instruction(s)")
-        return [self._prompt_text if text is None else self._build_prompt_text(text) for text in instructions]
+        return list(instructions)
 
-    def images_for(self, batch: Sequence[Sample]) -> list[list[Any]]:
-        """Check a batch against the model's views; RGB PIL images per sample, in view order."""
+    def images_for(self, batch: Sequence[Sample]) -> list[list[Frame]]:
+        """Check a batch against the model's views; per sample, in view order, each view's image as a
+        [3, H, W] uint8 RGB tensor (a view of the caller's array where it can be) or still encoded."""
         if isinstance(batch, Mapping):
             raise UserError("caption() takes a list of samples ({view: image}), not a single sample")
         if len(batch) == 0:
@@ -294,7 +311,7 @@ class SceneCaptioner:
             missing = [v for v in self.views if v not in sample]
             if missing:
                 raise UserError(f"sample {i} has no image for view(s) {missing}; this model reads {list(self.views)}")
-            out.append([to_rgb(sample[v], f"sample {i} view {v}") for v in self.views])
+            out.append([_as_frame(sample[v], f"sample {i} view {v}") for v in self.views])
         return out
 
     def prepare(
@@ -302,26 +319,63 @@ class SceneCaptioner:
         batch: Sequence[Sample],
         targets: Sequence[str] | None = None,
         instructions: Sequence[str | None] | None = None,
+        device: torch.device | str | None = None,
+        *,
+        reuse_output: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Model inputs for a batch; with `targets`, also `labels` covering the target tokens only.
 
         `instructions` gives each sample its own instruction (a question) in place of the caption
-        prompt; None (for the batch or a sample) keeps the prompt.
+        prompt; None (for the batch or a sample) keeps the prompt. The inputs are made on `device`
+        (default: the CPU, as a data loader's worker needs them): encoded frames are decoded there
+        (on a GPU, JPEGs in one batch), resized and normalised there. `reuse_output`: for a caller that
+        drops the inputs before its next call, as caption() does (see ImagePreprocessor).
         """
-        images = self.images_for(batch)
-        flat = [image for sample in images for image in sample]
-        texts = self._prompt_texts(len(images), instructions)
-        if targets is not None:
-            eos = self.processor.tokenizer.eos_token
-            texts = [text + target.strip() + eos for text, target in zip(texts, targets, strict=True)]
-        inputs = dict(self.processor(text=texts, images=flat, padding=True, return_tensors="pt"))
-        inputs["clip_pixels"] = self.model.clip.preprocess(flat)
+        device = torch.device("cpu") if device is None else torch.device(device)
+        frames = self.images_for(batch)
+        instructions = self._instructions(len(frames), instructions)
+        if targets is not None and (isinstance(targets, str) or len(targets) != len(frames)):
+            raise ValueError(f"give one target caption per sample: {len(frames)} sample(s), {len(targets)} target(s)")
+        flat = self._decoded([frame for sample in frames for frame in sample], device)
+        views = len(self.views)
+        tokens = [self.pixel_spec.tokens(int(image.shape[1]), int(image.shape[2])) for image in flat]
+        rows = [
+            self.prompt_tokens.ids(instruction, tokens[i * views : (i + 1) * views],
+                                   None if targets is None else targets[i])
+            for i, instruction in enumerate(instructions)
+        ]
+        inputs = self.prompt_tokens.batch(rows)
         if targets is not None:
             inputs["labels"] = self._caption_labels(inputs["input_ids"], targets)
-        return inputs
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        return inputs | self.pixels(flat, device, reuse_output=reuse_output)
+
+    def decode_frames(self, images: Sequence[EncodedImage]) -> list[torch.Tensor | ImageDecodeError]:
+        """Encoded frames decoded on this captioner's device (JPEGs in one batch on a GPU), each a
+        [3, H, W] uint8 tensor ready for caption(), or the ImageDecodeError that stopped it."""
+        return decode_images(images, self.device)
+
+    def _decoded(self, frames: list[Frame], device: torch.device) -> list[torch.Tensor]:
+        encoded = [i for i, frame in enumerate(frames) if isinstance(frame, EncodedImage)]
+        if not encoded:
+            return frames  # type: ignore[return-value]
+        decoded = decode_images([frames[i] for i in encoded], device)
+        out = list(frames)
+        for i, image in zip(encoded, decoded, strict=True):
+            if isinstance(image, ImageDecodeError):
+                views = len(self.views)
+                raise UserError(f"sample {i // views} view {self.views[i % views]}: {image}")
+            out[i] = image
+        return out  # type: ignore[return-value]
 
     def _caption_labels(self, input_ids: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
-        """Left padding puts each caption (and its end token) at the end of its row: label just those."""
+        """Left padding puts each caption (and its end token) at the end of its row: label just those.
+
+        A caption tokenizes the same alone as after the prompt because Qwen2's pre-tokenizer always
+        splits after the prompt's final newline (no pattern joins a newline to a following non-space)
+        and special tokens are atomic; tests/test_real_weights_settings.py checks punctuation, digits,
+        unicode (NFD input included) and leading spaces with both the tiny and the embedded tokenizer.
+        """
         tokenizer = self.processor.tokenizer
         labels = torch.full_like(input_ids, -100)
         for row, target in enumerate(targets):
@@ -332,30 +386,53 @@ class SceneCaptioner:
             labels[row, -len(ids) :] = span
         return labels
 
+    def decoding_in_effect(self, **overrides: Any) -> DecodingConfig:
+        """The settings a caption() call with these overrides decodes with, every one resolved.
+
+        Overrides left as None keep the captioner's own; unset `eos_token_ids` and `repetition_penalty`
+        are the base model's, from its generation_config.json: all its EOS ids (plus the tokenizer's,
+        which ends every training caption) and its penalty (1.0 where it sets none).
+        """
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DecodingConfig)})
+        if unknown:
+            raise UserError(f"unknown decoding setting(s) {unknown}; see DecodingConfig")
+        settings = dataclasses.replace(self.decoding, **overrides) if overrides else self.decoding
+        generation = self.model.base_qwen.generation_config
+        eos = settings.eos_token_ids
+        if eos is None:
+            own = generation.eos_token_id
+            eos = [own] if isinstance(own, int) else list(own or [])
+            tokenizer_eos = self.processor.tokenizer.eos_token_id
+            eos += [tokenizer_eos] if tokenizer_eos is not None and tokenizer_eos not in eos else []
+        vocab = self.model.base_qwen.config.text_config.vocab_size
+        if any(i >= vocab for i in eos):
+            raise UserError(f"eos_token_ids {list(eos)} name tokens outside the model's vocabulary of {vocab}")
+        penalty = settings.repetition_penalty
+        if penalty is None:
+            penalty = generation.repetition_penalty if generation.repetition_penalty is not None else 1.0
+        return dataclasses.replace(settings, eos_token_ids=tuple(eos), repetition_penalty=float(penalty))
+
     def caption(
         self, batch: Sequence[Sample], instructions: Sequence[str | None] | None = None, **decoding: Any
     ) -> list[str]:
         """Describe each sample's scene in one caption (or answer its instruction, when one is given).
-        Decoding overrides: see DecodingConfig."""
-        settings = dataclasses.replace(self.decoding, **decoding) if decoding else self.decoding
-        inputs = self.to_device(self.prepare(batch, instructions=instructions))
+        Decoding overrides: see DecodingConfig; `decoding_in_effect()` says what they resolve to."""
+        settings = self.decoding_in_effect(**decoding)
+        if not isinstance(batch, Mapping) and len(batch):  # images_for() names the other mistakes
+            check_batch(len(batch), settings.num_beams)
+        inputs = self.prepare(batch, instructions=instructions, device=self.device, reuse_output=True)
         tokenizer = self.processor.tokenizer
-        new_tokens = self.model.generate(
-            **inputs,
-            **settings.generate_kwargs(),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        new_tokens = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def ask(self, batch: Sequence[Sample], questions: Sequence[str], **decoding: Any) -> list[str]:
         """Answer one question per sample about its views (the same model, the question as instruction)."""
         if isinstance(questions, str):
             raise UserError("ask() takes one question per sample (a list), not a single string")
-        for i, question in enumerate(questions):
-            if not isinstance(question, str) or not question.strip():
-                raise UserError(f"question {i} is empty: ask something about the scene")
-        return self.caption(batch, instructions=[q.strip() for q in questions], **decoding)
+        texts = [check_question(q, f"question {i + 1}" if len(questions) > 1 else "the question")
+                 for i, q in enumerate(questions)]
+        return self.caption(batch, instructions=texts, **decoding)
 
     def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
@@ -380,6 +457,10 @@ def assemble_model(
     `lora=True` adds fresh (frozen, unless trainable) adapters to an untrainable model too, as a
     fine-tuned checkpoint would bring: the benchmark times inference with them.
     """
+    width = qwen.config.text_config.hidden_size
+    if width % config.connector_heads:
+        raise UserError(f"captioner.connector_heads ({config.connector_heads}) must divide the language model's "
+                        f"width ({width})")
     connector = FusionConnector(
         clip_dim=clip.token_dim,
         hidden_size=qwen.config.text_config.hidden_size,
@@ -436,6 +517,35 @@ def _load_adapter(qwen, adapter_dir: Path, trainable: bool):
         return PeftModel.from_pretrained(qwen, str(adapter_dir), is_trainable=trainable)
     except Exception as exc:  # PEFT raises many types for a damaged adapter; all mean the same to a user
         raise UserError(f"LoRA adapter in {adapter_dir} cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def _as_frame(image: Any, name: str) -> Frame:
+    """One view's image as a [3, H, W] uint8 RGB tensor without copying where it can (an HxWx3 array, a
+    PIL RGB image), or as given when still encoded; anything else goes through to_rgb's checks."""
+    if isinstance(image, EncodedImage):
+        return image
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise UserError(f"{name} as a tensor must be [3, H, W] uint8 RGB, got {image.dtype} {tuple(image.shape)}")
+        array_shape = (int(image.shape[1]), int(image.shape[2]))
+    elif isinstance(image, Image.Image) and image.mode == "RGB":
+        array_shape = (image.height, image.width)
+        image = np.asarray(image)
+    elif isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        array_shape = image.shape[:2]
+    else:  # other modes, channel counts and types: converted (or refused) in one place
+        image = np.asarray(to_rgb(image, name))
+        array_shape = image.shape[:2]
+    problem = pixels_problem(array_shape[1], array_shape[0])
+    if problem is not None:
+        raise UserError(f"{name} {problem}")
+    if isinstance(image, torch.Tensor):
+        return image
+    if any(stride < 0 for stride in image.strides):  # e.g. a BGR array flipped to RGB as a view
+        image = np.ascontiguousarray(image)
+    with warnings.catch_warnings():  # a read-only array (np.asarray of PIL) is only ever read here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(image).permute(2, 0, 1)
 
 
 def _relative(ref: str, base: Path) -> str:

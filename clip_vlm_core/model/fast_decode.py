@@ -7,9 +7,13 @@ for a 3B model whose weights take ~2 ms to read. Here the prefill runs once thro
 preallocated `StaticCache`, and every later token is one replay of a graph that embeds the previous
 token, runs the language model over the static cache, takes the arg-max and writes it back.
 
-Exactly greedy decoding: the tokens equal `generate(do_sample=False, num_beams=1)`'s, EOS handling
-and `min_new_tokens` included (tests/test_fast_decode.py checks this against transformers). On CPU the
-same step runs eagerly, so the logic is tested without a GPU; only the graph capture needs CUDA.
+Exactly greedy decoding: the tokens equal `generate(do_sample=False, num_beams=1)`'s, with every
+setting generate() would take from the model's generation config resolved the same way: several EOS
+ids, `repetition_penalty` (transformers' rule: every token of the prompt, left padding excepted, and of
+the caption so far has its logit divided by the penalty, or multiplied where negative) and
+`min_new_tokens` (tests/test_fast_decode.py checks this against transformers). Any other setting that
+changes tokens goes to generate() (`greedy_settings` says None). On CPU the same step runs eagerly, so
+the logic is tested without a GPU; only the graph capture needs CUDA.
 
 Graphs are kept per (batch size, cache length), the cache length rounded up to `cache_bucket` tokens
 so prompts of slightly different lengths share one, at most `max_sessions` of them (each holds its KV
@@ -26,17 +30,63 @@ from typing import Any
 import torch
 from torch import nn
 
-# Generation settings this decoder reproduces; anything else goes to transformers' generate().
-GREEDY_DEFAULTS = {"num_beams": 1, "do_sample": False, "repetition_penalty": 1.0}
 EOS_CHECK_EVERY = 8  # decode steps between looks (a GPU sync) at whether every caption has ended
 
+# generate() arguments this decoder reads; sampling ones may be present, set to None (greedy mode).
+_KNOWN_KWARGS = {"max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id", "repetition_penalty",
+                 "num_beams", "do_sample", "temperature", "top_p", "top_k"}
+# Generation-config settings that change greedy tokens or stop early, which this decoder does not do:
+# when the model's config (or the call) sets any of them, generate() decodes instead.
+_UNSUPPORTED = ("guidance_scale", "sequence_bias", "encoder_repetition_penalty", "no_repeat_ngram_size",
+                "encoder_no_repeat_ngram_size", "bad_words_ids", "min_length", "forced_bos_token_id",
+                "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+                "suppress_tokens", "begin_suppress_tokens", "watermarking_config", "stop_strings", "max_time",
+                "penalty_alpha", "dola_layers", "prompt_lookup_num_tokens", "num_return_sequences",
+                "renormalize_logits", "low_memory")
 
-def handles(generate_kwargs: dict[str, Any]) -> bool:
-    """True when these generate() settings are plain greedy decoding, which this decoder does."""
-    known = {"max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id", *GREEDY_DEFAULTS}
-    if set(generate_kwargs) - known:
-        return False
-    return all(generate_kwargs.get(k, v) == v for k, v in GREEDY_DEFAULTS.items())
+
+@dataclass(frozen=True)
+class GreedySettings:
+    """Greedy decoding as generate() would run it, every setting resolved."""
+
+    max_new_tokens: int
+    min_new_tokens: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    repetition_penalty: float
+
+
+def greedy_settings(generate_kwargs: dict[str, Any], generation_config: Any = None) -> GreedySettings | None:
+    """These generate() arguments over this generation config, when they are greedy decoding that this
+    decoder reproduces; None when anything else is asked (beams, sampling, n-gram blocking, ...)."""
+    from transformers import GenerationConfig
+
+    if set(generate_kwargs) - _KNOWN_KWARGS or "max_new_tokens" not in generate_kwargs:
+        return None
+    config = generation_config if generation_config is not None else GenerationConfig()
+    merged = {name: getattr(config, name, None) for name in (*_KNOWN_KWARGS, *_UNSUPPORTED)} | generate_kwargs
+    defaults = GenerationConfig._get_default_generation_params()
+    if merged["num_beams"] not in (None, 1) or merged["do_sample"]:
+        return None
+    if any(merged[name] not in (None, defaults.get(name)) for name in _UNSUPPORTED):
+        return None
+    eos = merged["eos_token_id"]
+    eos = tuple([eos] if isinstance(eos, int) else eos or ())
+    pad = merged["pad_token_id"]
+    if not eos or pad is None:
+        return None
+    return GreedySettings(
+        max_new_tokens=int(merged["max_new_tokens"]),
+        min_new_tokens=int(merged["min_new_tokens"] or 0),
+        eos_token_ids=eos,
+        pad_token_id=int(pad),
+        repetition_penalty=float(merged["repetition_penalty"] or 1.0),
+    )
+
+
+def handles(generate_kwargs: dict[str, Any], generation_config: Any = None) -> bool:
+    """True when these generate() settings are greedy decoding this decoder reproduces exactly."""
+    return greedy_settings(generate_kwargs, generation_config) is not None
 
 
 @dataclass
@@ -50,8 +100,9 @@ class _Session:
     finished: torch.Tensor  # [B] bool
     min_tokens_left: torch.Tensor  # [B]-broadcast scalar: EOS is forbidden while > 0
     positions: torch.Tensor  # [L] 0..L-1
-    eos_token_id: int  # baked into the graph, hence part of the session's key
-    pad_token_id: int
+    eos_ids: torch.Tensor  # [E] every id that ends a caption
+    seen: torch.Tensor | None  # [B, V + 1] tokens of the prompt and caption so far (repetition penalty)
+    settings: GreedySettings  # ids and penalty are baked into the graph, hence part of the session's key
     graph: torch.cuda.CUDAGraph | None = None
     captured: bool = False  # warm-up and capture done (off CUDA: warm-up only, no graph)
 
@@ -62,7 +113,7 @@ class StaticGreedyDecoder:
         self.cuda_graphs = cuda_graphs
         self.cache_bucket = cache_bucket
         self.max_sessions = max_sessions  # each holds a KV cache: the least recently used goes beyond this
-        self._sessions: dict[tuple[int, int, int, int], _Session] = {}
+        self._sessions: dict[tuple[int, int, GreedySettings], _Session] = {}
 
     @property
     def _base(self) -> nn.Module:
@@ -75,19 +126,13 @@ class StaticGreedyDecoder:
     # -- public ---------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int,
-        eos_token_id: int,
-        pad_token_id: int,
-        min_new_tokens: int = 0,
-        **prefill_kwargs: Any,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GreedySettings, **prefill_kwargs: Any
     ) -> torch.Tensor:
-        """New tokens [B, <= max_new_tokens] (rows that end early are padded with `pad_token_id`)."""
+        """New tokens [B, <= max_new_tokens] (rows that end early are padded with the padding id)."""
         from transformers import DynamicCache
 
         batch, prompt_len = input_ids.shape
+        max_new_tokens = settings.max_new_tokens
         cache_len = -(-(prompt_len + max_new_tokens) // self.cache_bucket) * self.cache_bucket
 
         prefill_cache = DynamicCache(config=self._base.config)
@@ -99,8 +144,9 @@ class StaticGreedyDecoder:
             logits_to_keep=1,
             **prefill_kwargs,
         )
-        session = self._session((batch, cache_len, eos_token_id, pad_token_id), prefill_cache)
-        self._load_prefill(session, prefill_cache, attention_mask, min_new_tokens)
+        vocab = out.logits.shape[-1]
+        session = self._session((batch, cache_len, settings), prefill_cache, vocab)
+        self._load_prefill(session, prefill_cache, input_ids, attention_mask)
         first = self._choose(out.logits[:, -1].float(), session)
         session.tokens.copy_(first[:, None])
 
@@ -116,9 +162,9 @@ class StaticGreedyDecoder:
         return torch.stack(generated, dim=1)
 
     # -- internals ------------------------------------------------------------------------------
-    def _session(self, key: tuple[int, int, int, int], prefill_cache: Any) -> _Session:
-        """The session for (batch, cache length, EOS id, padding id): the ids are baked into its graph."""
-        batch, cache_len, eos_token_id, pad_token_id = key
+    def _session(self, key: tuple[int, int, GreedySettings], prefill_cache: Any, vocab: int) -> _Session:
+        """The session for (batch, cache length, settings): the ids and penalty are baked into its graph."""
+        batch, cache_len, settings = key
         if key in self._sessions:
             self._sessions[key] = self._sessions.pop(key)  # most recently used last
             return self._sessions[key]
@@ -130,6 +176,7 @@ class StaticGreedyDecoder:
         device = layer0.keys.device
         cache = StaticCache(config=self._base.config, max_cache_len=cache_len)
         cache.early_initialization(batch, layer0.keys.shape[1], layer0.keys.shape[-1], layer0.keys.dtype, device)
+        penalised = settings.repetition_penalty != 1.0
         session = _Session(
             cache=cache,
             tokens=torch.zeros(batch, 1, dtype=torch.long, device=device),
@@ -138,13 +185,17 @@ class StaticGreedyDecoder:
             finished=torch.zeros(batch, dtype=torch.bool, device=device),
             min_tokens_left=torch.zeros((), dtype=torch.long, device=device),
             positions=torch.arange(cache_len, device=device),
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
+            eos_ids=torch.tensor(settings.eos_token_ids, dtype=torch.long, device=device),
+            # one column more than the vocabulary: left padding is marked there, where no logit reads it
+            seen=torch.zeros(batch, vocab + 1, dtype=torch.bool, device=device) if penalised else None,
+            settings=settings,
         )
         self._sessions[key] = session
         return session
 
-    def _load_prefill(self, session: _Session, prefill_cache: Any, attention_mask: torch.Tensor, min_new: int) -> None:
+    def _load_prefill(
+        self, session: _Session, prefill_cache: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> None:
         """Copy the prompt's keys/values into the static cache and set the per-caption state."""
         prompt_len = attention_mask.shape[1]
         for static, dynamic in zip(session.cache.layers, prefill_cache.layers, strict=True):
@@ -156,19 +207,30 @@ class StaticGreedyDecoder:
         session.key_valid.fill_(True)
         session.key_valid[:, :prompt_len].copy_(attention_mask.bool())
         session.finished.fill_(False)
-        session.min_tokens_left.fill_(min_new)
+        session.min_tokens_left.fill_(session.settings.min_new_tokens)
+        if session.seen is not None:  # the prompt counts as seen, its left padding does not (as in transformers)
+            session.seen.fill_(False)
+            vocab = session.seen.shape[1] - 1
+            session.seen.scatter_(1, input_ids.masked_fill(attention_mask == 0, vocab).clamp(max=vocab), True)
         if self.cuda_graphs and session.graph is None and not session.captured:
             self._capture(session, prompt_len)
             session.captured = True
 
     def _choose(self, logits: torch.Tensor, session: _Session) -> torch.Tensor:
-        """Greedy choice with EOS forbidden before min_new_tokens; finished rows get padding."""
-        eos = session.eos_token_id
+        """Greedy choice after the repetition penalty, with every EOS forbidden before min_new_tokens;
+        finished rows get padding. The order and arithmetic are transformers' logits processors'."""
+        penalty = session.settings.repetition_penalty
+        if session.seen is not None:
+            penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+            logits = torch.where(session.seen[:, : logits.shape[1]], penalised, logits)
+        eos = session.eos_ids
         logits[:, eos] = torch.where(session.min_tokens_left > 0, float("-inf"), logits[:, eos])
         session.min_tokens_left.sub_(1)
         token = logits.argmax(dim=-1)
-        token = torch.where(session.finished, session.pad_token_id, token)
-        session.finished.logical_or_(token == eos)
+        token = torch.where(session.finished, session.settings.pad_token_id, token)
+        session.finished.logical_or_((token[:, None] == eos[None, :]).any(dim=1))
+        if session.seen is not None:
+            session.seen.scatter_(1, token[:, None], True)
         return token
 
     def _step(self, session: _Session) -> None:
@@ -193,7 +255,8 @@ class StaticGreedyDecoder:
 
         Off CUDA the warm-up and rewind still run (and no graph is made), so they are tested anywhere.
         """
-        saved = (session.tokens.clone(), session.finished.clone(), session.min_tokens_left.clone())
+        saved = (session.tokens.clone(), session.finished.clone(), session.min_tokens_left.clone(),
+                 session.seen.clone() if session.seen is not None else None)
         on_cuda = session.tokens.is_cuda
         stream = torch.cuda.Stream() if on_cuda else None
         if stream is not None:
@@ -214,9 +277,11 @@ class StaticGreedyDecoder:
         session.graph = graph
 
     @staticmethod
-    def _rewind(session: _Session, prompt_len: int, saved: tuple[torch.Tensor, ...]) -> None:
+    def _rewind(session: _Session, prompt_len: int, saved: tuple[torch.Tensor | None, ...]) -> None:
         for layer in session.cache.layers:
             layer.cumulative_length.fill_(prompt_len)
         session.tokens.copy_(saved[0])
         session.finished.copy_(saved[1])
         session.min_tokens_left.copy_(saved[2])
+        if session.seen is not None:
+            session.seen.copy_(saved[3])

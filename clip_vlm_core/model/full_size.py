@@ -18,7 +18,7 @@ from torch import nn
 
 from clip_vlm_core.config import CaptionerConfig
 from clip_vlm_core.model.captioner import assemble_model
-from clip_vlm_core.model.clip_encoder import ClipViewEncoder
+from clip_vlm_core.model.clip_encoder import ClipViewEncoder, activation_for
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
 
 QWEN25_VL_3B_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -29,6 +29,19 @@ QWEN25_VL_MAX_PIXELS = 12845056
 QWEN_ENDOFTEXT_ID = 151643
 QWEN_IM_START_ID = 151644
 QWEN_IM_END_ID = 151645
+
+# generation_config.json of Qwen/Qwen2.5-VL-3B-Instruct: two stop ids and a repetition penalty, and
+# "sampling" that keeps only the most likely token (top_k 1), i.e. greedy decoding.
+QWEN25_VL_3B_GENERATION = {
+    "bos_token_id": QWEN_ENDOFTEXT_ID,
+    "pad_token_id": QWEN_ENDOFTEXT_ID,
+    "do_sample": True,
+    "eos_token_id": [QWEN_IM_END_ID, QWEN_ENDOFTEXT_ID],
+    "repetition_penalty": 1.05,
+    "temperature": 0.1,
+    "top_p": 0.001,
+    "top_k": 1,
+}
 
 PARTS = ("qwen_vision", "qwen_language", "clip", "connector", "lora")
 
@@ -104,14 +117,14 @@ def assemble_random(
     qwen = Qwen2_5_VLForConditionalGeneration._from_config(
         qwen_config or qwen25_vl_3b_config(), dtype=dtype, attn_implementation="sdpa"
     )
-    qwen.generation_config.eos_token_id = QWEN_IM_END_ID
-    qwen.generation_config.pad_token_id = QWEN_ENDOFTEXT_ID
+    qwen.generation_config.update(**QWEN25_VL_3B_GENERATION)  # decodes as the released model would
     qwen.requires_grad_(False)
     # open_clip moves its model to `device` (cpu by default), which would undo a meta/cuda context; and
     # it warns that no pretrained weights were loaded, which here is the point.
     logging.disable(logging.WARNING)
     try:
-        clip_model = open_clip.create_model(config.clip_model, pretrained=None, device=torch.get_default_device())
+        clip_model = open_clip.create_model(config.clip_model, pretrained=None, device=torch.get_default_device(),
+                                            **activation_for(config.clip_model, config.clip_pretrained))
     finally:
         logging.disable(logging.NOTSET)
     model = assemble_model(qwen, ClipViewEncoder(clip_model, config.clip_tokens), config, trainable, lora=lora)

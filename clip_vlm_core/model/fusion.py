@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder
 from clip_vlm_core.model.connector import FusionConnector
-from clip_vlm_core.model.fast_decode import StaticGreedyDecoder, handles
+from clip_vlm_core.model.fast_decode import StaticGreedyDecoder, greedy_settings
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +136,22 @@ class MultiViewCaptionModel(nn.Module):
         """Standard `generate()` (KV cache, greedy or beam search); returns only the new tokens.
 
         With `enable_fast_decoding()`, greedy decoding goes through the static-cache decoder instead
-        (same tokens, CUDA-graph replays on a GPU); other settings still use transformers' generate().
+        (same tokens, CUDA-graph replays on a GPU), its settings resolved against the model's generation
+        config as generate() resolves them; other settings still use transformers' generate().
         """
         mm = self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels)
-        if self.fast_decoder is not None and handles(generate_kwargs):
+        greedy = None
+        if self.fast_decoder is not None:
+            greedy = greedy_settings(generate_kwargs, self.base_qwen.generation_config)
+        if greedy is not None:
             try:
                 return self.fast_decoder.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
+                    settings=greedy,
                     image_grid_thw=image_grid_thw,
                     mm_token_type_ids=mm_token_type_ids,
                     mm_encoder_outputs=mm,
-                    **generate_kwargs,
                 )
             except torch.cuda.OutOfMemoryError:
                 self.fast_decoder.reset()  # free the cached KV sessions before the caller retries smaller

@@ -81,12 +81,23 @@ def _base_corpus() -> list[str]:
 
 
 def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
-    """A byte-level BPE tokenizer with Qwen2.5-VL's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
+    """Qwen2's tokenizer with a small vocabulary: NFC normalization, Qwen2's regex pre-tokenizer and
+    byte-level BPE (merges learnt from `corpus`), Qwen2.5-VL's special tokens and chat template.
+
+    The BPE is learnt under the same normalizer and pre-tokenizer that transformers' Qwen2Tokenizer
+    builds around its vocabulary and merges (and rebuilds when a tokenizer folder is loaded), so the
+    tiny tokenizer splits text as Qwen's does: digits one by one, punctuation apart from words.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -95,13 +106,15 @@ def build_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 
         show_progress=False,
     )
     backend.train_from_iterator(list(corpus) if corpus is not None else _base_corpus(), trainer=trainer)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=backend,
+    learnt = json.loads(backend.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(
+        vocab=learnt["vocab"],
+        merges=[tuple(merge) for merge in learnt["merges"]],
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
         bos_token=None,
-        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+        extra_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
     )
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     return tokenizer
@@ -165,9 +178,16 @@ def build_tiny_qwen(tokenizer, seed: int = 0):
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids("<|im_end|>")
-    model.generation_config.pad_token_id = ids("<|endoftext|>")
-    model.generation_config.do_sample = False
+    # Qwen2.5-VL-3B-Instruct's generation_config.json with the tiny vocabulary's ids: it stops on both
+    # <|im_end|> and <|endoftext|> and penalises repeats, so tests meet what the released model does.
+    from clip_vlm_core.model.full_size import QWEN25_VL_3B_GENERATION
+
+    model.generation_config.update(**QWEN25_VL_3B_GENERATION)
+    model.generation_config.update(
+        bos_token_id=ids("<|endoftext|>"),
+        pad_token_id=ids("<|endoftext|>"),
+        eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")],
+    )
     return model
 
 

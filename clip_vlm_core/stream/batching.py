@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from clip_vlm_core.stream.pairing import FramePair
@@ -39,6 +40,7 @@ class PairQueue:
         self._pairs: deque[FramePair] = deque()
         self._capacity = 1 if policy == "latest" else queue_size
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
 
     def put(self, pair: FramePair) -> None:
         with self._lock:
@@ -49,6 +51,18 @@ class PairQueue:
                 else:
                     self.counters.overflow += 1
             self._pairs.append(pair)
+            self._arrived.notify_all()
+
+    def wait(self, timeout_s: float, also: Callable[[], bool] = lambda: False) -> bool:
+        """Block until a pair is queued or `also()` holds (True; `also` is checked when `nudge` is
+        called), or `timeout_s` passes (False)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self._pairs) > 0 or also(), timeout_s)
+
+    def nudge(self) -> None:
+        """Wake a `wait` so it checks its `also` condition again."""
+        with self._arrived:
+            self._arrived.notify_all()
 
     def take(self, limit: int, newest_stamp_ns: int | None, now_ns: int) -> list[FramePair]:
         """Up to `limit` fresh pairs, oldest first; stale ones met on the way are dropped and counted."""

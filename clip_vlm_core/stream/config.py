@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clip_vlm_core.config import DEFAULT_VIEWS
+from clip_vlm_core.config import DEFAULT_VIEWS, DecodingConfig
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.limits import MAX_BATCH_SIZE, bound_of, check_batch
 from clip_vlm_core.stream.batching import POLICIES
 
 IMAGE_TRANSPORTS = ("compressed", "raw")
@@ -23,6 +24,17 @@ _DEVICE = re.compile(r"^(|auto|cpu|cuda|cuda:\d+)$")
 _VIEW = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # becomes part of a topic name
 # A ROS topic name: absolute (/a/b), relative (a/b) or private (~/a/b); tokens of letters, digits, _.
 _TOPIC = re.compile(r"^(/|~/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+# Pairs waiting under policy all: a decoded 1600x900 pair is 8.6 MB, so 256 pairs hold 2.2 GB (100,000
+# would be 860 GB); at a camera's 12 Hz that is 21 s of backlog, at 2 Hz keyframes two minutes.
+MAX_QUEUE_SIZE = 256
+# Messages held per image subscription: a raw 1600x900 frame is 4.3 MB, so 100 hold 430 MB per view.
+MAX_QOS_DEPTH = 100
+
+
+def _decoding_range(name: str) -> dict[str, float]:
+    """The node's range for a decoding parameter: DecodingConfig's own bound (one place for both)."""
+    bound = bound_of(DecodingConfig, name)
+    return {"low": 0.0 if bound.low_open else bound.low, "high": bound.high}
 
 
 @dataclass(frozen=True)
@@ -47,30 +59,40 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "compressed transport appends '/compressed' as image_transport does"),
     ParameterSpec("qos_reliability", "reliable", "reliable or best_effort (a best-effort reader may get no "
                   "large frames from a reliable writer)", choices=QOS_RELIABILITIES),
-    ParameterSpec("qos_depth", 5, "history depth of each image subscription", low=1, high=1000),
+    ParameterSpec("qos_depth", 5, "history depth of each image subscription", low=1, high=MAX_QOS_DEPTH),
     ParameterSpec("max_skew_ms", 50.0, "frames of different views pair when their stamps differ by at most this",
                   low=0.0, high=10_000.0),
     ParameterSpec("max_age_ms", 1000.0, "a pair older than this when its turn comes is dropped (age: newest stamp "
                   "seen minus its stamp, or time waited here, whichever is larger)", low=1.0, high=3_600_000.0),
     ParameterSpec("rate_hz", 2.0, "how often the worker captions", read_only=False, low=0.001, high=1000.0),
-    ParameterSpec("batch_size", 4, "pairs captioned in one model call (policy all)", low=1, high=256),
+    ParameterSpec("batch_size", 4, "pairs captioned in one model call (policy all)", low=1, high=MAX_BATCH_SIZE),
     ParameterSpec("policy", "latest", "latest: caption only the freshest pair; all: a FIFO of queue_size pairs",
                   choices=POLICIES),
-    ParameterSpec("queue_size", 32, "pairs kept waiting under policy all (the oldest dropped when full)",
-                  low=1, high=100_000),
+    ParameterSpec("queue_size", 32, "pairs kept waiting under policy all (the oldest dropped when full; a decoded 1600x900 pair is 8.6 MB)",
+                  low=1, high=MAX_QUEUE_SIZE),
     ParameterSpec("view_timeout_s", 2.0, "a view silent this long is reported as WARN in /diagnostics",
                   low=0.01, high=3600.0),
     ParameterSpec("caption_missing_views", False, "caption when a view is silent, showing it as a black image",
                   read_only=False),
-    ParameterSpec("max_new_tokens", 64, "longest caption, in tokens", read_only=False, low=1, high=4096),
-    ParameterSpec("num_beams", 1, "beam search width (1 = greedy)", read_only=False, low=1, high=64),
+    ParameterSpec("max_new_tokens", 64, "longest caption, in tokens", read_only=False,
+                  **_decoding_range("max_new_tokens")),
+    ParameterSpec("num_beams", 1, "beam search width (1 = greedy)", read_only=False, **_decoding_range("num_beams")),
+    ParameterSpec("repetition_penalty", 0.0, "divides the scores of tokens already seen: 0.0 = the model's own "
+                  "(1.05 for Qwen2.5-VL-Instruct), 1.0 = none, else 0.5 to 2.0", read_only=False,
+                  **_decoding_range("repetition_penalty") | {"low": 0.0}),
+    ParameterSpec("do_sample", False, "sample the caption instead of greedy/beam decoding", read_only=False),
+    ParameterSpec("temperature", 1.0, "sampling temperature (with do_sample)", read_only=False,
+                  **_decoding_range("temperature")),
+    ParameterSpec("top_p", 1.0, "nucleus sampling mass, above 0 (with do_sample)", read_only=False, **_decoding_range("top_p")),
+    ParameterSpec("top_k", 0, "sample among the k most likely tokens (with do_sample); 0 = all", read_only=False,
+                  **_decoding_range("top_k")),
     ParameterSpec("prompt", "", "instruction given to the model; '' = the checkpoint's own"),
     ParameterSpec("fast_inference", True, "on a GPU: greedy decoding as CUDA-graph replays, packed vision "
                   "attention, LoRA merged (same captions, see BENCHMARKS.md); false = transformers' generate()"),
     ParameterSpec("publish_image", True, "publish the front image with the caption drawn on it (only while "
                   "someone subscribes)", read_only=False),
     ParameterSpec("question_queue_size", 8, "questions on scene_question kept waiting for an answer (the oldest "
-                  "dropped when full)", low=1, high=1000),
+                  "dropped when full)", low=1, high=MAX_QUEUE_SIZE),
 )
 SPECS = {spec.name: spec for spec in PARAMETERS}
 
@@ -94,6 +116,11 @@ class CaptionNodeConfig:
     caption_missing_views: bool
     max_new_tokens: int
     num_beams: int
+    repetition_penalty: float
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
     prompt: str
     fast_inference: bool
     publish_image: bool
@@ -103,8 +130,20 @@ class CaptionNodeConfig:
         base = self.topic_template.format(view=view)
         return base + "/compressed" if self.image_transport == "compressed" else base
 
-    def decoding(self) -> dict[str, int]:
-        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+    def decoding(self) -> dict[str, Any]:
+        """caption() overrides; None leaves a setting to the model (its generation config)."""
+        return dataclasses.asdict(self.decoding_config())
+
+    def decoding_config(self) -> DecodingConfig:
+        return DecodingConfig(
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty or None,
+        )
 
 
 def validate_parameters(values: Mapping[str, Any]) -> CaptionNodeConfig:
@@ -134,7 +173,13 @@ def validate_parameters(values: Mapping[str, Any]) -> CaptionNodeConfig:
         raise UserError(f"parameter topic_template={template!r} gives {example!r}, which is not a valid ROS "
                         "topic name (letters, digits, _ and /, e.g. '{view}/image_raw')")
     checked["views"] = tuple(views)
-    return CaptionNodeConfig(**checked)
+    config = CaptionNodeConfig(**checked)
+    try:  # the same check as the CLI's and eval's, for what the table's ranges cannot say
+        config.decoding_config()
+        check_batch(config.batch_size, config.num_beams, "parameter batch_size")
+    except UserError as exc:
+        raise UserError(str(exc) if str(exc).startswith("parameter") else f"parameter {exc}") from None
+    return config
 
 
 def replace_parameter(config: CaptionNodeConfig, name: str, value: Any) -> CaptionNodeConfig:
@@ -169,6 +214,7 @@ def _check(spec: ParameterSpec, value: Any) -> Any:
         value = list(value)
     if spec.choices and value not in spec.choices:
         raise UserError(f"parameter {spec.name}={value!r} is unknown: use one of {list(spec.choices)}")
-    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+    # written so that NaN, which compares false with everything, is out of range too
+    if spec.low is not None and not value >= spec.low or spec.high is not None and not value <= spec.high:
         raise UserError(f"parameter {spec.name}={value!r} is out of range [{spec.low}, {spec.high}]")
     return value

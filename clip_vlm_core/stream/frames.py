@@ -1,8 +1,15 @@
-"""Camera messages in, HxWx3 uint8 RGB arrays out, or a `BadFrame` that says what was wrong.
+"""Camera messages in, images out, or a `BadFrame` that says what was wrong.
 
 Works on anything shaped like sensor_msgs/Image or sensor_msgs/CompressedImage: rclpy messages in the
 node, rosbags messages in tests and tools. The pixel work is rosbags-image's; this module adds the checks
-a live stream needs (a corrupt JPEG or a short buffer must cost one frame, never the node).
+a live stream needs (a corrupt JPEG, a short buffer or a decompression bomb must cost one frame, never
+the node), with the limits of clip_vlm_core.images, all checked before a pixel is touched:
+
+- a CompressedImage stays encoded (`image_from_message`): its byte size and the size its header states
+  are checked here (microseconds), and the decoding waits for the caption worker, which decodes the
+  frames it captions in one batch on the model's device; a body that turns out corrupt is counted there;
+- a raw Image's width x height and data length are checked before its buffer is read, then it is
+  converted to RGB here (a copy and a colour conversion, no decoding).
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from typing import Any
 import cv2
 import numpy as np
 from rosbags.image.image import ImageError, convert_color, to_cvtype
+
+from clip_vlm_core.images import EncodedImage, bytes_problem, header_size, pixels_problem
 
 
 class BadFrame(ValueError):
@@ -26,7 +35,7 @@ class Frame:
     view: str
     stamp_ns: int  # the source's header stamp
     received_ns: int  # time.monotonic_ns() when the message arrived here
-    image: np.ndarray  # HxWx3 uint8 RGB
+    image: np.ndarray | EncodedImage  # HxWx3 uint8 RGB, or still encoded (header checked)
     frame_id: str = ""
 
 
@@ -35,28 +44,61 @@ def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def decode_image_message(msg: Any) -> np.ndarray:
-    """An Image or CompressedImage message as a contiguous HxWx3 uint8 RGB array."""
+def image_from_message(msg: Any) -> np.ndarray | EncodedImage:
+    """What the node's callback keeps of a message: a CompressedImage still encoded (header checked), a
+    raw Image as a contiguous HxWx3 uint8 RGB array."""
     if hasattr(msg, "format"):
-        return decode_compressed(bytes(msg.data))
+        return encoded_image(msg.data)
     return decode_raw(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
 
 
-def decode_compressed(data: bytes) -> np.ndarray:
-    if len(data) == 0:
+def decode_image_message(msg: Any) -> np.ndarray:
+    """An Image or CompressedImage message as a contiguous HxWx3 uint8 RGB array, decoded here."""
+    image = image_from_message(msg)
+    return decode_compressed(image.data) if isinstance(image, EncodedImage) else image
+
+
+def encoded_image(data: Any) -> EncodedImage:
+    """A CompressedImage's bytes, checked without decoding: within the byte limit, a header that says
+    the format and a size within the pixel limit (a 20000x20000 PNG of a few hundred kB stops here)."""
+    size = len(data)  # before copying anything: the message's own buffer
+    if size == 0:
         raise BadFrame("empty compressed image")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
+    problem = bytes_problem(size)
+    if problem is not None:
+        raise BadFrame(f"compressed image {problem}")
+    data = bytes(data)
+    try:
+        width, height = header_size(data)
+    except ValueError:
+        raise BadFrame("compressed image cannot be decoded (no readable image header)") from None
+    problem = pixels_problem(width, height)
+    if problem is not None:
+        raise BadFrame(f"compressed image {problem}")
+    return EncodedImage(data, width, height)
+
+
+def decode_compressed(data: bytes) -> np.ndarray:
+    """Encoded bytes as an HxWx3 uint8 RGB array on the CPU, limits checked from the header first."""
+    checked = encoded_image(data)
+    # IMREAD_COLOR_RGB always gives 8-bit RGB, whatever the JPEG/PNG held (grey, 16-bit, alpha).
+    image = cv2.imdecode(np.frombuffer(checked.data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.shape[:2] != (checked.height, checked.width):
         raise BadFrame("compressed image cannot be decoded")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise BadFrame("compressed image has zero size")
-    # IMREAD_COLOR always gives 8-bit BGR, whatever the JPEG/PNG held (grey, 16-bit, alpha).
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def black_jpeg(width: int, height: int) -> EncodedImage:
+    """A black frame as a camera would send it (JPEG), e.g. to warm up the decoding path at start-up."""
+    return EncodedImage.checked(cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))[1].tobytes())
 
 
 def decode_raw(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data: Any) -> np.ndarray:
     if height == 0 or width == 0:
         raise BadFrame(f"zero-size image ({width}x{height})")
+    problem = pixels_problem(width, height)
+    if problem is not None:  # before the buffer is looked at: its size follows from these numbers
+        raise BadFrame(f"raw image {problem}")
     try:
         depth, _, typestr, channels = to_cvtype(encoding)
     except ImageError:

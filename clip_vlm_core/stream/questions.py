@@ -34,6 +34,7 @@ class QuestionCounters:
     dropped: int = 0  # pushed out of a full queue
     unanswerable: int = 0  # no fresh synchronized pair to ask about
     failed: int = 0  # lost to an inference error
+    refused: int = 0  # empty, too long, or not a question (clip_vlm_core.limits.check_question)
 
 
 class QuestionQueue:
@@ -63,6 +64,12 @@ class QuestionQueue:
             self.counters.received += 1
             self.counters.unanswerable += 1
 
+    def refused(self) -> None:
+        """A message on the question topic that is not a question that can be asked."""
+        with self._lock:
+            self.counters.received += 1
+            self.counters.refused += 1
+
     def take(self, limit: int) -> list[Question]:
         """Up to `limit` questions, oldest first."""
         with self._lock:
@@ -86,7 +93,8 @@ class QuestionQueue:
             c, window = self.counters, list(self._latency_ms)
             values = [("questions_received", str(c.received)), ("questions_answered", str(c.answered)),
                       ("questions_dropped", str(c.dropped)), ("questions_unanswerable", str(c.unanswerable)),
-                      ("questions_failed", str(c.failed)), ("question_queue_depth", str(len(self._questions)))]
+                      ("questions_failed", str(c.failed)), ("questions_refused", str(c.refused)),
+                      ("question_queue_depth", str(len(self._questions)))]
         for q in (50, 95):
             value = float(np.percentile(window, q)) if window else float("nan")
             values.append((f"answer_latency_p{q}_ms", f"{value:.1f}"))

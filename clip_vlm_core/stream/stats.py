@@ -47,6 +47,7 @@ class StreamStats:
         self.last_inference_error = ""
         self.batch_halvings = 0
         self.dropped_on_error = 0
+        self.dropped_bad_frame = 0  # pairs lost because a frame's body would not decode in the worker
         self.source_clock_mismatches = 0  # captions whose stamp was on another clock than the node's
         self.source_clock_offset_ns = 0  # node clock minus stamp, at the last mismatch
         self._source_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -63,6 +64,15 @@ class StreamStats:
             self.received[view] += 1
             self.bad[view] += 1
             self.last_bad_reason[view] = reason
+
+    def frames_found_bad(self, bad: list[tuple[str, str]], pairs_lost: int) -> None:
+        """Frames (view, reason) already counted as received whose body the worker could not decode,
+        and the pairs lost with them."""
+        with self._lock:
+            for view, reason in bad:
+                self.bad[view] += 1
+                self.last_bad_reason[view] = reason
+            self.dropped_bad_frame += pairs_lost
 
     def caption_published(self, source_latency_ns: int, receive_latency_ns: int) -> None:
         now = time.monotonic()
@@ -111,6 +121,7 @@ class StreamStats:
                 ("latency_receive_to_publish_p95_ms", f"{latency['receive_p95']:.1f}"),
                 ("inference_errors", str(self.inference_errors)),
                 ("pairs_dropped_on_error", str(self.dropped_on_error)),
+                ("pairs_dropped_bad_frame", str(self.dropped_bad_frame)),
                 ("batch_halvings", str(self.batch_halvings)),
             ]
             if self.source_clock_mismatches:

@@ -6,7 +6,9 @@
 Plan steps (run in order):
   pairs        count, rate, width, height: front/back pairs with equal stamps (wall clock)
   front_only   seconds, rate: only CAM_FRONT, so CAM_BACK goes silent
-  bad          view, what: undecodable | empty | zero_size | unknown_encoding | short_buffer | odd_size
+  bad          view, what, paired (also good frames of the other views): undecodable | empty | zero_size | unknown_encoding | short_buffer | odd_size |
+               bomb (a 20000x20000 PNG of 49 kB) | raw_bomb (a 20000x20000 rgb8 header on a short buffer) |
+               corrupt_body (a JPEG whose header reads but whose body is garbage)
   backwards    seconds: later stamps are this much older (a bag looping)
   wait_captions count, timeout: until that many captions arrived since the probe started
   wait_diagnostics key, value, timeout: until the node's diagnostics show key == value
@@ -31,6 +33,7 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from image_bomb import png_bomb  # tests/helpers, beside this script
 from PIL import Image as PILImage
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -57,6 +60,7 @@ class Probe(Node):
         self.diagnostics_message = ""
         self.offset_ns = 0
         self.sent_pairs: list[int] = []
+        self.waits: list[float] = []  # seconds each wait_diagnostics step took
         self._encoded: dict[tuple, bytes] = {}
         self.marker_topic = f"{ns}/scene_caption/marker"
         self.create_subscription(Marker, self.marker_topic, self._on_marker, RELIABLE)
@@ -119,8 +123,14 @@ class Probe(Node):
             return CompressedImage(header=header, format="jpeg", data=b"")
         if what == "odd_size":  # decodes fine; the captioner's processor refuses the aspect ratio
             return self.image_msg(header, 400, 1, 50)
+        if what == "bomb":
+            return CompressedImage(header=header, format="png", data=png_bomb(20000, 20000))
+        if what == "corrupt_body":
+            good = self.image_msg(header, 320, 180, 10).data
+            return CompressedImage(header=header, format="jpeg", data=bytes(good[:300]) + bytes(2000) + bytes(good[-2:]))
         raw = {"zero_size": ("rgb8", 0, 0, 0, b""), "unknown_encoding": ("weird42", 4, 4, 12, bytes(48)),
-               "short_buffer": ("rgb8", 4, 4, 12, bytes(40))}[what]
+               "short_buffer": ("rgb8", 4, 4, 12, bytes(40)),
+               "raw_bomb": ("rgb8", 20000, 20000, 60000, bytes(60000))}[what]
         encoding, width, height, step, data = raw
         return Image(header=header, height=height, width=width, encoding=encoding, step=step, data=data)
 
@@ -147,6 +157,9 @@ class Probe(Node):
             views = [step["view"]] if "view" in step else list(VIEWS)
             for view in views:
                 self.pubs[view].publish(self.bad_msg(header, step["what"]))
+            if step.get("paired"):  # good frames of the other views with the same stamp: a pair forms
+                for view in (v for v in VIEWS if v not in views):
+                    self.pubs[view].publish(self.image_msg(header, 320, 180, 20))
             self.spin_for(0.1)
         elif kind == "file_pair":
             stamp, header = self.stamp()
@@ -173,9 +186,11 @@ class Probe(Node):
             while len(self.markers) < step["count"] and time.monotonic() < end:
                 self.spin_for(0.05)
         elif kind == "wait_diagnostics":
-            end = time.monotonic() + step.get("timeout", 5.0)
+            start = time.monotonic()
+            end = start + step.get("timeout", 5.0)
             while self.diagnostics.get(step["key"]) != str(step["value"]) and time.monotonic() < end:
                 self.spin_for(0.05)
+            self.waits.append(round(time.monotonic() - start, 3))
         elif kind == "wait_at_rest":
             self.wait_at_rest(step.get("timeout", 20.0))
         else:
@@ -218,6 +233,7 @@ def main() -> int:
             "diagnostics": probe.diagnostics,
             "diagnostics_level": probe.diagnostics_level,
             "diagnostics_message": probe.diagnostics_message,
+            "waits": probe.waits,
         }
         with open(args.out, "w") as f:
             json.dump(result, f)

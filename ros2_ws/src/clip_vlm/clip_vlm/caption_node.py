@@ -1,7 +1,7 @@
 """`caption_node`: camera views in, one scene caption out on /scene_caption; questions in on
 scene_question, answers out on scene_answer.
 
-Thin by design: callbacks decode and pair frames (clip_vlm_core.stream), a worker thread captions at
+Thin by design: callbacks check and pair frames (clip_vlm_core.stream), a worker thread captions at
 `rate_hz` and answers questions ahead of its next caption, and this file turns results into messages. Run it as
 `ros2 run clip_vlm caption_node --ros-args -p policy:=all` or `.venv/bin/caption_node --ros-args ...`.
 """
@@ -15,7 +15,6 @@ import time
 from functools import partial
 from typing import Any
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -31,6 +30,8 @@ from visualization_msgs.msg import Marker
 
 from clip_vlm import messages, parameters
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.images import EncodedImage
+from clip_vlm_core.limits import check_question
 from clip_vlm_core.stream import (
     BadFrame,
     CaptionNodeConfig,
@@ -42,11 +43,12 @@ from clip_vlm_core.stream import (
     Question,
     QuestionQueue,
     StreamStats,
-    decode_image_message,
+    image_from_message,
     stamp_to_ns,
 )
 from clip_vlm_core.stream.config import replace_parameter
 from clip_vlm_core.stream.drawing import draw_caption
+from clip_vlm_core.stream.frames import black_jpeg, decode_compressed
 
 NODE_NAME = "caption_node"
 STOP_TIMEOUT_S = 1.5  # SIGINT must end the process within 2 s, even mid-inference
@@ -63,6 +65,8 @@ class CaptionNode(Node):
         )
         inference = self.captioner.inference or {"settings": "transformers' generate() as is (fast_inference false)"}
         self.get_logger().info("inference: " + "; ".join(f"{k} {v}" for k, v in inference.items()))
+        decoding = vars(self.captioner.decoding_in_effect(**self.config.decoding()))  # the model's EOS ids, penalty
+        self.get_logger().info("decoding: " + ", ".join(f"{k} {v}" for k, v in decoding.items()))
         views = self.config.views
         self.stats = StreamStats(views)
         self.pairer = FramePairer(
@@ -148,11 +152,13 @@ class CaptionNode(Node):
         self.pairer.caption_missing_views = config.caption_missing_views
         return SetParametersResult(successful=True)
 
-    # -- frames in (executor thread: decode, pair, queue; never the model) ------------------------
+    # -- frames in (executor thread: check, pair, queue; never the model) -------------------------
     def _on_image(self, view: str, msg: Any) -> None:
         received_ns = time.monotonic_ns()
         try:
-            image = decode_image_message(msg)
+            # Compressed frames stay encoded (header and limits checked): the worker decodes the ones it
+            # captions, in one batch on the model's device. Raw frames are converted here.
+            image = image_from_message(msg)
         except BadFrame as exc:
             self.stats.frame_bad(view, str(exc))
             return
@@ -178,9 +184,12 @@ class CaptionNode(Node):
 
     # -- questions in (executor thread: attach the freshest pair, queue; never the model) -----------
     def _on_question(self, msg: String) -> None:
-        text, now_ns = msg.data.strip(), time.monotonic_ns()
-        if not text:
-            self.get_logger().warn("an empty question on scene_question was ignored")
+        now_ns = time.monotonic_ns()
+        try:
+            text = check_question(msg.data, "a question on scene_question")
+        except UserError as exc:  # empty, too long, or holding chat-template tokens
+            self.questions.refused()
+            self.get_logger().warn(f"{exc}; not answered")
             return
         pair = self._freshest_pair
         if pair is None or now_ns - pair.received_ns > self.config.max_age_ms * 1e6:
@@ -212,6 +221,8 @@ class CaptionNode(Node):
             self.overlay_pub.publish(messages.overlay_text(caption))
         if self.config.publish_image and self.image_pub.get_subscription_count() > 0:
             front = pair.images[self.config.views[0]]
+            if isinstance(front, EncodedImage):  # decoded on the model's device for the caption; here for people
+                front = decode_compressed(front.data)
             self.image_pub.publish(messages.rgb_image(draw_caption(front, caption), pair.stamp_ns, pair.frame_id))
 
     def _publish_diagnostics(self) -> None:
@@ -234,7 +245,8 @@ class CaptionNode(Node):
         At rest, pairs_made == captions + queue_depth + pairs_in_flight + the pairs_dropped_* values.
         """
         counters, queued = self.pairer.counters, self.queue.counters
-        pairs_lost = queued.superseded + queued.overflow + queued.stale + self.stats.dropped_on_error
+        pairs_lost = (queued.superseded + queued.overflow + queued.stale + self.stats.dropped_on_error
+                      + self.stats.dropped_bad_frame)
         values = [
             ("queue_depth", str(len(self.queue))),
             ("policy", self.config.policy),
@@ -276,9 +288,9 @@ def _load_captioner(config: CaptionNodeConfig):
         captioner = captioner.with_prompt(config.prompt)
     if config.fast_inference:
         captioner.optimize_for_inference()
-    # One caption at start-up so the first real frame does not pay for lazy initialisation.
-    black = {view: np.zeros((64, 64, 3), np.uint8) for view in captioner.views}
-    captioner.caption([black], max_new_tokens=2)
+    # One caption at start-up, from JPEG bytes as frames arrive, so the first real frame does not pay
+    # for lazy initialisation (on a GPU, nvJPEG's too).
+    captioner.caption([dict.fromkeys(captioner.views, black_jpeg(64, 64))], max_new_tokens=2)
     return captioner
 
 
