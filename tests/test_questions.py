@@ -46,10 +46,16 @@ def test_every_type_has_several_training_phrasings_and_distinct_held_out_ones():
 
 
 @pytest.mark.parametrize("file", ["qa.jsonl", "qa_heldout.jsonl"])
-def test_every_keyframe_gets_one_question_of_each_type_answered_from_its_facts(synthetic_nuscenes, file):
+def test_every_keyframe_gets_questions_of_each_type_answered_from_its_facts(synthetic_nuscenes, file):
+    from clip_vlm_core.data.synthetic import TRAINING_QUESTIONS_PER_TYPE
+
     facts = json.loads((synthetic_nuscenes / "synthetic_facts.json").read_text())
     pairs = read_jsonl(synthetic_nuscenes / file)
-    assert Counter(p["token"] for p in pairs) == dict.fromkeys(facts, len(QUESTION_TYPES))
+    per_type = 1 if file == "qa_heldout.jsonl" else TRAINING_QUESTIONS_PER_TYPE
+    assert Counter((p["token"], p["type"]) for p in pairs) == dict.fromkeys(
+        [(token, t) for token in facts for t in QUESTION_TYPE_NAMES], per_type)
+    # A keyframe's questions of one type are asked in different phrasings.
+    assert len({(p["token"], p["question"]) for p in pairs}) == len(pairs)
     phrasings = {t.name: {q for q, _ in t.phrasings(held_out=file == "qa_heldout.jsonl")} for t in QUESTION_TYPES}
     for pair in pairs:
         truth = facts[pair["token"]]

@@ -115,14 +115,15 @@ class SceneQuestion:
         return {"question": self.question, "answer": self.answer, "type": self.type}
 
 
-def ask_about(facts: SceneFacts, rng: random.Random, held_out: bool = False) -> list[SceneQuestion]:
-    """One question of every type about a scene, each in a phrasing drawn from the training set (or the
-    held-out set), with its true answer. A question that names a vehicle names any of the three types,
-    so "none" is as possible an answer as the vehicles the scene shows."""
+def ask_about(facts: SceneFacts, rng: random.Random, held_out: bool = False, per_type: int = 1) -> list[SceneQuestion]:
+    """`per_type` questions of every type about a scene, each in a different phrasing drawn from the
+    training set (or the held-out set), with its true answer. A question that names a vehicle names any
+    of the three types, so "none" is as possible an answer as the vehicles the scene shows."""
     questions = []
     for qtype in QUESTION_TYPES:
-        question, filler = rng.choice(qtype.phrasings(held_out))
-        questions.append(SceneQuestion(qtype.name, question, qtype.answer(facts, filler)))
+        phrasings = qtype.phrasings(held_out)
+        for question, filler in rng.sample(phrasings, min(per_type, len(phrasings))):
+            questions.append(SceneQuestion(qtype.name, question, qtype.answer(facts, filler)))
     return questions
 
 

@@ -55,6 +55,10 @@ CAMERAS = {
 INTRINSIC = [[1266.42, 0.0, 816.27], [0.0, 1266.42, 491.51], [0.0, 0.0, 1.0]]
 KEYFRAME_US = 500_000  # 2 Hz
 QA_FILE, QA_HELD_OUT_FILE = "qa.jsonl", "qa_heldout.jsonl"  # `clip-vlm data build --qa` reads them
+# Questions of each type per keyframe in qa.jsonl, each in another phrasing: a keyframe asked one way only
+# lets a small model tie the answer to the sentence; asked several ways, to the words that matter. The
+# held-out file asks one question of each type per keyframe.
+TRAINING_QUESTIONS_PER_TYPE = 4
 LOG_NAME = "n015-2018-07-24-11-22-45+0800"
 START_US = 1532402927612460
 SPEED_MPS = 8.0
@@ -120,7 +124,8 @@ def generate_synthetic_nuscenes(
 def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, show_progress: bool) -> SyntheticDataset:
     token = _Tokens(seed)
     rng = random.Random(f"scenes-{seed}")
-    questions_rng = random.Random(f"questions-{seed}")  # apart, so the scenes of a seed stay as they were
+    # Apart, so the scenes of a seed stay as they were, and the held-out questions whatever the training ones.
+    questions_rng = {QA_FILE: random.Random(f"questions-{seed}"), QA_HELD_OUT_FILE: random.Random(f"held-out-{seed}")}
     qa_lines: dict[str, list[str]] = {QA_FILE: [], QA_HELD_OUT_FILE: []}
     tables: dict[str, list[dict]] = {name: [] for name in (
         "attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
@@ -180,9 +185,9 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
                         _link(last_sd, cam, swd)
             dataset.sample_tokens.append(sample_token)
             dataset.facts[sample_token] = facts.as_dict()
-            for qa_file, held_out in ((QA_FILE, False), (QA_HELD_OUT_FILE, True)):
+            for qa_file, held_out, per_type in ((QA_FILE, False, TRAINING_QUESTIONS_PER_TYPE), (QA_HELD_OUT_FILE, True, 1)):
                 qa_lines[qa_file] += [json.dumps({"token": sample_token, **q.as_dict()})
-                                   for q in ask_about(facts, questions_rng, held_out)]
+                                      for q in ask_about(facts, questions_rng[qa_file], held_out, per_type)]
             records.append(_nuinteract_record(sample_token, sample_tokens, k, scene_token, cam_paths, facts))
             progress.update(1)
         tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": samples,
