@@ -405,7 +405,12 @@ def test_launch_file_sets_only_parameters_the_node_declares(name):
 
 def test_installed_params_file_passes_the_nodes_validation():
     document = yaml.safe_load((PACKAGE / "config" / "caption.yaml").read_text())
-    config = validate_parameters(document["/**"]["ros__parameters"])
+    values = document["/**"]["ros__parameters"]
+    config = validate_parameters(values)
+    # Every parameter the node declares is in the params file users copy and in the README's table.
+    readme = (ROOT / "README.md").read_text()
+    assert {spec.name for spec in PARAMETERS} - set(values) == set()
+    assert [spec.name for spec in PARAMETERS if f"| `{spec.name}` |" not in readme] == []
     assert config.topic_for("CAM_BACK") == "CAM_BACK/image_raw/compressed"  # relative: namespaces move it
 
 

@@ -218,3 +218,28 @@ def test_relative_paths_that_stay_inside_are_accepted(relative, tmp_path):
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "x.jpg").write_bytes(b"jpeg")
     assert data_file(tmp_path, relative, "row").read_bytes() == b"jpeg"
+
+
+def test_a_trusted_checkpoint_whose_base_models_live_elsewhere_loads_with_a_named_root(tmp_path, capsys, monkeypatch):
+    """A fine-tuned checkpoint naming a shared base-model folder (e.g. /models, written relative to the
+    checkpoint as training writes it): refused by default with the way out named, loaded once the user
+    names the folder it may read from, by flag or by environment."""
+    shared = tmp_path / "models"
+    shutil.copytree(REPO / "clip_vlm_core" / "assets" / "tiny_base", shared / "tiny_base")
+    runs = tmp_path / "runs" / "mine"
+    shutil.copytree(REPO / "clip_vlm_core" / "assets" / "default_model", runs / "best")
+    set_ref(runs / "best", qwen_model="../../../models/tiny_base/qwen", clip_model="../../../models/tiny_base/clip")
+    views = ["--view", f"CAM_FRONT={REPO / 'clip_vlm_core/assets/samples/front.jpg'}",
+             "--view", f"CAM_BACK={REPO / 'clip_vlm_core/assets/samples/back.jpg'}", "--max-new-tokens", "4"]
+    argv = ["caption", *views, "--checkpoint", str(runs / "best"), "--local-files-only"]
+    monkeypatch.delenv("CLIP_VLM_BASE_MODELS", raising=False)
+    assert main(argv) == 2
+    assert_one_sentence(capsys.readouterr().err, "caption", "leads out of", "--base-models-root DIR",
+                        "CLIP_VLM_BASE_MODELS")
+    assert main([*argv, "--base-models-root", str(shared)]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main([*argv, "--base-models-root", str(shared / "tiny_base" / "clip")]) == 2  # qwen is not inside
+    capsys.readouterr()
+    monkeypatch.setenv("CLIP_VLM_BASE_MODELS", str(shared))
+    assert main(["ask", *views, "--checkpoint", str(runs / "best"), "--question", "Is it day or night?"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--question number {empty[0]} is empty: ask something about the scene")
     views = parse_views(args.view)
     images = {name: load_image(path) for name, path in views.items()}
-    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only)
+    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
+                                               base_models_root=args.base_models_root)
     captioner.images_for([images])  # bad view names fail here, before any model work
     start = time.perf_counter()
     answers = captioner.ask([images] * len(args.question), args.question, **dataclasses.asdict(decoding))

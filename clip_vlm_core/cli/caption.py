@@ -60,6 +60,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--local-files-only", action="store_true", help="never contact the model hub")
+    parser.add_argument("--base-models-root", metavar="DIR", default=None,
+                        help="a folder the checkpoint's local base models may lie in (default: $CLIP_VLM_BASE_MODELS, "
+                        "else the folder holding the checkpoint); folders elsewhere are refused")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     decoding = decoding_from_args(args)
     views = parse_views(args.view)
     images = {name: load_image(path) for name, path in views.items()}
-    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only)
+    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
+                                               base_models_root=args.base_models_root)
     if args.prompt:
         captioner = captioner.with_prompt(args.prompt)
     captioner.images_for([images])  # bad view names fail here, before any model work

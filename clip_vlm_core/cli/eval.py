@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = {**eval_inputs(args.manifest, args.dataroot), "checkpoint": args.checkpoint}
     guard_output(args.out, WRITER, inputs, args.overwrite)  # before minutes of model loading
     manifest_dataroot(args.manifest, args.dataroot)  # so is a missing manifest or dataroot
-    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only)
+    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
+                                               base_models_root=args.base_models_root)
     metrics = evaluate_manifest(
         args.manifest,
         captioner,

@@ -79,16 +79,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
+# Where a checkpoint's local base models may lie when no root is given: e.g. a shared /models folder that
+# the fine-tuned checkpoints of a team name (default: the folder holding the checkpoint).
+BASE_MODELS_ENV = "CLIP_VLM_BASE_MODELS"
+
+
 def _resolve_model_ref(ref: str, checkpoint: Path | None, root: Path | None, what: str) -> str:
     """A base-model reference. Given directly (a flag, a recipe) it is used as is. Read from a checkpoint's
     config, a file that may have been downloaded, it must be a hub id / model name or a folder inside
-    `root` (default: the folder holding the checkpoint), written relative to the checkpoint (the
+    `root` (default: $CLIP_VLM_BASE_MODELS, else the folder holding the checkpoint), written relative to the checkpoint (the
     embedded model's are ../tiny_base/...): never an absolute path, nor one leading out of `root`."""
     if checkpoint is None:
         return ref
-    root = (root or checkpoint.parent).resolve()
+    root = Path(root or os.environ.get(BASE_MODELS_ENV) or checkpoint.parent).resolve()
     shown = f"checkpoint {checkpoint} names its {what} {ref!r}"
-    rule = "a checkpoint may name a hub id, or a folder inside the folder that holds it"
+    rule = (f"a checkpoint may name a hub id, or a folder inside {root} (if you trust this checkpoint, name a "
+            f"folder that holds its base models: --base-models-root DIR, the node's base_models_root "
+            f"parameter, or {BASE_MODELS_ENV}=DIR)")
     if Path(ref).is_absolute() or ref.startswith(("~", "local-dir:")):
         raise UserError(f"{shown}, an absolute path; {rule}")
     lexical = os.path.relpath(os.path.normpath(checkpoint / ref), root)
@@ -200,13 +207,13 @@ class SceneCaptioner:
         dtype: str | torch.dtype | None = None,
         local_files_only: bool = False,
         trainable: bool = False,
-        base_models_root: Path | None = None,
+        base_models_root: str | Path | None = None,
     ) -> SceneCaptioner:
         """Load a clip-vlm checkpoint folder, or a bare Qwen2.5-VL (hub id or folder) with an untrained
         connector, which captions exactly like that base model. No path: the embedded default model.
 
         Base models named by a folder in the checkpoint's config must lie inside `base_models_root`
-        (default: the folder that holds the checkpoint)."""
+        (default: $CLIP_VLM_BASE_MODELS, else the folder that holds the checkpoint)."""
         path = default_model_path() if path in (None, "") else path
         folder = Path(path)
         if not (folder / CONFIG_FILE).exists():
@@ -223,7 +230,7 @@ class SceneCaptioner:
             dtype,
             local_files_only,
             base_dir=folder.resolve(),
-            base_models_root=base_models_root,
+            base_models_root=Path(base_models_root) if base_models_root else None,
             connector_state=connector_state,
             adapter_dir=adapter if adapter.exists() else None,
             trainable=trainable,

@@ -50,6 +50,8 @@ class ParameterSpec:
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("model", "", "checkpoint folder or hub id; '' = the embedded default model"),
+    ParameterSpec("base_models_root", "", "a folder the checkpoint's local base models may lie in; '' = "
+                  "$CLIP_VLM_BASE_MODELS, else the folder holding the checkpoint"),
     ParameterSpec("device", "", "'' (auto: cuda when available), cpu, cuda or cuda:N"),
     ParameterSpec("views", list(DEFAULT_VIEWS), "camera views to subscribe to, in the model's order"),
     ParameterSpec("image_transport", "compressed", "compressed (sensor_msgs/CompressedImage) or raw (sensor_msgs/Image)",
@@ -100,6 +102,7 @@ SPECS = {spec.name: spec for spec in PARAMETERS}
 @dataclass(frozen=True)
 class CaptionNodeConfig:
     model: str
+    base_models_root: str
     device: str
     views: tuple[str, ...]
     image_transport: str

@@ -279,7 +279,8 @@ class CaptionNode(Node):
 def _load_captioner(config: CaptionNodeConfig):
     from clip_vlm_core.model import SceneCaptioner
 
-    captioner = SceneCaptioner.from_pretrained(config.model or None, device=config.device or None)
+    captioner = SceneCaptioner.from_pretrained(config.model or None, device=config.device or None,
+                                               base_models_root=config.base_models_root or None)
     if set(config.views) != set(captioner.views):
         raise UserError(
             f"parameter views={list(config.views)} does not match the views the model reads {list(captioner.views)}"
