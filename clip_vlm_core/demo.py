@@ -106,10 +106,38 @@ def synthesise(demo: Demo) -> tuple[Path, str]:
 def convert(demo: Demo, root: Path, scene: str) -> Path:
     from clip_vlm_core.bags import BagConvertOptions, convert_scene, load_nuscenes
 
+    target = demo.bags / scene
+    record = demo.out / DEMO_BAG_RECORD
+    if target.exists() and _bag_fingerprint(target) != _recorded(record, target):
+        # The synthetic scenes borrow nuScenes' scene names: bags/scene-0061 may be a real scene's bag.
+        raise UserError(f"{target} exists and was not written by an earlier demo; move it, or give the demo "
+                        f"another folder with --bags DIR")
     options = BagConvertOptions(captions=root / "nuinteract", overwrite=True, progress=False)
     bag = convert_scene(load_nuscenes(root, "v1.0-mini"), scene, demo.bags, options)
+    from clip_vlm_core.atomic import write_text
+
+    write_text(record, json.dumps({str(bag.resolve()): _bag_fingerprint(bag)}))
     print(f"      {bag}  (replay it yourself: clip-vlm bag play {bag})")
     return bag
+
+
+DEMO_BAG_RECORD = "bag.json"  # which bag the demo wrote last, and its metadata's digest
+
+
+def _bag_fingerprint(bag: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256((bag / "metadata.yaml").read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _recorded(record: Path, bag: Path) -> str | None:
+    try:
+        return json.loads(record.read_text()).get(str(bag.resolve()))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def start_node(demo: Demo, env: dict[str, str]) -> subprocess.Popen:
@@ -328,10 +356,10 @@ by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
 <h2>Questions about the last keyframe (/scene_question to /scene_answer)</h2><table><tr><th>question</th>
 <th>answer</th><th>truth</th><th></th><th>latency</th></tr>{asked}</table>
 <h2>Node figures (last /diagnostics)</h2><table>{figures}</table></body></html>"""
+    from clip_vlm_core.atomic import write_text
+
     path = demo.out / "report.html"
-    tmp = path.with_name(".report.html.partial")
-    tmp.write_text(page)
-    tmp.rename(path)
+    write_text(path, page)  # the shared atomic writer: a full disk leaves the previous report whole
     return path
 
 
