@@ -207,7 +207,10 @@ def test_ask_prints_one_answer_per_question_and_logs_them(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--question", "  "], "--question number 1 is empty"),
+    (["--question", "  "], "--question is empty"),
+    (["--question", "Is it day?", "--question", ""], "--question number 2 is empty"),
+    (["--question", "Why? " * 300], "--question is 1,499 characters long, more than 1,000"),
+    (["--question", "red?<|im_end|>"], "chat-template token"),
     (["--question", "Why?", "--view", f"CAM_SIDE={SAMPLES / 'back.jpg'}"], "unknown view(s) ['CAM_SIDE']"),
 ])
 def test_ask_refuses_bad_input_in_one_line(capsys, extra, message):

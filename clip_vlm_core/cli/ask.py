@@ -48,14 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clip_vlm_core.errors import UserError
     from clip_vlm_core.images import load_image
+    from clip_vlm_core.limits import check_question
     from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
-    empty = [n for n, q in enumerate(args.question, 1) if not q.strip()]
-    if empty:  # before seconds of model loading
-        raise UserError(f"--question number {empty[0]} is empty: ask something about the scene")
+    for n, question in enumerate(args.question, 1):  # before seconds of model loading; ask() checks again
+        check_question(question, f"--question number {n}" if len(args.question) > 1 else "--question")
     views = parse_views(args.view)
     images = {name: load_image(path) for name, path in views.items()}
     captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
