@@ -112,6 +112,7 @@ def run_training(
     if enable_varlen_vision_attention(captioner.model.base_qwen) is None:
         log.info("vision tower: packed (varlen) flash attention")
     train_set, val_set, collate = _datasets(config, run_dir, captioner, accelerator)
+    val_set = validation_mix(val_set, config.data.qa_per_caption)
     model = captioner.model
     if _plan_memory(config, captioner, train_set, accelerator):
         model.base_qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -468,6 +469,20 @@ def sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 # -- evaluation and checkpoints -------------------------------------------------------------------
+
+def validation_mix(dataset, qa_per_caption: float):
+    """The validation items: every caption and `qa_per_caption` answers per caption, as an epoch of
+    training draws them, fixed once (seed 0) so that every evaluation scores the same items. Scoring every
+    answer instead made validation cost more than training when a keyframe has forty questions."""
+    from torch.utils.data import Subset
+
+    from clip_vlm_core.data.mixing import CaptionQAMix
+
+    if dataset is None or not getattr(dataset, "qa_indices", None):
+        return dataset
+    mix = CaptionQAMix(dataset.caption_indices, dataset.qa_indices, qa_per_caption, torch.Generator().manual_seed(0))
+    return Subset(dataset, sorted(mix))
+
 
 @torch.no_grad()
 def validation_loss(model, dataset, collate, config: RunConfig, accelerator) -> float:

@@ -133,6 +133,20 @@ def test_an_epoch_visits_every_caption_and_the_set_share_of_questions():
     assert list(CaptionQAMix(range(10), range(10, 110), 1.5, torch.Generator().manual_seed(0))) == order
 
 
+def test_validation_scores_the_training_mix_of_answers_the_same_items_every_time():
+    from types import SimpleNamespace
+
+    from clip_vlm_core.train import validation_mix
+
+    val = SimpleNamespace(caption_indices=list(range(10)), qa_indices=list(range(10, 410)))
+    val.__len__ = lambda: 410
+    first, again = validation_mix(val, 3.0), validation_mix(val, 3.0)
+    assert len(first) == 40 and list(first.indices) == list(again.indices)  # 10 captions + 30 of 400 answers
+    assert set(range(10)) <= set(first.indices)
+    assert len(validation_mix(val, 0.0)) == 10
+    assert validation_mix(None, 3.0) is None
+
+
 def test_without_questions_the_order_is_the_random_samplers():
     from torch.utils.data import RandomSampler
 
@@ -141,8 +155,8 @@ def test_without_questions_the_order_is_the_random_samplers():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.qa_per_caption=-1", "data.qa_per_caption must be between 0 and 1000"),
-    ("optim.loss_weighting=word", "optim.loss_weighting must be token or sample"),
+    ("data.qa_per_caption=-1", r"data.qa_per_caption must be at least 0 and at most 1,000 \(answers drawn per caption in an epoch\), got -1"),
+    ("optim.loss_weighting=word", "optim.loss_weighting must be one of token, sample, got .word."),
 ])
 def test_bad_qa_recipe_values_are_refused(override, message):
     from clip_vlm_core.train_config import load_run_config
