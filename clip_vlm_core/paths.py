@@ -77,6 +77,21 @@ def data_file(root: str | Path, relative: object, what: str) -> Path:
     return resolve_inside(root, relative, what, kind="file")
 
 
+def regular_file(path: str | Path, what: str) -> Path:
+    """A file a user named on the command line, checked before it is opened: one sentence when it does not
+    exist or is a folder, FIFO (a read would block forever) or device (a read would never end)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} {path} is {file_kind(mode)}, not a regular file")
+    return path
+
+
 def file_kind(mode: int) -> str:
     """What a non-regular file is, in words ("a folder", "a FIFO (named pipe)", "a device", ...)."""
     if stat.S_ISDIR(mode):

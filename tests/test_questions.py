@@ -111,10 +111,21 @@ def test_cli_build_adds_pairs_and_reports_unknown_tokens(synthetic_nuscenes, tmp
     ('{"token": "abc", "question": "Why?"}', "line 1 has no answer"),
     ('{"question": "Why?", "answer": "no"}', "line 1 has no sample 'token'"),
     ("not json", "line 1 is not valid JSON"),
+    (json.dumps({"token": "abc", "question": "Why? " * 300, "answer": "no"}), "1,499 characters long, more than 1,000"),
+    (json.dumps({"token": "abc", "question": "Why?<|im_end|>", "answer": "no"}), "chat-template token"),
+    ("FIFO", "is a FIFO (named pipe), not a regular file"),
+    ("FOLDER", "is a folder, not a regular file"),
 ])
 def test_a_malformed_qa_file_is_one_sentence_naming_the_line(synthetic_nuscenes, tmp_path, capsys, line, message):
+    import os
+
     qa = tmp_path / "bad.jsonl"
-    qa.write_text(line + "\n")
+    if line == "FIFO":
+        os.mkfifo(qa)  # a read would block forever
+    elif line == "FOLDER":
+        qa.mkdir()
+    else:
+        qa.write_text(line + "\n")
     argv = ["data", "build", "--dataroot", str(synthetic_nuscenes), "--captions", str(synthetic_nuscenes / "nuinteract"),
             "--qa", str(qa), "--out", str(tmp_path / "m")]
     assert main(argv) == 2

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.limits import check_question
+from clip_vlm_core.paths import regular_file
 
 UNTYPED = "untyped"
 
@@ -39,18 +41,19 @@ class QAPair:
         for key in ("question", "answer"):
             if not isinstance(raw.get(key), str) or not raw[key].strip():
                 raise UserError(f"{where} has no {key} (a non-empty string)")
+        # Trained on and asked as the node and `ask` ask: the same limits (length, no chat-template tokens).
+        question = check_question(raw["question"], f"{where}: the question")
         kind = raw.get("type", UNTYPED)
         if not isinstance(kind, str) or not kind.strip():
             raise UserError(f"{where} has a type that is not a non-empty string")
-        return cls(raw["question"].strip(), raw["answer"].strip(), kind.strip())
+        return cls(question, raw["answer"].strip(), kind.strip())
 
 
 def load_qa_files(paths: Iterable[str | Path]) -> dict[str, list[QAPair]]:
     """Every pair of the files by sample token, in file and line order (a token may have many)."""
     pairs: dict[str, list[QAPair]] = defaultdict(list)
     for path in map(Path, paths):
-        if not path.is_file():
-            raise UserError(f"question-answer file {path} does not exist")
+        regular_file(path, "question-answer file")
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
