@@ -14,7 +14,7 @@ import torch
 from clip_vlm_core.cli import main
 from clip_vlm_core.data.manifest import build_manifest, load_manifest, read_manifest_meta
 from clip_vlm_core.data.mixing import CaptionQAMix
-from clip_vlm_core.data.scene_questions import QUESTION_TYPE_NAMES, QUESTION_TYPES
+from clip_vlm_core.data.scene_questions import LEAD_INS, QUESTION_TYPE_NAMES, QUESTION_TYPES, base_phrasing
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation.qa import answers_match, qa_accuracy
 from clip_vlm_core.images import load_image
@@ -56,10 +56,15 @@ def test_every_keyframe_gets_questions_of_each_type_answered_from_its_facts(synt
         [(token, t) for token in facts for t in QUESTION_TYPE_NAMES], per_type)
     # A keyframe's questions of one type are asked in different phrasings.
     assert len({(p["token"], p["question"]) for p in pairs}) == len(pairs)
-    phrasings = {t.name: {q for q, _ in t.phrasings(held_out=file == "qa_heldout.jsonl")} for t in QUESTION_TYPES}
+    held_out = file == "qa_heldout.jsonl"
+    phrasings = {t.name: {q for q, _ in t.phrasings(held_out=held_out)} for t in QUESTION_TYPES}
+    lowered = {name: {q.lower() for q in qs} for name, qs in phrasings.items()}
     for pair in pairs:
         truth = facts[pair["token"]]
-        assert pair["question"] in phrasings[pair["type"]], pair
+        if held_out:  # held-out questions are asked as written
+            assert pair["question"] in phrasings[pair["type"]], pair
+        else:  # training questions are varied (a lead-in, lower case) from a training phrasing
+            assert base_phrasing(pair["question"]) in lowered[pair["type"]], pair
         expected = {"front.vehicle_colour": truth["front.vehicle_colour"], "front.light": truth["front.light"],
                     "back.vehicle_type": truth["back.vehicle_type"], "both.time": truth["front.time"],
                     "back.follows": "no" if truth["back.vehicle_type"] == "none" else "yes"}
@@ -69,6 +74,22 @@ def test_every_keyframe_gets_questions_of_each_type_answered_from_its_facts(synt
             vehicle = next(v for v in ("car", "truck", "bus") if re.search(rf"\b{v}\b", pair["question"]))
             ahead, behind = truth["front.vehicle_type"] == vehicle, truth["back.vehicle_type"] == vehicle
             assert pair["answer"] == {(1, 1): "both", (1, 0): "ahead", (0, 1): "behind", (0, 0): "none"}[ahead, behind]
+
+
+def test_training_questions_are_varied_as_people_type_them_and_held_out_ones_are_not(synthetic_nuscenes):
+    training = [p["question"] for p in read_jsonl(synthetic_nuscenes / "qa.jsonl")]
+    held_out = [p["question"] for p in read_jsonl(synthetic_nuscenes / "qa_heldout.jsonl")]
+    led = [q for q in training if q.lower().startswith(tuple(lead.lower() for lead in LEAD_INS))]
+    assert 0.35 < len(led) / len(training) < 0.65
+    assert 0.15 < sum(q == q.lower() for q in training) / len(training) < 0.35
+    # Every lead-in is used; no held-out question has one or is lowered.
+    assert {lead.lower() for lead in LEAD_INS} == {lead.lower() for lead in LEAD_INS for q in led
+                                                   if q.lower().startswith(lead.lower())}
+    assert not any(q.lower().startswith(tuple(lead.lower() for lead in LEAD_INS)) for q in held_out)
+    assert all(q[0].isupper() for q in held_out)
+    # Variation never turns a training phrasing into a held-out one.
+    held_out_phrasings = {q.lower() for t in QUESTION_TYPES for q, _ in t.phrasings(held_out=True)}
+    assert not {base_phrasing(q) for q in training} & held_out_phrasings
 
 
 def test_nothing_behind_is_answered_none_and_no(tmp_path):

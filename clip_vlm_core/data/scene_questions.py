@@ -9,7 +9,9 @@ Each type has several phrasings, split into training and held-out ones: the mode
 first and evaluated on the second, so a score measures understanding of the question, not memory of a
 sentence. A phrasing is a frame with a slot ("What colour is the vehicle {x}?" with x = "ahead", "in front
 of us", ...); each frame keeps one of its fillers out of training, in turn, so a held-out question is a
-sentence never trained on whose frame and filler were each trained on in other sentences.
+sentence never trained on whose frame and filler were each trained on in other sentences. Training
+questions are also varied the way people type them (a lead-in such as "Quick question: ", or all in lower
+case), so that a model learns the words that carry the question, not the shape of a dozen sentences.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ AHEAD = ("ahead", "in front", "ahead of us", "in front of us")
 BEHIND = ("behind", "behind us", "following us", "at the back")
 LIGHTS_SAID = ("the traffic light", "the light ahead", "the traffic signal", "the signal ahead")
 NOW = ("", " now", " right now", " at the moment")
+LEAD_INS = ("Quick question: ", "Please tell me: ", "From the cameras: ", "Can you answer this? ", "One question: ")
 
 
 @dataclass(frozen=True)
@@ -115,15 +118,34 @@ class SceneQuestion:
         return {"question": self.question, "answer": self.answer, "type": self.type}
 
 
+def vary(question: str, rng: random.Random) -> str:
+    """A training question as people might type it: half the time after a lead-in, a quarter of the time
+    all in lower case."""
+    if rng.random() < 0.5:
+        question = rng.choice(LEAD_INS) + question
+    return question.lower() if rng.random() < 0.25 else question
+
+
+def base_phrasing(question: str) -> str:
+    """The phrasing a varied question was made from, in lower case (see `vary`)."""
+    lowered = question.lower()
+    for lead_in in LEAD_INS:
+        if lowered.startswith(lead_in.lower()):
+            return lowered[len(lead_in):]
+    return lowered
+
+
 def ask_about(facts: SceneFacts, rng: random.Random, held_out: bool = False, per_type: int = 1) -> list[SceneQuestion]:
     """`per_type` questions of every type about a scene, each in a different phrasing drawn from the
-    training set (or the held-out set), with its true answer. A question that names a vehicle names any
-    of the three types, so "none" is as possible an answer as the vehicles the scene shows."""
+    training set (varied, see `vary`) or the held-out set (as written), with its true answer. A question
+    that names a vehicle names any of the three types, so "none" is as possible an answer as the vehicles
+    the scene shows."""
     questions = []
     for qtype in QUESTION_TYPES:
         phrasings = qtype.phrasings(held_out)
         for question, filler in rng.sample(phrasings, min(per_type, len(phrasings))):
-            questions.append(SceneQuestion(qtype.name, question, qtype.answer(facts, filler)))
+            asked = question if held_out else vary(question, rng)
+            questions.append(SceneQuestion(qtype.name, asked, qtype.answer(facts, filler)))
     return questions
 
 
@@ -131,9 +153,10 @@ def question_corpus() -> list[str]:
     """Every training phrasing and every answer (for the tiny tokenizer's merges; held-out phrasings are
     left out, as text the model never trained on)."""
     corpus = [question for t in QUESTION_TYPES for question, _ in t.phrasings()]
+    corpus += [question.lower() for question in corpus] + list(LEAD_INS)
     corpus += [a for t in QUESTION_TYPES for a in t.answers]
     return list(dict.fromkeys(corpus))
 
 
-__all__ = ["QUESTION_TYPES", "QUESTION_TYPE_NAMES", "SceneQuestion", "TYPES_BY_NAME", "ask_about",
-           "question_corpus"]
+__all__ = ["LEAD_INS", "QUESTION_TYPES", "QUESTION_TYPE_NAMES", "SceneQuestion", "TYPES_BY_NAME", "ask_about",
+           "base_phrasing", "question_corpus", "vary"]
