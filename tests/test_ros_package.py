@@ -186,3 +186,27 @@ def test_bag_convert_help_tells_a_humble_user_which_storage_plays():
     text = " ".join(done.stdout.split())
     assert "Humble plays only sqlite3" in text and "ros-humble-rosbag2-storage-mcap" in text
     assert "--storage sqlite3" in text
+
+
+def test_the_node_logs_warnings_through_warning_not_the_deprecated_warn():
+    """rclpy's deprecated `warn()` is wrapped, so every call of it has one call site (the wrapper): after a
+    throttled warn (a looping bag's stamp jump), the next warn with other settings raised ValueError in the
+    executor and killed the node (found by test_node: a time jump, then a refused question)."""
+    sources = {p.name: p.read_text() for p in (PACKAGE / "clip_vlm").glob("*.py")}
+    assert not {name for name, text in sources.items() if ".warn(" in text}
+    assert ".warning(" in sources["caption_node.py"]
+
+
+def test_rclpy_keeps_warning_call_sites_apart_so_a_throttled_one_and_a_plain_one_can_alternate():
+    import rclpy
+    from rclpy.node import Node
+
+    rclpy.init()
+    try:
+        node = Node("warning_call_sites")
+        for _ in range(2):
+            node.get_logger().warning("stamp went back", throttle_duration_sec=10.0)
+            node.get_logger().warning("question refused")
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()

@@ -176,7 +176,7 @@ class CaptionNode(Node):
         # of the newest one, so the queue judges their age by the time they waited here alone.
         self._resets_seen = self.pairer.counters.resets
         jump_s = self.pairer.counters.last_jump_ns / 1e9
-        self.get_logger().warn(
+        self.get_logger().warning(
             f"{view} stamp went back {jump_s:.1f} s (a looping bag or a restarted camera): frame pairing "
             f"restarted ({self._resets_seen} time(s) so far; said at most every {TIME_JUMP_WARNING_PERIOD_S:.0f} s)",
             throttle_duration_sec=TIME_JUMP_WARNING_PERIOD_S,
@@ -189,18 +189,18 @@ class CaptionNode(Node):
             text = check_question(msg.data, "a question on scene_question")
         except UserError as exc:  # empty, too long, or holding chat-template tokens
             self.questions.refused()
-            self.get_logger().warn(f"{exc}; not answered")
+            self.get_logger().warning(f"{exc}; not answered")
             return
         pair = self._freshest_pair
         if pair is None or now_ns - pair.received_ns > self.config.max_age_ms * 1e6:
             # Answering about frames older than a caption may be would describe a scene long gone.
             self.questions.unanswerable()
-            self.get_logger().warn(f"question {text!r} not answered: no synchronized camera pair in the last "
+            self.get_logger().warning(f"question {text!r} not answered: no synchronized camera pair in the last "
                                    f"{self.config.max_age_ms:.0f} ms (max_age_ms)")
             return
         dropped = self.worker.ask(Question(text, pair, now_ns))
         if dropped is not None:
-            self.get_logger().warn(f"question queue full ({self.config.question_queue_size}): dropped the oldest, "
+            self.get_logger().warning(f"question queue full ({self.config.question_queue_size}): dropped the oldest, "
                                    f"{dropped.text!r}")
 
     # -- answers out (worker thread) -----------------------------------------------------------------
@@ -273,7 +273,7 @@ class CaptionNode(Node):
 
     def close(self) -> None:
         if not self.worker.stop(STOP_TIMEOUT_S):
-            self.get_logger().warn("an inference call was still running at shutdown; leaving it behind")
+            self.get_logger().warning("an inference call was still running at shutdown; leaving it behind")
 
 
 def _load_captioner(config: CaptionNodeConfig):
