@@ -44,7 +44,9 @@ def generate_both(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     tokenizer = captioner.processor.tokenizer
     inputs = captioner.to_device(captioner.prepare(batch))
-    kwargs = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **decoding}
+    # Greedy as the captioner asks for it: do_sample stated, since the base generation config samples.
+    kwargs = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "do_sample": False,
+              **decoding}
     model = captioner.model
     model.fast_decoder = None
     reference = model.generate(**inputs, **kwargs)

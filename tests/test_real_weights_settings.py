@@ -175,10 +175,15 @@ def test_node_logs_the_decoding_settings_in_effect_at_start_up(qwen_shaped_check
             "repetition_penalty 1.05, eos_token_ids (2, 0)") in decoding[0]
 
 
-def test_embedded_model_keeps_its_own_single_stop_id_and_no_penalty():
-    """The shipped model's saved generation config (one EOS id, no penalty) decodes as it always did."""
-    settings = SceneCaptioner.from_pretrained(None, device="cpu").decoding_in_effect()
-    assert (settings.eos_token_ids, settings.repetition_penalty) == ((2,), 1.0)
+def test_embedded_model_decodes_with_its_base_generation_config_but_greedily():
+    """The shipped model's base was built with Qwen's generation config (both stop ids, penalty 1.05, and
+    sampling settings): the first two apply, sampling is not inherited."""
+    captioner = SceneCaptioner.from_pretrained(None, device="cpu")
+    tokenizer = captioner.processor.tokenizer
+    settings = captioner.decoding_in_effect()
+    stops = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+    assert (settings.eos_token_ids, settings.repetition_penalty) == (stops, 1.05)
+    assert settings.do_sample is False and settings.num_beams == 1
 
 
 # -- 3. Memory by default ----------------------------------------------------------------------------
