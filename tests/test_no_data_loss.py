@@ -7,7 +7,9 @@ Every command that writes a folder or file replaces an existing target only when
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -166,6 +168,31 @@ def test_embedded_model_install_asks_before_replacing_asset_folders_it_did_not_w
 
     assert SceneCaptioner.from_pretrained(installed, device="cpu").views == ("CAM_FRONT", "CAM_BACK")
     assert not staging_left(assets)
+
+
+def test_embedded_model_install_keeps_no_path_of_the_training_machine(tmp_path):
+    from clip_vlm_core.model.embedded import install_embedded_model
+    from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint
+
+    run = tmp_path / "run"
+    save_untrained_tiny_checkpoint(run / "best", base_dir=run / "base")
+    adapter = run / "best" / "adapter"  # as PEFT writes it beside a trained checkpoint
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(run / "base" / "qwen")}))
+    (adapter / "README.md").write_text(f"---\nbase_model: {run}/base/qwen\ntags:\n- base_model:adapter:{run}/base/qwen\n")
+    installed = install_embedded_model(run, tmp_path / "assets")
+    texts = {p.name: p.read_text() for p in (installed / "adapter").iterdir()}
+    assert not [name for name, text in texts.items() if str(tmp_path) in text], texts
+    assert "base_model: ../tiny_base/qwen" in texts["README.md"]
+
+
+def test_shipped_assets_name_no_path_of_the_machine_that_trained_them():
+    import clip_vlm_core
+
+    assets = Path(clip_vlm_core.__file__).parent / "assets"
+    texts = {p: p.read_text(errors="replace") for p in assets.rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".txt")}
+    leaked = {str(p.relative_to(assets)) for p, text in texts.items() if re.search(r"(^|[\s\"':])(/tmp/|/home/|/work/|/root/)", text)}
+    assert not leaked
 
 
 def test_kill_9_during_bag_convert_leaves_staging_that_the_next_run_removes(synthetic_nuscenes, tmp_path):

@@ -43,12 +43,23 @@ def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite
         config = json.loads((staged / CONFIG_FILE).read_text())
         config.update(qwen_model="../tiny_base/qwen", clip_model="../tiny_base/clip")
         (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        adapter_config = staged / "adapter" / "adapter_config.json"
-        if adapter_config.exists():  # PEFT records where the base came from; keep no path of the training machine
-            data = json.loads(adapter_config.read_text())
-            data["base_model_name_or_path"] = "../tiny_base/qwen"
-            adapter_config.write_text(json.dumps(data, indent=2) + "\n")
+        _forget_training_paths(staged / "adapter")
     return assets / "default_model"
+
+
+def _forget_training_paths(adapter: Path) -> None:
+    """PEFT records where the base came from (adapter_config.json, and its model card README.md): point both
+    at the shipped base, so no path of the machine that trained the model ships in the package."""
+    adapter_config = adapter / "adapter_config.json"
+    if not adapter_config.exists():
+        return
+    data = json.loads(adapter_config.read_text())
+    trained_from = data.get("base_model_name_or_path")
+    data["base_model_name_or_path"] = "../tiny_base/qwen"
+    adapter_config.write_text(json.dumps(data, indent=2) + "\n")
+    card = adapter / "README.md"
+    if trained_from and card.exists():
+        card.write_text(card.read_text().replace(trained_from, "../tiny_base/qwen"))
 
 
 def _copy_readable(src: Path, dst: Path) -> None:
