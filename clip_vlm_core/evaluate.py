@@ -208,30 +208,22 @@ def _model_metrics(scorer: CaptionScorer, references: list[str], predictions: li
     return metrics
 
 
+def _predictions(outputs: dict[str, list[str]], n: int, compare: bool) -> dict[str, str]:
+    """Output `n` of each model, under the keys captions.jsonl and answers.jsonl use."""
+    if compare:
+        return {f"prediction_{m}": outputs[m][n] for m in MODELS}
+    return {"prediction": outputs["finetuned"][n]}
+
+
 def _caption_rows(samples: list[_Sample], predictions: dict[str, list[str]], compare: bool) -> list[dict]:
-    rows = []
-    for i, sample in enumerate(samples):
-        row = {"sample_token": sample.token, "reference": sample.reference}
-        if compare:
-            row.update({f"prediction_{m}": predictions[m][i] for m in MODELS})
-        else:
-            row["prediction"] = predictions["finetuned"][i]
-        rows.append(row)
-    return rows
+    return [{"sample_token": sample.token, "reference": sample.reference, **_predictions(predictions, i, compare)}
+            for i, sample in enumerate(samples)]
 
 
 def _answer_rows(samples: list[_Sample], answers: dict[str, list[str]], compare: bool) -> list[dict]:
-    rows = []
-    for sample in samples:
-        for pair in sample.qa:
-            n = len(rows)
-            row = {"sample_token": sample.token, "type": pair.type, "question": pair.question, "reference": pair.answer}
-            if compare:
-                row.update({f"prediction_{m}": answers[m][n] for m in MODELS})
-            else:
-                row["prediction"] = answers["finetuned"][n]
-            rows.append(row)
-    return rows
+    asked = [(sample, pair) for sample in samples for pair in sample.qa]
+    return [{"sample_token": sample.token, "type": pair.type, "question": pair.question, "reference": pair.answer,
+             **_predictions(answers, n, compare)} for n, (sample, pair) in enumerate(asked)]
 
 
 def _write_atomically(out_dir: Path, metrics: dict, rows: list[dict], answer_rows: list[dict], report: str) -> None:

@@ -144,6 +144,15 @@ def test_caption_log_records_the_settings_in_effect(qwen_shaped_checkpoint, tmp_
     assert (second["repetition_penalty"], second["eos_token_ids"]) == (1.0, [2])
 
 
+def test_ask_log_records_the_settings_in_effect_as_caption_does(qwen_shaped_checkpoint, tmp_path):
+    log = tmp_path / "ask.jsonl"
+    views = [f"--view=CAM_FRONT={SAMPLES / 'front.jpg'}", f"--view=CAM_BACK={SAMPLES / 'back.jpg'}"]
+    assert main(["ask", *views, "--checkpoint", str(qwen_shaped_checkpoint), "--max-new-tokens", "4",
+                 "--question", "Is it day?", "--log", str(log)]) == 0
+    (record,) = (json.loads(line) for line in log.read_text().splitlines())
+    assert (record["decoding"]["repetition_penalty"], record["decoding"]["eos_token_ids"]) == (1.05, [2, 0])
+
+
 NODE = REPO / ".venv" / "bin" / "caption_node"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +11,10 @@ from pathlib import Path
 from clip_vlm_core.cli.caption import (
     add_decoding_arguments,
     add_model_arguments,
+    append_log,
     decoding_from_args,
+    decoding_record,
+    load_captioner,
     parse_views,
 )
 
@@ -50,29 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from clip_vlm_core.images import load_image
     from clip_vlm_core.limits import check_question
-    from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
     for n, question in enumerate(args.question, 1):  # before seconds of model loading; ask() checks again
         check_question(question, f"--question number {n}" if len(args.question) > 1 else "--question")
     views = parse_views(args.view)
     images = {name: load_image(path) for name, path in views.items()}
-    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
-                                               base_models_root=args.base_models_root)
+    captioner = load_captioner(args)
     captioner.images_for([images])  # bad view names fail here, before any model work
     start = time.perf_counter()
-    answers = captioner.ask([images] * len(args.question), args.question, **dataclasses.asdict(decoding))
+    settings = captioner.decoding_in_effect(**dataclasses.asdict(decoding))
+    answers = captioner.ask([images] * len(args.question), args.question, **dataclasses.asdict(settings))
     seconds = time.perf_counter() - start
     for answer in answers:
         print(answer)
     if args.log:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        args.log.parent.mkdir(parents=True, exist_ok=True)
-        with args.log.open("a") as log:
-            for question, answer in zip(args.question, answers, strict=True):
-                record = {"time": now, "model": captioner.model_name,
-                          "views": {name: str(path) for name, path in views.items()}, "question": question.strip(),
-                          "answer": answer, "decoding": dataclasses.asdict(decoding),
-                          "seconds": round(seconds / len(answers), 4)}
-                log.write(json.dumps(record) + "\n")
+        append_log(args.log, [
+            {"time": now, "model": captioner.model_name, "views": {name: str(path) for name, path in views.items()},
+             "question": question.strip(), "answer": answer, "decoding": decoding_record(settings),
+             "seconds": round(seconds / len(answers), 4)}
+            for question, answer in zip(args.question, answers, strict=True)
+        ])
     return 0

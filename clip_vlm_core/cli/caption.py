@@ -82,6 +82,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def load_captioner(args: argparse.Namespace):
+    """The SceneCaptioner the flags of `add_model_arguments` name."""
+    from clip_vlm_core.model import SceneCaptioner
+
+    return SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
+                                          base_models_root=args.base_models_root)
+
+
+def append_log(path: Path, records: list[dict]) -> None:
+    """Append records to a JSONL log, one strict JSON line each, whatever the settings."""
+    from clip_vlm_core.jsonout import dumps
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log:
+        log.writelines(dumps(record) + "\n" for record in records)
+
+
 def decoding_record(settings: DecodingConfig) -> dict:
     """The decoding settings in effect, as a JSON-ready record (EOS ids as a list)."""
     import dataclasses
@@ -109,14 +126,11 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from clip_vlm_core.images import load_image
-    from clip_vlm_core.jsonout import dumps
-    from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
     views = parse_views(args.view)
     images = {name: load_image(path) for name, path in views.items()}
-    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
-                                               base_models_root=args.base_models_root)
+    captioner = load_captioner(args)
     if args.prompt:
         captioner = captioner.with_prompt(args.prompt)
     captioner.images_for([images])  # bad view names fail here, before any model work
@@ -135,7 +149,5 @@ def run(args: argparse.Namespace) -> int:
             "caption": caption,
             "seconds": round(seconds, 4),
         }
-        args.log.parent.mkdir(parents=True, exist_ok=True)
-        with args.log.open("a") as log:
-            log.write(dumps(record) + "\n")  # one valid JSON line, whatever the settings
+        append_log(args.log, [record])
     return 0

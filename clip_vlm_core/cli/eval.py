@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clip_vlm_core.cli.caption import add_decoding_arguments, add_model_arguments, decoding_from_args
+from clip_vlm_core.cli.caption import (
+    add_decoding_arguments,
+    add_model_arguments,
+    decoding_from_args,
+    load_captioner,
+)
 from clip_vlm_core.limits import MAX_BATCH_SIZE, check_batch
 
 EPILOG = """examples:
@@ -64,15 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from clip_vlm_core.data.manifest import manifest_dataroot
     from clip_vlm_core.evaluate import WRITER, eval_inputs, evaluate_manifest
     from clip_vlm_core.jsonout import dumps
-    from clip_vlm_core.model import SceneCaptioner
 
     decoding = decoding_from_args(args)
     check_batch(args.batch_size, decoding.num_beams, "--batch-size")  # before minutes of model loading
     inputs = {**eval_inputs(args.manifest, args.dataroot), "checkpoint": args.checkpoint}
     guard_output(args.out, WRITER, inputs, args.overwrite)  # before minutes of model loading
     manifest_dataroot(args.manifest, args.dataroot)  # so is a missing manifest or dataroot
-    captioner = SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
-                                               base_models_root=args.base_models_root)
+    captioner = load_captioner(args)
     metrics = evaluate_manifest(
         args.manifest,
         captioner,
