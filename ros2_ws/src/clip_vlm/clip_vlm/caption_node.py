@@ -193,15 +193,15 @@ class CaptionNode(Node):
             return
         pair = self._freshest_pair
         if pair is None or now_ns - pair.received_ns > self.config.max_age_ms * 1e6:
-            # Answering about frames older than a caption may be would describe a scene long gone.
+            # Frames older than a pair may be when captioned (max_age_ms) would describe a scene long gone.
             self.questions.unanswerable()
             self.get_logger().warning(f"question {text!r} not answered: no synchronized camera pair in the last "
-                                   f"{self.config.max_age_ms:.0f} ms (max_age_ms)")
+                                      f"{self.config.max_age_ms:.0f} ms (max_age_ms)")
             return
         dropped = self.worker.ask(Question(text, pair, now_ns))
         if dropped is not None:
             self.get_logger().warning(f"question queue full ({self.config.question_queue_size}): dropped the oldest, "
-                                   f"{dropped.text!r}")
+                                      f"{dropped.text!r}")
 
     # -- answers out (worker thread) -----------------------------------------------------------------
     def _publish_answer(self, question: Question, answer: str) -> None:
