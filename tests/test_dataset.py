@@ -65,7 +65,7 @@ def test_cache_is_reused_not_recomputed(dataset, captioner, tmp_path):
 # -- question-answer items ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def qa_dataset(synthetic_nuscenes, captioner, tmp_path_factory):
-    """The training split with the synthetic world's questions: 4 keyframes x (1 caption + 10 types x
+    """The training split with the synthetic world's questions: 4 keyframes x (1 caption + every type x
     TRAINING_QUESTIONS_PER_TYPE questions)."""
     from clip_vlm_core.data.manifest import build_manifest
 
@@ -76,9 +76,10 @@ def qa_dataset(synthetic_nuscenes, captioner, tmp_path_factory):
 
 
 def test_a_question_item_asks_in_place_of_the_prompt_and_labels_only_the_answer(qa_dataset, captioner):
+    from clip_vlm_core.data.scene_questions import QUESTION_TYPES
     from clip_vlm_core.data.synthetic import TRAINING_QUESTIONS_PER_TYPE
 
-    questions = 4 * 10 * TRAINING_QUESTIONS_PER_TYPE
+    questions = 4 * len(QUESTION_TYPES) * TRAINING_QUESTIONS_PER_TYPE
     assert len(qa_dataset) == 4 + questions and qa_dataset.caption_indices == [0, 1, 2, 3]
     assert len(qa_dataset.qa_indices) == questions
     item = qa_dataset[qa_dataset.qa_indices[0]]

@@ -110,7 +110,8 @@ def test_build_with_qa_puts_each_keyframes_pairs_on_its_row(qa_manifest, synthet
     assert all(len(r.qa) == len(QUESTION_TYPES) for r in rows)
     assert {p.type for p in rows[0].qa} == set(QUESTION_TYPE_NAMES)
     meta = read_manifest_meta(qa_manifest)
-    assert meta["qa_counts"] == {"mini_train": 40, "mini_val": 40}
+    per_split = 4 * len(QUESTION_TYPES)  # 4 keyframes a split, one held-out question of each type
+    assert meta["qa_counts"] == {"mini_train": per_split, "mini_val": per_split}
     assert meta["qa"] == [str((synthetic_nuscenes / "qa_heldout.jsonl").resolve())]
 
 
@@ -229,12 +230,13 @@ def test_eval_answers_every_question_and_reports_accuracy_per_type(qa_manifest, 
             "--max-new-tokens", "48", "--device", "cpu"]
     assert main(argv) == 0
     answers = read_jsonl(tmp_path / "e" / "answers.jsonl")
-    assert len(answers) == 40 and {"sample_token", "type", "question", "reference", "prediction"} <= set(answers[0])
+    asked = 4 * len(QUESTION_TYPE_NAMES)  # 4 validation keyframes, one held-out question of each type
+    assert len(answers) == asked and {"sample_token", "type", "question", "reference", "prediction"} <= set(answers[0])
     qa = json.loads((tmp_path / "e" / "metrics.json").read_text())["qa"]
-    assert set(qa["per_type"]) == set(QUESTION_TYPE_NAMES) and qa["questions"] == 40
-    assert qa["accuracy"] == sum(answers_match(a["reference"], a["prediction"]) for a in answers) / 40
+    assert set(qa["per_type"]) == set(QUESTION_TYPE_NAMES) and qa["questions"] == asked
+    assert qa["accuracy"] == sum(answers_match(a["reference"], a["prediction"]) for a in answers) / asked
     report = (tmp_path / "e" / "report.html").read_text()
-    assert "Questions (exact match after normalisation)" in report and report.count("<b>truth</b>") == 40
+    assert "Questions (exact match after normalisation)" in report and report.count("<b>truth</b>") == asked
     assert main([*argv[:4], str(tmp_path / "c"), "--skip-questions", *argv[5:]]) == 0
     assert not (tmp_path / "c" / "answers.jsonl").exists()
 
