@@ -83,11 +83,12 @@ def test_blanking_the_back_view_drops_back_facts_to_chance(captioner, held_out):
 
 QA_GOAL = 0.9  # issue 16: each question type this right, in held-out phrasings, on unseen scenes
 # Types the shipped tiny model answers below the goal in held-out phrasings (README, "Measured performance"):
-# it mistakes "What is the state of the light ahead?" for a where-question, and "where is the bus?" needs
-# both views compared with the question's vehicle, which the 2-layer, 64-wide language model has not learnt
-# to do in new phrasings. Their goal test is a strict xfail: a model that reaches it turns it red until the
+# "where is the bus?" is answered only by comparing the question's vehicle with what each view shows, and
+# the tiny language model (4 layers, 64 wide, frozen random weights under LoRA) has not learnt that
+# comparison: neither the view nor the question alone says anything about the answer, so training finds
+# no signal to follow. Its goal test is a strict xfail: a model that reaches it turns it red until the
 # entry is removed.
-BELOW_GOAL = ("front.light", "both.where")
+BELOW_GOAL = ("both.where",)
 
 
 @pytest.fixture(scope="module")
