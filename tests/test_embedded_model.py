@@ -85,9 +85,9 @@ QA_GOAL = 0.9  # issue 16: each question type this right, in held-out phrasings,
 # Types the shipped tiny model answers below the goal in held-out phrasings (README, "Measured performance"):
 # "where is the bus?" is answered only by comparing the question's vehicle with what each view shows, and
 # the tiny language model (4 layers, 64 wide, frozen random weights under LoRA) has not learnt that
-# comparison: neither the view nor the question alone says anything about the answer, so training finds
-# no signal to follow. Its goal test is a strict xfail: a model that reaches it turns it red until the
-# entry is removed.
+# comparison: neither the view nor the question alone says anything about the answer, so training has only
+# their interaction to go on. Its goal test is a strict xfail: a model that reaches it turns it red until
+# the entry is removed.
 BELOW_GOAL = ("both.where",)
 
 
