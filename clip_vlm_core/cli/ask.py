@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from clip_vlm_core.cli.caption import (
@@ -13,8 +12,8 @@ from clip_vlm_core.cli.caption import (
     add_model_arguments,
     append_log,
     decoding_from_args,
-    decoding_record,
     load_captioner,
+    log_fields,
     parse_views,
 )
 
@@ -67,11 +66,8 @@ def run(args: argparse.Namespace) -> int:
     for answer in answers:
         print(answer)
     if args.log:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        append_log(args.log, [
-            {"time": now, "model": captioner.model_name, "views": {name: str(path) for name, path in views.items()},
-             "question": question.strip(), "answer": answer, "decoding": decoding_record(settings),
-             "seconds": round(seconds / len(answers), 4)}
-            for question, answer in zip(args.question, answers, strict=True)
-        ])
+        common = log_fields(captioner, views, settings)  # one time stamp for the questions asked together
+        append_log(args.log, [{**common, "question": question.strip(), "answer": answer,
+                               "seconds": round(seconds / len(answers), 4)}
+                              for question, answer in zip(args.question, answers, strict=True)])
     return 0

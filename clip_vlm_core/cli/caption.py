@@ -99,6 +99,17 @@ def append_log(path: Path, records: list[dict]) -> None:
         log.writelines(dumps(record) + "\n" for record in records)
 
 
+def log_fields(captioner, views: dict[str, Path], settings: DecodingConfig) -> dict:
+    """What every `--log` line of caption and ask starts with: when, which model, which images, and the
+    decoding settings in effect."""
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": captioner.model_name,
+        "views": {name: str(path) for name, path in views.items()},
+        "decoding": decoding_record(settings),
+    }
+
+
 def decoding_record(settings: DecodingConfig) -> dict:
     """The decoding settings in effect, as a JSON-ready record (EOS ids as a list)."""
     import dataclasses
@@ -140,14 +151,6 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(caption)
     if args.log:
-        record = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": captioner.model_name,
-            "views": {name: str(path) for name, path in views.items()},
-            "prompt": captioner.config.prompt,
-            "decoding": decoding_record(settings),
-            "caption": caption,
-            "seconds": round(seconds, 4),
-        }
-        append_log(args.log, [record])
+        append_log(args.log, [{**log_fields(captioner, views, settings), "prompt": captioner.config.prompt,
+                                "caption": caption, "seconds": round(seconds, 4)}])
     return 0
