@@ -4,6 +4,7 @@ mix of an epoch, the exact-match score, `clip-vlm eval` on questions and `clip-v
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,44 @@ def test_every_type_has_several_training_phrasings_and_distinct_held_out_ones():
         assert not {q for q, _ in training} & {q for q, _ in held_out}, qtype.name
         # A held-out sentence is new, but its slot filler was trained on in other frames.
         assert {f for _, f in held_out} <= {f for _, f in training}, qtype.name
+
+
+def test_a_type_asking_about_its_filler_holds_out_whole_frames_and_trains_every_frame_on_every_filler():
+    # "Where is the {x}?": the filler is the vehicle asked about. A held-out question is a sentence never
+    # trained on, and every trained sentence frame is trained with each vehicle, so no frame can be fitted
+    # by telling two vehicles apart.
+    content = [t for t in QUESTION_TYPES if t.held_out_frames]
+    assert [t.name for t in content] == ["both.where"]
+    for qtype in content:
+        trained = Counter(frame for frame in qtype.frames for q, _ in qtype.phrasings()
+                          if q in {frame.format(x=f) for f in qtype.fillers})
+        assert set(trained.values()) == {len(qtype.fillers)}, trained
+        held_frames = {frame for frame in qtype.frames for q, _ in qtype.phrasings(held_out=True)
+                       if q in {frame.format(x=f) for f in qtype.fillers}}
+        assert held_frames and not held_frames & set(trained)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_keyframes_questions_of_a_type_ask_about_every_filler_before_any_twice(seed):
+    from clip_vlm_core.data.scene_facts import VEHICLE_TYPES, SceneFacts
+    from clip_vlm_core.data.scene_questions import ask_about
+
+    filler_of = {t.name: {q.lower(): f for q, f in t.phrasings()} for t in QUESTION_TYPES}
+    rng = random.Random(seed)
+    for _ in range(20):
+        facts = SceneFacts.draw(rng)
+        for per_type in (1, 2, 3, 4, 6):
+            asked = ask_about(facts, rng, per_type=per_type)
+            for qtype in QUESTION_TYPES:
+                fillers = Counter(filler_of[qtype.name][base_phrasing(q.question)] for q in asked if q.type == qtype.name)
+                assert sum(fillers.values()) == per_type
+                spread = len(fillers) == min(per_type, len(qtype.fillers)) and max(fillers.values()) - min(fillers.values()) <= 1
+                assert spread, (qtype.name, per_type, fillers)
+        # Three where-questions about one scene ask about each vehicle once: the vehicle ahead is among them.
+        where = {filler_of["both.where"][base_phrasing(q.question)]: q.answer
+                 for q in ask_about(facts, rng, per_type=3) if q.type == "both.where"}
+        assert set(where) == set(VEHICLE_TYPES)
+        assert where[facts.front_type] in ("ahead", "both")
 
 
 @pytest.mark.parametrize("file", ["qa.jsonl", "qa_heldout.jsonl"])
@@ -166,6 +205,49 @@ def test_an_epoch_visits_every_caption_and_the_set_share_of_questions():
     assert list(CaptionQAMix(range(10), range(10, 110), 1.5, torch.Generator().manual_seed(0))) == order
 
 
+@pytest.mark.parametrize("weights, qa_count_per_caption, expected", [
+    # 20 "where" items at weight 3 and 80 others at 1: 140 draws give each where-item 3, each other 1.
+    ({"where": 3.0}, 14.0, {"where": 3.0, "other": 1.0}),
+    # Fractions: each where-item 0.8 draws, each other 0.2; nothing is drawn twice.
+    ({"where": 4.0}, 3.2, {"where": 0.8, "other": 0.2}),
+    # Weight 0 leaves a type out; the rest share its draws.
+    ({"where": 0.0}, 8.0, {"where": 0.0, "other": 1.0}),
+])
+def test_type_weights_draw_each_type_at_its_weighted_share(weights, qa_count_per_caption, expected):
+    from clip_vlm_core.train import qa_item_weights
+
+    types = ["where"] * 20 + ["other"] * 80
+    mix = CaptionQAMix(range(10), range(10, 110), qa_count_per_caption, torch.Generator().manual_seed(3),
+                       qa_item_weights(types, weights))
+    for _ in range(3):  # every epoch, not only the first
+        order = list(mix)
+        assert len(order) == len(mix) and sorted(i for i in order if i < 10) == list(range(10))
+        drawn = Counter(i for i in order if i >= 10)
+        for kind, per_item in expected.items():
+            items = [10 + n for n, k in enumerate(types) if k == kind]
+            counts = [drawn[i] for i in items]
+            assert sum(counts) == pytest.approx(per_item * len(items), abs=1), kind
+            assert max(counts) - min(counts) <= 1, (kind, Counter(counts))  # spread evenly over the type
+
+
+def test_equal_type_weights_draw_exactly_as_no_weights():
+    def order(weights):
+        return list(CaptionQAMix(range(10), range(10, 110), 1.5, torch.Generator().manual_seed(0), weights))
+    assert order([2.0] * 100) == order(None)
+
+
+def test_type_weights_refuse_a_type_no_question_has_and_all_zero():
+    from clip_vlm_core.train import qa_item_weights
+
+    assert qa_item_weights(["a", "b"], {}) is None
+    assert qa_item_weights(["a", "b", "a"], {"a": 2.5}) == [2.5, 1.0, 2.5]
+    with pytest.raises(UserError, match=r"names question type\(s\) \['both\.wher'\] that no training question has; the "
+                                        r"training questions' types are \['a', 'b'\]"):
+        qa_item_weights(["a", "b"], {"both.wher": 3})
+    with pytest.raises(UserError, match="gives every training question weight 0"):
+        qa_item_weights(["a", "a"], {"a": 0})
+
+
 def test_validation_scores_the_training_mix_of_answers_the_same_items_every_time():
     from types import SimpleNamespace
 
@@ -190,6 +272,11 @@ def test_without_questions_the_order_is_the_random_samplers():
 @pytest.mark.parametrize("override, message", [
     ("data.qa_per_caption=-1", r"data.qa_per_caption must be at least 0 and at most 1,000 \(answers drawn per caption in an epoch\), got -1"),
     ("optim.loss_weighting=word", "optim.loss_weighting must be one of token, sample, got .word."),
+    ("data.qa_type_weights=3", r"data.qa_type_weights must map question types to weights, e.g. \{both.where: 3\}, got 3"),
+    ("data.qa_type_weights={both.where: -1}", r"data.qa_type_weights\[both.where\] must be at least 0 and at most 1,000 "
+                                              r"\(times as often as its share of the questions\), got -1"),
+    ("data.qa_type_weights={both.where: .inf}", r"data.qa_type_weights\[both.where\] must be .*got inf"),
+    ("data.qa_type_weights={both.where: many}", r"data.qa_type_weights\[both.where\] must be a number, got 'many'"),
 ])
 def test_bad_qa_recipe_values_are_refused(override, message):
     from clip_vlm_core.train_config import load_run_config

@@ -9,7 +9,9 @@ Each type has several phrasings, split into training and held-out ones: the mode
 first and evaluated on the second, so a score measures understanding of the question, not memory of a
 sentence. A phrasing is a frame with a slot ("What colour is the vehicle {x}?" with x = "ahead", "in front
 of us", ...); each frame keeps one of its fillers out of training, in turn, so a held-out question is a
-sentence never trained on whose frame and filler were each trained on in other sentences. Training
+sentence never trained on whose frame and filler were each trained on in other sentences. A type whose
+filler is what it asks about ("Where is the {x}?", x a vehicle) keeps whole frames out instead, and trains
+each of its other frames with every filler (`QuestionType.held_out_frames`). Training
 questions are also varied the way people type them (a lead-in such as "Quick question: ", or all in lower
 case), so that a model learns the words that carry the question, not the shape of a dozen sentences.
 """
@@ -47,11 +49,20 @@ class QuestionType:
     frames: tuple[str, ...]  # "{x}" is the slot
     fillers: tuple[str, ...]  # what the slot takes
     answers: tuple[str, ...]  # every answer this type can have
+    # Frames held out whole, for a type whose filler is what is asked about ("Where is the {x}?" with x a
+    # vehicle), not another way of saying the same thing. Holding out one filler per frame would leave each
+    # such frame trained on two of the three vehicles, which a model can fit with a one-bit shortcut ("is it
+    # the truck?") that says nothing about the vehicle it never saw in that sentence.
+    held_out_frames: tuple[int, ...] = ()
 
     def phrasings(self, held_out: bool = False) -> list[tuple[str, str]]:
         """(question, filler) of the training phrasings, or of the held-out ones."""
+        def held(f: int, k: int) -> bool:
+            if self.held_out_frames:
+                return f in self.held_out_frames
+            return (f + k) % len(self.fillers) == 0
         return [(frame.format(x=filler), filler) for f, frame in enumerate(self.frames)
-                for k, filler in enumerate(self.fillers) if ((f + k) % len(self.fillers) == 0) == held_out]
+                for k, filler in enumerate(self.fillers) if held(f, k) == held_out]
 
 
 def _lane(lane: str) -> str:
@@ -99,9 +110,10 @@ QUESTION_TYPES: tuple[QuestionType, ...] = (
     ),
     QuestionType(
         "both.where", _where,
-        ("Where is the {x}?", "Where do you see a {x}?", "Is there a {x} ahead or behind?", "Which camera shows a {x}?",
+        ("Where is the {x}?", "Where do you see a {x}?", "Which camera shows a {x}?", "Is the {x} ahead or behind?",
+         "Where can I see a {x}?", "On which side of us is the {x}?",
          "Tell me where the {x} is.", "In which direction is there a {x}?"),
-        VEHICLE_TYPES, WHERE_ANSWERS,
+        VEHICLE_TYPES, WHERE_ANSWERS, held_out_frames=(6, 7),
     ),
 )
 TYPES_BY_NAME = {t.name: t for t in QUESTION_TYPES}
@@ -142,11 +154,24 @@ def ask_about(facts: SceneFacts, rng: random.Random, held_out: bool = False, per
     the scene shows."""
     questions = []
     for qtype in QUESTION_TYPES:
-        phrasings = qtype.phrasings(held_out)
-        for question, filler in rng.sample(phrasings, min(per_type, len(phrasings))):
+        for question, filler in _spread_over_fillers(qtype.phrasings(held_out), per_type, rng):
             asked = question if held_out else vary(question, rng)
             questions.append(SceneQuestion(qtype.name, asked, qtype.answer(facts, filler)))
     return questions
+
+
+def _spread_over_fillers(phrasings: list[tuple[str, str]], n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """`n` distinct phrasings drawn in turn from each filler (in a random order), so that the questions
+    about one scene ask about every vehicle before any twice: the model then sees the same frames asked
+    "Where is the bus?" and "Where is the car?" with different answers, the contrast that teaches it to
+    read the vehicle from the question rather than answer the commonest "none"."""
+    by_filler: dict[str, list[tuple[str, str]]] = {}
+    for phrasing in phrasings:
+        by_filler.setdefault(phrasing[1], []).append(phrasing)
+    groups = [rng.sample(group, len(group)) for group in by_filler.values()]
+    rng.shuffle(groups)
+    drawn = [group[i] for i in range(max(map(len, groups), default=0)) for group in groups if i < len(group)]
+    return drawn[:n]
 
 
 def question_corpus() -> list[str]:

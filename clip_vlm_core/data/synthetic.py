@@ -58,7 +58,7 @@ QA_FILE, QA_HELD_OUT_FILE = "qa.jsonl", "qa_heldout.jsonl"  # `clip-vlm data bui
 # Questions of each type per keyframe in qa.jsonl, each in another phrasing: a keyframe asked one way only
 # lets a small model tie the answer to the sentence; asked several ways, to the words that matter. The
 # held-out file asks one question of each type per keyframe.
-TRAINING_QUESTIONS_PER_TYPE = 4
+TRAINING_QUESTIONS_PER_TYPE = 6
 LOG_NAME = "n015-2018-07-24-11-22-45+0800"
 START_US = 1532402927612460
 SPEED_MPS = 8.0
