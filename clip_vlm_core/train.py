@@ -449,10 +449,28 @@ def _epoch_loader(dataset, collate, config: RunConfig, epoch: int, accelerator):
     # The loader's own generator also seeds its workers, so making an iterator never draws from the
     # global RNG that dropout uses: a resumed run then sees the same dropout masks.
     generator = torch.Generator().manual_seed(config.optim.seed * 1_000_003 + epoch)
-    sampler = CaptionQAMix(dataset.caption_indices, dataset.qa_indices, config.data.qa_per_caption, generator)
+    sampler = CaptionQAMix(dataset.caption_indices, dataset.qa_indices, config.data.qa_per_caption, generator,
+                           qa_item_weights(dataset.qa_types, config.data.qa_type_weights))
     loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=sampler,
                         collate_fn=collate, num_workers=config.data.num_workers, drop_last=False, generator=generator)
     return accelerator.prepare_data_loader(loader, device_placement=True)
+
+
+def qa_item_weights(types: list[str], type_weights: dict[str, float]) -> list[float] | None:
+    """One draw weight per question item from the recipe's `data.qa_type_weights` (None when it is empty).
+    A type it names that no training question has is refused: a misspelt type would silently weigh nothing."""
+    if not type_weights:
+        return None
+    present = set(types)
+    missing = sorted(set(type_weights) - present)
+    if missing:
+        raise UserError(f"data.qa_type_weights names question type(s) {missing} that no training question has; "
+                        f"the training questions' types are {sorted(present)}")
+    weights = [float(type_weights.get(kind, 1.0)) for kind in types]
+    if types and not any(weights):
+        raise UserError("data.qa_type_weights gives every training question weight 0; use data.qa_per_caption=0 "
+                        "to train on captions only")
+    return weights
 
 
 def sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,10 @@ import yaml
 
 from clip_vlm_core.config import CaptionerConfig, from_dict
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.limits import MAX_BATCH_SIZE, bounded, check_fields, one_of
+from clip_vlm_core.limits import MAX_BATCH_SIZE, Bound, bounded, check_fields, check_number, one_of
 
 _SEED = "a seed numpy accepts"
+_TYPE_WEIGHT = Bound(0.0, 1000.0, why="times as often as its share of the questions")
 _STEPS = "a count of optimizer steps"
 
 
@@ -32,6 +33,10 @@ class DataConfig:
     # Question-answer items (manifest rows' `qa` pairs) drawn per caption in each epoch: 1.0 trains on as
     # many answers as captions, 0 on captions only. Synthetic data gets its qa.jsonl when this is > 0.
     qa_per_caption: float = bounded(1.0, 0.0, 1000.0, why="answers drawn per caption in an epoch")
+    # How often each question type is drawn relative to its share of the questions, {type: weight}: 3 draws
+    # a type three times as often, 0 never; types not named weigh 1 (data.mixing.CaptionQAMix). Every type
+    # named must occur in the training questions.
+    qa_type_weights: dict[str, float] = field(default_factory=dict)
     cache_encoders: bool = True  # compute the frozen encoders once per sample
     num_workers: int = bounded(0, 0, 64, why="data-loading processes, each a copy of the dataset")
 
@@ -116,12 +121,22 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     return config
 
 
+def _check_type_weights(weights: Any) -> None:
+    if not isinstance(weights, dict):
+        raise UserError(f"data.qa_type_weights must map question types to weights, e.g. {{both.where: 3}}, got {weights!r}")
+    for kind, weight in weights.items():
+        if not isinstance(kind, str) or not kind.strip():
+            raise UserError(f"data.qa_type_weights has a key that is not a question type name: {kind!r}")
+        check_number(f"data.qa_type_weights[{kind}]", weight, _TYPE_WEIGHT)
+
+
 def _validate(config: RunConfig) -> None:
     """Every field of every section within its declared bounds (clip_vlm_core.limits), then the few rules
     that relate fields. A new field is validated by declaring it with `bounded(...)` or `one_of(...)`."""
     for name in SECTIONS:
         check_fields(getattr(config, name), f"{name}.")
     o, d = config.optim, config.data
+    _check_type_weights(d.qa_type_weights)
     if not d.synthetic_scenes and not d.train_manifest:
         raise UserError("give data.train_manifest (from `clip-vlm data build`) or data.synthetic_scenes > 0")
     if o.init not in ("base", "tiny") and not (Path(o.init) / "clip_vlm_config.json").is_file():

@@ -33,6 +33,7 @@ class TrainingItem:
     row: int  # index into the dataset's rows
     instruction: str | None  # None: the caption prompt; else a question
     target: str  # the caption, or the answer
+    type: str | None = None  # the question's type (data.qa's `type`); None for a caption
 
 
 class CaptionDataset(Dataset):
@@ -49,10 +50,11 @@ class CaptionDataset(Dataset):
                 raise UserError(f"manifest rows have no view(s) {missing}; they have {sorted(row.views)}")
         self.items = [TrainingItem(r, None, row.caption) for r, row in enumerate(self.rows)]
         if questions:
-            self.items += [TrainingItem(r, pair.question, pair.answer)
+            self.items += [TrainingItem(r, pair.question, pair.answer, pair.type)
                            for r, row in enumerate(self.rows) for pair in getattr(row, "qa", ())]
         self.caption_indices = list(range(len(self.rows)))
         self.qa_indices = list(range(len(self.rows), len(self.items)))
+        self.qa_types = [self.items[i].type for i in self.qa_indices]  # one per qa_indices entry
         self._row_items: list[list[int]] = [[] for _ in self.rows]
         for i, item in enumerate(self.items):
             self._row_items[item.row].append(i)
@@ -94,7 +96,7 @@ class CachedEncoderDataset(Dataset):
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.key = _cache_key(captioner)
-        self.caption_indices, self.qa_indices = raw.caption_indices, raw.qa_indices
+        self.caption_indices, self.qa_indices, self.qa_types = raw.caption_indices, raw.qa_indices, raw.qa_types
         # Where each item's tokens sit in its keyframe's file.
         self._slot = {i: n for row in range(len(raw.rows)) for n, i in enumerate(raw.row_items(row))}
         todo = [row for row in range(len(raw.rows)) if not self._path(row).exists()]
