@@ -457,15 +457,16 @@ def _epoch_loader(dataset, collate, config: RunConfig, epoch: int, accelerator):
 
 
 def qa_item_weights(types: list[str], type_weights: dict[str, float]) -> list[float] | None:
-    """One draw weight per question item from the recipe's `data.qa_type_weights` (None when it is empty).
-    A type it names that no training question has is refused: a misspelt type would silently weigh nothing."""
-    if not type_weights:
+    """One draw weight per question item from the recipe's `data.qa_type_weights` (None when it is empty or
+    there are no questions). A type it names that no training question has is logged as a warning, with the
+    types there are: a misspelt type must not weigh nothing unseen, and one recipe serves several data sets."""
+    if not type_weights or not types:
         return None
     present = set(types)
     missing = sorted(set(type_weights) - present)
     if missing:
-        raise UserError(f"data.qa_type_weights names question type(s) {missing} that no training question has; "
-                        f"the training questions' types are {sorted(present)}")
+        log.warning("data.qa_type_weights names question type(s) %s that no training question has; the training "
+                    "questions' types are %s", missing, sorted(present))
     weights = [float(type_weights.get(kind, 1.0)) for kind in types]
     if types and not any(weights):
         raise UserError("data.qa_type_weights gives every training question weight 0; use data.qa_per_caption=0 "

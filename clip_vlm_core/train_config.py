@@ -34,8 +34,8 @@ class DataConfig:
     # many answers as captions, 0 on captions only. Synthetic data gets its qa.jsonl when this is > 0.
     qa_per_caption: float = bounded(1.0, 0.0, 1000.0, why="answers drawn per caption in an epoch")
     # How often each question type is drawn relative to its share of the questions, {type: weight}: 3 draws
-    # a type three times as often, 0 never; types not named weigh 1 (data.mixing.CaptionQAMix). Every type
-    # named must occur in the training questions.
+    # a type three times as often, 0 never; types not named weigh 1 (data.mixing.CaptionQAMix). A type named
+    # that no training question has is named in a warning.
     qa_type_weights: dict[str, float] = field(default_factory=dict)
     cache_encoders: bool = True  # compute the frozen encoders once per sample
     num_workers: int = bounded(0, 0, 64, why="data-loading processes, each a copy of the dataset")

@@ -82,13 +82,11 @@ def test_blanking_the_back_view_drops_back_facts_to_chance(captioner, held_out):
 
 
 QA_GOAL = 0.9  # issue 16: each question type this right, in held-out phrasings, on unseen scenes
-# Types the shipped tiny model answers below the goal in held-out phrasings (README, "Measured performance"):
-# "where is the bus?" is answered only by comparing the question's vehicle with what each view shows, and
-# the tiny language model (4 layers, 64 wide, frozen random weights under LoRA) has not learnt that
-# comparison: neither the view nor the question alone says anything about the answer, so training has only
-# their interaction to go on. Its goal test is a strict xfail: a model that reaches it turns it red until
-# the entry is removed.
-BELOW_GOAL = ("both.where",)
+# Types the shipped tiny model answers below the goal in held-out phrasings on these scenes (README,
+# "Measured performance"): front.light is right 34 of 40 times here (92 of 100 on seed 20261124), every
+# miss in one held-out phrasing of six ("Tell me the colour of the signal ahead."). Its goal test is a
+# strict xfail: a model that reaches it turns it red until the entry is removed.
+BELOW_GOAL = ("front.light",)
 
 
 @pytest.fixture(scope="module")

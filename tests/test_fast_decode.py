@@ -123,10 +123,12 @@ def test_settings_other_than_greedy_fall_back_to_transformers():
 @pytest.fixture(scope="module")
 def qwen_shaped(tmp_path_factory):
     """An untrained tiny captioner whose generation_config.json is shaped like Qwen2.5-VL-3B-Instruct's:
-    two EOS ids (<|im_end|>, <|endoftext|>), repetition_penalty 1.05, sampling with top_k 1."""
+    two EOS ids (<|im_end|>, <|endoftext|>), repetition_penalty 1.05, sampling with top_k 1. Seed 1: its
+    random captions run for many tokens (seed 0's, with the current tiny tokenizer, end at the first), so the
+    penalty and the stop ids have something to act on."""
     from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint
 
-    checkpoint = save_untrained_tiny_checkpoint(tmp_path_factory.mktemp("qwen-shaped") / "checkpoint")
+    checkpoint = save_untrained_tiny_checkpoint(tmp_path_factory.mktemp("qwen-shaped") / "checkpoint", seed=1)
     return SceneCaptioner.from_pretrained(checkpoint, device="cpu")
 
 

@@ -170,6 +170,27 @@ def test_embedded_model_install_asks_before_replacing_asset_folders_it_did_not_w
     assert not staging_left(assets)
 
 
+def test_embedded_model_install_takes_the_base_a_second_stage_checkpoint_names(tmp_path):
+    # make embedded-model's second stage starts from the first stage's best/: its checkpoint names the
+    # first run's base/, and the install ships that base beside it.
+    from clip_vlm_core.model import SceneCaptioner
+    from clip_vlm_core.model.embedded import install_embedded_model
+    from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint
+
+    first, second = tmp_path / "runs" / "first", tmp_path / "runs" / "second"
+    save_untrained_tiny_checkpoint(first / "best", base_dir=first / "base")
+    shutil.copytree(first / "best", second / "best")
+    config = second / "best" / "clip_vlm_config.json"
+    config.write_text(config.read_text().replace('"../base/', '"../../first/base/'))
+    installed = install_embedded_model(second, tmp_path / "assets")
+    assert (tmp_path / "assets" / "tiny_base" / "qwen" / "config.json").is_file()
+    assert SceneCaptioner.from_pretrained(installed, device="cpu").views == ("CAM_FRONT", "CAM_BACK")
+    config.write_text(config.read_text().replace('"../../first/base/clip"', '"../../elsewhere/clip"'))
+    with pytest.raises(UserError, match="not the qwen/ and clip/ folders of one tiny base"):
+        install_embedded_model(second, tmp_path / "assets2")
+    assert not (tmp_path / "assets2").exists()
+
+
 def test_embedded_model_install_keeps_no_path_of_the_training_machine(tmp_path):
     from clip_vlm_core.model.embedded import install_embedded_model
     from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint

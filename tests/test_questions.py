@@ -236,14 +236,16 @@ def test_equal_type_weights_draw_exactly_as_no_weights():
     assert order([2.0] * 100) == order(None)
 
 
-def test_type_weights_refuse_a_type_no_question_has_and_all_zero():
+def test_type_weights_warn_of_a_type_no_question_has_and_refuse_all_zero(caplog):
     from clip_vlm_core.train import qa_item_weights
 
     assert qa_item_weights(["a", "b"], {}) is None
+    assert qa_item_weights([], {"a": 2.0}) is None  # captions only: nothing to weigh
     assert qa_item_weights(["a", "b", "a"], {"a": 2.5}) == [2.5, 1.0, 2.5]
-    with pytest.raises(UserError, match=r"names question type\(s\) \['both\.wher'\] that no training question has; the "
-                                        r"training questions' types are \['a', 'b'\]"):
-        qa_item_weights(["a", "b"], {"both.wher": 3})
+    with caplog.at_level("WARNING"):
+        assert qa_item_weights(["a", "b"], {"both.wher": 3}) == [1.0, 1.0]
+    assert "names question type(s) ['both.wher'] that no training question has; the training questions' types are " \
+           "['a', 'b']" in caplog.text
     with pytest.raises(UserError, match="gives every training question weight 0"):
         qa_item_weights(["a", "a"], {"a": 0})
 

@@ -65,7 +65,7 @@ class CaptionQAMix(Sampler[int]):
         short = self.qa_count - int(counts.sum())
         counts[torch.argsort(quota - counts, descending=True, stable=True)[:short]] += 1
         drawn = []
-        for members, count in zip(classes, counts.tolist()):
+        for members, count in zip(classes, counts.tolist(), strict=True):
             if count:
                 rounds = -(-count // len(members))
                 order = torch.cat([torch.randperm(len(members), generator=self.generator) for _ in range(rounds)])

@@ -1,9 +1,13 @@
 """The embedded default model: the tiny architecture trained on synthetic scenes, shipped in the package.
 
-Rebuild it from its recipe and seed (about 10 minutes on a 2-core CPU), then install it:
+Rebuild it from its recipe and seed (about 35 minutes on a 2-core CPU: the recipe, then a short second
+stage from its best checkpoint), then install it:
 
     clip-vlm train --config training/configs/synthetic-tiny.yaml
-    python -m clip_vlm_core.model.embedded runs/synthetic-tiny
+    clip-vlm train --config training/configs/synthetic-tiny-polish.yaml
+    python -m clip_vlm_core.model.embedded runs/synthetic-tiny-polish
+
+The base models are those the checkpoint names (the first stage's base/).
 
 `make embedded-model` does both. Installing replaces the assets' `tiny_base/` and `default_model/`
 only when an earlier install wrote them (their marker file) or with --overwrite, and never when they
@@ -29,10 +33,14 @@ WRITER = "clip-vlm embedded-model install"
 def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite: bool = False) -> Path:
     """Copy a run's base models and best/ checkpoint into the package assets (atomically per folder)."""
     run_dir = Path(run_dir)
-    best, base = run_dir / "best", run_dir / "base"
-    for needed in (best / CONFIG_FILE, base / "qwen" / "config.json", base / "clip" / "open_clip_config.json"):
+    best = run_dir / "best"
+    if not (best / CONFIG_FILE).exists():
+        raise UserError(f"{best / CONFIG_FILE} is missing: is {run_dir} a finished run of a tiny recipe?")
+    base = _base_of(best)
+    for needed in (base / "qwen" / "config.json", base / "clip" / "open_clip_config.json"):
         if not needed.exists():
-            raise UserError(f"{needed} is missing: is {run_dir} a finished run of a tiny recipe (optim.init: tiny)?")
+            raise UserError(f"{needed} is missing: is {run_dir} a finished run of a tiny recipe (optim.init: tiny, "
+                            f"or a checkpoint of one)?")
     inputs = {"run's best checkpoint": best, "run's base models": base}
     for name in ("tiny_base", "default_model"):  # both checked before either is replaced
         guard_output(assets / name, WRITER, inputs, overwrite, flag="asset folder")
@@ -45,6 +53,17 @@ def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite
         (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         _forget_training_paths(staged / "adapter")
     return assets / "default_model"
+
+
+def _base_of(best: Path) -> Path:
+    """The folder holding the tiny base models `best` was trained on: the run's own base/ (optim.init: tiny),
+    or the one of the run it started from (optim.init: that run's checkpoint), as its config names them."""
+    config = json.loads((best / CONFIG_FILE).read_text())
+    qwen, clip = ((best / str(config.get(key, ""))).resolve() for key in ("qwen_model", "clip_model"))
+    if qwen.parent != clip.parent or (qwen.name, clip.name) != ("qwen", "clip"):
+        raise UserError(f"{best / CONFIG_FILE} names base models {config.get('qwen_model')!r} and "
+                        f"{config.get('clip_model')!r}, not the qwen/ and clip/ folders of one tiny base")
+    return qwen.parent
 
 
 def _forget_training_paths(adapter: Path) -> None:
