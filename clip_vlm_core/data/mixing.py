@@ -45,27 +45,28 @@ class CaptionQAMix(Sampler[int]):
         # Drawn here, not in __init__, as RandomSampler does: with no questions the order is exactly
         # RandomSampler's, and a resumed run that rebuilds the loader draws the same order again.
         chosen = list(self.captions)
-        if self.qa_count and self.weights is None:
-            rounds = -(-self.qa_count // len(self.questions))
-            order = torch.cat([torch.randperm(len(self.questions), generator=self.generator) for _ in range(rounds)])
-            chosen += [self.questions[i] for i in order[: self.qa_count].tolist()]
-        elif self.qa_count:
-            chosen += [self.questions[i] for i in self._weighted_draw().tolist()]
+        if self.qa_count:
+            chosen += [self.questions[i] for i in self._draw_questions().tolist()]
         for i in torch.randperm(len(chosen), generator=self.generator).tolist():
             yield chosen[i]
 
-    def _weighted_draw(self) -> torch.Tensor:
-        """`qa_count` question positions: each weight class (the items of one weight) gets its share
-        `qa_count * w * n / sum(w * n)` (largest remainders rounded up), cycled through as the unweighted draw
-        cycles through all items."""
-        classes = [torch.nonzero(self.weights == w).flatten() for w in torch.unique(self.weights)]
-        shares = torch.stack([self.weights[c].sum() for c in classes])
-        quota = self.qa_count * shares / shares.sum()
-        counts = quota.floor().long()
-        short = self.qa_count - int(counts.sum())
-        counts[torch.argsort(quota - counts, descending=True, stable=True)[:short]] += 1
+    def _draw_questions(self) -> torch.Tensor:
+        """`qa_count` question positions. Unweighted: all items form one class that takes every draw. Weighted:
+        each weight class (the items of one weight) gets its share `qa_count * w * n / sum(w * n)` (largest
+        remainders rounded up). Each class is cycled through in random order, never repeating an item before
+        all of its class are drawn."""
+        if self.weights is None:
+            classes, counts = [torch.arange(len(self.questions))], [self.qa_count]
+        else:
+            classes = [torch.nonzero(self.weights == w).flatten() for w in torch.unique(self.weights)]
+            shares = torch.stack([self.weights[c].sum() for c in classes])
+            quota = self.qa_count * shares / shares.sum()
+            floor = quota.floor().long()
+            short = self.qa_count - int(floor.sum())
+            floor[torch.argsort(quota - floor, descending=True, stable=True)[:short]] += 1
+            counts = floor.tolist()
         drawn = []
-        for members, count in zip(classes, counts.tolist(), strict=True):
+        for members, count in zip(classes, counts, strict=True):
             if count:
                 rounds = -(-count // len(members))
                 order = torch.cat([torch.randperm(len(members), generator=self.generator) for _ in range(rounds)])
