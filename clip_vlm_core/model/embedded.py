@@ -1,10 +1,11 @@
 """The embedded default model: the tiny architecture trained on synthetic scenes, shipped in the package.
 
 Rebuild it from its recipe and seed (about 35 minutes on a 2-core CPU: the recipe, then a short second
-stage from its best checkpoint), then install it:
+stage from its best checkpoint with the overrides the Makefile's POLISH lists), then install it:
 
     clip-vlm train --config training/configs/synthetic-tiny.yaml
-    clip-vlm train --config training/configs/synthetic-tiny-polish.yaml
+    clip-vlm train --config training/configs/synthetic-tiny.yaml run_dir=runs/synthetic-tiny-polish \
+        optim.init=runs/synthetic-tiny/best optim.max_steps=1500 optim.loss_weighting=token ...
     python -m clip_vlm_core.model.embedded runs/synthetic-tiny-polish
 
 The base models are those the checkpoint names (the first stage's base/).
