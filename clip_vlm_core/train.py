@@ -468,7 +468,7 @@ def qa_item_weights(types: list[str], type_weights: dict[str, float]) -> list[fl
         log.warning("data.qa_type_weights names question type(s) %s that no training question has; the training "
                     "questions' types are %s", missing, sorted(present))
     weights = [float(type_weights.get(kind, 1.0)) for kind in types]
-    if types and not any(weights):
+    if not any(weights):
         raise UserError("data.qa_type_weights gives every training question weight 0; use data.qa_per_caption=0 "
                         "to train on captions only")
     return weights
