@@ -11,7 +11,11 @@ PYTEST_ARGS ?=
 all: venv
 
 # The venv is rebuilt when the project's dependency lists change.
+# A first build needs about 7 GiB (torch's CUDA build is most of it): say so before pip fills the disk.
+VENV_GIB := 7
 $(STAMP): pyproject.toml $(wildcard $(ROS_PKG)/setup.py)
+	@test -x $(BIN)/python || $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
+	sys.exit(free < $(VENV_GIB) and f'make: {free:.1f} GiB free on this disk; building $(VENV) needs about $(VENV_GIB) GiB. Free some and run make again.')"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ros]'
