@@ -46,6 +46,18 @@ def test_every_type_has_several_training_phrasings_and_distinct_held_out_ones():
         assert {f for _, f in held_out} <= {f for _, f in training}, qtype.name
 
 
+def test_types_asked_alike_share_wording_so_the_words_that_differ_decide_the_type():
+    # A tiny model trained on types that never overlap tells them apart by template, and answered the
+    # held-out "Tell me the colour of the signal ahead." with the vehicle ahead's colour, and "In which
+    # direction is there a car?" with "yes". Training sentences that differ only in those words prevent it.
+    train = {t.name: {q.lower() for q, _ in t.phrasings()} for t in QUESTION_TYPES}
+    shared = {q.replace("vehicle", noun) for q in train["front.vehicle_colour"] for noun in ("signal", "light")}
+    shared &= train["front.light"]
+    assert any("ahead" in q for q in shared) and any("in front" in q for q in shared), shared
+    assert any(q.startswith("is there a ") for q in train["back.follows"])
+    assert any(q.startswith("is there a ") for q in train["both.where"])
+
+
 def test_a_type_asking_about_its_filler_holds_out_whole_frames_and_trains_every_frame_on_every_filler():
     # "Where is the {x}?": the filler is the vehicle asked about. A held-out question is a sentence never
     # trained on, and every trained sentence frame is trained with each vehicle, so no frame can be fitted

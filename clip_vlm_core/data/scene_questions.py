@@ -14,6 +14,13 @@ filler is what it asks about ("Where is the {x}?", x a vehicle) keeps whole fram
 each of its other frames with every filler (`QuestionType.held_out_frames`). Training
 questions are also varied the way people type them (a lead-in such as "Quick question: ", or all in lower
 case), so that a model learns the words that carry the question, not the shape of a dozen sentences.
+
+Types share wording the way people's questions do: the light is "the signal ahead" as the vehicle is "the
+vehicle ahead", and "Is there a bus ahead or behind us?" asks where as "Is there a vehicle behind?" asks
+whether anything follows. A model trained on types that never overlap learns to tell them apart by a
+template ("Tell me the colour of ... ahead" meant the vehicle; "is there" meant yes or no) and answers a
+new sentence as the type whose template it resembles; overlapping wording leaves it only the words that
+differ ("signal", "vehicle", "bus") to decide by.
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ LANE_ANSWERS = {"left": "left lane", "ego": "our lane", "right": "right lane"}
 WHERE_ANSWERS = ("ahead", "behind", "both", "none")
 AHEAD = ("ahead", "in front", "ahead of us", "in front of us")
 BEHIND = ("behind", "behind us", "following us", "at the back")
-LIGHTS_SAID = ("the traffic light", "the light ahead", "the traffic signal", "the signal ahead")
+# Said of the light as of the vehicles ahead ("the signal ahead", "the light in front"), so that its noun
+# marks a light question, not the absence of "ahead": with only "the light ahead" of these four, the tiny
+# model answered "Tell me the colour of the signal ahead." (held out) with the colour of the vehicle ahead.
+LIGHTS_SAID = ("the traffic light", "the light ahead", "the traffic signal", "the signal ahead", "the light in front",
+               "the signal in front")
 NOW = ("", " now", " right now", " at the moment")
 LEAD_INS = ("Quick question: ", "Please tell me: ", "From the cameras: ", "Can you answer this? ", "One question: ")
 
@@ -112,7 +123,7 @@ QUESTION_TYPES: tuple[QuestionType, ...] = (
         "both.where", _where,
         ("Where is the {x}?", "Where do you see a {x}?", "Which camera shows a {x}?", "Is the {x} ahead or behind?",
          "Where can I see a {x}?", "On which side of us is the {x}?",
-         "Tell me where the {x} is.", "In which direction is there a {x}?"),
+         "Tell me where the {x} is.", "In which direction is there a {x}?", "Is there a {x} ahead or behind us?"),
         VEHICLE_TYPES, WHERE_ANSWERS, held_out_frames=(6, 7),
     ),
 )
