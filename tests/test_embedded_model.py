@@ -10,10 +10,10 @@ import pytest
 
 from clip_vlm_core.data.manifest import load_manifest
 from clip_vlm_core.data.scene_facts import FACT_KEYS, parse_facts
-from clip_vlm_core.data.scene_questions import QUESTION_TYPE_NAMES
+from clip_vlm_core.data.scene_questions import QUESTION_TYPE_NAMES, QUESTION_TYPES
 from clip_vlm_core.data.synthetic import QA_HELD_OUT_FILE, generate_synthetic_nuscenes
 from clip_vlm_core.evaluation import fact_accuracy
-from clip_vlm_core.evaluation.qa import qa_accuracy
+from clip_vlm_core.evaluation.qa import answers_match, qa_accuracy
 from clip_vlm_core.images import load_image
 from clip_vlm_core.model import SceneCaptioner
 
@@ -82,11 +82,6 @@ def test_blanking_the_back_view_drops_back_facts_to_chance(captioner, held_out):
 
 
 QA_GOAL = 0.9  # issue 16: each question type this right, in held-out phrasings, on unseen scenes
-# Types the shipped tiny model answers below the goal in held-out phrasings on these scenes (README,
-# "Measured performance"): front.light is right 34 of 40 times here (92 of 100 on seed 20261124), every
-# miss in one held-out phrasing of six ("Tell me the colour of the signal ahead."). Its goal test is a
-# strict xfail: a model that reaches it turns it red until the entry is removed.
-BELOW_GOAL = ("front.light",)
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +93,36 @@ def answers(captioner, held_out):
 
 def test_embedded_model_answers_question_types_in_held_out_phrasings(answers):
     assert set(answers["per_type"]) == set(QUESTION_TYPE_NAMES)
-    low = {t: f["accuracy"] for t, f in answers["per_type"].items() if f["accuracy"] < QA_GOAL and t not in BELOW_GOAL}
+    low = {t: f["accuracy"] for t, f in answers["per_type"].items() if f["accuracy"] < QA_GOAL}
     assert not low, low
 
 
-@pytest.mark.parametrize("kind", BELOW_GOAL)
-@pytest.mark.xfail(strict=True, reason="below issue 16's goal for the shipped tiny model (see BELOW_GOAL)")
-def test_types_below_the_goal_reach_it(answers, kind):
-    assert answers["per_type"][kind]["accuracy"] >= QA_GOAL, answers["per_type"][kind]
+# Light questions in sentences that no phrasing list holds, most worded as the vehicle-colour questions are
+# ("Name the colour of the signal ahead." beside "Name the colour of the vehicle ahead."). A model that tells
+# types apart by the trained sentence a question resembles answers these with the vehicle's colour; the
+# model before the light shared that wording got 38-45 % on the "signal ahead/in front" ones.
+UNSEEN_LIGHT_QUESTIONS = (
+    "Name the colour of the signal ahead.",
+    "What colour does the signal ahead have?",
+    "What colour is the signal in front of us?",
+    "Which colour is the light ahead?",
+    "Tell me the colour of the traffic light ahead.",
+    "What is the colour of the traffic light?",
+)
+
+
+def test_light_questions_in_unseen_sentences_worded_like_vehicle_ones_get_the_light(captioner, held_out):
+    known = {q.lower() for t in QUESTION_TYPES for held in (False, True) for q, _ in t.phrasings(held)}
+    assert not known & {q.lower() for q in UNSEEN_LIGHT_QUESTIONS}
+    views = views_of(held_out)
+    truth = [parse_facts(caption)["front.light"] for _, caption, _ in held_out]
+    right = {}
+    for question in UNSEEN_LIGHT_QUESTIONS:
+        answers = [a for i in range(0, len(views), 20)
+                   for a in captioner.ask(views[i : i + 20], [question] * len(views[i : i + 20]), max_new_tokens=8)]
+        right[question] = sum(map(answers_match, truth, answers)) / len(truth)
+    print("light questions in unseen sentences:", right)
+    assert min(right.values()) >= QA_GOAL, right
 
 
 def test_blanking_the_back_view_drops_back_questions_to_chance_but_not_front_ones(captioner, held_out):
@@ -114,5 +131,5 @@ def test_blanking_the_back_view_drops_back_questions_to_chance_but_not_front_one
     for kind, figures in result["per_type"].items():
         if kind.startswith("back."):
             assert figures["accuracy"] <= figures["chance"] + 0.1, (kind, figures)
-        elif kind.startswith("front.") and kind not in BELOW_GOAL:  # the front view still shows what it showed
+        elif kind.startswith("front."):  # the front view still shows what it showed
             assert figures["accuracy"] >= QA_GOAL, (kind, figures)
