@@ -88,9 +88,21 @@ def test_every_numeric_recipe_field_declares_its_bounds():
                 assert "bound" in f.metadata, f"{section}.{f.name} has no bounded(...) declaration"
 
 
-def test_both_shipped_recipes_pass_the_checks():
-    for recipe in (REPO / "training" / "configs").glob("*.yaml"):
+def test_both_shipped_recipes_and_the_embedded_models_second_stage_pass_the_checks():
+    import re
+
+    from clip_vlm_core.model.captioner import default_model_path
+
+    recipes = sorted((REPO / "training" / "configs").glob("*.yaml"))
+    assert {r.name for r in recipes} == {"synthetic-tiny.yaml", "nuinteract-front-back.yaml"}
+    for recipe in recipes:
         load_run_config(recipe, ["data.train_manifest=x.jsonl"])
+    # `make embedded-model`'s second stage: the tiny recipe plus the Makefile's POLISH overrides, starting
+    # from the first stage's checkpoint (any checkpoint will do here).
+    polish = re.search(r"^POLISH = ((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    polish = [o for o in polish if o != "\\" and not o.startswith("optim.init=")]
+    assert "optim.max_steps=1500" in polish, polish
+    load_run_config(TINY, [*polish, f"optim.init={default_model_path()}", "data.train_manifest=x.jsonl"])
 
 
 # -- resuming ----------------------------------------------------------------------------------------
