@@ -138,3 +138,19 @@ def check_question(question: Any, what: str = "the question") -> str:
         raise UserError(f"{what} holds a chat-template token ('<|...|>'), which would rewrite the prompt; "
                         f"ask in words")
     return text
+
+
+# Bags (`clip-vlm bag info|play`). Every size a bag declares is checked against these before anything is
+# read, inflated or allocated; a bag over one is refused in one sentence naming the file and the limit.
+# One message: the largest image the node accepts (8192 x 8192 x 3 raw = 192 MiB; 32 MiB encoded) plus
+# headroom for its header and for other large messages (a dense point cloud is tens of MB).
+MAX_BAG_MESSAGE_BYTES = 256 * 2**20
+# One MCAP chunk, inflated: it holds at least one whole message. rosbag2 writes 768 KiB chunks by default.
+MAX_BAG_CHUNK_BYTES = 256 * 2**20
+# One whole-file-compressed storage file (compression_mode: file), inflated into TMPDIR to be played; it
+# must also fit in TMPDIR's free space with MIN_BAG_TMP_FREE_BYTES to spare. Larger ones: decompress them
+# once (`ros2 bag convert`, or `zstd -d` and edit metadata.yaml).
+MAX_BAG_INFLATED_FILE_BYTES = 2**30
+MIN_BAG_TMP_FREE_BYTES = 256 * 2**20
+# metadata.yaml: rosbag2 writes ~0.5 KB a topic and ~0.2 KB a file, so 8 MiB is thousands of each.
+MAX_BAG_METADATA_BYTES = 8 * 2**20

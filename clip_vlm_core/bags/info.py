@@ -1,4 +1,8 @@
-"""What a rosbag2 folder holds: topics, types, counts, QoS, time span and storage, as a readable table."""
+"""What a rosbag2 bag holds: topics, types, counts, QoS, time span and storage, as a readable table.
+
+A folder is described from its metadata.yaml alone, as `ros2 bag info` does (nothing is inflated); a
+single storage file from its own tables.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-from rosbags.interfaces import ConnectionExtRosbag2
-from rosbags.rosbag2 import Reader
-from rosbags.rosbag2.errors import ReaderError
-
-from clip_vlm_core.errors import UserError
+from clip_vlm_core.bags.reader import open_bag
 
 
 @dataclass(frozen=True)
@@ -25,64 +24,46 @@ class TopicSummary:
 @dataclass(frozen=True)
 class BagInfo:
     path: Path
-    version: int
+    version: int | None  # None: a single storage file, without metadata.yaml
     storage: str
     start_ns: int
     end_ns: int
     message_count: int
     size_bytes: int
     topics: list[TopicSummary]
+    files: int = 1
+    compression: str = ""  # "", "file" or "message" (zstd)
 
     @property
     def duration_s(self) -> float:
         return max(0, self.end_ns - self.start_ns) / 1e9
 
 
-def open_bag(path: str | Path) -> Reader:
-    """An opened rosbags Reader, with any problem with the folder told as a UserError."""
-    path = Path(path)
-    if not (path / "metadata.yaml").is_file():
-        raise UserError(f"{path} is not a rosbag2 folder (no metadata.yaml)")
-    reader = Reader(path)
-    try:
-        reader.open()
-    except (ReaderError, OSError, KeyError, ValueError) as exc:
-        raise UserError(f"bag {path} cannot be read ({exc})") from None
-    return reader
-
-
 def read_bag_info(path: str | Path) -> BagInfo:
-    path = Path(path)
-    reader = open_bag(path)
-    try:
-        metadata = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        topics = [
-            TopicSummary(c.topic, c.msgtype, c.msgcount, _qos_text(c.ext))
-            for c in sorted(reader.connections, key=lambda c: c.topic)
-        ]
-        count = reader.message_count
-        # metadata.yaml is what rosbag2 shows; rosbags' end_time is exclusive (one past the last stamp).
-        start = int(metadata["starting_time"]["nanoseconds_since_epoch"]) if count else 0
-        duration = int(metadata["duration"]["nanoseconds"]) if count else 0
-        return BagInfo(
-            path=path,
-            version=int(metadata["version"]),
-            storage=str(metadata["storage_identifier"]),
-            start_ns=start,
-            end_ns=start + duration,
-            message_count=count,
-            size_bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
-            topics=topics,
-        )
-    finally:
-        reader.close()
+    with open_bag(path) as bag:
+        topics = [TopicSummary(t.name, t.msgtype, t.count, _qos_text(t.offered_qos))
+                  for t in sorted(bag.topics, key=lambda t: t.name)]
+        start = bag.start_ns if bag.message_count else 0
+        end = start + bag.duration_ns if bag.message_count else 0
+        return BagInfo(path=Path(path), version=bag.version, storage=bag.storage, start_ns=start, end_ns=end,
+                       message_count=bag.message_count, size_bytes=bag.size_bytes, topics=topics,
+                       files=len(bag.files), compression=bag.compression)
 
 
-def _qos_text(ext: object) -> str:
-    if not isinstance(ext, ConnectionExtRosbag2) or not ext.offered_qos_profiles:
+def _qos_text(offers: tuple) -> str:
+    if not offers:
         return "default"
-    qos = ext.offered_qos_profiles[0]
+    qos = offers[0]
     return f"{qos.reliability.name.lower()} {qos.durability.name.lower()}"
+
+
+def _layout(info: BagInfo) -> str:
+    parts = [f"rosbag2 metadata version {info.version}" if info.version else "a single file, no metadata.yaml"]
+    if info.files > 1:
+        parts.append(f"{info.files} files")
+    if info.compression:
+        parts.append(f"zstd-compressed per {info.compression}")
+    return ", ".join(parts)
 
 
 def _time(ns: int) -> str:
@@ -92,7 +73,7 @@ def _time(ns: int) -> str:
 def format_bag_info(info: BagInfo) -> str:
     lines = [
         f"bag:       {info.path}",
-        f"storage:   {info.storage} (rosbag2 metadata version {info.version}), {info.size_bytes / 1e6:.1f} MB",
+        f"storage:   {info.storage} ({_layout(info)}), {info.size_bytes / 1e6:.1f} MB",
         f"duration:  {info.duration_s:.3f} s",
         f"start:     {_time(info.start_ns)} ({info.start_ns} ns)",
         f"end:       {_time(info.end_ns)} ({info.end_ns} ns)",

@@ -8,12 +8,18 @@ Unlike `ros2 bag play`, it waits (10 s by default) for subscribers before the fi
 that has not matched yet would lose the first frames, and a converted scene has only a few dozen.
 With `clock_hz` it publishes the bag's time on /clock as `ros2 bag play --clock` does, for nodes
 running with use_sim_time.
+
+A topic is played only when its message type resolves to an installed ROS interface package
+(`interfaces.py`: nothing a bag names is imported any other way), its name is a valid ROS topic name
+and its messages are CDR; any other topic is skipped and reported, and a bag with nothing playable is
+an error. Each played topic's count must equal what the bag declares (what `bag info` shows), else the
+play ends in an error: a play never publishes less than the bag holds in silence.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -25,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from rosbags.interfaces import (
-    ConnectionExtRosbag2,
     Qos,
     QosDurability,
     QosHistory,
@@ -33,14 +38,17 @@ from rosbags.interfaces import (
     QosReliability,
 )
 
-from clip_vlm_core.bags.info import open_bag
+from clip_vlm_core.bags.interfaces import UnplayableType, message_class
 from clip_vlm_core.bags.messages import STREAM_QOS
+from clip_vlm_core.bags.metadata import TopicRecord
+from clip_vlm_core.bags.reader import Bag, open_bag
 from clip_vlm_core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # rosbag2's player offers keep-last 10 whatever depth was recorded (Rosbag2QoS::default_history).
 PLAYBACK_DEPTH = 10
+PLAYER_NODE = "clip_vlm_bag_player"
 DEFAULT_WAIT_S = 10.0  # how long to wait for a first subscriber before playing to nobody
 SETTLE_S = 0.5  # once one topic has a subscriber, this long without a new one and playing starts
 CLOCK_TOPIC = "/clock"
@@ -51,9 +59,15 @@ class PlaySummary:
     published: int = 0
     seconds: float = 0.0
     per_topic: Counter = field(default_factory=Counter)
-    skipped_topics: list[str] = field(default_factory=list)  # message package not installed
+    skipped: dict[str, str] = field(default_factory=dict)  # topic -> why it was not played
     listened_topics: list[str] = field(default_factory=list)  # topics with a subscriber when playing began
     interrupted: bool = False
+    expected: int = 0  # messages the bag declares on the played topics (one pass)
+    first_pass: Counter | None = None  # messages played per topic in the first pass through the bag
+
+    @property
+    def skipped_topics(self) -> list[str]:
+        return list(self.skipped)
 
 
 def playback_qos(recorded: Iterable[Qos], reliability: str | None = None) -> Qos:
@@ -101,13 +115,23 @@ def play_bag(
         raise UserError(f"QoS reliability must be reliable or best_effort, got {reliability!r}")
     if wait_for_subscribers < 0 or clock_hz < 0:
         raise UserError("the wait for subscribers and the clock rate cannot be negative")
-    reader = open_bag(path)
-    try:
-        connections = _chosen_connections(reader, topics, path)
-        options = _Options(rate, loop, on_published, reliability, wait_for_subscribers, report, clock_hz, remap or {})
-        return _play(reader, connections, options)
-    finally:
-        reader.close()
+    with open_bag(path) as bag:
+        chosen = _chosen_topics(bag, topics)
+        remap = _checked_remap(remap or {}, chosen, bag)
+        plan, skipped = _plan(chosen)
+        if not sum(t.count for t in plan) and any(t.count for t in chosen):
+            raise UserError(f"bag {bag.shown} has nothing this machine can play: {_reasons(skipped)}")
+        for topic, why in skipped.items():
+            log.warning("skipping %s: %s", topic, why)
+        playable = sum(t.count for t in plan)
+        options = _Options(rate, loop and playable > 0, on_published, reliability, wait_for_subscribers, report,
+                           clock_hz, remap)
+        summary = _play(bag, plan, options)
+        summary.skipped = skipped
+        summary.expected = playable
+        if not summary.interrupted:
+            _check_counts(bag, plan, summary)
+        return summary
 
 
 @dataclass(frozen=True)
@@ -122,43 +146,105 @@ class _Options:
     remap: dict[str, str]
 
 
-def _chosen_connections(reader: Any, topics: list[str] | None, path: str | Path) -> list[Any]:
-    known = {c.topic for c in reader.connections}
+def _chosen_topics(bag: Bag, topics: list[str] | None) -> list[TopicRecord]:
+    known = {t.name for t in bag.topics}
     for topic in topics or []:
         if topic not in known:
-            raise UserError(f"topic {topic} is not in bag {path} (it has {', '.join(sorted(known))})")
-    return [c for c in reader.connections if topics is None or c.topic in topics]
+            raise UserError(f"topic {topic} is not in bag {bag.shown} (it has {', '.join(sorted(known)) or 'none'})")
+    return [t for t in bag.topics if topics is None or t.name in topics]
 
 
-def message_class(msgtype: str) -> type | None:
-    """The rclpy message class for 'pkg/msg/Name', or None when its package is not installed."""
-    package, _, name = msgtype.rpartition("/")
+def _checked_remap(remap: dict[str, str], chosen: list[TopicRecord], bag: Bag) -> dict[str, str]:
+    names = {t.name for t in chosen}
+    for old, new in remap.items():
+        if old not in names:
+            raise UserError(f"--remap {old}:={new} names {old}, which is not a topic played from bag {bag.shown}")
+        if (why := topic_name_problem(new)) is not None:
+            raise UserError(f"--remap {old}:={new}: {why}")
+    return remap
+
+
+@dataclass(frozen=True)
+class _PlayedTopic:
+    name: str
+    msgtype: str
+    count: int
+    offered_qos: tuple[Qos, ...]
+    msg_class: type
+
+
+def _plan(chosen: list[TopicRecord]) -> tuple[list[_PlayedTopic], dict[str, str]]:
+    """The topics that can be played, and why each other one cannot."""
+    plan, skipped = [], {}
+    for topic in chosen:
+        why = topic_name_problem(topic.name)
+        if why is None and topic.serialization_format != "cdr":
+            why = f"its messages are serialized as {topic.serialization_format!r}, not CDR"
+        if why is None:
+            try:
+                plan.append(_PlayedTopic(topic.name, topic.msgtype, topic.count, topic.offered_qos,
+                                         message_class(topic.msgtype)))
+                continue
+            except UnplayableType as exc:
+                why = str(exc)
+        skipped[topic.name] = why
+    return plan, skipped
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid ROS 2 topic name (as rcl checks it), or None."""
+    from rclpy.expand_topic_name import expand_topic_name
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+
     try:
-        return getattr(importlib.import_module(package.replace("/", ".")), name)
-    except (ImportError, AttributeError):
-        return None
+        validate_full_topic_name(expand_topic_name(name, PLAYER_NODE, "/"))
+    except Exception as exc:  # rclpy raises InvalidTopicNameException, ValueError or RCLError
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        rule = re.search(r"(topic name (?:token )?must .*?)(?::$|, at |$)", text)
+        return f"{name!r} is not a valid ROS 2 topic name ({rule[1] if rule else text})"
+    return None
 
 
-def _play(reader: Any, connections: list[Any], options: _Options) -> PlaySummary:
+def _reasons(skipped: dict[str, str], most: int = 3) -> str:
+    parts = [f"{topic}: {why}" for topic, why in list(skipped.items())[:most]]
+    if len(skipped) > most:
+        parts.append(f"and {len(skipped) - most} more topic{'s' if len(skipped) - most > 1 else ''} like these")
+    return "; ".join(parts)
+
+
+def _check_counts(bag: Bag, plan: list[_PlayedTopic], summary: PlaySummary) -> None:
+    """Each played topic's messages must number what the bag declares (what `bag info` shows)."""
+    wrong = [(t, summary.first_pass[t.name]) for t in plan if summary.first_pass[t.name] != t.count]
+    if wrong:
+        source = "its metadata.yaml" if bag.metadata is not None else "its storage file"
+        details = "; ".join(f"{t.name} {played} of {t.count}" for t, played in wrong[:4])
+        raise UserError(f"bag {bag.shown}: the messages played differ from what {source} declares ({details}); "
+                        f"the bag is damaged or its metadata is wrong")
+
+
+def _play(bag: Bag, plan: list[_PlayedTopic], options: _Options) -> PlaySummary:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
     summary = PlaySummary()
     # Our own context, so a caller (the demo) that already runs rclpy keeps its own; no signal
-    # handlers, so Ctrl-C arrives as KeyboardInterrupt and we shut down in order.
+    # handlers, so Ctrl-C arrives as KeyboardInterrupt and we shut down in order. No command-line
+    # arguments either: rclpy would read this process's sys.argv, take `--remap OLD:=NEW` for rcl's
+    # remapping rules of the whole process and warn about their syntax (remaps are applied below).
     context = rclpy.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     previous = _ctrl_c_raises()
-    node = rclpy.create_node("clip_vlm_bag_player", context=context, start_parameter_services=False)
+    node = rclpy.create_node(PLAYER_NODE, context=context, start_parameter_services=False,
+                             use_global_arguments=False)
     try:
-        publishers = _publishers(node, connections, options, summary)
+        publishers = _publishers(node, plan, options)
         clock = BagClock(node, options.clock_hz) if options.clock_hz > 0 else None
-        playable = [c for c in connections if c.id in publishers]
         start = time.monotonic()
         try:
-            summary.listened_topics = _wait_for_subscribers(list(publishers.values()), options.wait_for_subscribers)
+            if publishers:
+                summary.listened_topics = _wait_for_subscribers(list(publishers.values()), options.wait_for_subscribers)
             while True:
-                _play_once(reader, playable, publishers, options, clock, summary)
+                _play_once(bag, plan, publishers, options, clock, summary)
                 if not options.loop:
                     break
             _wait_for_acks(publishers.values())
@@ -181,23 +267,13 @@ def _ctrl_c_raises():
     return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _publishers(node: Any, connections: list[Any], options: _Options, summary: PlaySummary) -> dict[int, Any]:
-    by_topic: dict[str, list[Any]] = {}
-    for conn in connections:
-        by_topic.setdefault(conn.topic, []).append(conn)
-    publishers: dict[int, Any] = {}
-    for topic, conns in by_topic.items():
-        msg_class = message_class(conns[0].msgtype)
-        if msg_class is None:
-            summary.skipped_topics.append(topic)
-            log.warning("skipping %s: its message package for %s is not installed", topic, conns[0].msgtype)
-            continue
-        offers = [q for c in conns if isinstance(c.ext, ConnectionExtRosbag2) for q in c.ext.offered_qos_profiles]
-        qos = _rclpy_qos(playback_qos(offers, options.reliability))
-        publisher = node.create_publisher(msg_class, options.remap.get(topic, topic), qos)
-        for conn in conns:
-            publishers[conn.id] = publisher
-    return publishers
+def _publishers(node: Any, plan: list[_PlayedTopic], options: _Options) -> dict[str, Any]:
+    """One publisher per played topic (by its bag name), under its remapped name."""
+    return {
+        topic.name: node.create_publisher(topic.msg_class, options.remap.get(topic.name, topic.name),
+                                          _rclpy_qos(playback_qos(topic.offered_qos, options.reliability)))
+        for topic in plan
+    }
 
 
 def _rclpy_qos(qos: Qos) -> Any:
@@ -205,8 +281,11 @@ def _rclpy_qos(qos: Qos) -> Any:
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile, ReliabilityPolicy
 
     def duration(t: Any) -> Duration:
-        # Humble records "infinite" as INT32_MAX seconds; rclpy's default (0) means the same.
-        return Duration() if t.sec >= 2**31 - 1 else Duration(seconds=t.sec, nanoseconds=t.nsec)
+        # Humble records "infinite" as INT32_MAX seconds, later distros as INT64_MAX nanoseconds; rclpy's
+        # default (0) means the same. A value no QoS can hold (negative, beyond either) is taken so too.
+        ns = t.sec * 1_000_000_000 + t.nsec if isinstance(t.sec, int) and isinstance(t.nsec, int) else -1
+        unset = not 0 < ns < 2**63 - 1 or t.sec >= 2**31 - 1 or not 0 <= t.nsec < 1_000_000_000
+        return Duration() if unset else Duration(nanoseconds=ns)
 
     liveliness = {QosLiveliness.AUTOMATIC: LivelinessPolicy.AUTOMATIC, QosLiveliness.MANUAL_BY_TOPIC: LivelinessPolicy.MANUAL_BY_TOPIC}
     durability = {QosDurability.TRANSIENT_LOCAL: DurabilityPolicy.TRANSIENT_LOCAL}.get(qos.durability, DurabilityPolicy.VOLATILE)
@@ -223,33 +302,38 @@ def _rclpy_qos(qos: Qos) -> Any:
     )
 
 
-def _play_once(reader, connections, publishers, options: _Options, clock: BagClock | None, summary: PlaySummary) -> None:
+def _play_once(bag: Bag, plan: list[_PlayedTopic], publishers: dict[str, Any], options: _Options,
+               clock: BagClock | None, summary: PlaySummary) -> None:
     from tqdm import tqdm
 
-    total = sum(c.msgcount for c in connections)
+    total = sum(t.count for t in plan)
     bar = tqdm(total=total, unit="msg", desc="play", disable=None if options.report else True, file=sys.stderr)
+    played: Counter = Counter()
     first_ns, wall_start = None, time.monotonic()
 
     def bag_time_at(monotonic_s: float) -> int:
         return first_ns + int((monotonic_s - wall_start) * options.rate * 1e9)
 
     try:
-        for conn, bag_ns, raw in reader.messages(connections=connections):
+        for topic, bag_ns, raw in bag.messages(publishers):
             if first_ns is None:
                 first_ns = bag_ns
             due = wall_start + (bag_ns - first_ns) / 1e9 / options.rate
             _sleep_until(due, clock, bag_time_at)
             if clock is not None:  # the clock reaches a message's time no later than the message
                 clock.publish(bag_ns)
-            publishers[conn.id].publish(bytes(raw))
+            publishers[topic].publish(bytes(raw))
             summary.published += 1
-            summary.per_topic[conn.topic] += 1
+            summary.per_topic[topic] += 1
+            played[topic] += 1
             if options.on_published is not None:
-                options.on_published(conn.topic, bag_ns)
+                options.on_published(topic, bag_ns)
             bar.update()
             bar.set_postfix_str(f"bag time {(bag_ns - first_ns) / 1e9:.2f} s", refresh=False)
     finally:
         bar.close()
+        if summary.first_pass is None:
+            summary.first_pass = played
 
 
 def _sleep_until(due: float, clock: BagClock | None, bag_time_at: Callable[[float], int]) -> None:

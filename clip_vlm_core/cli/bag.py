@@ -37,21 +37,32 @@ folder with no record for any keyframe of a scene is an error.
 An existing bag is replaced only with --overwrite, and never when it is or holds the dataroot or the
 captions. Every image must be a regular file inside the dataroot, within 8192x8192 pixels and 32 MiB."""
 
-INFO_EPILOG = """example:
-  clip-vlm bag info bags/scene-0061"""
+INFO_EPILOG = """examples:
+  clip-vlm bag info bags/scene-0061
+  clip-vlm bag info talker.mcap          # a single storage file, as 'ros2 bag record' users pass them around
+
+A bag folder is described from its metadata.yaml, as 'ros2 bag info' does: nothing is inflated. Any
+rosbag2 bag reads: sqlite3 or MCAP, split into several files or not, zstd-compressed per file or per
+message, metadata versions 1 to 9. Sizes a bag declares are checked before anything is read (see the
+README's safety limits); a damaged or hostile bag is refused in one sentence naming the problem."""
 
 PLAY_EPILOG = """examples:
   clip-vlm bag play bags/scene-0061 --clock     # with a node started with use_sim_time:=true
   clip-vlm bag play bags/scene-0061 --rate 2 --loop --topics /CAM_FRONT/image_raw/compressed /tf_static
   clip-vlm bag play bags/scene-0061 --remap /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed
 
+  clip-vlm bag play talker.db3          # a single storage file plays too
+
 Publishes with rclpy (install the 'ros' extra), for machines without rosbag2; where rosbag2 is
 installed, 'ros2 bag play' does the same (--clock, --rate, --loop, --remap mean the same there). Each
 topic gets the QoS its publisher offered when recorded (so /tf_static is latched), else reliable,
-volatile, keep last 10, as 'ros2 bag play' chooses.
+volatile, keep last 10, as 'ros2 bag play' chooses. --remap renames only the player's own topics.
 Before the first message it waits for subscribers (up to 10 s; until none has appeared for 0.5 s after
 the first), so a node that is already up misses no frame; with nobody listening it says so and plays.
-Topics whose message package is not installed (e.g. tf2_msgs) are skipped with a warning. Ctrl-C stops."""
+A topic is played only if its type is a message of an installed ROS 2 interface package (found through
+the ament index, as ROS finds them; nothing a bag names is imported otherwise), its name is a valid topic
+name and it is CDR; other topics (e.g. tf2_msgs where it is not installed) are skipped and reported. A bag
+with nothing playable, or whose played counts differ from what 'bag info' shows, exits 2. Ctrl-C stops."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -106,7 +117,7 @@ def _register_info(verbs: argparse._SubParsersAction) -> None:
         epilog=INFO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml)")
+    p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml), or a single .mcap or .db3 file")
     p.set_defaults(func=run_info)
 
 
@@ -118,7 +129,7 @@ def _register_play(verbs: argparse._SubParsersAction) -> None:
         epilog=PLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml)")
+    p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml), or a single .mcap or .db3 file")
     p.add_argument("--rate", type=float, default=1.0, help="speed factor; 2 plays twice as fast (default %(default)s)")
     p.add_argument("--loop", action="store_true", help="start again at the end until Ctrl-C")
     p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC", help="play only these topics (default: all)")
@@ -198,9 +209,11 @@ def run_play(args: argparse.Namespace) -> int:
         remap=_remaps(args.remap),
     )
     stopped = " (interrupted)" if summary.interrupted else ""
-    print(f"published {summary.published} messages in {summary.seconds:.2f} s{stopped}")
-    if summary.skipped_topics:
-        print(f"skipped {', '.join(summary.skipped_topics)}: message package not installed")
+    topics = len(summary.per_topic)
+    print(f"published {summary.published} messages on {topics} topic{'s' if topics != 1 else ''} in "
+          f"{summary.seconds:.2f} s{stopped}{'' if summary.expected else ' (the played topics hold no messages)'}")
+    for topic, why in summary.skipped.items():
+        print(f"skipped {topic}: {why}")
     return 0
 
 
