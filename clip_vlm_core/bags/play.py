@@ -59,6 +59,7 @@ class PlaySummary:
     published: int = 0
     seconds: float = 0.0
     per_topic: Counter = field(default_factory=Counter)
+    played_topics: list[str] = field(default_factory=list)  # the bag's topics that were played
     skipped: dict[str, str] = field(default_factory=dict)  # topic -> why it was not played
     listened_topics: list[str] = field(default_factory=list)  # topics with a subscriber when playing began
     interrupted: bool = False
@@ -128,6 +129,7 @@ def play_bag(
                            clock_hz, remap)
         summary = _play(bag, plan, options)
         summary.skipped = skipped
+        summary.played_topics = [t.name for t in plan]
         summary.expected = playable
         if not summary.interrupted:
             _check_counts(bag, plan, summary)

@@ -97,7 +97,7 @@ class Bag:
                         continue
                     for conn, bag_ns, raw in reader.messages(connections=connections):
                         if self.compression == "message":
-                            raw = storage.inflate_message(raw, f"a message of {conn.topic} in {path.name}")
+                            raw = storage.inflate_message(raw, f"bag {self.shown}: a message of {conn.topic} in {path.name}")
                         yield conn.topic, bag_ns, raw
                 finally:
                     reader.close()
@@ -153,7 +153,7 @@ class Bag:
         """Any failure of the reader library on this file, told as one sentence naming it."""
         try:
             yield
-        except UserError:
+        except (UserError, MemoryError):
             raise
         except Exception as exc:  # a damaged file makes rosbags, apsw or struct raise almost anything
             log.debug("reading %s failed", path, exc_info=True)

@@ -19,6 +19,7 @@ import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from backports import zstd
@@ -114,31 +115,56 @@ def check_sqlite(path: Path, where: str) -> None:
                         f"{mib(limits.MAX_BAG_MESSAGE_BYTES)} a bag message may have")
 
 
-def inflate_message(data: bytes, where: str) -> bytes:
+def inflate_message(data: bytes, where: str) -> bytearray:
     """One zstd-compressed message (compression_mode: message), inflated to at most the message limit."""
     return _bounded_zstd(data, limits.MAX_BAG_MESSAGE_BYTES, where)
 
 
-def _bounded_zstd(data: bytes, limit: int, where: str) -> bytes:
-    """zstd data (one frame or several) inflated to at most `limit` bytes, else a UserError."""
-    out, total = [], 0
-    decompressor, rest = zstd.ZstdDecompressor(), bytes(data)
+def _bounded_zstd(data: bytes, limit: int, where: str) -> bytearray:
+    """zstd data (one frame or several) inflated, refused if it would exceed `limit` bytes.
+
+    One frame that declares its size (as rosbag2 and MCAP writers compress) is refused from its header
+    when that is over the limit, and may not inflate past it either. Anything else is first inflated in a
+    pass that only counts, a piece at a time; so no more than the bytes that are kept are ever held.
+    """
+    declared = _declared_size(data)
     try:
-        while True:
-            piece = decompressor.decompress(rest, max_length=limit + 1 - total)
-            rest = b""
-            total += len(piece)
-            out.append(piece)
-            if total > limit:
-                raise UserError(f"{where} inflates to more than {mib(limit)}, the most it may")
-            if decompressor.eof:
-                if not decompressor.unused_data:
-                    return b"".join(out)
-                decompressor, rest = zstd.ZstdDecompressor(), decompressor.unused_data
-            elif decompressor.needs_input:
-                raise UserError(f"{where} is cut short: its zstd data ends inside a frame")
+        if declared is not None and zstd.get_frame_size(data) == len(data):
+            if declared > limit:
+                raise UserError(f"{where} declares that it inflates to {mib(declared)}, more than {mib(limit)}, "
+                                f"the most it may")
+            return _inflate(data, declared, where, keep=True)
+        return _inflate(data, _inflate(data, limit, where, keep=False), where, keep=True)
     except zstd.ZstdError as exc:
         raise UserError(f"{where} is not valid zstd data ({exc})") from None
+
+
+def _inflate(data: bytes, limit: int, where: str, keep: bool) -> Any:
+    """Inflate `data` a piece at a time: the bytes (keep) or their number, refused past `limit`."""
+    out, total = bytearray(), 0
+    decompressor, rest = zstd.ZstdDecompressor(), data
+    while True:
+        piece = decompressor.decompress(rest, max_length=min(_PIECE, limit + 1 - total))
+        rest = b""
+        total += len(piece)
+        if total > limit:
+            raise UserError(f"{where} inflates to more than {mib(limit)}, the most it may")
+        if keep:
+            out += piece
+        if decompressor.eof:
+            if not decompressor.unused_data:
+                return out if keep else total
+            decompressor, rest = zstd.ZstdDecompressor(), decompressor.unused_data
+        elif decompressor.needs_input:
+            raise UserError(f"{where} is cut short: its zstd data ends inside a frame")
+
+
+def _declared_size(data: bytes) -> int | None:
+    """The content size a zstd frame header declares, or None (not declared, or no valid header)."""
+    try:
+        return zstd.get_frame_info(data[:18]).decompressed_size
+    except zstd.ZstdError:
+        return None
 
 
 def check_inflated_size(path: Path, where: str) -> int:
@@ -152,10 +178,7 @@ def check_inflated_size(path: Path, where: str) -> int:
         head = f.read(18)
     if not head.startswith(ZSTD_MAGIC):
         raise UserError(f"{where} is not zstd-compressed, as the bag's metadata.yaml says it is")
-    try:
-        declared = zstd.get_frame_info(head).decompressed_size
-    except zstd.ZstdError:
-        declared = None
+    declared = _declared_size(head)
     if declared is not None and declared > limit:
         raise UserError(f"{where} declares that it inflates to {mib(declared)}, more than the {mib(limit)} "
                         f"a compressed bag file may (decompress it once with 'ros2 bag convert')")

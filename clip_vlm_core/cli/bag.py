@@ -209,7 +209,7 @@ def run_play(args: argparse.Namespace) -> int:
         remap=_remaps(args.remap),
     )
     stopped = " (interrupted)" if summary.interrupted else ""
-    topics = len(summary.per_topic)
+    topics = len(summary.played_topics)
     print(f"published {summary.published} messages on {topics} topic{'s' if topics != 1 else ''} in "
           f"{summary.seconds:.2f} s{stopped}{'' if summary.expected else ' (the played topics hold no messages)'}")
     for topic, why in summary.skipped.items():
