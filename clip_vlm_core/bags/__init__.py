@@ -1,22 +1,27 @@
-"""nuScenes scenes as rosbag2 bags: convert, inspect, replay.
+"""nuScenes scenes as rosbag2 bags: convert, inspect, replay; and any rosbag2 bag read as untrusted data.
 
-`play_bag` imports rclpy only when called, so this package imports on machines without ROS.
+`open_bag` (reader.py) opens a bag folder or a single storage file after checking what it declares
+(metadata.py, storage.py); `play_bag` resolves message types only to installed interface packages
+(interfaces.py) and imports rclpy only when called, so this package imports on machines without ROS.
 """
 
 from clip_vlm_core.bags.convert import BagConvertOptions, convert_scene
 from clip_vlm_core.bags.info import BagInfo, format_bag_info, read_bag_info
 from clip_vlm_core.bags.play import PlaySummary, play_bag
+from clip_vlm_core.bags.reader import Bag, open_bag
 from clip_vlm_core.bags.scene_plan import CAMERAS, DEFAULT_CAMERAS, load_nuscenes
 
 __all__ = [
     "CAMERAS",
     "DEFAULT_CAMERAS",
+    "Bag",
     "BagConvertOptions",
     "BagInfo",
     "PlaySummary",
     "convert_scene",
     "format_bag_info",
     "load_nuscenes",
+    "open_bag",
     "play_bag",
     "read_bag_info",
 ]

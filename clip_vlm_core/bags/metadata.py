@@ -77,6 +77,8 @@ def read_metadata(folder: Path, shown: str | Path) -> BagMetadata:
         document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise UserError(f"{where} cannot be read as YAML: {_one_line(exc)}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise UserError(f"{where} is nested too deeply to be rosbag2 metadata (rosbag2 nests 5 levels)") from None
     return _Fields(where).bag(document)
 
 
@@ -186,7 +188,7 @@ class _Fields:
             if isinstance(offers, str):  # versions 4-8: a YAML document inside the YAML, aliases refused too
                 offers = yaml.load(offers, Loader=_NoAliasLoader) or []  # noqa: S506 - a SafeLoader subclass
             qos = tuple(parse_qos(offers))
-        except Exception as exc:  # a malformed offer: rosbags raises KeyError, TypeError, ValueError, ReaderError
+        except Exception as exc:  # a malformed offer: KeyError, TypeError, ValueError, RecursionError, ...
             raise self.fail(qos_field, f"of topic {name!r} cannot be read ({_one_line(exc)})") from None
         return TopicRecord(name, msgtype, count, fmt, qos)
 
