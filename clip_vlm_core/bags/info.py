@@ -1,7 +1,7 @@
 """What a rosbag2 bag holds: topics, types, counts, QoS, time span and storage, as a readable table.
 
-A folder is described from its metadata.yaml alone, as `ros2 bag info` does (nothing is inflated); a
-single storage file from its own tables.
+A folder is described from its metadata.yaml, as `ros2 bag info` does, its storage files only checked
+from their headers (nothing is inflated); a single storage file from its own tables.
 """
 
 from __future__ import annotations
