@@ -18,6 +18,7 @@ from clip_vlm_core.bags import messages as m
 from clip_vlm_core.bags.play import message_class, play_bag
 
 pytest.importorskip("rclpy")
+pytestmark = pytest.mark.ros  # `make test` runs these under Kilted and Jazzy
 
 SUBSCRIBER = Path(__file__).parent / "helpers" / "bag_subscriber.py"
 SECOND = 1_000_000_000
