@@ -3,19 +3,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# ROS 2 Jazzy's rclpy wheels, beside .venv's Kilted ones: `make test` runs the tests marked `ros` under both.
+VENV_JAZZY := .venv-jazzy
+JAZZY_BIN := $(VENV_JAZZY)/bin
+JAZZY_STAMP := $(VENV_JAZZY)/.installed
 ROS_PKG := ros2_ws/src/clip_vlm
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-fast lint clean embedded-model
+# A ROS wheel's Python re-executes itself once with LD_LIBRARY_PATH naming its venv's ROS libraries and marks
+# that done in this variable, which children inherit: a venv's Python started with it set would skip that
+# and load the other venv's libraries. Each run here starts without it.
+unexport _ROS_WHEELS_BOOTSTRAP_COMPLETE
+
+.PHONY: all venv venv-jazzy demo test test-jazzy test-fast lint clean embedded-model
 
 all: venv
 
+# Say in one sentence that the disk is too full, before pip fills it: $(call check_disk,VENV,GIB).
+check_disk = $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
+	sys.exit(free < $(2) and f'make: {free:.1f} GiB free on this disk; building $(1) needs about $(2) GiB. Free some and run make again.')"
+
 # The venv is rebuilt when the project's dependency lists change.
-# A first build needs about 7 GiB (torch's CUDA build is most of it): say so before pip fills the disk.
+# A first build needs about 7 GiB (torch's CUDA build is most of it).
 VENV_GIB := 7
 $(STAMP): pyproject.toml $(wildcard $(ROS_PKG)/setup.py)
-	@test -x $(BIN)/python || $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
-	sys.exit(free < $(VENV_GIB) and f'make: {free:.1f} GiB free on this disk; building $(VENV) needs about $(VENV_GIB) GiB. Free some and run make again.')"
+	@test -x $(BIN)/python || $(call check_disk,$(VENV),$(VENV_GIB))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ros]'
@@ -24,19 +36,44 @@ $(STAMP): pyproject.toml $(wildcard $(ROS_PKG)/setup.py)
 
 venv: $(STAMP)
 
+# .venv-jazzy: Jazzy's ROS 2 wheels (pyproject's ros-jazzy extra) and links to .venv's other packages (torch,
+# transformers, ...), so it takes ~0.2 GiB and ~20 s, not a second 7 GiB venv; scripts/share_site_packages.py
+# says how, and tests/test_distros.py checks that nothing of Kilted's is found or loaded there. The two distros'
+# wheels share package names, hence a venv of its own. Rebuilt whole whenever .venv is reinstalled.
+VENV_JAZZY_GIB := 0.5
+$(JAZZY_STAMP): $(STAMP) scripts/share_site_packages.py
+	@$(call check_disk,$(VENV_JAZZY),$(VENV_JAZZY_GIB))
+	rm -rf $(VENV_JAZZY)
+	$(BIN)/python -m venv --without-pip $(VENV_JAZZY)
+	$(BIN)/python scripts/share_site_packages.py $(VENV) $(VENV_JAZZY)
+	$(JAZZY_BIN)/python -m pip install --quiet -c $(VENV_JAZZY)/shared-site.constraints.txt -e '.[ros-jazzy]'
+	@if [ -f $(ROS_PKG)/setup.py ]; then $(JAZZY_BIN)/python -m pip install --quiet -c $(VENV_JAZZY)/shared-site.constraints.txt -e $(ROS_PKG); fi
+	@touch $(JAZZY_STAMP)
+
+venv-jazzy: $(JAZZY_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m clip_vlm_core.demo
 
-# The whole suite, end-to-end runs included (CI runs this).
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The whole suite under ROS 2 Kilted (.venv), then its `ros` tests under Jazzy (.venv-jazzy); CI runs this.
+# Both runs go on whatever the first gives, and make fails if either failed. Each run's first and last lines
+# name its distro.
+test: $(STAMP) $(JAZZY_STAMP)
+	@status=0; \
+	echo "$(BIN)/python -m pytest $(PYTEST_ARGS)"; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	echo "$(JAZZY_BIN)/python -m pytest -m ros $(PYTEST_ARGS)"; $(JAZZY_BIN)/python -m pytest -m ros $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
-# Everything but the slow end-to-end runs, for the edit-test loop.
+# The `ros` tests under Jazzy alone (make test runs them too), e.g. PYTEST_ARGS=tests/test_node.py.
+test-jazzy: $(JAZZY_STAMP)
+	$(JAZZY_BIN)/python -m pytest -m ros $(PYTEST_ARGS)
+
+# Everything but the slow end-to-end runs, for the edit-test loop (Kilted only: Jazzy's run adds ~3 min).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check clip_vlm_core tests $(ROS_PKG) launch
+	$(BIN)/ruff check clip_vlm_core tests $(ROS_PKG) launch scripts
 
 # Retrain the embedded default model from its recipe and seed (~35 min on 2 CPU cores) and install it: the
 # recipe's 8,000 steps, then 1,500 more from their best checkpoint with the loss averaged over tokens again
@@ -50,4 +87,4 @@ embedded-model: $(STAMP)
 	$(BIN)/python -m clip_vlm_core.model.embedded runs/synthetic-tiny-polish
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV_JAZZY) .pytest_cache

@@ -1,10 +1,28 @@
-"""Fixtures shared across the suite: a synthetic nuScenes tree and its manifest, made once per session."""
+"""Fixtures shared across the suite: a synthetic nuScenes tree and its manifest, made once per session;
+the `ros` marker, and the ROS 2 distro of the run, said at its start and at its end (a CI log shows which ran)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from ros_distro import describe_running_distro  # noqa: E402
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "ros: runs rclpy or the node over real DDS; `make test` runs these under "
+                                       "every tested ROS 2 distro (Kilted in .venv, Jazzy in .venv-jazzy)")
+
+
+def pytest_report_header(config) -> str:
+    return f"ROS 2 distro: {describe_running_distro()}"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    terminalreporter.write_line(f"ROS 2 distro of this run: {describe_running_distro()}")
 
 
 @pytest.fixture(scope="session")

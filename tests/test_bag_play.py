@@ -19,6 +19,7 @@ from clip_vlm_core.bags.interfaces import UnplayableType, message_class
 from clip_vlm_core.bags.play import play_bag
 
 pytest.importorskip("rclpy")
+pytestmark = pytest.mark.ros  # `make test` runs these under Kilted and Jazzy
 
 SUBSCRIBER = Path(__file__).parent / "helpers" / "bag_subscriber.py"
 SECOND = 1_000_000_000

@@ -25,7 +25,7 @@ from clip_vlm.launch_plan import node_is_ready
 from clip_vlm_core.stream import PARAMETERS, validate_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE = ROOT / ".venv" / "bin" / "caption_node"
+NODE = Path(sys.prefix) / "bin" / "caption_node"  # the venv running the suite: .venv (Kilted) or .venv-jazzy
 PROBE = ROOT / "tests" / "helpers" / "node_probe.py"
 PACKAGE = ROOT / "ros2_ws" / "src" / "clip_vlm"
 FAST_DECODING = {"max_new_tokens": 4}
@@ -34,6 +34,7 @@ SAMPLES = ROOT / "clip_vlm_core" / "assets" / "samples"  # their truth: clip_vlm
 RCLPY_PARAMETERS = {"use_sim_time"}
 
 pytestmark = pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`")
+pytestmark = [pytestmark, pytest.mark.ros]  # `make test` runs these under Kilted and Jazzy
 
 
 def ros_env() -> dict[str, str]:

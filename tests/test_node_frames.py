@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 from image_bomb import png_bomb  # noqa: E402
 from test_node import NODE, probe, ros_env, start_node, stop_node  # noqa: E402
 
+pytestmark = pytest.mark.ros  # `make test` runs these under Kilted and Jazzy
+
 MS = 1_000_000
 VIEWS = ("CAM_FRONT", "CAM_BACK")
 store = get_typestore(Stores.ROS2_HUMBLE)

@@ -23,6 +23,7 @@ PLAY_S = 5.0  # about six loops
 
 pytestmark = [pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`"),
               pytest.mark.slow]
+pytestmark = [*pytestmark, pytest.mark.ros]  # `make test` runs these under Kilted and Jazzy
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,8 @@ RUN_NOT_IMPORTED = {"ros2launch", "ros2bag", "rosbag2_storage_mcap"}
 # Not for rosdep: clip_vlm_core and its dependencies come from pip (README: On a ROS 2 machine).
 PIP_INSTALLED = {"clip_vlm_core"}
 
+pytestmark = pytest.mark.ros  # `make test` runs these under Kilted and Jazzy
+
 
 def imported_modules(path: Path) -> set[str]:
     """Top-level modules a file imports, leaving out optional ones (imported under `except ImportError`)."""
