@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "tests" / "helpers"))
 import hostile_bags as hb  # noqa: E402
 
 pytest.importorskip("rclpy")
+pytestmark = pytest.mark.ros  # `make test` runs these under Kilted and Jazzy
 
 ADDRESS_SPACE = 1536 * 2**20  # the player with rclpy and DDS needs ~0.8 GB of address space; the bombs 1.2-1.5 GB
 

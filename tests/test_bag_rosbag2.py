@@ -22,6 +22,7 @@ from clip_vlm_core.bags.play import play_bag
 from clip_vlm_core.cli import main
 
 pytest.importorskip("rclpy")
+pytestmark = pytest.mark.ros  # `make test` runs these under Kilted and Jazzy
 
 DATA = REPO / "tests" / "data" / "rosbag2"
 J, H = "0.26.5/", "0.15.12/"
