@@ -123,7 +123,7 @@ def iter_json_lines(path: str | Path, what: str, max_line_bytes: int) -> Iterato
                 return
             n += 1
             if len(line) > max_line_bytes:
-                raise UserError(f"{shown} line {n:,} is longer than {size_text(max_line_bytes)} (a line holds one "
+                raise UserError(f"{shown} line {n} is longer than {size_text(max_line_bytes)} (a line holds one "
                                 f"record)")
             if line.strip():
-                yield n, parse_json(line, f"{shown} line {n:,}")
+                yield n, parse_json(line, f"{shown} line {n}")

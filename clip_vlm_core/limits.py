@@ -53,10 +53,11 @@ MAX_PROMPT_CHARS = MAX_QUESTION_CHARS
 MAX_ANSWER_CHARS = 2000
 MAX_CAPTION_CHARS = 8000
 
-# Question-answer data (`data build --qa`), read one line at a time. A line is one pair: 64 KiB holds the
-# longest question and answer written with \uXXXX escapes, twice over. A keyframe with more than 1,000
-# pairs is not data; 2,000,000 pairs in all is ~60 per keyframe of nuScenes trainval (memory ~1 GB).
-MAX_QA_LINE_BYTES = 64 << 10
+# Question-answer data (`data build --qa`), read one line at a time. A line is one pair, a few kB; 4 MiB
+# bounds what one line may cost while an over-long answer is still read far enough to be named as such.
+# A keyframe with more than 1,000 pairs is not data; 2,000,000 pairs in all is ~60 per keyframe of nuScenes
+# trainval (memory ~1 GB).
+MAX_QA_LINE_BYTES = 4 << 20
 MAX_QA_PER_KEYFRAME = 1000
 MAX_QA_PAIRS = 2_000_000
 # Manifest rows: one keyframe with up to MAX_QA_PER_KEYFRAME pairs fits in 32 MiB; nuScenes trainval has

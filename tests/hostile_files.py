@@ -98,3 +98,25 @@ def run_limited(*args: str, limit: int = ADDRESS_SPACE_LIMIT, env: Mapping[str, 
 
     return subprocess.run([sys.executable, "-m", "clip_vlm_core", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, preexec_fn=cap, env={**os.environ, **(env or {})})
+
+
+_PEAK = ("import resource, runpy, sys; sys.argv = ['clip-vlm', *sys.argv[1:]]\n"
+         "try:\n    runpy.run_module('clip_vlm_core', run_name='__main__')\n"
+         "except SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
+         "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+         "sys.exit(code)\n")
+
+
+def run_measured(*args: str, limit: int = ADDRESS_SPACE_LIMIT,
+                 timeout: float = 600) -> tuple[subprocess.CompletedProcess, int]:
+    """`clip-vlm ARGS` under the address-space limit, and its peak resident memory in MiB (the last
+    stderr line, taken off what is returned)."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-c", _PEAK, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, preexec_fn=cap)
+    lines = done.stderr.rstrip("\n").split("\n")
+    peak = int(lines[-1].split()[-1]) // 1024 if lines and lines[-1].startswith("peak-rss-kb") else -1
+    done.stderr = "\n".join(lines[:-1]) + "\n" if peak >= 0 else done.stderr
+    return done, peak
