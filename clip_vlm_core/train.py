@@ -111,9 +111,8 @@ def run_training(
     if accelerator.is_main_process:
         if overwrite and not continuing and run_dir.exists():
             remove_output(run_dir)
-        _write_run_record(run_dir, config)
-        if changed:  # said once the resumed run is under way
-            log.info("resuming with changed settings: %s", _differences(changed))
+        if resume_dir is None:  # a resumed run records itself once latest/ has been read whole
+            _write_run_record(run_dir, config)
     accelerator.wait_for_everyone()
 
     captioner = _build_captioner(config, run_dir, resume_dir, accelerator)
@@ -135,6 +134,10 @@ def run_training(
     if resume_dir is not None:
         state = _load_latest(resume_dir, optimizer, scheduler)
         apply_recipe_rates(optimizer, scheduler, parameter_groups(model, o))
+        if accelerator.is_main_process:
+            _write_run_record(run_dir, config)
+            if changed:  # said once the resumed run is under way
+                log.info("resuming with changed settings: %s", _differences(changed))
         log.info("resuming from %s at step %d", resume_dir, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.init_trackers("tensorboard")

@@ -151,7 +151,7 @@ def clip_width_10_million(c: Path) -> None:
 
 HOSTILE = [
     (huge_connector_tensor, "holds tensor 'proj.weight' of shape [64, 62,500,000], where the architecture its "
-                            "config declares [64, 32]"),
+                            "config declares has [64, 32]"),
     (extra_connector_tensor, "holds a tensor 'evil' [4,000,000,000] that the architecture"),
     (int8_connector, "holds tensor 'proj.weight' as I8; as a trainable weight it must be one of BF16, F16, F32"),
     (nan_connector, "holds NaN or infinite values in tensor 'gate'"),

@@ -228,3 +228,75 @@ def test_resume_latest_recovers_latest_and_best_after_a_replace_killed_between_i
     from clip_vlm_core.model import SceneCaptioner
 
     assert SceneCaptioner.from_pretrained(run / "best", device="cpu").views == ("CAM_FRONT", "CAM_BACK")
+
+
+# -- what --resume reads from latest/ is checked as every checkpoint is -------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_manifest, tmp_path_factory):
+    """A finished 2-step tiny run (latest/ and best/), copied afresh by each test."""
+    from test_train import tiny_overrides
+
+    from clip_vlm_core.train import run_training
+    from clip_vlm_core.train_config import load_run_config
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    overrides = tiny_overrides(synthetic_manifest, run, max_steps=2, eval_every=2, save_every=2)
+    run_training(load_run_config(REPO / "training" / "configs" / "synthetic-tiny.yaml", overrides),
+                 show_progress=False)
+    return run, overrides
+
+
+def huge_optimizer_state(latest: Path) -> None:
+    import torch
+
+    state = torch.load(latest / "optimizer.pt", weights_only=True)
+    state["state"][0]["exp_avg"] = torch.zeros(8_000_000)
+    torch.save(state, latest / "optimizer.pt")
+
+
+def huge_rng_state(latest: Path) -> None:
+    from hostile_files import write_safetensors
+
+    write_safetensors(latest / "rng.safetensors", {"torch": ("U8", (16_000_000_000,))})
+
+
+def deep_trainer_state(latest: Path) -> None:
+    from hostile_files import deep_json
+
+    (latest / "trainer_state.json").write_text(deep_json())
+
+
+def foreign_scheduler_state(latest: Path) -> None:
+    (latest / "scheduler.json").write_text('{"optimizer": "replaced", "last_epoch": 2}')
+
+
+def unknown_trainer_state(latest: Path) -> None:
+    import json
+
+    record = json.loads((latest / "trainer_state.json").read_text())
+    (latest / "trainer_state.json").write_text(json.dumps({**record, "steps_left": 5}))
+
+
+@pytest.mark.parametrize("damage, says", [
+    (huge_optimizer_state, "holds a tensor of 30.5 MiB, more than the"),
+    (huge_rng_state, "holds tensor 'torch' of shape [16,000,000,000], where the generators' state"),
+    (deep_trainer_state, "trainer_state.json nests 100,000 levels deep"),
+    (foreign_scheduler_state, "holds 'optimizer', which the schedule does not have"),
+    (unknown_trainer_state, "holds unknown key(s) ['steps_left']"),
+], ids=lambda d: getattr(d, "__name__", ""))
+def test_resuming_from_a_damaged_latest_is_one_sentence_and_changes_nothing(trained_run, tmp_path, capsys,
+                                                                           damage, says):
+    import shutil
+
+    source, overrides = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    overrides = [o if not o.startswith("run_dir=") else f"run_dir={run}" for o in overrides]
+    damage(run / "latest")
+    kept = lambda: {k: v for k, v in digest(run).items() if not k.startswith("encoder_cache")}  # noqa: E731
+    before = kept()  # the run's record, latest/ and best/ (the encoder cache is derived, and may be refilled)
+    assert main(["train", "--config", str(REPO / "training" / "configs" / "synthetic-tiny.yaml"), "--no-progress",
+                 "--resume", "latest", *overrides, "optim.max_steps=4"]) == 2
+    assert_one_sentence(capsys.readouterr().err, "train", says)
+    assert kept() == before

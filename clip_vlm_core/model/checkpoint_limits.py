@@ -403,4 +403,5 @@ def rng_specs(header: Mapping[str, Any]) -> dict[str, TensorSpec]:
 
 def load_rng_state(path: Path) -> dict[str, torch.Tensor]:
     header = read_safetensors_header(path, "random-number state")
-    return load_checked(path, rng_specs(header), "random-number state", finite=False)
+    return load_checked(path, rng_specs(header), "random-number state", finite=False,
+                        declared="the generators' state of this machine")

@@ -154,26 +154,25 @@ def _tensor_entry(name: str, entry: object, data_bytes: int, corrupt: str) -> Te
 
 
 def check_tensors(header: Mapping[str, TensorInfo], expected: Mapping[str, TensorSpec], what: str,
-                  allow_missing: bool = False) -> None:
+                  allow_missing: bool = False, declared: str = "the architecture its config declares") -> None:
     """Refuse, in one sentence, a tensor `expected` does not name, one of another shape or of a dtype its
     role does not allow, and (unless `allow_missing`) a tensor `expected` names that is not there.
     `what` names the file ("checkpoint file runs/x/best/connector.safetensors")."""
     for name, info in header.items():
         spec = expected.get(name)
         if spec is None:
-            raise UserError(f"{what} holds a tensor {name!r} {shape_text(info.shape)} that the architecture its "
-                            f"config declares does not have")
+            raise UserError(f"{what} holds a tensor {name!r} {shape_text(info.shape)} that {declared} does not have")
         if info.dtype not in spec.dtypes:
             raise UserError(f"{what} holds tensor {name!r} as {info.dtype}; as a "
                             f"{'trainable' if spec.dtypes <= TRAINABLE else 'stored'} weight it must be one of "
                             f"{', '.join(sorted(spec.dtypes))}")
         if info.shape != spec.shape:
-            raise UserError(f"{what} holds tensor {name!r} of shape {shape_text(info.shape)}, where the architecture "
-                            f"its config declares {shape_text(spec.shape)}")
+            raise UserError(f"{what} holds tensor {name!r} of shape {shape_text(info.shape)}, where {declared} "
+                            f"has {shape_text(spec.shape)}")
     missing = [name for name in expected if name not in header]
     if missing and not allow_missing:
         raise UserError(f"{what} lacks tensor(s) {missing[:3]}{' and more' if len(missing) > 3 else ''} that "
-                        f"the architecture its config declares")
+                        f"{declared} has")
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
@@ -184,15 +183,15 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
                             f"checkpoint)")
 
 
-def load_checked(path: str | Path, expected: Mapping[str, TensorSpec], what: str,
-                 finite: bool = True) -> dict[str, torch.Tensor]:
+def load_checked(path: str | Path, expected: Mapping[str, TensorSpec], what: str, finite: bool = True,
+                 declared: str = "the architecture its config declares") -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, read only after its header matched `expected` (and checked
     finite after reading, unless `finite` is False)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    check_tensors(read_safetensors_header(path, what), expected, f"{what} {path}")
+    check_tensors(read_safetensors_header(path, what), expected, f"{what} {path}", declared=declared)
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
