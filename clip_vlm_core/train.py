@@ -41,6 +41,7 @@ from clip_vlm_core.atomic import (
     remove_output,
     restore_interrupted,
     staged_dir,
+    staging_area,
     write_marker,
     write_text,
 )
@@ -111,8 +112,11 @@ def run_training(
     if accelerator.is_main_process:
         if overwrite and not continuing and run_dir.exists():
             remove_output(run_dir)
-        if resume_dir is None:  # a resumed run records itself once latest/ has been read whole
+        if resume_dir is None:
             _write_run_record(run_dir, config)
+        else:  # a resumed run records itself once latest/ has been read whole; a folder it cannot write stops it now
+            with staging_area(run_dir / "latest"):
+                pass
     accelerator.wait_for_everyone()
 
     captioner = _build_captioner(config, run_dir, resume_dir, accelerator)

@@ -124,6 +124,25 @@ def test_the_cli_says_an_uncached_hub_id_is_not_cached_and_how_to_get_it(tmp_pat
     assert "Retrying" not in done.stderr and seconds < 60, seconds
 
 
+def test_a_hub_that_accepts_but_never_answers_is_given_hf_hub_etag_timeout_once(tmp_path):
+    """A network that swallows requests (a proxy or firewall that never answers): one request, bounded by
+    HF_HUB_ETAG_TIMEOUT and never retried, then the cache; not there, the sentence."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the kernel; nothing ever reads or answers them
+    try:
+        start = time.perf_counter()
+        done = clip_vlm("caption", *VIEWS, "--checkpoint", HUB_ID,
+                        env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "2",
+                             "HF_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"})
+        seconds = time.perf_counter() - start
+    finally:
+        silent.close()
+    assert done.returncode == 2
+    assert_one_sentence(done.stderr, "caption", NOT_CACHED, "and the hub cannot be reached")
+    assert seconds < 60, seconds  # one 2 s wait, not a retry loop
+
+
 def test_a_checkpoint_naming_an_uncached_hub_base_model_is_one_sentence(tmp_path, empty_cache, capsys, no_network):
     checkpoint = copy_embedded(tmp_path)
     edit_json(checkpoint / "clip_vlm_config.json", qwen_model=HUB_ID)

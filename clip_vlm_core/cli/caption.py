@@ -56,10 +56,14 @@ def decoding_from_args(args: argparse.Namespace) -> DecodingConfig:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="clip-vlm checkpoint folder, or a Qwen2.5-VL hub id/folder (default: the embedded model)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="clip-vlm checkpoint folder, or a Qwen2.5-VL folder or hub id org/name (default: the "
+                        "embedded model); a path whose first folder exists here is local and must exist, never a "
+                        "hub id; hub ids come from the Hugging Face cache first")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--local-files-only", action="store_true", help="never contact the model hub")
+    parser.add_argument("--local-files-only", action="store_true",
+                        help="never contact the model hub: a hub id must be in the local cache (as with HF_HUB_OFFLINE=1)")
     parser.add_argument("--base-models-root", metavar="DIR", default=None,
                         help="a folder the checkpoint's local base models may lie in (default: $CLIP_VLM_BASE_MODELS, "
                         "else the folder holding the checkpoint); folders elsewhere are refused")

@@ -141,7 +141,10 @@ def hub_snapshot(repo_id: str, what: str, local_files_only: bool, files: list[st
     if key in _SNAPSHOTS and _SNAPSHOTS[key].is_dir():  # asked again in this process: no second request
         return _SNAPSHOTS[key]
     try:
-        _SNAPSHOTS[key] = Path(snapshot_download(repo_id, allow_patterns=files, local_files_only=offline))
+        # One request, bounded by HF_HUB_ETAG_TIMEOUT (10 s) and never retried, says whether the hub answers;
+        # if it does not, the cache alone is used (hf_hub_download would retry for most of a minute).
+        cache_only = offline or not _hub_answers(repo_id)
+        _SNAPSHOTS[key] = Path(snapshot_download(repo_id, allow_patterns=files, local_files_only=cache_only))
         return _SNAPSHOTS[key]
     except LocalEntryNotFoundError:
         reason = "(offline: --local-files-only or HF_HUB_OFFLINE)" if offline else "and the hub cannot be reached"
@@ -156,6 +159,21 @@ def hub_snapshot(repo_id: str, what: str, local_files_only: bool, files: list[st
     except (HfHubHTTPError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what} {repo_id!r} cannot be downloaded from the Hugging Face hub ({first})") from None
+
+
+def _hub_answers(repo_id: str) -> bool:
+    """Whether the hub answers about `repo_id` within HF_HUB_ETAG_TIMEOUT: a repository it does not have
+    (or that is gated) raises; a connection that fails or times out is False."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().repo_info(repo_id, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError):
+        raise
+    except Exception:  # noqa: BLE001 - DNS, refused, timed out, proxy, 5xx: the hub is not answering now
+        return False
+    return True
 
 
 def check_available(value: str | os.PathLike | None, local_files_only: bool, base_models_root: str | None = None,
