@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.limits import MAX_JSON_DEPTH, size_text
-from clip_vlm_core.paths import file_kind
+from clip_vlm_core.paths import regular_file_info
 
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)  # in valid JSON a backslash only ever escapes one character
 _STRING = re.compile(rb'"[^"]*"')  # once escapes are gone, a string runs to the next quote
@@ -48,7 +47,9 @@ def parse_json(data: bytes | str, what: str, max_depth: int = MAX_JSON_DEPTH) ->
     `what` names the text in the sentence ("question-answer file X line 3")."""
     if isinstance(data, bytes):
         data = decode_utf8(data, what)
-    depth = nesting_depth(data)
+    # Text with no more opening brackets than the limit cannot nest deeper (most lines and configs): no scan.
+    opened = data.count("[") + data.count("{")
+    depth = nesting_depth(data) if opened > max_depth else 0
     if depth > max_depth:
         raise UserError(f"{what} nests {depth:,} levels deep, more than {max_depth} (no file clip-vlm reads nests "
                         f"more than a few levels)")
@@ -73,14 +74,7 @@ def read_json(path: str | Path, what: str, max_bytes: int | None) -> Any:
     sentence adds its path."""
     path = Path(path)
     shown = f"{what} {path}"
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{shown} is missing") from None
-    except OSError as exc:
-        raise UserError(f"{shown} cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{shown} is {file_kind(info.st_mode)}, not a regular file")
+    info = regular_file_info(path, what, missing="is missing")
     if max_bytes is not None and info.st_size > max_bytes:
         raise UserError(f"{shown} is {size_text(info.st_size)}, more than the {size_text(max_bytes)} such a file "
                         f"may be")

@@ -55,8 +55,8 @@ MAX_CAPTION_CHARS = 8000
 
 # Question-answer data (`data build --qa`), read one line at a time. A line is one pair, a few kB; 4 MiB
 # bounds what one line may cost while an over-long answer is still read far enough to be named as such.
-# A keyframe with more than 1,000 pairs is not data; 2,000,000 pairs in all is ~60 per keyframe of nuScenes
-# trainval (memory ~1 GB).
+# A keyframe with more than 1,000 pairs is not data; 2,000,000 pairs kept for a data set's samples is ~60
+# per keyframe of nuScenes trainval (memory ~1 GB); pairs for other samples are counted, not kept.
 MAX_QA_LINE_BYTES = 4 << 20
 MAX_QA_PER_KEYFRAME = 1000
 MAX_QA_PAIRS = 2_000_000

@@ -72,13 +72,13 @@ class QAData:
 def load_qa_files(paths: Iterable[str | Path], known_tokens: Collection[str] | None = None) -> QAData:
     """Every pair of the files by sample token, in file and line order (a token may have many), read one
     line at a time: a line is at most MAX_QA_LINE_BYTES, a keyframe has at most MAX_QA_PER_KEYFRAME pairs,
-    all files together at most MAX_QA_PAIRS. With `known_tokens`, pairs for other tokens are checked,
+    and at most MAX_QA_PAIRS are kept in all. With `known_tokens`, pairs for other tokens are checked,
     counted and dropped, so memory follows the data set, not the files."""
     paths = [Path(p) for p in paths]
     for path in paths:  # every file named is there before any is read
         regular_file(path, "question-answer file")
     data = QAData(defaultdict(list))
-    total = 0
+    kept = 0
     for path in paths:
         for n, raw in iter_json_lines(path, "question-answer file", MAX_QA_LINE_BYTES):
             where = f"question-answer file {path} line {n}"
@@ -86,11 +86,7 @@ def load_qa_files(paths: Iterable[str | Path], known_tokens: Collection[str] | N
             if not isinstance(token, str) or not token:
                 raise UserError(f"{where} has no sample 'token'")
             pair = QAPair.from_dict(raw, where)
-            total += 1
-            if total > MAX_QA_PAIRS:
-                raise UserError(f"the question-answer files hold more than {MAX_QA_PAIRS:,} pairs ({where}); split "
-                                f"them across manifests, or keep the pairs of the samples you train on")
-            if known_tokens is not None and token not in known_tokens:
+            if known_tokens is not None and token not in known_tokens:  # checked, counted, not kept
                 data.unknown_pairs += 1
                 if len(data.unknown_examples) < 3 and token not in data.unknown_examples:
                     data.unknown_examples.append(token[:64])
@@ -98,6 +94,10 @@ def load_qa_files(paths: Iterable[str | Path], known_tokens: Collection[str] | N
             if len(data.pairs[token]) >= MAX_QA_PER_KEYFRAME:
                 raise UserError(f"{where}: sample {token} has more than {MAX_QA_PER_KEYFRAME:,} question-answer pairs, "
                                 f"more than a keyframe's questions could be")
+            kept += 1
+            if kept > MAX_QA_PAIRS:
+                raise UserError(f"the question-answer files hold more than {MAX_QA_PAIRS:,} pairs for this data set's "
+                                f"samples ({where}); split the data set across manifests")
             data.pairs[token].append(pair)
     data.pairs = dict(data.pairs)
     return data

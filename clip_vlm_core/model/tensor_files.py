@@ -15,7 +15,6 @@ frozen base weights may also be quantized (8-bit and 4-bit integer packings, FP8
 from __future__ import annotations
 
 import math
-import stat
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.jsonin import parse_json
 from clip_vlm_core.limits import size_text
-from clip_vlm_core.paths import file_kind
+from clip_vlm_core.paths import regular_file_info
 
 # Bytes per element of every dtype safetensors writes (sub-byte FP4/FP6 packings are not loaded here).
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
@@ -85,15 +84,7 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def _regular_size(path: Path, what: str) -> int:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} is missing") from None
-    except OSError as exc:
-        raise UserError(f"{what} {path} cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{what} {path} is {file_kind(info.st_mode)}, not a regular file")
-    return info.st_size
+    return regular_file_info(path, what, missing="is missing").st_size
 
 
 def read_safetensors_header(path: str | Path, what: str) -> dict[str, TensorInfo]:
