@@ -20,17 +20,25 @@ line (`written by clip-vlm data gallery`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.jsonin import read_json_object
+from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
+from clip_vlm_core.paths import file_kind
+
+log = logging.getLogger(__name__)
 
 MARKER = ".clip-vlm-output"
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
@@ -141,16 +149,49 @@ def sweep_stale_staging(folder: Path) -> list[Path]:
         match = _STAGING.match(entry.name)
         if not match or match["host"] != _HOST or _alive(int(match["pid"])):
             continue
-        final = folder / match["name"]
+        if match["kind"] == "old" and not (folder / match["name"]).exists():
+            restore_interrupted(folder / match["name"])
+            continue
         try:
-            if match["kind"] == "old" and not final.exists():
-                entry.rename(final)  # died between moving the old output aside and putting the new one in
-                continue
             _remove(entry)
             removed.append(entry)
         except OSError:
             pass  # someone else's to clean; never fail a write over it
     return removed
+
+
+# How long a live process may take between the two renames of replace_dir(): microseconds, unless it hangs.
+_REPLACE_WINDOW_S = 2.0
+
+
+def restore_interrupted(target: str | Path) -> bool:
+    """Put back a folder that a run killed between the two renames of `replace_dir` left set aside:
+    `target` missing, its complete previous copy in `.NAME.old-HOST-PID-X` beside it. Returns whether it
+    restored one. A copy set aside by a process that still runs on this host is left to it for a moment
+    (it is about to finish); a missing target is then restored whoever set it aside."""
+    target = Path(target).absolute()
+    if target.exists() or target.is_symlink():
+        return False
+    try:
+        copies = [p for p in target.parent.iterdir()
+                  if (m := _STAGING.match(p.name)) and m["kind"] == "old" and m["name"] == target.name and p.is_dir()]
+    except OSError:
+        return False
+    if not copies:
+        return False
+    newest = max(copies, key=lambda p: p.stat().st_mtime)
+    match = _STAGING.match(newest.name)
+    pid = int(match["pid"])
+    if match["host"] == _HOST and pid != os.getpid() and _alive(pid):
+        deadline = time.monotonic() + _REPLACE_WINDOW_S
+        while time.monotonic() < deadline and not target.exists():
+            time.sleep(0.05)
+    try:
+        newest.rename(target)
+    except OSError:
+        return False  # put there meanwhile by its writer, or a read-only folder: nothing to restore here
+    log.warning("restored %s from %s, which a run killed while replacing it left behind", target, newest.name)
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -203,20 +244,75 @@ def written_by(path: Path) -> str | None:
     this file (its first line), if any."""
     try:
         if path.is_dir():
-            record = json.loads((path / MARKER).read_text())
+            record = read_json_object(path / MARKER, "output marker", MAX_SMALL_JSON_BYTES)
             extra = set(os.listdir(path)) - {MARKER} - set(record.get("entries", os.listdir(path)))
             return None if extra else record.get("written_by")
         with open(path, "rb") as f:
             first = f.read(256).decode("utf-8", "replace").splitlines()[0]
         found = re.search(r"written by (clip-vlm [a-z -]+[a-z])", first)
         return found[1] if found else None
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+    except (OSError, ValueError, AttributeError, IndexError, TypeError, UserError):
         return None
 
 
 def file_mark(writer: str) -> str:
     """The first-line words by which a single output file is recognised as `writer`'s."""
     return f"written by {writer}"
+
+
+def _refuse_inputs(target: Path, inputs: Mapping[str, str | Path | None] | None, flag: str) -> tuple[str, str] | None:
+    """Refuse a target that is or holds one of the inputs; return the (role, path) of an input it lies
+    inside, if any (the caller decides whether that is allowed)."""
+    shown = f"{flag} {target}"
+    real = target.resolve()
+    # What is not there cannot be lost (e.g. a hub id); an input the target *is* is named before one it holds.
+    sources = [(role, path, Path(path).resolve()) for role, path in (inputs or {}).items()
+               if path not in (None, "") and Path(path).exists()]
+    for relation, hit in (("is", lambda source: real == source), ("holds", lambda source: source.is_relative_to(real))):
+        for role, path, source in sources:
+            if hit(source):
+                raise UserError(f"{shown} {relation} the {role} {path}; clip-vlm never replaces its own inputs, "
+                                f"even with --overwrite: choose another {flag}")
+    return next(((role, path) for role, path, source in sources if real.is_relative_to(source)), None)
+
+
+def guard_append(
+    target: str | Path,
+    inputs: Mapping[str, str | Path | None] | None,
+    is_own: Callable[[dict], bool],
+    what: str,
+    flag: str = "--log",
+) -> None:
+    """Refuse, in one sentence, to append to `target` where that would change what the user has: never
+    an input, a file inside an input (a checkpoint folder), a folder or special file, nor an existing file
+    whose first line is not a JSON record `is_own` recognises (an image, a recipe, a manifest, ...).
+    `what` names the file kind in the sentence ("a clip-vlm caption/ask log")."""
+    target = Path(target)
+    shown = f"{flag} {target}"
+    inside_of = _refuse_inputs(target, inputs, flag)
+    if inside_of is not None:
+        role, path = inside_of
+        raise UserError(f"{shown} is inside the {role} {path}; clip-vlm never writes into its inputs: choose "
+                        f"another {flag}")
+    try:
+        info = target.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{shown} is {file_kind(info.st_mode)}, not a log file: choose another {flag}")
+    if info.st_size == 0:
+        return
+    try:
+        with open(target, "rb") as f:
+            first = f.readline(1 << 20)
+        record = json.loads(first)
+    except (OSError, ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict) or not is_own(record):
+        raise UserError(f"{shown} exists and is not {what} (its first line is no such record); clip-vlm appends "
+                        f"only to its own logs: choose another {flag}")
 
 
 def guard_output(
@@ -235,16 +331,7 @@ def guard_output(
     training run's checkpoints are worth a question)."""
     target = Path(target)
     shown = f"{flag} {target}"
-    real = target.resolve()
-    # What is not there cannot be lost (e.g. a hub id); an input the target *is* is named before one it holds.
-    sources = [(role, path, Path(path).resolve()) for role, path in (inputs or {}).items()
-               if path not in (None, "") and Path(path).exists()]
-    for relation, hit in (("is", lambda source: real == source), ("holds", lambda source: source.is_relative_to(real))):
-        for role, path, source in sources:
-            if hit(source):
-                raise UserError(f"{shown} {relation} the {role} {path}; clip-vlm never replaces its own inputs, "
-                                f"even with --overwrite: choose another {flag}")
-    inside_of = next(((role, path) for role, path, source in sources if real.is_relative_to(source)), None)
+    inside_of = _refuse_inputs(target, inputs, flag)
     if not (target.exists() or target.is_symlink()):
         return
     if kind == "folder" and not target.is_dir():

@@ -15,12 +15,14 @@ from clip_vlm_core.limits import (
     MAX_NEW_TOKENS,
     MAX_NUM_BEAMS,
     MAX_REPETITION_PENALTY,
+    MAX_SMALL_JSON_BYTES,
     MAX_TEMPERATURE,
     MAX_TOP_K,
     MIN_REPETITION_PENALTY,
     MIN_TEMPERATURE,
     bounded,
     check_fields,
+    check_prompt,
     one_of,
 )
 
@@ -36,6 +38,7 @@ NUSCENES_CAMERAS = (
     "CAM_BACK_LEFT",
     "CAM_BACK_RIGHT",
 )
+VIEW_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_PROMPT = "Describe what the car's cameras see, front then back, in plain language."
 # LoRA goes on the language model's attention and MLP projections only. The vision tower has modules
 # of the same names (gate_proj, up_proj, ...), hence the path anchor.
@@ -74,16 +77,23 @@ class CaptionerConfig:
     lora_targets: str = LANGUAGE_MODEL_LORA_TARGETS
 
     def __post_init__(self) -> None:
+        if not isinstance(self.views, list | tuple):
+            raise UserError(f"captioner.views must be a list of camera names, got {self.views!r}")
         self.views = tuple(self.views)
         if not self.views:
             raise UserError("the captioner needs at least one camera view")
+        for view in self.views:  # view names are written into the prompt ("CAM_FRONT: ")
+            if not isinstance(view, str) or not VIEW_NAME.fullmatch(view):
+                raise UserError(f"captioner.views holds {view!r}; a camera name is 1 to 64 letters, digits, '_' "
+                                f"or '-', e.g. CAM_FRONT")
         if len(set(self.views)) != len(self.views):
             raise UserError(f"camera views must be distinct, got {list(self.views)}")
         check_fields(self, "captioner.")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"captioner.min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
-        if not self.prompt.strip():
-            raise UserError("captioner.prompt is empty: give the instruction the model captions by")
+        # Every prompt, wherever it comes from (a checkpoint's config, a recipe, --prompt, the node's prompt
+        # parameter through with_prompt()), passes the check questions pass.
+        self.prompt = check_prompt(self.prompt, "captioner.prompt")
         try:
             re.compile(self.lora_targets)
         except re.error as exc:
@@ -191,14 +201,10 @@ def save_json(obj: Any, path: Path) -> None:
 
 
 def load_json(cls: type[T], path: Path) -> T:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object")
+    """A dataclass from a JSON object file (a checkpoint's clip_vlm_config.json), read bounded."""
+    from clip_vlm_core.jsonin import read_json_object
+
+    data = read_json_object(path, "config", MAX_SMALL_JSON_BYTES)
     return from_dict(cls, data, where=str(path))
 
 

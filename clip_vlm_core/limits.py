@@ -43,6 +43,92 @@ MAX_SEQUENCES = 256
 # (~250 tokens) is beyond any, while a megabyte string would be ~250,000 prompt tokens in one forward pass.
 MAX_QUESTION_CHARS = 1000
 
+# Every other text that enters the prompt or a training target passes the same check (`check_text`):
+# no chat-template tokens, valid Unicode, and a length beyond any real use. The caption prompt is an
+# instruction, as a question is. An answer is a word to a short paragraph; 2,000 characters (~500 tokens)
+# is beyond any, while a 1 MB answer made training ask for 68 GB. A caption target may be longer, but no
+# longer than the model may generate (MAX_NEW_TOKENS tokens, ~4 characters each): 8,000 characters is
+# ~2,000 tokens, beyond NuInteract's joint front-and-back descriptions.
+MAX_PROMPT_CHARS = MAX_QUESTION_CHARS
+MAX_ANSWER_CHARS = 2000
+MAX_CAPTION_CHARS = 8000
+
+# Question-answer data (`data build --qa`), read one line at a time. A line is one pair, a few kB; 4 MiB
+# bounds what one line may cost while an over-long answer is still read far enough to be named as such.
+# A keyframe with more than 1,000 pairs is not data; 2,000,000 pairs kept for a data set's samples is ~60
+# per keyframe of nuScenes trainval (memory ~1 GB); pairs for other samples are counted, not kept.
+MAX_QA_LINE_BYTES = 4 << 20
+MAX_QA_PER_KEYFRAME = 1000
+MAX_QA_PAIRS = 2_000_000
+# Manifest rows: one keyframe with up to MAX_QA_PER_KEYFRAME pairs fits in 32 MiB; nuScenes trainval has
+# 34,149 keyframes, a manifest of more than 1,000,000 rows is not one.
+MAX_MANIFEST_LINE_BYTES = 32 << 20
+MAX_MANIFEST_ROWS = 1_000_000
+
+# JSON files (clip_vlm_core.jsonin). No file clip-vlm reads nests more than ~6 levels (tokenizer.json);
+# Python's parser fails with RecursionError near 1,000.
+MAX_JSON_DEPTH = 64
+# Configs, manifest.json, a run's state, adapter_config.json: kilobytes; a long run's trainer state
+# (its loss history) a few MB.
+MAX_SMALL_JSON_BYTES = 16 << 20
+# The JSON files of a model folder: tokenizer.json is 7 MB for Qwen2.5, 33 MB for the largest vocabularies.
+MAX_MODEL_JSON_BYTES = 64 << 20
+# Training recipes (YAML): a few kilobytes, and no more than 100,000 values (YAML aliases can repeat a
+# list a billion times in a few lines).
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_VALUES = 100_000
+
+
+def check_text(text: Any, what: str, max_chars: int, why: str) -> str:
+    """Text that enters the prompt or a training target (a question, the caption prompt, an answer, a
+    caption), stripped of surrounding blanks, or one sentence saying why it cannot: not text, empty, not
+    valid Unicode (an undecodable byte or a lone surrogate), longer than `max_chars` (`why` says why that
+    is the limit), or holding a chat-template token, which would rewrite the prompt around it."""
+    if not isinstance(text, str):
+        raise UserError(f"{what} must be text, got {type(text).__name__}")
+    stripped = text.strip()
+    if not stripped:
+        raise UserError(f"{what} is empty")
+    surrogate = re.search(r"[\ud800-\udfff]", stripped)
+    if surrogate:
+        raise UserError(f"{what} is not valid Unicode text (U+{ord(surrogate[0]):04X} at character "
+                        f"{surrogate.start() + 1:,}: a byte that is not UTF-8, or a lone surrogate)")
+    if len(stripped) > max_chars:
+        raise UserError(f"{what} is {len(stripped):,} characters long, more than {max_chars:,} ({why})")
+    if re.search(r"<\|[^<>|]*\|>", stripped):  # Qwen's special tokens: <|im_end|>, <|image_pad|>, ...
+        raise UserError(f"{what} holds a chat-template token ('<|...|>'), which would rewrite the prompt; "
+                        f"write it in words")
+    return stripped
+
+
+def check_prompt(prompt: Any, what: str = "the prompt") -> str:
+    """The caption prompt (an instruction: a checkpoint's, --prompt, the node's prompt parameter)."""
+    if isinstance(prompt, str) and not prompt.strip():
+        raise UserError(f"{what} is empty: give the instruction the model captions by")
+    return check_text(prompt, what, MAX_PROMPT_CHARS,
+                      "an instruction is a sentence or two; each character costs prompt tokens")
+
+
+def check_answer(answer: Any, what: str = "the answer") -> str:
+    """A training or reference answer."""
+    return check_text(answer, what, MAX_ANSWER_CHARS,
+                      "an answer is a word to a short paragraph; each character costs training memory")
+
+
+def check_caption(caption: Any, what: str = "the caption") -> str:
+    """A training or reference caption."""
+    return check_text(caption, what, MAX_CAPTION_CHARS,
+                      "about 2,000 tokens, half of the longest caption the model may generate")
+
+
+def size_text(nbytes: int) -> str:
+    """A size as people read it: 512 bytes, 64 KiB, 16 MiB, 1.5 GiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            value = nbytes / (1 << shift)
+            return f"{value:,.0f} {unit}" if value.is_integer() or value >= 100 else f"{value:.1f} {unit}"
+    return f"{nbytes:,} bytes"
+
 
 @dataclass(frozen=True)
 class Bound:
@@ -126,18 +212,10 @@ def check_batch(batch_size: int, num_beams: int, what: str = "batch size") -> No
 
 def check_question(question: Any, what: str = "the question") -> str:
     """A question stripped of surrounding blanks, or one sentence saying why it cannot be asked."""
-    if not isinstance(question, str):
-        raise UserError(f"{what} must be text, got {type(question).__name__}")
-    text = question.strip()
-    if not text:
+    if isinstance(question, str) and not question.strip():
         raise UserError(f"{what} is empty: ask something about the scene")
-    if len(text) > MAX_QUESTION_CHARS:
-        raise UserError(f"{what} is {len(text):,} characters long, more than {MAX_QUESTION_CHARS:,} "
-                        f"(a question is a sentence or two; each character costs prompt tokens)")
-    if re.search(r"<\|[^<>|]*\|>", text):  # Qwen's special tokens: <|im_end|>, <|image_pad|>, ...
-        raise UserError(f"{what} holds a chat-template token ('<|...|>'), which would rewrite the prompt; "
-                        f"ask in words")
-    return text
+    return check_text(question, what, MAX_QUESTION_CHARS,
+                      "a question is a sentence or two; each character costs prompt tokens")
 
 
 # Bags (`clip-vlm bag info|play`). Every size a bag declares is checked against these before anything is

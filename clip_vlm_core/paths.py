@@ -10,6 +10,7 @@ never opened.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path, PurePosixPath
 
@@ -80,16 +81,23 @@ def data_file(root: str | Path, relative: object, what: str) -> Path:
 def regular_file(path: str | Path, what: str) -> Path:
     """A file a user named on the command line, checked before it is opened: one sentence when it does not
     exist or is a folder, FIFO (a read would block forever) or device (a read would never end)."""
+    regular_file_info(path, what)
+    return Path(path)
+
+
+def regular_file_info(path: str | Path, what: str, missing: str = "does not exist") -> os.stat_result:
+    """`regular_file`'s checks, returning the file's stat (its size, for a reader that bounds it);
+    `missing` is how the sentence says it is not there ("is missing" for a file a folder should hold)."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist") from None
+        raise UserError(f"{what} {path} {missing}") from None
     except OSError as exc:
         raise UserError(f"{what} {path} cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise UserError(f"{what} {path} is {file_kind(mode)}, not a regular file")
-    return path
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{what} {path} is {file_kind(info.st_mode)}, not a regular file")
+    return info
 
 
 def file_kind(mode: int) -> str:

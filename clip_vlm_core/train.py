@@ -19,6 +19,7 @@ disk or a read-only folder ends the run in one sentence with the earlier checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,11 +36,21 @@ import numpy as np
 import torch
 import yaml
 
-from clip_vlm_core.atomic import guard_output, remove_output, staged_dir, write_marker, write_text
+from clip_vlm_core.atomic import (
+    guard_output,
+    remove_output,
+    restore_interrupted,
+    staged_dir,
+    staging_area,
+    write_marker,
+    write_text,
+)
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.jsonin import read_json_object
 from clip_vlm_core.jsonout import dumps
+from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
-from clip_vlm_core.train_config import RunConfig
+from clip_vlm_core.train_config import RunConfig, read_recipe
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +112,11 @@ def run_training(
     if accelerator.is_main_process:
         if overwrite and not continuing and run_dir.exists():
             remove_output(run_dir)
-        _write_run_record(run_dir, config)
-        if changed:  # said once the resumed run is under way
-            log.info("resuming with changed settings: %s", _differences(changed))
+        if resume_dir is None:
+            _write_run_record(run_dir, config)
+        else:  # a resumed run records itself once latest/ has been read whole; a folder it cannot write stops it now
+            with staging_area(run_dir / "latest"):
+                pass
     accelerator.wait_for_everyone()
 
     captioner = _build_captioner(config, run_dir, resume_dir, accelerator)
@@ -125,6 +138,10 @@ def run_training(
     if resume_dir is not None:
         state = _load_latest(resume_dir, optimizer, scheduler)
         apply_recipe_rates(optimizer, scheduler, parameter_groups(model, o))
+        if accelerator.is_main_process:
+            _write_run_record(run_dir, config)
+            if changed:  # said once the resumed run is under way
+                log.info("resuming with changed settings: %s", _differences(changed))
         log.info("resuming from %s at step %d", resume_dir, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.init_trackers("tensorboard")
@@ -215,7 +232,10 @@ def check_resume_recipe(config: RunConfig, resume_dir: Path) -> dict[str, tuple[
     if saved_path is None:
         log.warning("cannot compare the recipe with %s's (no recipe.yaml beside it): resuming as given", resume_dir)
         return {}
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    saved = read_recipe(saved_path, "saved recipe") or {}
+    if not isinstance(saved, dict):
+        raise UserError(f"cannot resume {resume_dir}: its recipe {saved_path} is not a mapping of sections")
+    saved = _flatten(saved)
     current = _flatten(yaml.safe_load(yaml.safe_dump(config.to_dict())))
     changed = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
                if k != "run_dir" and saved.get(k) != current.get(k)}
@@ -245,9 +265,14 @@ def _differences(changed: dict[str, tuple[Any, Any]]) -> str:
 
 
 def _resume_dir(run_dir: Path, resume: str | None) -> Path | None:
+    """The latest/ folder to resume from. A run killed between the two renames of a folder replace left
+    it (or best/) set aside as `.latest.old-*`: it is put back first (clip_vlm_core.atomic)."""
     if resume is None:
         return None
     path = run_dir / "latest" if resume == "latest" else Path(resume)
+    restore_interrupted(path)
+    if _continues_run(run_dir, resume):
+        restore_interrupted(run_dir / "best")
     if not (path / "trainer_state.json").is_file():
         raise UserError(f"cannot resume: {path} is not a latest/ checkpoint (no trainer_state.json)")
     return path
@@ -569,29 +594,81 @@ def _write_latest(tmp: Path, target: Path, captioner, optimizer, scheduler, stat
 
 
 def _load_latest(resume_dir: Path, optimizer, scheduler) -> TrainerState:
-    from safetensors.torch import load_file
+    """Optimizer, scheduler, RNG and trainer state of latest/, each checked before it is read or applied:
+    the optimizer file's storages against the parameters they belong to (8-bit state allowed), the
+    scheduler's and trainer's state as bounded JSON of the expected fields."""
+    from clip_vlm_core.model.checkpoint_limits import (
+        check_optimizer_file,
+        check_optimizer_state,
+        load_rng_state,
+    )
 
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer_file = resume_dir / "optimizer.pt"
+    check_optimizer_file(optimizer_file, params)
     try:
-        optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
+        state = torch.load(optimizer_file, weights_only=True)  # tensors and numbers only, no code
+    except Exception as exc:  # noqa: BLE001 - torch reports a damaged file in many types; all mean the same
+        raise UserError(f"optimizer state {optimizer_file} is damaged ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    check_optimizer_state(state, params, optimizer_file)
+    try:
+        optimizer.load_state_dict(state)
     except ValueError as exc:  # another parameter-group layout: an older clip-vlm wrote it
         raise UserError(f"cannot resume {resume_dir}: its optimizer state does not fit this version's parameter "
                         f"groups ({exc}); start a new run with optim.init={resume_dir / 'checkpoint'}") from None
-    scheduler.load_state_dict(json.loads((resume_dir / "scheduler.json").read_text()))
-    rng = load_file(resume_dir / "rng.safetensors")
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([rng[k] for k in sorted(k for k in rng if k.startswith("cuda_"))])
-    record = json.loads((resume_dir / "trainer_state.json").read_text())
-    random.setstate(_tupled(record.pop("python_rng")))
-    np_state = record.pop("numpy_rng")
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    return TrainerState(**record)
+    scheduler.load_state_dict(_checked_scheduler_state(resume_dir / "scheduler.json", scheduler))
+    rng = load_rng_state(resume_dir / "rng.safetensors")
+    record = read_json_object(resume_dir / "trainer_state.json", "trainer state", MAX_SMALL_JSON_BYTES)
+    return _restore_trainer_state(record, rng, resume_dir / "trainer_state.json")
+
+
+def _checked_scheduler_state(path: Path, scheduler) -> dict[str, Any]:
+    """scheduler.json: the keys the scheduler's own state has, each of the same kind (LambdaLR's
+    load_state_dict sets whatever keys it is given as attributes)."""
+    saved = read_json_object(path, "scheduler state", MAX_SMALL_JSON_BYTES)
+    fresh = scheduler.state_dict()
+    for key, value in saved.items():
+        if key not in fresh:
+            raise UserError(f"scheduler state {path} holds {key!r}, which the schedule does not have")
+        ours = fresh[key]
+        same_kind = (isinstance(value, list) and isinstance(ours, list) and len(value) == len(ours)) or \
+            (isinstance(value, int | float) and isinstance(ours, int | float)) or value is None or \
+            type(value) is type(ours)
+        if not same_kind:
+            raise UserError(f"scheduler state {path}: {key} is {value!r}, not what the schedule keeps there")
+    return saved
+
+
+def _restore_trainer_state(record: dict[str, Any], rng: dict[str, torch.Tensor], path: Path) -> TrainerState:
+    """Set the RNGs and return the TrainerState that trainer_state.json holds, or say it is damaged."""
+    known = {f.name for f in dataclasses.fields(TrainerState)} | {"python_rng", "numpy_rng"}
+    unknown = sorted(set(record) - known)
+    if unknown:
+        raise UserError(f"trainer state {path} holds unknown key(s) {unknown}")
+    try:
+        state = TrainerState(**{k: v for k, v in record.items() if k not in ("python_rng", "numpy_rng")})
+        for name in ("step", "epoch", "batches_into_epoch", "evals_without_improvement"):
+            value = getattr(state, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} is {value!r}, not a count")
+        if not isinstance(state.best_val_loss, int | float) or not isinstance(state.history, list):
+            raise ValueError("best_val_loss or history is of the wrong kind")
+        python_rng, np_state = record["python_rng"], record["numpy_rng"]
+        random.setstate(_tupled(python_rng))
+        np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([rng[k] for k in sorted(k for k in rng if k.startswith("cuda_"))])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as exc:
+        raise UserError(f"trainer state {path} is damaged ({type(exc).__name__}: {exc})") from None
+    return state
 
 
 def _latest_step(run_dir: Path) -> int | str:
     try:
-        return json.loads((run_dir / "latest" / "trainer_state.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
+        return read_json_object(run_dir / "latest" / "trainer_state.json", "trainer state", MAX_SMALL_JSON_BYTES)["step"]
+    except (UserError, KeyError):
         return "none saved yet"
 
 

@@ -11,7 +11,17 @@ import yaml
 
 from clip_vlm_core.config import CaptionerConfig, from_dict
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.limits import MAX_BATCH_SIZE, Bound, bounded, check_fields, check_number, one_of
+from clip_vlm_core.limits import (
+    MAX_BATCH_SIZE,
+    MAX_RECIPE_BYTES,
+    MAX_RECIPE_VALUES,
+    Bound,
+    bounded,
+    check_fields,
+    check_number,
+    one_of,
+    size_text,
+)
 
 _SEED = "a seed numpy accepts"
 _TYPE_WEIGHT = Bound(0.0, 1000.0, why="times as often as its share of the questions")
@@ -95,10 +105,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
         path = Path(path)
         if not path.is_file():
             raise UserError(f"training config {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"training config {path} is not valid YAML ({exc})") from None
+        raw = read_recipe(path, "training config") or {}
         if not isinstance(raw, dict):
             raise UserError(f"training config {path} must be a mapping of sections")
     for item in overrides:
@@ -111,7 +118,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             continue
         if len(parts) != 2 or parts[0] not in SECTIONS:
             raise UserError(f"override {key!r} must be run_dir or one of {sorted(SECTIONS)} followed by .key")
-        raw.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(value)
+        raw.setdefault(parts[0], {})[parts[1]] = parse_recipe_text(value, f"override {key}")
     unknown = sorted(set(raw) - {"run_dir", *SECTIONS})
     if unknown:
         raise UserError(f"training config has unknown section(s) {unknown}; known: run_dir, {sorted(SECTIONS)}")
@@ -119,6 +126,58 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     config = RunConfig(run_dir=str(raw.get("run_dir", RunConfig.run_dir)), **sections)
     _validate(config)
     return config
+
+
+def read_recipe(path: Path, what: str) -> Any:
+    """A YAML recipe (a run's config.yaml, latest/recipe.yaml too), bounded: at most MAX_RECIPE_BYTES, and
+    at most MAX_RECIPE_VALUES values once its aliases are followed (a few lines of YAML can repeat a list
+    a billion times)."""
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise UserError(f"{what} {path} is {size_text(size)}, more than the {size_text(MAX_RECIPE_BYTES)} a recipe may be")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start:,})") from None
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    return parse_recipe_text(text, f"{what} {path}")
+
+
+def parse_recipe_text(text: str, what: str) -> Any:
+    """YAML text parsed safely and bounded (see read_recipe); one sentence when it cannot be."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} is not valid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise UserError(f"{what} nests too deeply to be a recipe") from None
+    stack, count = [value], 0
+    while stack:  # every value as a reader would see it, aliases followed; stops at the bound
+        item = stack.pop()
+        count += 1
+        if count > MAX_RECIPE_VALUES:
+            raise UserError(f"{what} holds more than {MAX_RECIPE_VALUES:,} values (counting what its aliases "
+                            f"repeat); a recipe holds a few dozen")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+def check_base_models_available(config: RunConfig) -> None:
+    """The base models a fresh run starts from exist (local folders) or can be had (hub ids: cached, or
+    downloadable now), said before anything is written or imported (clip_vlm_core.model.model_refs)."""
+    from clip_vlm_core.model.model_refs import QWEN_HUB_FILES, classify_ref, hub_snapshot
+
+    if config.optim.init != "base":
+        return
+    ref = classify_ref(config.captioner.qwen_model, "captioner.qwen_model")
+    if ref.kind == "hub":
+        hub_snapshot(ref.value, "Qwen2.5-VL base model", False, QWEN_HUB_FILES)
+    classify_ref(config.captioner.clip_model, "captioner.clip_model", open_clip_names=True)
 
 
 def _check_type_weights(weights: Any) -> None:
@@ -139,5 +198,13 @@ def _validate(config: RunConfig) -> None:
     _check_type_weights(d.qa_type_weights)
     if not d.synthetic_scenes and not d.train_manifest:
         raise UserError("give data.train_manifest (from `clip-vlm data build`) or data.synthetic_scenes > 0")
-    if o.init not in ("base", "tiny") and not (Path(o.init) / "clip_vlm_config.json").is_file():
-        raise UserError(f"optim.init must be 'base', 'tiny' or a clip-vlm checkpoint folder, got {o.init!r}")
+    if o.init not in ("base", "tiny"):
+        from clip_vlm_core.model.model_refs import classify_ref
+
+        rule = f"optim.init must be 'base', 'tiny' or a clip-vlm checkpoint folder, got {o.init!r}"
+        try:
+            ref = classify_ref(o.init, "optim.init")  # the one rule: a local path must exist
+        except UserError:
+            raise UserError(f"{rule}, which does not exist") from None
+        if ref.kind != "folder" or not (ref.path / "clip_vlm_config.json").is_file():
+            raise UserError(rule)

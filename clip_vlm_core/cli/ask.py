@@ -12,6 +12,7 @@ from clip_vlm_core.cli.caption import (
     add_model_arguments,
     append_log,
     decoding_from_args,
+    guard_log,
     load_captioner,
     log_fields,
     parse_views,
@@ -42,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--question", action="append", default=[], required=True, metavar="TEXT",
                         help="a question about the scene (repeatable; answered in one batch)")
     parser.add_argument("--log", type=Path, default=None,
-                        help="append each question and answer, with the settings, to this JSONL file")
+                        help="append each question and answer, with the settings, to this JSONL file (a new file, or "
+                        "an earlier caption/ask log; never an input)")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for n, question in enumerate(args.question, 1):  # before seconds of model loading; ask() checks again
         check_question(question, f"--question number {n}" if len(args.question) > 1 else "--question")
     views = parse_views(args.view)
+    guard_log(args, views)
     images = {name: load_image(path) for name, path in views.items()}
     captioner = load_captioner(args)
     captioner.images_for([images])  # bad view names fail here, before any model work

@@ -56,10 +56,14 @@ def decoding_from_args(args: argparse.Namespace) -> DecodingConfig:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="clip-vlm checkpoint folder, or a Qwen2.5-VL hub id/folder (default: the embedded model)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="clip-vlm checkpoint folder, or a Qwen2.5-VL folder or hub id org/name (default: the "
+                        "embedded model); a path whose first folder exists here is local and must exist, never a "
+                        "hub id; hub ids come from the Hugging Face cache first")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--local-files-only", action="store_true", help="never contact the model hub")
+    parser.add_argument("--local-files-only", action="store_true",
+                        help="never contact the model hub: a hub id must be in the local cache (as with HF_HUB_OFFLINE=1)")
     parser.add_argument("--base-models-root", metavar="DIR", default=None,
                         help="a folder the checkpoint's local base models may lie in (default: $CLIP_VLM_BASE_MODELS, "
                         "else the folder holding the checkpoint); folders elsewhere are refused")
@@ -76,27 +80,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--view", action="append", default=[], metavar="CAMERA=IMAGE", required=True,
                         help="a camera name and its image file, e.g. CAM_FRONT=front.jpg (repeat per view)")
     parser.add_argument("--prompt", default=None, help="instruction given to the model (default: the checkpoint's)")
-    parser.add_argument("--log", type=Path, default=None, help="append the caption, prompt and settings to this JSONL file")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="append the caption, prompt and settings to this JSONL file (a new file, or an earlier "
+                        "caption/ask log; never an input)")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
 
 
+def check_model_available(args: argparse.Namespace) -> None:
+    """What --checkpoint names exists (or, as a hub id, is cached or may be downloaded): said at once,
+    before seconds of model-library imports (clip_vlm_core.model.model_refs)."""
+    from clip_vlm_core.model.model_refs import check_available
+
+    check_available(args.checkpoint, args.local_files_only, args.base_models_root, what="--checkpoint")
+
+
 def load_captioner(args: argparse.Namespace):
     """The SceneCaptioner the flags of `add_model_arguments` name."""
+    check_model_available(args)
     from clip_vlm_core.model import SceneCaptioner
 
     return SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
                                           base_models_root=args.base_models_root)
 
 
+LOG_FIELDS = ("time", "model", "views", "decoding")  # what log_fields() starts every record with
+
+
+def guard_log(args: argparse.Namespace, views: dict[str, Path]) -> None:
+    """--log goes through the output guard: never an input (an image, the checkpoint or anything in it,
+    the embedded model), never a folder or special file, and never an existing file that is not a
+    caption/ask log (a manifest, a recipe, ...): appending would change what the user has."""
+    from clip_vlm_core.atomic import guard_append
+    from clip_vlm_core.model.model_refs import classify_ref, embedded_assets
+
+    if args.log is None:
+        return
+    inputs: dict[str, Path | str | None] = {f"{name} image": path for name, path in views.items()}
+    try:
+        ref = classify_ref(args.checkpoint, "--checkpoint")
+    except Exception:  # noqa: BLE001 - said when the model is loaded
+        ref = None
+    inputs["checkpoint"] = ref.path if ref is not None and ref.kind == "folder" else None
+    inputs["embedded model"] = embedded_assets()
+    inputs["base models folder"] = args.base_models_root
+    guard_append(args.log, inputs, lambda record: all(key in record for key in LOG_FIELDS),
+                 "a clip-vlm caption/ask log")
+
+
 def append_log(path: Path, records: list[dict]) -> None:
     """Append records to a JSONL log, one strict JSON line each, whatever the settings."""
+    from clip_vlm_core.atomic import write_fault
+    from clip_vlm_core.errors import UserError
     from clip_vlm_core.jsonout import dumps
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as log:
-        log.writelines(dumps(record) + "\n" for record in records)
+    text = "".join(dumps(record) + "\n" for record in records)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as log:
+            log.write(text)  # one write: a reader never sees half a record from us
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {write_fault(exc, path)}") from None
 
 
 def log_fields(captioner, views: dict[str, Path], settings: DecodingConfig) -> dict:
@@ -137,9 +182,13 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from clip_vlm_core.images import load_image
+    from clip_vlm_core.limits import check_prompt
 
     decoding = decoding_from_args(args)
     views = parse_views(args.view)
+    guard_log(args, views)
+    if args.prompt:  # the rule every prompt follows, before seconds of model loading
+        check_prompt(args.prompt, "--prompt")
     images = {name: load_image(path) for name, path in views.items()}
     captioner = load_captioner(args)
     if args.prompt:

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clip_vlm_core.atomic import guard_output
-    from clip_vlm_core.data.manifest import manifest_dataroot
+    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot
     from clip_vlm_core.evaluate import WRITER, eval_inputs, evaluate_manifest
     from clip_vlm_core.jsonout import dumps
 
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = {**eval_inputs(args.manifest, args.dataroot), "checkpoint": args.checkpoint}
     guard_output(args.out, WRITER, inputs, args.overwrite)  # before minutes of model loading
     manifest_dataroot(args.manifest, args.dataroot)  # so is a missing manifest or dataroot
+    load_manifest(args.manifest)  # and a manifest row that cannot be read (its questions, its captions)
     captioner = load_captioner(args)
     metrics = evaluate_manifest(
         args.manifest,

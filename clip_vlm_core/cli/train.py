@@ -46,12 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clip_vlm_core.jsonout import dumps
-    from clip_vlm_core.train import run_training
-    from clip_vlm_core.train_config import load_run_config
+    from clip_vlm_core.train_config import check_base_models_available, load_run_config
 
     config = load_run_config(args.config, args.overrides)
     if args.dataroot:
         config.data.dataroot = args.dataroot
+    if args.resume is None:
+        check_base_models_available(config)  # a hub id that cannot be had: said at once
+    from clip_vlm_core.train import run_training
+
     summary = run_training(config, resume=args.resume, show_progress=not args.no_progress, overwrite=args.overwrite,
                            recipe=args.config)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not per DDP process

@@ -37,7 +37,15 @@ from clip_vlm_core.data.nuinteract import (
 from clip_vlm_core.data.qa import QAPair, load_qa_files
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import LIMITS_TEXT, MAX_IMAGE_BYTES, bytes_problem, header_size, pixels_problem
-from clip_vlm_core.paths import MissingDataFile, check_relative, data_file
+from clip_vlm_core.jsonin import iter_json_lines, read_json_object
+from clip_vlm_core.limits import (
+    MAX_MANIFEST_LINE_BYTES,
+    MAX_MANIFEST_ROWS,
+    MAX_QA_PER_KEYFRAME,
+    MAX_SMALL_JSON_BYTES,
+    check_caption,
+)
+from clip_vlm_core.paths import MissingDataFile, check_relative, data_file, regular_file
 
 META_FILE = "manifest.json"
 WRITER = "clip-vlm data build"
@@ -68,18 +76,24 @@ class ManifestRow:
         return data_file(dataroot, self.views[camera].path, f"sample {self.sample_token} {camera} image")
 
 
+# Skipped items are counted; only the first few of each reason are kept to name them.
+SKIP_EXAMPLES = 100
+
+
 @dataclass
 class BuildReport:
     counts: dict[str, int]
-    skipped: dict[str, list[str]]  # reason -> offending tokens / paths
+    skipped: dict[str, list[str]]  # reason -> offending tokens / paths (the first SKIP_EXAMPLES)
     qa_counts: dict[str, int] = field(default_factory=dict)  # question-answer pairs per split
+    skipped_counts: dict[str, int] = field(default_factory=dict)  # reason -> how many (all of them)
 
     def summary(self) -> str:
         lines = [f"{split}: {n} samples" + (f", {self.qa_counts[split]} question-answer pairs"
                                              if self.qa_counts.get(split) else "")
                  for split, n in self.counts.items()]
         for reason, items in self.skipped.items():
-            lines.append(f"skipped {len(items)} ({reason}), e.g. {', '.join(items[:3])}")
+            count = self.skipped_counts.get(reason, len(items))
+            lines.append(f"skipped {count} ({reason}), e.g. {', '.join(items[:3])}")
         return "\n".join(lines)
 
 
@@ -132,9 +146,12 @@ def build_manifest(
     inputs = {"nuScenes dataroot": dataroot, "NuInteract captions folder": captions,
               **{f"question-answer file #{n}": file for n, file in enumerate(qa, 1)}}
     guard_output(out, WRITER, inputs, overwrite)
+    for file in qa:  # a --qa file that is not there is said before the tables load
+        regular_file(file, "question-answer file")
     nusc = load_nuscenes(dataroot, version)
     records = load_nuinteract(captions)
-    qa_pairs = load_qa_files(qa)
+    qa_data = load_qa_files(qa, known_tokens={sample["token"] for sample in nusc.sample})
+    qa_pairs = qa_data.pairs
     check_caption_keys(records, caption_keys, captions)
     dataroot, out = Path(dataroot).resolve(), Path(out)
     known_cameras = {s["channel"] for s in nusc.sensor}
@@ -144,11 +161,14 @@ def build_manifest(
     scene_split = {name: split for split, names in create_splits_scenes().items()
                    if split in VERSION_SPLITS[version] for name in names}
     skipped: dict[str, list[str]] = defaultdict(list)
+    skipped_counts: Counter[str] = Counter()
 
-    def skip(reason: str, what: str) -> None:
+    def skip(reason: str, what: str, count: int = 1) -> None:
         if strict:
             raise UserError(f"{reason}: {what} (--strict)")
-        skipped[reason].append(what)
+        skipped_counts[reason] += count
+        if len(skipped[reason]) < SKIP_EXAMPLES:
+            skipped[reason].append(what)
 
     rows: dict[str, list[dict]] = {split: [] for split in VERSION_SPLITS[version]}
     sample_tokens = set()
@@ -161,6 +181,11 @@ def build_manifest(
         caption = target_caption(records, sample["token"], caption_keys)
         if caption is None:
             skip("keyframe without caption", sample["token"])
+            continue
+        try:  # a training target: valid text, no chat-template tokens, not longer than the model may say
+            caption = check_caption(caption, f"the caption of {sample['token']}")
+        except UserError as exc:
+            skip("caption that cannot be a training target", str(exc))
             continue
         views = {}
         for cam in cameras:
@@ -180,18 +205,18 @@ def build_manifest(
             rows[scene_split[scene]].append(row)
     for token in sorted(set(records) - sample_tokens):
         skip("caption for an unknown sample token", token)
-    for token in sorted(set(qa_pairs) - sample_tokens):
-        skip("questions for an unknown sample token", token)
+    if qa_data.unknown_pairs:
+        skip("questions for an unknown sample token", ", ".join(qa_data.unknown_examples), qa_data.unknown_pairs)
 
     counts = {split: len(r) for split, r in rows.items()}
     qa_counts = {split: sum(len(row.get("qa", ())) for row in r) for split, r in rows.items()}
     meta = {"nuscenes_version": version, "dataroot": str(dataroot), "captions": str(Path(captions).resolve()),
             "qa": [str(Path(f).resolve()) for f in qa], "qa_counts": qa_counts,
             "cameras": list(cameras), "caption_keys": list(caption_keys), "counts": counts,
-            "skipped": {reason: len(items) for reason, items in skipped.items()},
+            "skipped": dict(skipped_counts),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tool_version": __version__}
     _write_atomically(out, rows, meta)
-    return BuildReport(counts, dict(skipped), qa_counts)
+    return BuildReport(counts, dict(skipped), qa_counts, dict(skipped_counts))
 
 
 def _view_record(dataroot: Path, sample_data: dict, skip) -> ViewRecord | None:
@@ -246,12 +271,9 @@ def read_manifest_meta(out_dir: str | Path) -> dict:
     if not Path(out_dir).exists():
         raise UserError(f"manifest {out_dir} does not exist")
     path = manifest_dir(out_dir) / META_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: is {manifest_dir(out_dir)} a manifest from `clip-vlm data build`?") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
+    if not path.exists():
+        raise UserError(f"{path} is missing: is {manifest_dir(out_dir)} a manifest from `clip-vlm data build`?")
+    return read_json_object(path, "manifest metadata", MAX_SMALL_JSON_BYTES)
 
 
 def split_files(out_dir: str | Path) -> list[Path]:
@@ -259,25 +281,38 @@ def split_files(out_dir: str | Path) -> list[Path]:
 
 
 def load_manifest(path: str | Path) -> list[ManifestRow]:
-    """Rows of one split file (or of every split, given the folder)."""
+    """Rows of one split file (or of every split, given the folder), read one line at a time; each row is
+    checked as data it is: image paths inside the dataroot, the caption and every question and answer
+    held to the rule of texts that enter the prompt or a training target (clip_vlm_core.limits)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"manifest {path} does not exist")
-    files = split_files(path) if path.is_dir() else [path]
+    files = split_files(path) if path.is_dir() else [regular_file(path, "manifest")]
     rows = []
     for file in files:
-        for n, line in enumerate(file.read_text().splitlines(), 1):
-            try:
-                raw = json.loads(line)
-                views = {cam: ViewRecord(**v) for cam, v in raw["views"].items()}
-                for cam, view in views.items():  # rows are data files too: paths stay inside the dataroot
-                    check_relative(view.path, f"manifest {file} line {n}: {cam} path")
-                qa = tuple(QAPair.from_dict(pair, f"manifest {file} line {n} qa") for pair in raw.get("qa", ()))
-                rows.append(ManifestRow(raw["sample_token"], raw["scene"], int(raw["timestamp"]), views,
-                                        raw["caption"], qa))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise UserError(f"manifest {file} line {n} is not a valid row ({exc})") from None
+        for n, raw in iter_json_lines(file, "manifest", MAX_MANIFEST_LINE_BYTES):
+            if len(rows) >= MAX_MANIFEST_ROWS:
+                raise UserError(f"manifest {path} has more than {MAX_MANIFEST_ROWS:,} rows, more keyframes than any "
+                                f"data set has")
+            rows.append(_row(raw, f"manifest {file} line {n}"))
     return rows
+
+
+def _row(raw: object, where: str) -> ManifestRow:
+    try:
+        views = {cam: ViewRecord(**v) for cam, v in raw["views"].items()}
+        for cam, view in views.items():  # rows are data files too: paths stay inside the dataroot
+            check_relative(view.path, f"{where}: {cam} path")
+        pairs = raw.get("qa", ())
+        if len(pairs) > MAX_QA_PER_KEYFRAME:
+            raise UserError(f"{where} has {len(pairs):,} question-answer pairs, more than {MAX_QA_PER_KEYFRAME:,}")
+        qa = tuple(QAPair.from_dict(pair, f"{where} qa") for pair in pairs)
+        if not isinstance(raw["sample_token"], str) or not isinstance(raw["scene"], str):
+            raise TypeError("sample_token and scene must be strings")
+        caption = check_caption(raw["caption"], f"{where}: the caption")
+        return ManifestRow(raw["sample_token"], raw["scene"], int(raw["timestamp"]), views, caption, qa)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{where} is not a valid row ({type(exc).__name__}: {exc})") from None
 
 
 def manifest_dataroot(manifest: str | Path, dataroot: str | Path | None = None) -> Path:

@@ -12,12 +12,12 @@ token, in chunks such as part0.json, or one file for all scenes): records are fo
 
 from __future__ import annotations
 
-import json
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.jsonin import read_json
 from clip_vlm_core.paths import file_kind
 
 CAPTION_FIELDS = ("gemini_caption", "gpt_caption")
@@ -39,10 +39,7 @@ def load_nuinteract(folder: str | Path) -> dict[str, dict]:
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):  # a FIFO named x.json would block the read forever
             raise UserError(f"NuInteract file {path} is {file_kind(mode)}, not a regular file")
-        try:
-            rows = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"NuInteract file {path} is not valid JSON ({exc})") from None
+        rows = read_json(path, "NuInteract file", max_bytes=None)  # its nesting bounded, as every JSON read
         if not isinstance(rows, list):
             raise UserError(f"NuInteract file {path} must hold a list of per-keyframe records")
         for i, row in enumerate(rows):

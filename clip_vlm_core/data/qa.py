@@ -11,17 +11,25 @@ synthetic world writes such files (qa.jsonl, qa_heldout.jsonl); real QA data is 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.limits import check_question
+from clip_vlm_core.jsonin import iter_json_lines
+from clip_vlm_core.limits import (
+    MAX_QA_LINE_BYTES,
+    MAX_QA_PAIRS,
+    MAX_QA_PER_KEYFRAME,
+    check_answer,
+    check_question,
+    check_text,
+)
 from clip_vlm_core.paths import regular_file
 
 UNTYPED = "untyped"
+MAX_TYPE_CHARS = 100  # a type is a short name, e.g. front.vehicle_colour
 
 
 @dataclass(frozen=True)
@@ -41,33 +49,55 @@ class QAPair:
         for key in ("question", "answer"):
             if not isinstance(raw.get(key), str) or not raw[key].strip():
                 raise UserError(f"{where} has no {key} (a non-empty string)")
-        # Trained on and asked as the node and `ask` ask: the same limits (length, no chat-template tokens).
+        # Trained on and asked as the node and `ask` ask: the same limits (length, valid text, no
+        # chat-template tokens); an answer is a training target, held to the same rule at its own length.
         question = check_question(raw["question"], f"{where}: the question")
+        answer = check_answer(raw["answer"], f"{where}: the answer")
         kind = raw.get("type", UNTYPED)
         if not isinstance(kind, str) or not kind.strip():
             raise UserError(f"{where} has a type that is not a non-empty string")
-        return cls(question, raw["answer"].strip(), kind.strip())
+        kind = check_text(kind, f"{where}: the type", MAX_TYPE_CHARS, "a type is a short name such as front.light")
+        return cls(question, answer, kind)
 
 
-def load_qa_files(paths: Iterable[str | Path]) -> dict[str, list[QAPair]]:
-    """Every pair of the files by sample token, in file and line order (a token may have many)."""
-    pairs: dict[str, list[QAPair]] = defaultdict(list)
-    for path in map(Path, paths):
+@dataclass
+class QAData:
+    """The pairs of some --qa files by sample token, and those skipped for naming no known sample."""
+
+    pairs: dict[str, list[QAPair]]
+    unknown_pairs: int = 0
+    unknown_examples: list[str] = field(default_factory=list)  # a few of their tokens
+
+
+def load_qa_files(paths: Iterable[str | Path], known_tokens: Collection[str] | None = None) -> QAData:
+    """Every pair of the files by sample token, in file and line order (a token may have many), read one
+    line at a time: a line is at most MAX_QA_LINE_BYTES, a keyframe has at most MAX_QA_PER_KEYFRAME pairs,
+    and at most MAX_QA_PAIRS are kept in all. With `known_tokens`, pairs for other tokens are checked,
+    counted and dropped, so memory follows the data set, not the files."""
+    paths = [Path(p) for p in paths]
+    for path in paths:  # every file named is there before any is read
         regular_file(path, "question-answer file")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"question-answer file {path} cannot be read ({exc})") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+    data = QAData(defaultdict(list))
+    kept = 0
+    for path in paths:
+        for n, raw in iter_json_lines(path, "question-answer file", MAX_QA_LINE_BYTES):
             where = f"question-answer file {path} line {n}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where} is not valid JSON ({exc})") from None
             token = raw.get("token") if isinstance(raw, dict) else None
             if not isinstance(token, str) or not token:
                 raise UserError(f"{where} has no sample 'token'")
-            pairs[token].append(QAPair.from_dict(raw, where))
-    return dict(pairs)
+            pair = QAPair.from_dict(raw, where)
+            if known_tokens is not None and token not in known_tokens:  # checked, counted, not kept
+                data.unknown_pairs += 1
+                if len(data.unknown_examples) < 3 and token not in data.unknown_examples:
+                    data.unknown_examples.append(token[:64])
+                continue
+            if len(data.pairs[token]) >= MAX_QA_PER_KEYFRAME:
+                raise UserError(f"{where}: sample {token} has more than {MAX_QA_PER_KEYFRAME:,} question-answer pairs, "
+                                f"more than a keyframe's questions could be")
+            kept += 1
+            if kept > MAX_QA_PAIRS:
+                raise UserError(f"the question-answer files hold more than {MAX_QA_PAIRS:,} pairs for this data set's "
+                                f"samples ({where}); split the data set across manifests")
+            data.pairs[token].append(pair)
+    data.pairs = dict(data.pairs)
+    return data

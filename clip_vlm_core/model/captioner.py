@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,13 +27,26 @@ from clip_vlm_core.config import CaptionerConfig, DecodingConfig, load_json, sav
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import EncodedImage, ImageLike, pixels_problem, to_rgb
 from clip_vlm_core.limits import check_batch, check_question
+from clip_vlm_core.model.checkpoint_limits import (
+    check_adapter,
+    check_lora_finite,
+    check_qwen_folder,
+    load_connector_state,
+)
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder, load_open_clip
 from clip_vlm_core.model.connector import FusionConnector
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
 from clip_vlm_core.model.image_decode import ImageDecodeError, decode_images
+from clip_vlm_core.model.model_refs import (
+    QWEN_HUB_FILES,
+    ModelRef,
+    classify_ref,
+    embedded_assets,
+    hub_snapshot,
+    resolve_config_ref,
+)
 from clip_vlm_core.model.preprocess import ImagePreprocessor, QwenPixelSpec
 from clip_vlm_core.model.prompt_ids import PromptTokens
-from clip_vlm_core.paths import resolve_inside
 
 # PEFT 0.21 asks transformers 5 a deprecated question on every adapter load; users cannot act on it.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -42,7 +54,6 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 CONFIG_FILE = "clip_vlm_config.json"
 CONNECTOR_FILE = "connector.safetensors"
 ADAPTER_DIR = "adapter"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 Sample = Mapping[str, ImageLike | torch.Tensor]
 # One view's image on its way in: a [3, H, W] uint8 RGB tensor, or still encoded (decoded in a batch).
@@ -51,7 +62,7 @@ Frame = torch.Tensor | EncodedImage
 
 def default_model_path() -> Path:
     """The embedded default model shipped inside the package (used when no model is named)."""
-    return Path(__file__).resolve().parent.parent / "assets" / "default_model"
+    return embedded_assets() / "default_model"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -79,50 +90,34 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-# Where a checkpoint's local base models may lie when no root is given: e.g. a shared /models folder that
-# the fine-tuned checkpoints of a team name (default: the folder holding the checkpoint).
-BASE_MODELS_ENV = "CLIP_VLM_BASE_MODELS"
-
-
-def _resolve_model_ref(ref: str, checkpoint: Path | None, root: Path | None, what: str) -> str:
-    """A base-model reference. Given directly (a flag, a recipe) it is used as is. Read from a checkpoint's
-    config, a file that may have been downloaded, it must be a hub id / model name or a folder inside
-    `root` (default: $CLIP_VLM_BASE_MODELS, else the folder holding the checkpoint), written relative to the checkpoint (the
-    embedded model's are ../tiny_base/...): never an absolute path, nor one leading out of `root`."""
-    if checkpoint is None:
-        return ref
-    root = Path(root or os.environ.get(BASE_MODELS_ENV) or checkpoint.parent).resolve()
-    shown = f"checkpoint {checkpoint} names its {what} {ref!r}"
-    rule = (f"a checkpoint may name a hub id, or a folder inside {root} (if you trust this checkpoint, name a "
-            f"folder that holds its base models: --base-models-root DIR, the node's base_models_root "
-            f"parameter, or {BASE_MODELS_ENV}=DIR)")
-    if Path(ref).is_absolute() or ref.startswith(("~", "local-dir:")):
-        raise UserError(f"{shown}, an absolute path; {rule}")
-    lexical = os.path.relpath(os.path.normpath(checkpoint / ref), root)
-    if lexical.split(os.sep)[0] == "..":
-        raise UserError(f"{shown}, which leads out of {root}; {rule}")
-    if (checkpoint / ref).exists() or ref.startswith("."):
-        return str(resolve_inside(root, lexical, f"{shown}: folder", kind="folder").resolve())
-    return ref  # a hub id ("org/name") or an OpenCLIP model name
-
-
-def _check_model_ref(ref: str, what: str) -> None:
-    if not Path(ref).exists() and not _HUB_ID.match(ref):
-        raise UserError(f"{what} {ref!r} is neither an existing folder nor a hub id like 'org/name'")
-
-
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def _check_safetensors_only(ref: str, what: str) -> None:
+def _check_safetensors_only(folder: Path, what: str) -> None:
     """Unpickling weights can run code: a local model folder must hold safetensors, and nothing else is loaded."""
-    folder = Path(ref)
     if not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickled:
         raise UserError(f"{what} folder {folder} holds pickled weights ({pickled[0]}) and no .safetensors file; "
                         f"clip-vlm loads safetensors weights only")
+
+
+def _qwen_folder(ref: ModelRef, local_files_only: bool) -> Path:
+    """The local folder a Qwen2.5-VL reference names (a hub id through the cache), checked whole
+    (clip_vlm_core.model.checkpoint_limits) before transformers reads a byte of it."""
+    what = "Qwen2.5-VL model"
+    if ref.kind == "hub":
+        folder = hub_snapshot(ref.value, what, local_files_only, QWEN_HUB_FILES)
+    elif ref.kind == "folder":
+        folder = ref.path
+        if not folder.is_dir():
+            raise UserError(f"{what} {folder} is a file, not a model folder")
+    else:
+        raise UserError(f"{what} {ref.value!r} is neither a local folder nor a hub id like 'org/name'")
+    _check_safetensors_only(folder, what)
+    check_qwen_folder(folder, what)
+    return folder
 
 
 class SceneCaptioner:
@@ -159,39 +154,40 @@ class SceneCaptioner:
         local_files_only: bool = False,
         base_dir: Path | None = None,
         base_models_root: Path | None = None,
-        connector_state: dict[str, torch.Tensor] | None = None,
+        connector_file: Path | None = None,
         adapter_dir: Path | None = None,
         trainable: bool = False,
         name: str | None = None,
     ) -> SceneCaptioner:
         """Assemble frozen Qwen + frozen CLIP + connector (+ LoRA when trainable or given an adapter)."""
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        # Where the models are, and whether they may be loaded at all, before seconds of library imports.
+        qwen_ref = resolve_config_ref(config.qwen_model, base_dir, base_models_root, "Qwen2.5-VL base model")
+        clip_ref = resolve_config_ref(config.clip_model, base_dir, base_models_root, "OpenCLIP model",
+                                      open_clip_names=True)
+        qwen_folder = _qwen_folder(qwen_ref, local_files_only)
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a per-tensor bar on every load; hub downloads keep theirs
-        device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
-        qwen_ref = _resolve_model_ref(config.qwen_model, base_dir, base_models_root, "Qwen2.5-VL base model")
-        clip_ref = _resolve_model_ref(config.clip_model, base_dir, base_models_root, "OpenCLIP model")
-        _check_model_ref(qwen_ref, "Qwen2.5-VL model")
-        _check_safetensors_only(qwen_ref, "Qwen2.5-VL model")
         # Where the base models really are, so that saving this model again (best/ of a resumed run)
         # writes refs relative to the new folder, not the old folder's relative refs unchanged.
-        config = dataclasses.replace(config, qwen_model=qwen_ref, clip_model=clip_ref)
+        config = dataclasses.replace(config, qwen_model=str(qwen_ref.path or qwen_ref.value),
+                                     clip_model=str(clip_ref.path or clip_ref.value))
         try:
             qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                qwen_ref, dtype=dtype, local_files_only=local_files_only, attn_implementation="sdpa",
-                use_safetensors=True,
+                qwen_folder, dtype=dtype, local_files_only=True, attn_implementation="sdpa", use_safetensors=True,
             )
             pixel_budget = {k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v}
-            processor = AutoProcessor.from_pretrained(qwen_ref, local_files_only=local_files_only, **pixel_budget)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot load Qwen2.5-VL from {qwen_ref!r}: {exc}") from None
+            processor = AutoProcessor.from_pretrained(qwen_folder, local_files_only=True, **pixel_budget)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise UserError(f"cannot load Qwen2.5-VL from {qwen_ref.value!r}: {exc}") from None
         processor.tokenizer.padding_side = "left"  # generation appends on the right
         qwen.requires_grad_(False)
 
-        clip = ClipViewEncoder(load_open_clip(clip_ref, config.clip_pretrained), config.clip_tokens)
-        model = assemble_model(qwen, clip, config, trainable, connector_state, adapter_dir)
+        clip = ClipViewEncoder(load_open_clip(clip_ref, config.clip_pretrained, local_files_only), config.clip_tokens)
+        model = assemble_model(qwen, clip, config, trainable, connector_file, adapter_dir)
         model.clip.to(device=device, dtype=dtype)
         model.qwen.to(device)
         # The trainable connector keeps fp32 master weights when training; inference runs in `dtype`.
@@ -211,18 +207,26 @@ class SceneCaptioner:
     ) -> SceneCaptioner:
         """Load a clip-vlm checkpoint folder, or a bare Qwen2.5-VL (hub id or folder) with an untrained
         connector, which captions exactly like that base model. No path: the embedded default model.
+        `path` is read by the rule of clip_vlm_core.model.model_refs (a local path that does not exist is
+        an error, never a hub id).
 
         Base models named by a folder in the checkpoint's config must lie inside `base_models_root`
         (default: $CLIP_VLM_BASE_MODELS, else the folder that holds the checkpoint)."""
-        path = default_model_path() if path in (None, "") else path
-        folder = Path(path)
+        ref = classify_ref(path, "checkpoint")
+        if ref.kind == "hub":  # a bare Qwen2.5-VL from the hub
+            return cls.build(CaptionerConfig(qwen_model=ref.value), device, dtype, local_files_only, trainable=trainable)
+        folder = default_model_path() if ref.kind == "embedded" else ref.path
         if not (folder / CONFIG_FILE).exists():
-            if folder.is_dir() and any(folder.glob("connector*")):
+            if not folder.is_dir():
+                raise UserError(f"checkpoint {folder} is a file, not a checkpoint folder")
+            if any(folder.glob("connector*")):
                 raise UserError(f"checkpoint {folder} has no {CONFIG_FILE}")
-            config = CaptionerConfig(qwen_model=str(path))
+            if not (folder / "config.json").is_file():
+                raise UserError(f"checkpoint {folder} is neither a clip-vlm checkpoint (no {CONFIG_FILE}) nor a "
+                                f"Qwen2.5-VL model folder (no config.json)")
+            config = CaptionerConfig(qwen_model=str(folder))  # a bare Qwen2.5-VL folder
             return cls.build(config, device, dtype, local_files_only, trainable=trainable)
         config = load_json(CaptionerConfig, folder / CONFIG_FILE)
-        connector_state = _load_safetensors(folder / CONNECTOR_FILE)
         adapter = folder / ADAPTER_DIR
         return cls.build(
             config,
@@ -231,7 +235,7 @@ class SceneCaptioner:
             local_files_only,
             base_dir=folder.resolve(),
             base_models_root=Path(base_models_root) if base_models_root else None,
-            connector_state=connector_state,
+            connector_file=folder / CONNECTOR_FILE,
             adapter_dir=adapter if adapter.exists() else None,
             trainable=trainable,
             name=folder.name if folder.resolve() != default_model_path() else "embedded-default",
@@ -259,7 +263,8 @@ class SceneCaptioner:
         return out_dir
 
     def with_prompt(self, prompt: str) -> SceneCaptioner:
-        """The same loaded model asked a different instruction (the playground's --prompt)."""
+        """The same loaded model asked a different instruction (`--prompt`, the node's `prompt`); the
+        instruction passes the check every prompt does (CaptionerConfig: no chat-template tokens, ...)."""
         config = dataclasses.replace(self.config, prompt=prompt)
         return SceneCaptioner(self.model, self.processor, config, self.device, self.model_name, self.decoding)
 
@@ -455,7 +460,7 @@ def assemble_model(
     clip: ClipViewEncoder,
     config: CaptionerConfig,
     trainable: bool,
-    connector_state: dict[str, torch.Tensor] | None = None,
+    connector_file: Path | None = None,
     adapter_dir: Path | None = None,
     lora: bool | None = None,
 ) -> MultiViewCaptionModel:
@@ -476,11 +481,8 @@ def assemble_model(
         num_heads=config.connector_heads,
         dropout=config.connector_dropout,
     )
-    if connector_state is not None:
-        try:
-            connector.load_state_dict(connector_state)
-        except RuntimeError as exc:
-            raise UserError(f"{CONNECTOR_FILE} does not match the checkpoint's config: {exc}") from None
+    if connector_file is not None:  # read only once its header matches the connector the config builds
+        connector.load_state_dict(load_connector_state(connector_file, connector))
     if adapter_dir is not None:
         qwen = _load_adapter(qwen, adapter_dir, trainable)
     elif trainable if lora is None else lora:
@@ -503,27 +505,18 @@ def assemble_model(
     return MultiViewCaptionModel(qwen, clip, connector, len(config.views))
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise UserError(f"checkpoint file {path} is missing")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"checkpoint file {path} is corrupt ({exc})") from None
-
-
 def _load_adapter(qwen, adapter_dir: Path, trainable: bool):
     from peft import PeftModel
 
     if not (adapter_dir / "adapter_config.json").is_file():
         raise UserError(f"LoRA adapter folder {adapter_dir} has no adapter_config.json")
+    check_adapter(adapter_dir, qwen)  # rank, targets and every tensor's shape, before PEFT reads a byte
     try:
-        return PeftModel.from_pretrained(qwen, str(adapter_dir), is_trainable=trainable)
+        model = PeftModel.from_pretrained(qwen, str(adapter_dir), is_trainable=trainable)
     except Exception as exc:  # PEFT raises many types for a damaged adapter; all mean the same to a user
         raise UserError(f"LoRA adapter in {adapter_dir} cannot be loaded ({type(exc).__name__}: {exc})") from None
+    check_lora_finite(model, adapter_dir)
+    return model
 
 
 def _as_frame(image: Any, name: str) -> Frame:

@@ -9,29 +9,75 @@ from PIL import Image
 from torch import nn
 
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.model.model_refs import ModelRef
 from clip_vlm_core.model.preprocess import ClipPixelSpec
 
 
-def load_open_clip(model: str, pretrained: str | None) -> nn.Module:
-    """Load an OpenCLIP model by name + pretrained tag (e.g. ViT-L-14/openai) or from a local folder.
+def load_open_clip(model: str | ModelRef, pretrained: str | None, local_files_only: bool = False) -> nn.Module:
+    """Load an OpenCLIP model by name + pretrained tag (e.g. ViT-L-14/openai), from a local folder, or from
+    the hub (`hf-hub:org/name`), named by the rule of clip_vlm_core.model.model_refs.
 
     A local folder holds `open_clip_config.json` and `open_clip_model.safetensors` (what open_clip's
-    `save_for_hf` writes); it is loaded through open_clip's own `local-dir:` schema.
+    `save_for_hf` writes); it is loaded through open_clip's own `local-dir:` schema. Every weights file is
+    checked against the architecture its config declares before it is read
+    (clip_vlm_core.model.checkpoint_limits); hub files come from the local cache first.
     """
     import open_clip
 
-    if Path(model).is_dir():
-        name, pretrained = f"local-dir:{model}", None
+    from clip_vlm_core.model.checkpoint_limits import check_open_clip_folder, check_open_clip_weights
+    from clip_vlm_core.model.model_refs import OPEN_CLIP_HUB_FILES, classify_ref, hub_snapshot
+
+    ref = model if isinstance(model, ModelRef) else classify_ref(model, "OpenCLIP model", open_clip_names=True)
+    if ref.kind == "hub":
+        folder = hub_snapshot(ref.value, "OpenCLIP model", local_files_only, OPEN_CLIP_HUB_FILES)
+        ref = ModelRef("folder", str(folder), folder)
+    if ref.kind == "folder":
+        check_open_clip_folder(ref.path)
+        name, weights, pretrained = f"local-dir:{ref.path}", None, None
+    elif ref.kind == "open_clip":
+        name = ref.value
+        weights = pretrained_weights(name, pretrained, local_files_only)
+        if weights is not None:
+            check_open_clip_weights(weights, name, "OpenCLIP model", **activation_for(name, pretrained))
     else:
-        name = model
-        if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
-            raise UserError(f"unknown OpenCLIP model {model!r}: give an open_clip model name or a local folder")
+        raise UserError("the OpenCLIP model is empty: give an open_clip model name or a local folder")
     try:
         return open_clip.create_model(
-            name, pretrained=pretrained or None, weights_only=True, **activation_for(name, pretrained)
+            name, pretrained=str(weights) if weights else pretrained or None, weights_only=True,
+            **activation_for(name, pretrained),
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
-        raise UserError(f"cannot load OpenCLIP model {model!r} ({pretrained or 'local'}): {exc}") from None
+        raise UserError(f"cannot load OpenCLIP model {ref.value!r} ({pretrained or 'local'}): {exc}") from None
+
+
+def pretrained_weights(name: str, pretrained: str | None, local_files_only: bool) -> Path | None:
+    """The local weights file of `name`'s pretrained tag (from the Hugging Face cache, downloaded when
+    allowed; safetensors preferred), a file path given as the tag, or None (no tag; or one open_clip
+    downloads from a URL itself)."""
+    import open_clip
+    from open_clip.pretrained import _get_safe_alternatives
+
+    from clip_vlm_core.model.model_refs import hub_snapshot
+
+    if not pretrained:
+        return None
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        if Path(pretrained).is_file():
+            return Path(pretrained)
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise UserError(f"OpenCLIP model {name!r} has no pretrained weights tagged {pretrained!r} "
+                        f"(its tags: {', '.join(tags) or 'none'})")
+    if not cfg.get("hf_hub"):
+        return None
+    repo, filename = cfg["hf_hub"].rstrip().rsplit("/", 1) if not cfg["hf_hub"].endswith("/") \
+        else (cfg["hf_hub"].rstrip("/"), "")
+    filename = filename or "open_clip_pytorch_model.bin"
+    for candidate in [*_get_safe_alternatives(filename), filename]:
+        folder = hub_snapshot(repo, f"OpenCLIP weights of {name}/{pretrained} from", local_files_only, [candidate])
+        if (folder / candidate).is_file():
+            return folder / candidate
+    raise UserError(f"OpenCLIP weights of {name}/{pretrained}: {repo} holds no {filename}")
 
 
 def activation_for(model: str, pretrained: str | None) -> dict[str, bool]:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from clip_vlm_core.atomic import guard_output, staged_dir
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.jsonin import read_json_object
+from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
 from clip_vlm_core.model.captioner import CONFIG_FILE, default_model_path
 
 ASSETS = default_model_path().parent
@@ -49,7 +51,7 @@ def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite
         _copy_readable(base, staged)
     with staged_dir(assets / "default_model", WRITER) as staged:
         _copy_readable(best, staged)
-        config = json.loads((staged / CONFIG_FILE).read_text())
+        config = read_json_object(staged / CONFIG_FILE, "config", MAX_SMALL_JSON_BYTES)
         config.update(qwen_model="../tiny_base/qwen", clip_model="../tiny_base/clip")
         (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         _forget_training_paths(staged / "adapter")
@@ -59,7 +61,7 @@ def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite
 def _base_of(best: Path) -> Path:
     """The folder holding the tiny base models `best` was trained on: the run's own base/ (optim.init: tiny),
     or the one of the run it started from (optim.init: that run's checkpoint), as its config names them."""
-    config = json.loads((best / CONFIG_FILE).read_text())
+    config = read_json_object(best / CONFIG_FILE, "config", MAX_SMALL_JSON_BYTES)
     qwen, clip = ((best / str(config.get(key, ""))).resolve() for key in ("qwen_model", "clip_model"))
     if qwen.parent != clip.parent or (qwen.name, clip.name) != ("qwen", "clip"):
         raise UserError(f"{best / CONFIG_FILE} names base models {config.get('qwen_model')!r} and "
@@ -73,7 +75,7 @@ def _forget_training_paths(adapter: Path) -> None:
     adapter_config = adapter / "adapter_config.json"
     if not adapter_config.exists():
         return
-    data = json.loads(adapter_config.read_text())
+    data = read_json_object(adapter_config, "LoRA adapter config", MAX_SMALL_JSON_BYTES)
     trained_from = data.get("base_model_name_or_path")
     data["base_model_name_or_path"] = "../tiny_base/qwen"
     adapter_config.write_text(json.dumps(data, indent=2) + "\n")
