@@ -224,9 +224,11 @@ def run(demo: Demo) -> int:
             if node.poll() is not None:
                 raise StepFailed(step, f"caption_node died (code {node.returncode}): {_tail(demo.out / 'caption_node.log')}")
             if deadline and time.monotonic() > deadline:
-                missing = sum(k.caption is None for k in demo.keyframes.values())
-                raise StepFailed(step, f"{missing} of {len(demo.keyframes)} keyframes got no caption "
-                                 f"{demo.timeout_s:.0f} s after the replay ended")
+                ordered = sorted(demo.keyframes.values(), key=lambda k: k.stamp_ns)
+                missing = [str(n) for n, k in enumerate(ordered, 1) if k.caption is None]
+                raise StepFailed(step, f"{len(missing)} of {len(demo.keyframes)} keyframes (number "
+                                 f"{', '.join(missing)}) got no caption "
+                                 f"{demo.timeout_s:.0f} s after the replay ended; {_node_figures(demo)}")
         end = time.monotonic() + 1.5  # one more diagnostics message with the final figures
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
@@ -291,6 +293,17 @@ def _answer_right(asked: Asked) -> bool:
 
 def _ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+FIGURES = ("CAM_FRONT.received", "CAM_BACK.received", "pairs_made", "captions", "queue_depth", "pairs_in_flight",
+           "pairs_dropped_overflow", "pairs_dropped_stale", "pairs_dropped_on_error", "CAM_FRONT.dropped",
+           "CAM_BACK.dropped")
+
+
+def _node_figures(demo: Demo) -> str:
+    """Where the node says the frames went, from its last /diagnostics: what a failure report needs."""
+    figures = ", ".join(f"{key} {demo.diagnostics[key]}" for key in FIGURES if key in demo.diagnostics)
+    return f"the node's last figures: {figures or 'none received'}"
 
 
 def _keep_diagnostics(demo: Demo, msg) -> None:
