@@ -15,10 +15,14 @@ rate_hz on average. A pair that arrives while the worker is idle is captioned at
 next tick: waiting for a fixed tick added half a tick to every caption's latency.
 
 Questions (optional, `ask`) share the worker and its one model: a question wakes the worker at once,
-and waiting questions are answered a batch at a time, unpaced, whenever no caption is due. Captions
-have a guaranteed share: once a caption is due, at most one batch of questions goes before it (the
-tick answers one, then captions), so a flood of questions delays a due caption by one question batch at
-most and can never silence the captions; questions keep every moment captions leave free.
+and waiting questions are answered a batch at a time, unpaced, whenever no caption is due. Neither can
+starve the other, and captions keep at least half of the worker: once a caption is due, one question
+turn goes before it and then the caption (the tick), and while a caption waits, a question turn is cut
+to the questions that fit in the time the last caption batch took (from the measured times). So with
+both waiting the worker alternates turns of about equal length: captions at no less than half the rate
+they would have alone, questions at no less than a turn per caption. A caption that waited for a
+question turn keeps its place in the rate's schedule, so at rates the worker has time for, a flood does
+not slow captions at all.
 
 Everything it reports goes through `log` (a `ThrottledLog`; the node's writes to its rclpy logger).
 """
@@ -88,6 +92,8 @@ class CaptionWorker:
         self.question_batch = batch_size  # questions are answered in batches under either policy
         self.log = log or ThrottledLog(PythonLogSink(logging.getLogger(__name__)))
         self.taken = 0  # pairs the last tick took (its share of the rate)
+        self._caption_s = 0.0  # how long the last caption batches took (moving average)
+        self._per_question_s = 0.0  # how long a question took in the last answer batches (moving average)
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by a question (and by stop) to end any wait early
         self._thread = threading.Thread(target=self._run, name="caption-worker", daemon=True)
@@ -118,29 +124,50 @@ class CaptionWorker:
 
     def _run(self) -> None:
         earliest = time.monotonic()  # when the next caption may start
+        held_back = False  # a question turn ran while a caption waited for its time
         while not self._stop.is_set():
             self._wake.clear()  # cleared before looking, so a question arriving from now on ends the wait
             now = time.monotonic()
             if now >= earliest and len(self.queue):
-                self.tick()  # at most one question batch, then the due caption: its guaranteed share
+                start = earliest if held_back else now  # held back by questions: keep its place in the schedule
+                held_back = False
+                self.tick()  # one question turn, then the due caption
                 if self.taken:  # read every tick: the node may change rate_hz live
-                    earliest = now + self.taken / self.rate_hz
+                    earliest = start + self.taken / self.rate_hz
                 continue
             if self.questions is not None and len(self.questions):
-                self.answer_questions()  # not paced: questions use whatever time captions leave
+                caption_waiting = len(self.queue) > 0
+                held_back = held_back or caption_waiting
+                # Not paced: questions use whatever time captions leave, in turns no longer than a caption's.
+                self.answer_questions(self.question_turn() if caption_waiting else None)
                 continue
             if now < earliest:
                 self._wake.wait(earliest - now)  # a question (or stop) ends the wait early
             else:
                 self.queue.wait(WAIT_SLICE_S, also=self._wake.is_set)
 
-    def answer_questions(self) -> int:
-        """Answer one batch of waiting questions, each about its own pair; return how many were answered."""
+    def question_turn(self) -> int:
+        """How many questions a turn ahead of a caption may answer: as many as fit in the time the last
+        caption batch took (at least one, at most a batch), so captions keep half of the worker."""
+        if not self._caption_s or not self._per_question_s:
+            return self.question_batch
+        return max(1, min(self.question_batch, int(self._caption_s / self._per_question_s)))
+
+    def answer_questions(self, limit: int | None = None) -> int:
+        """Answer one batch of waiting questions (at most `limit`), each about its own pair; return how many
+        were answered."""
         if self.questions is None or self.answer is None:
             return 0
-        questions = self.questions.take(self.question_batch)
+        questions = self.questions.take(min(limit or self.question_batch, self.question_batch))
         if not questions:
             return 0
+        started = time.monotonic()
+        try:
+            return self._answer(questions)
+        finally:
+            self._per_question_s = _moving_average(self._per_question_s, (time.monotonic() - started) / len(questions))
+
+    def _answer(self, questions: list[Question]) -> int:
         try:
             samples, bad = self._decoded_images([q.pair for q in questions])
             if bad:
@@ -172,13 +199,20 @@ class CaptionWorker:
         self.log.warning(f"{doing} failed for {count} question(s): {error[:300]}", key=f"question_failed:{doing}")
 
     def tick(self) -> int:
-        """Answer waiting questions (one batch), then caption one batch if there is one; return how many
+        """Answer waiting questions (one turn), then caption one batch if there is one; return how many
         captions were published (`taken`: how many pairs were taken for it)."""
-        self.answer_questions()
+        self.answer_questions(self.question_turn())
         pairs = self.queue.take(self.batch_limit, self._newest_stamp_ns(), time.monotonic_ns())
         self.taken = len(pairs)
         if not pairs:
             return 0
+        started = time.monotonic()
+        try:
+            return self._caption(pairs)
+        finally:
+            self._caption_s = _moving_average(self._caption_s, time.monotonic() - started)
+
+    def _caption(self, pairs: list[FramePair]) -> int:
         self.in_flight = len(pairs)
         try:
             samples, pairs = self._decoded(pairs)
@@ -237,6 +271,10 @@ class CaptionWorker:
                              f"({next(iter(bad.values()))[0][1]})", key="pair_frame_bad")
         keep = [p for p in range(len(pairs)) if p not in bad]
         return [samples[p] for p in keep], [pairs[p] for p in keep]
+
+
+def _moving_average(average: float, sample: float) -> float:
+    return sample if not average else 0.5 * average + 0.5 * sample
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
