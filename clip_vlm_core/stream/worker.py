@@ -151,7 +151,7 @@ class CaptionWorker:
         caption batch took (at least one, at most a batch), so captions keep half of the worker."""
         if not self._caption_s or not self._per_question_s:
             return self.question_batch
-        return max(1, min(self.question_batch, int(self._caption_s / self._per_question_s)))
+        return max(1, min(self.question_batch, int(self._caption_s / self._per_question_s + 1e-9)))
 
     def answer_questions(self, limit: int | None = None) -> int:
         """Answer one batch of waiting questions (at most `limit`), each about its own pair; return how many
