@@ -16,7 +16,7 @@ from collections.abc import Callable
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -25,6 +25,7 @@ from clip_vlm.captioning import Captioning
 from clip_vlm_core.errors import UserError
 
 NODE_NAME = "caption_node"
+SPIN_SLICE_S = 0.1  # the executor's wait returns this often, so Ctrl-C is seen even with no timer running
 
 
 class CaptionNode(Node):
@@ -81,7 +82,10 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     code = 0
     try:
         node = make_node()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_SLICE_S)
     except UserError as exc:
         print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
         code = 2
