@@ -27,5 +27,5 @@ def test_a_thousand_questions_a_second_leave_captions_at_least_half_their_rate(t
     # Questions were answered during the flood too (captions do not starve them), and every one the node
     # took is accounted for; what vanished before it took them is counted, not lost in silence.
     assert result["frames_per_phase"]["flood"]["questions_answered"] > 0
-    assert node["questions_received"] + node["questions.lost_before_taken"] >= 0.9 * result["flood"]["sent"]
+    assert node["questions_received"] + node["scene_question.lost_before_taken"] >= 0.9 * result["flood"]["sent"]
     assert result["node_log_lines_queue_full"] <= 5, result  # before: 459 lines in 12 s

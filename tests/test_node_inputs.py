@@ -56,7 +56,7 @@ def test_a_best_effort_camera_is_captioned_by_a_node_with_default_parameters(def
     ], "--camera-reliability", "best_effort", "--question-reliability", "best_effort")
     diagnostics = result["diagnostics"]
     assert len(result["markers"]) >= 2 and len(result["answers"]) == 1
-    for name in ("CAM_FRONT", "CAM_BACK", "questions"):
+    for name in ("CAM_FRONT", "CAM_BACK", "scene_question"):
         assert diagnostics[f"{name}.qos_reliability"] == "best_effort", diagnostics
         assert diagnostics[f"{name}.qos_changes"] == "1"
     assert count(result, "CAM_FRONT.received") >= 10
@@ -104,7 +104,7 @@ def test_questions_lost_before_the_node_took_them_are_counted(pinned_node, tmp_p
         {"kind": "ask_burst", "question": "Is it night?", "count": 1},  # reveals a gap at the end of the burst
         {"kind": "sleep", "seconds": 1.5},
     ])
-    lost, taken = count(result, "questions.lost_before_taken"), count(result, "questions_received")
+    lost, taken = count(result, "scene_question.lost_before_taken"), count(result, "questions_received")
     assert lost > 0 and taken + lost == result["questions_sent"], (taken, lost, result["questions_sent"])
 
 

@@ -62,8 +62,8 @@ class ReliabilityFollower:
         the explanation."""
         self.incompatible += 1
         if policy == "reliability" and self.current == RELIABLE:
-            self.incompatible_reason = (f"{self.view}'s publisher offers best effort; this node asks reliable "
-                                        f"(qos_reliability:={self.setting})")
+            pinned = " (qos_reliability:=reliable; auto or best_effort would hear it)" if self.setting == RELIABLE else ""
+            self.incompatible_reason = f"{self.view}'s publisher offers best effort; this node asks reliable{pinned}"
         else:
             self.incompatible_reason = (f"{self.view}'s publisher offers a {policy} this node's request "
                                         f"({self.current}) cannot accept")

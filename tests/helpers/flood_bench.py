@@ -147,7 +147,7 @@ def main() -> int:
     quiet = feeder.captions_between(quiet_start, quiet_end) / (quiet_end - quiet_start)
     flooded = feeder.captions_between(flood_start, flood_end) / (flood_end - flood_start)
     keys = ("questions_received", "questions_answered", "questions_dropped", "questions_unanswerable",
-            "questions.lost_before_taken", "questions_refused")
+            "scene_question.lost_before_taken", "questions_refused")
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
         "caption_rate_without_flood_hz": round(quiet, 2),

@@ -110,7 +110,7 @@ class Captioning:
                                         self.config.qos_reliability, partial(self._on_image, view), self.log)
                        for view in self.config.views}
         # Questions follow their publishers too: a best-effort `ros2 topic pub` is heard, not ignored.
-        self.inputs["questions"] = TopicInput(node, "questions", String, "scene_question", QUESTION_DEPTH, "auto",
+        self.inputs["scene_question"] = TopicInput(node, "scene_question", String, "scene_question", QUESTION_DEPTH, "auto",
                                               self._on_question, self.log)
 
     def cleanup(self) -> None:
