@@ -15,10 +15,11 @@ Nothing may be lost on a busy machine. The player starts once every topic it pla
 or once no new subscriber has come for half a second after the first: measured beside eight CPU-bound
 processes, the node's subscriptions were discovered seconds after this script's own, so a listener of
 the camera topics here let the replay start early and the node lost its first keyframes (1 to 4 of 12).
-So the demo plays only the camera topics, which only the node subscribes to (the player waits for both),
-times each frame by the replay's /clock instead, waits for the node's question subscription before
-asking, and every publisher that ends (the player's, the questions', the node's) waits for its
-messages to be acknowledged first.
+So the demo plays only the topics it needs, each with a subscriber it knows of: the camera topics, which
+only the node subscribes to, and the ground truth (/scene_caption_gt, published with each keyframe), which
+only this script subscribes to and times frames by; the player then waits for all three. It also waits for
+the node's question subscription before asking, and every publisher that ends (the player's, the
+questions', the node's) waits for its messages to be acknowledged first.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ from pathlib import Path
 from clip_vlm_core.errors import UserError
 
 VIEWS = ("CAM_FRONT", "CAM_BACK")
-# What the node subscribes to, and all the demo plays: the player then waits for exactly those subscribers.
+# What the demo plays: what the node subscribes to, and the truth this script times keyframes by. The player
+# waits until each has a subscriber.
 CAMERA_TOPICS = tuple(f"/{view}/image_raw/compressed" for view in VIEWS)
+TRUTH_TOPIC = "/scene_caption_gt"
+PLAYED_TOPICS = (*CAMERA_TOPICS, TRUTH_TOPIC)
 # Question types the demo asks about, in held-out phrasings (the embedded model never trained on them).
 DEMO_QUESTION_TYPES = ("front.vehicle_colour", "front.lane", "front.light", "back.follows", "both.where")
 STEPS = 8
@@ -172,7 +176,6 @@ def run(demo: Demo) -> int:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rosgraph_msgs.msg import Clock
     from std_msgs.msg import String
     from visualization_msgs.msg import Marker
 
@@ -192,11 +195,10 @@ def run(demo: Demo) -> int:
         print(f"[{step}]  model: {demo.model or 'embedded default'}; log: {demo.out / 'caption_node.log'}")
         rclpy.init()
         listener = rclpy.create_node("clip_vlm_demo")
-        # When the replay reached each keyframe's time: the player publishes /clock at a frame's stamp just
-        # before the frame. (Not the camera topics: a subscriber of them here could start the replay early.)
+        # When each keyframe was played: the bag's ground truth goes out with its frames, keyframe by keyframe.
+        # (Not the camera topics: a subscriber of them here could start the replay before the node's.)
         arrivals: dict[int, float] = {}
-        listener.create_subscription(Clock, "/clock", lambda m: _on_clock(demo, m, arrivals),
-                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        listener.create_subscription(String, TRUTH_TOPIC, lambda m: _on_truth(demo, arrivals), 50)
         listener.create_subscription(DiagnosticArray, "/diagnostics", lambda m: _keep_diagnostics(demo, m), 10)
         listener.create_subscription(Marker, "/scene_caption/marker", lambda m: _on_caption(demo, m, arrivals), 50)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -217,10 +219,10 @@ def run(demo: Demo) -> int:
         print(f"      up in {time.monotonic() - started:.1f} s on {demo.diagnostics.get('device', '?')}")
 
         step = "4/8 replay the bag"
-        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock --topics {' '.join(CAMERA_TOPICS)}")
+        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock --topics {' '.join(PLAYED_TOPICS)}")
         play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
         player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate),
-                                   "--clock", "--wait-for-subscribers", str(demo.timeout_s), "--topics", *CAMERA_TOPICS],
+                                   "--clock", "--wait-for-subscribers", str(demo.timeout_s), "--topics", *PLAYED_TOPICS],
                                   stdout=play_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         demo.processes.append(player)
 
@@ -336,12 +338,11 @@ def _duration(seconds: float):
     return Duration(nanoseconds=int(seconds * 1e9))
 
 
-def _on_clock(demo: Demo, msg, arrivals: dict[int, float]) -> None:
-    """Note when the replay's clock first reached each keyframe's stamp."""
-    now, clock_ns = time.monotonic(), _ns(msg.clock)
-    for stamp in demo.keyframes:
-        if stamp <= clock_ns and stamp not in arrivals:
-            arrivals[stamp] = now
+def _on_truth(demo: Demo, arrivals: dict[int, float]) -> None:
+    """The n-th ground truth of the replay came with the n-th keyframe: note when."""
+    played = sorted(demo.keyframes)[len(arrivals):]
+    if played:
+        arrivals[played[0]] = time.monotonic()
 
 
 def _on_caption(demo: Demo, marker, arrivals: dict[int, float]) -> None:
@@ -397,8 +398,8 @@ def write_report(demo: Demo, scene: str) -> Path:
 td:first-child{{white-space:nowrap}}
 figure{{display:inline-block;margin:0 6px 0 0}} figcaption{{font-size:11px;color:#666}}</style></head><body>
 <h1>clip-vlm demo: {scene}</h1><p>caption_node (model: {html.escape(demo.model or 'embedded default')}) fed by
-<code>clip-vlm bag play</code>; latency is from the moment the replay's /clock reached the front frame's
-stamp (it is published then) to its caption's arrival, both seen by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
+<code>clip-vlm bag play</code>; latency is from the arrival of the keyframe's ground truth, which the replay
+publishes with its frames, to its caption's arrival, both seen by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
 <h2>Questions about the last keyframe (/scene_question to /scene_answer)</h2><table><tr><th>question</th>
 <th>answer</th><th>truth</th><th></th><th>latency</th></tr>{asked}</table>
 <h2>Node figures (last /diagnostics)</h2><table>{figures}</table></body></html>"""

@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from clip_vlm.launch_plan import EXECUTABLES, caption_plan
-from test_node import FAST_DECODING, PACKAGE, ROOT, probe, ros_args, ros_env, stop_node
+from test_node import FAST_DECODING, PACKAGE, probe, ros_args, ros_env, stop_node
 
-LIFECYCLE_NODE = ROOT / ".venv" / "bin" / "caption_lifecycle_node"
+LIFECYCLE_NODE = Path(sys.executable).parent / "caption_lifecycle_node"  # the running venv's, as test_node's
 CAMERA_TOPICS = ("/CAM_FRONT/image_raw/compressed", "/CAM_BACK/image_raw/compressed")
 
 pytestmark = pytest.mark.skipif(not LIFECYCLE_NODE.exists(), reason="caption_lifecycle_node is not installed: "
