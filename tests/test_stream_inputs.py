@@ -206,3 +206,15 @@ def test_a_step_shorter_than_a_row_says_so(encoding, width, step, row_bytes):
         decode_raw(encoding, 2, width, step, False, bytes(max(step, 1) * 2))
     assert str(refused.value) == (f"step {step} is too small: a row of {width} {encoding} pixels takes {row_bytes} "
                                   "bytes (step is the bytes per row)")
+
+
+def test_a_kind_may_have_its_own_period():
+    sink, clock = Lines(), Clock()
+    log = ThrottledLog(sink, period_s=10.0, clock=clock)
+    for n in range(3):
+        log.info(f"question {n} -> answer 'day'", key="answer", period_s=1.0)
+        clock.now += 1.0  # a person asking once a second: every answer said
+    for n in range(100):
+        log.info(f"flood {n} -> answer 'day'", key="answer", period_s=1.0)  # a flood: one line
+    assert [text for _, text in sink.lines] == [*(f"question {n} -> answer 'day'" for n in range(3)),
+                                                "flood 0 -> answer 'day'"]

@@ -59,6 +59,7 @@ ACK_WAIT_S = 0.25  # at shutdown, what the last captions and answers may take to
 FOLLOW_PERIOD_S = 0.25  # how often each input's publishers are looked at (QoS following)
 QUESTION_DEPTH = 10
 QUOTED_QUESTION_CHARS = 60  # a question repeated in the log is cut to this
+ANSWER_LOG_PERIOD_S = 1.0  # each answer is logged, but a flood of them at most once a second
 
 
 class Captioning:
@@ -258,7 +259,7 @@ class Captioning:
             return
         self.answer_pub.publish(String(data=answer))
         self.log.info(f"question {_quoted(question.text)} -> answer {answer!r} (frames stamped "
-                      f"{question.pair.stamp_ns} ns)")
+                      f"{question.pair.stamp_ns} ns)", key="answer", period_s=ANSWER_LOG_PERIOD_S)
 
     def _publish(self, pair: FramePair, caption: str) -> None:
         if not self.node.context.ok():  # Ctrl-C arrived during inference: the publishers are gone
