@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_node import NODE, count, probe_command, ros_env, start_node, stop_node
+from test_node import NODE, ROOT, count, probe_command, ros_env, start_node, stop_node
 
 pytestmark = pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`")
 
@@ -145,4 +146,34 @@ def test_refused_frames_worker_failures_and_refused_questions_reach_rosout_throt
     assert 1 <= len(said("CAM_BACK frame refused: empty compressed image")) <= 2, lines
     assert said("captioning failed for 1 pair(s)"), lines  # the worker's warning, through /rosout
     assert 1 <= len(said("holds a chat-template token")) <= 2, lines
-    assert count(result, "questions_refused") >= 30 and count(result, "CAM_FRONT.bad") >= 20  # counts kept
+    # Counts kept: of the 30 questions, those the node took (at most max_question_rate_hz a second) were
+    # refused, the rest lost in the subscription's history before it took them.
+    assert count(result, "questions_refused") + count(result, "scene_question.lost_before_taken") >= 30
+    assert count(result, "CAM_FRONT.bad") >= 20
+
+
+# -- no input starves another ----------------------------------------------------------------------------
+def test_a_flood_of_frames_on_one_view_starves_neither_the_other_view_nor_questions_nor_diagnostics(default_node,
+                                                                                                     tmp_path):
+    _, env = default_node
+    flood = subprocess.Popen([sys.executable, str(ROOT / "tests" / "helpers" / "question_flood.py"), "--frames-of",
+                              "CAM_FRONT", "--rate", "3000", "--seconds", "12"], env=env, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert flood.stdout.readline().strip() == "ready"
+        before = probe(env, tmp_path, [{"kind": "sleep", "seconds": 1.5}])["diagnostics"]
+        result = probe(env, tmp_path, [
+            {"kind": "pairs", "count": 30, "rate": 10.0},
+            {"kind": "ask", "question": "Is it day or night?", "timeout": 5.0},
+        ])
+    finally:
+        flood.wait(60)
+    def grew(key: str) -> int:
+        return count(result, key) - int(before.get(key, "0"))
+
+    figures = {key: grew(key) for key in ("CAM_BACK.received", "CAM_BACK.lost_before_taken", "questions_received",
+                                         "CAM_FRONT.intake_limited", "CAM_FRONT.lost_before_taken", "CAM_FRONT.received")}
+    assert figures["CAM_BACK.received"] == 30 and figures["CAM_BACK.lost_before_taken"] == 0, figures  # all of it
+    assert figures["questions_received"] == 1, figures  # taken (answered, or unanswerable without a fresh pair)
+    assert figures["CAM_FRONT.intake_limited"] > 0 and figures["CAM_FRONT.lost_before_taken"] > 0, figures
+    assert figures["CAM_FRONT.received"] <= 200 * 6, figures  # at most max_frame_rate_hz a second were taken

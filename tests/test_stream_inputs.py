@@ -218,3 +218,24 @@ def test_a_kind_may_have_its_own_period():
         log.info(f"flood {n} -> answer 'day'", key="answer", period_s=1.0)  # a flood: one line
     assert [text for _, text in sink.lines] == [*(f"question {n} -> answer 'day'" for n in range(3)),
                                                 "flood 0 -> answer 'day'"]
+
+
+# -- each input's budget ----------------------------------------------------------------------------------
+def test_a_budget_lets_through_its_rate_and_a_burst_of_a_tenth_of_a_second():
+    from clip_vlm_core.stream.budget import RateBudget
+
+    clock = Clock()
+    budget = RateBudget(50.0, clock=clock)
+    taken = 0
+    for _ in range(1000):  # a flood arriving all at once: the burst passes, then nothing
+        if budget.available():
+            budget.spend()
+            taken += 1
+    assert taken == 5 and budget.exhausted == 1
+    for _ in range(100):  # then 10 s at 1,000 a second: 50 a second pass
+        clock.now += 0.1
+        for _ in range(100):
+            if budget.available():
+                budget.spend()
+                taken += 1
+    assert 0.9 * 500 <= taken - 5 <= 500  # about its rate, never more

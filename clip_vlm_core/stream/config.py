@@ -97,6 +97,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "someone subscribes)", read_only=False),
     ParameterSpec("question_queue_size", 8, "questions on scene_question kept waiting for an answer (the oldest "
                   "dropped when full)", low=1, high=MAX_QUEUE_SIZE),
+    ParameterSpec("max_frame_rate_hz", 200.0, "frames a second the node takes from each view, at most; beyond it "
+                  "they wait in the subscription's history, the oldest lost there and counted (a flood on one "
+                  "input must not starve the others)", low=1.0, high=100_000.0),
+    ParameterSpec("max_question_rate_hz", 50.0, "questions a second the node takes from scene_question, at most; "
+                  "beyond it they wait in the subscription's history, the oldest lost there and counted",
+                  low=1.0, high=100_000.0),
 )
 SPECS = {spec.name: spec for spec in PARAMETERS}
 
@@ -130,6 +136,8 @@ class CaptionNodeConfig:
     fast_inference: bool
     publish_image: bool
     question_queue_size: int
+    max_frame_rate_hz: float
+    max_question_rate_hz: float
 
     def topic_for(self, view: str) -> str:
         base = self.topic_template.format(view=view)

@@ -108,11 +108,12 @@ class Captioning:
 
         message_type = CompressedImage if self.config.image_transport == "compressed" else Image
         self.inputs = {view: TopicInput(node, view, message_type, self.config.topic_for(view), self.config.qos_depth,
-                                        self.config.qos_reliability, partial(self._on_image, view), self.log)
+                                        self.config.qos_reliability, partial(self._on_image, view), self.log,
+                                        self.config.max_frame_rate_hz)
                        for view in self.config.views}
         # Questions follow their publishers too: a best-effort `ros2 topic pub` is heard, not ignored.
-        self.inputs["scene_question"] = TopicInput(node, "scene_question", String, "scene_question", QUESTION_DEPTH, "auto",
-                                              self._on_question, self.log)
+        self.inputs["scene_question"] = TopicInput(node, "scene_question", String, "scene_question", QUESTION_DEPTH,
+                                                   "auto", self._on_question, self.log, self.config.max_question_rate_hz)
 
     def cleanup(self) -> None:
         """Destroy the publishers and free the model (after `deactivate`)."""
