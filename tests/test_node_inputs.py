@@ -153,6 +153,7 @@ def test_refused_frames_worker_failures_and_refused_questions_reach_rosout_throt
 
 
 # -- no input starves another ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_flood_of_frames_on_one_view_starves_neither_the_other_view_nor_questions_nor_diagnostics(default_node,
                                                                                                      tmp_path):
     _, env = default_node
