@@ -10,6 +10,16 @@
 8. stop everything it started
 
 Like `bag play`, this is an application on top of the core: rclpy is imported only inside `run`.
+
+Nothing may be lost on a busy machine. The player starts once every topic it plays has a subscriber,
+or once no new subscriber has come for half a second after the first: measured beside eight CPU-bound
+processes, the node's subscriptions were discovered seconds after this script's own, so a listener of
+the camera topics here let the replay start early and the node lost its first keyframes (1 to 4 of 12).
+So the demo plays only the topics it needs, each with a subscriber it knows of: the camera topics, which
+only the node subscribes to, and the ground truth (/scene_caption_gt, published with each keyframe), which
+only this script subscribes to and times frames by; the player then waits for all three. It also waits for
+the node's question subscription before asking, and every publisher that ends (the player's, the
+questions', the node's) waits for its messages to be acknowledged first.
 """
 
 from __future__ import annotations
@@ -29,6 +39,11 @@ from pathlib import Path
 from clip_vlm_core.errors import UserError
 
 VIEWS = ("CAM_FRONT", "CAM_BACK")
+# What the demo plays: what the node subscribes to, and the truth this script times keyframes by. The player
+# waits until each has a subscriber.
+CAMERA_TOPICS = tuple(f"/{view}/image_raw/compressed" for view in VIEWS)
+TRUTH_TOPIC = "/scene_caption_gt"
+PLAYED_TOPICS = (*CAMERA_TOPICS, TRUTH_TOPIC)
 # Question types the demo asks about, in held-out phrasings (the embedded model never trained on them).
 DEMO_QUESTION_TYPES = ("front.vehicle_colour", "front.lane", "front.light", "back.follows", "both.where")
 STEPS = 8
@@ -161,7 +176,6 @@ def run(demo: Demo) -> int:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import String
     from visualization_msgs.msg import Marker
 
@@ -181,9 +195,10 @@ def run(demo: Demo) -> int:
         print(f"[{step}]  model: {demo.model or 'embedded default'}; log: {demo.out / 'caption_node.log'}")
         rclpy.init()
         listener = rclpy.create_node("clip_vlm_demo")
+        # When each keyframe was played: the bag's ground truth goes out with its frames, keyframe by keyframe.
+        # (Not the camera topics: a subscriber of them here could start the replay before the node's.)
         arrivals: dict[int, float] = {}
-        listener.create_subscription(CompressedImage, "/CAM_FRONT/image_raw/compressed",
-                                     lambda m: arrivals.setdefault(_ns(m.header.stamp), time.monotonic()), 10)
+        listener.create_subscription(String, TRUTH_TOPIC, lambda m: _on_truth(demo, arrivals), 50)
         listener.create_subscription(DiagnosticArray, "/diagnostics", lambda m: _keep_diagnostics(demo, m), 10)
         listener.create_subscription(Marker, "/scene_caption/marker", lambda m: _on_caption(demo, m, arrivals), 50)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -204,11 +219,11 @@ def run(demo: Demo) -> int:
         print(f"      up in {time.monotonic() - started:.1f} s on {demo.diagnostics.get('device', '?')}")
 
         step = "4/8 replay the bag"
-        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock")
+        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock --topics {' '.join(PLAYED_TOPICS)}")
         play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
         player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate),
-                                   "--clock"], stdout=play_log, stderr=subprocess.STDOUT,
-                                  env=env, start_new_session=True)
+                                   "--clock", "--wait-for-subscribers", str(demo.timeout_s), "--topics", *PLAYED_TOPICS],
+                                  stdout=play_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         demo.processes.append(player)
 
         step = "5/8 caption every keyframe"
@@ -224,9 +239,11 @@ def run(demo: Demo) -> int:
             if node.poll() is not None:
                 raise StepFailed(step, f"caption_node died (code {node.returncode}): {_tail(demo.out / 'caption_node.log')}")
             if deadline and time.monotonic() > deadline:
-                missing = sum(k.caption is None for k in demo.keyframes.values())
-                raise StepFailed(step, f"{missing} of {len(demo.keyframes)} keyframes got no caption "
-                                 f"{demo.timeout_s:.0f} s after the replay ended")
+                ordered = sorted(demo.keyframes.values(), key=lambda k: k.stamp_ns)
+                missing = [str(n) for n, k in enumerate(ordered, 1) if k.caption is None]
+                raise StepFailed(step, f"{len(missing)} of {len(demo.keyframes)} keyframes (number "
+                                 f"{', '.join(missing)}) got no caption "
+                                 f"{demo.timeout_s:.0f} s after the replay ended; {_node_figures(demo)}")
         end = time.monotonic() + 1.5  # one more diagnostics message with the final figures
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
@@ -235,6 +252,7 @@ def run(demo: Demo) -> int:
         last = max(demo.keyframes.values(), key=lambda k: k.stamp_ns)
         print(f"[{step}]  about the freshest frames (keyframe {len(demo.keyframes)}), on /scene_question")
         ask_questions(demo, last, question_pub, answers, executor, step)
+        question_pub.wait_for_all_acked(_duration(demo.timeout_s))  # before this publisher goes
         right = sum(_answer_right(a) for a in demo.asked)
         answer_ms = sorted(a.latency_ms for a in demo.asked if a.latency_ms is not None)
         print(f"      {right}/{len(demo.asked)} answers right; answer latency p50 {_pct(answer_ms, 50):.0f} ms")
@@ -267,6 +285,11 @@ def ask_questions(demo: Demo, keyframe: Keyframe, question_pub, answers: list, e
     from std_msgs.msg import String
 
     pairs = {p["type"]: p for p in demo.questions.get(keyframe.token, [])}
+    matched_by = time.monotonic() + demo.timeout_s
+    while question_pub.get_subscription_count() == 0:  # a question published before that is lost
+        executor.spin_once(timeout_sec=0.05)
+        if time.monotonic() > matched_by:
+            raise StepFailed(step, f"caption_node's /scene_question subscription not seen within {demo.timeout_s:.0f} s")
     for kind in DEMO_QUESTION_TYPES:
         asked = Asked(pairs[kind]["question"], pairs[kind]["answer"])
         expected, sent = len(answers) + 1, time.monotonic()
@@ -293,9 +316,33 @@ def _ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
+FIGURES = ("CAM_FRONT.received", "CAM_BACK.received", "pairs_made", "captions", "queue_depth", "pairs_in_flight",
+           "pairs_dropped_overflow", "pairs_dropped_stale", "pairs_dropped_on_error", "CAM_FRONT.dropped",
+           "CAM_BACK.dropped")
+
+
+def _node_figures(demo: Demo) -> str:
+    """Where the node says the frames went, from its last /diagnostics: what a failure report needs."""
+    figures = ", ".join(f"{key} {demo.diagnostics[key]}" for key in FIGURES if key in demo.diagnostics)
+    return f"the node's last figures: {figures or 'none received'}"
+
+
 def _keep_diagnostics(demo: Demo, msg) -> None:
     for status in msg.status:
         demo.diagnostics = {kv.key: kv.value for kv in status.values} | {"message": status.message}
+
+
+def _duration(seconds: float):
+    from rclpy.duration import Duration
+
+    return Duration(nanoseconds=int(seconds * 1e9))
+
+
+def _on_truth(demo: Demo, arrivals: dict[int, float]) -> None:
+    """The n-th ground truth of the replay came with the n-th keyframe: note when."""
+    played = sorted(demo.keyframes)[len(arrivals):]
+    if played:
+        arrivals[played[0]] = time.monotonic()
 
 
 def _on_caption(demo: Demo, marker, arrivals: dict[int, float]) -> None:
@@ -351,8 +398,8 @@ def write_report(demo: Demo, scene: str) -> Path:
 td:first-child{{white-space:nowrap}}
 figure{{display:inline-block;margin:0 6px 0 0}} figcaption{{font-size:11px;color:#666}}</style></head><body>
 <h1>clip-vlm demo: {scene}</h1><p>caption_node (model: {html.escape(demo.model or 'embedded default')}) fed by
-<code>clip-vlm bag play</code>; latency is from the front frame's arrival to its caption's arrival, both seen
-by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
+<code>clip-vlm bag play</code>; latency is from the arrival of the keyframe's ground truth, which the replay
+publishes with its frames, to its caption's arrival, both seen by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
 <h2>Questions about the last keyframe (/scene_question to /scene_answer)</h2><table><tr><th>question</th>
 <th>answer</th><th>truth</th><th></th><th>latency</th></tr>{asked}</table>
 <h2>Node figures (last /diagnostics)</h2><table>{figures}</table></body></html>"""

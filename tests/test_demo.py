@@ -9,24 +9,37 @@ import sys
 
 import pytest
 
+CPU_BOUND = [sys.executable, "-c", "while True: pass"]
+
 
 @pytest.mark.slow
-def test_demo_captions_every_keyframe_and_writes_the_report(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags", str(tmp_path / "bags"),
-         "--samples", "6", "--rate", "2"],
-        capture_output=True, text=True, timeout=300,
-    )
+def test_demo_captions_every_keyframe_beside_eight_cpu_bound_processes(tmp_path):
+    """Issue 26 class 7: beside eight CPU-bound processes the demo lost 1 to 4 of its 12 keyframes (the
+    replay started before the node's subscriptions were discovered). A real machine is busy; so is this one."""
+    load = [subprocess.Popen(CPU_BOUND) for _ in range(8)]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags",
+             str(tmp_path / "bags"), "--samples", "12", "--timeout", "180"],
+            capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     for step in range(1, 9):
         assert f"[{step}/8 " in out
-    assert "6/6 keyframes captioned" in out
-    assert len(re.findall(r"^\s+caption: ", out, flags=re.M)) == 6
+    assert "12/12 keyframes captioned" in out
+    assert len(re.findall(r"^\s+caption: ", out, flags=re.M)) == 12
     assert len(re.findall(r"^\s+answer: .* truth: ", out, flags=re.M)) == 5 and "answers right" in out
     report = (tmp_path / "demo" / "report.html").read_text()
-    assert report.count("<b>caption</b>") == 6 and "pairs_made" in report and "questions_answered" in report
+    assert report.count("<b>caption</b>") == 12 and "pairs_made" in report and "questions_answered" in report
     assert (tmp_path / "bags" / "scene-0061" / "metadata.yaml").exists()
+    # Every frame the replay sent reached the node, and none was lost before it took them.
+    assert "<td>CAM_FRONT.received</td><td>12</td>" in report and "<td>CAM_BACK.received</td><td>12</td>" in report
+    assert "<td>CAM_FRONT.lost_before_taken</td><td>0</td>" in report
 
 
 def test_demo_failure_names_the_step(tmp_path):

@@ -347,25 +347,33 @@ def test_invalid_parameter_exits_2_with_one_clear_line(params, message):
 
 # -- launch files and the params file ---------------------------------------------------------------
 def parameters_set_by(launch_file: Path) -> set[str]:
-    """Names in the `parameters=` of every caption_node Node(...): dict keys, keyword names, and what
-    clip_vlm.launch_plan.node_overrides can return."""
-    from clip_vlm.launch_plan import node_overrides
+    """Names in the `parameters=` of every caption_node node (name="caption_node"): dict keys, keyword names,
+    and what clip_vlm.launch_plan's functions that build them can return."""
+    from clip_vlm.launch_plan import caption_plan, node_overrides, replay_overrides
 
+    built_by = {
+        "node_overrides": set(node_overrides("a model", "cpu", "true")),
+        "replay_overrides": set(replay_overrides("all")),
+        "parameters": set(caption_plan(str(PACKAGE / "config" / "caption.yaml"), "a model", "cpu", "", "true",
+                                       "false", "false", lambda name: False).parameters[1]),  # plan.parameters
+    }
     names: set[str] = set()
     for call in ast.walk(ast.parse(launch_file.read_text())):
         if not isinstance(call, ast.Call):
             continue
         keywords = {k.arg: k.value for k in call.keywords}
-        executable = keywords.get("executable")
-        if not (isinstance(executable, ast.Constant) and executable.value == "caption_node"):
+        node_name = keywords.get("name")
+        if not (isinstance(node_name, ast.Constant) and node_name.value == "caption_node"):
             continue
         for node in ast.walk(keywords["parameters"]):
             if isinstance(node, ast.Dict):
                 names |= {k.value for k in node.keys if isinstance(k, ast.Constant)}
             elif isinstance(node, ast.Call):
                 names |= {k.arg for k in node.keywords if k.arg}
-                if isinstance(node.func, ast.Name) and node.func.id == "node_overrides":
-                    names |= set(node_overrides("a model", "cpu", "true"))
+                if isinstance(node.func, ast.Name):
+                    names |= built_by.get(node.func.id, set())
+            elif isinstance(node, ast.Attribute):
+                names |= built_by.get(node.attr, set())
     return names
 
 
@@ -420,7 +428,9 @@ def test_installed_params_file_passes_the_nodes_validation():
 def test_ten_thousand_frames_do_not_grow_the_nodes_memory(tmp_path):
     psutil = pytest.importorskip("psutil")
     env = ros_env()
-    proc = start_node({"policy": "latest", "rate_hz": 5.0, "max_new_tokens": 2, "publish_image": False}, env)
+    # Every frame taken (no intake budget): the memory of the node's whole path is what is measured.
+    proc = start_node({"policy": "latest", "rate_hz": 5.0, "max_new_tokens": 2, "publish_image": False,
+                       "max_frame_rate_hz": 100_000.0}, env)
     try:
         small = {"kind": "pairs", "rate": 2000.0, "width": 32, "height": 18}
         probe(env, tmp_path, [{**small, "count": 1000}])  # warm-up: allocator and DDS pools reach steady state

@@ -92,9 +92,11 @@ def test_looping_replay_every_pair_is_captioned_or_dropped_for_a_named_reason(re
 
 
 def test_backwards_stamp_warning_is_rate_limited(replay):
+    """Said once, then at most once in 10 s with the number of repeats (the run lasts under 20 s)."""
     resets = int(replay["diagnostics"]["pairing_resets"])
-    warnings = replay["node_log"].count("stamp went back")
-    assert resets >= 3 and warnings == 1, (resets, replay["node_log"][-3000:])
+    lines = [line for line in replay["node_log"].splitlines() if "stamp went back" in line]
+    assert resets >= 3 and 1 <= len(lines) <= 2, (resets, replay["node_log"][-3000:])
+    assert all("more in the last 10 s" in line or "more like it in the last 10 s" in line for line in lines[1:]), lines
 
 
 def test_source_latency_is_measured_in_bag_time_under_sim_time(replay):

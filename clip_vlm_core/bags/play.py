@@ -399,9 +399,24 @@ def _wait_for_subscribers(publishers: list[Any], timeout_s: float) -> list[str]:
     return sorted(listened)
 
 
-def _wait_for_acks(publishers: Iterable[Any], timeout_s: float = 2.0) -> None:
-    """Let reliable subscribers receive the last messages before the publishers go away."""
+def _wait_for_acks(publishers: Iterable[Any], timeout_s: float = 10.0) -> list[str]:
+    """Let reliable subscribers receive the last messages before the publishers go away; return the topics
+    whose subscribers had not acknowledged everything by then (said in a warning).
+
+    One deadline for all publishers (it was 2 s each, one after another), and it returns as soon as
+    everything is acknowledged: on a busy machine a subscriber's acknowledgements can take seconds, and a
+    publisher destroyed before them takes its unacknowledged messages with it. A subscriber still behind at
+    the deadline is named in a warning.
+    """
     from rclpy.duration import Duration
 
-    for publisher in set(publishers):
-        publisher.wait_for_all_acked(Duration(seconds=timeout_s))
+    deadline = time.monotonic() + timeout_s
+    unacknowledged = []
+    for publisher in {id(p): p for p in publishers}.values():
+        left = max(0.0, deadline - time.monotonic())
+        if not publisher.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+            unacknowledged.append(publisher.topic_name)
+    if unacknowledged:
+        log.warning("subscribers of %s had not acknowledged every message %.0f s after the last one: they may "
+                    "have missed the end of the replay", ", ".join(sorted(unacknowledged)), timeout_s)
+    return sorted(unacknowledged)

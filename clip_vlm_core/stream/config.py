@@ -17,9 +17,9 @@ from clip_vlm_core.config import DEFAULT_VIEWS, DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.limits import MAX_BATCH_SIZE, bound_of, check_batch
 from clip_vlm_core.stream.batching import POLICIES
+from clip_vlm_core.stream.qos import QOS_RELIABILITIES
 
 IMAGE_TRANSPORTS = ("compressed", "raw")
-QOS_RELIABILITIES = ("reliable", "best_effort")
 _DEVICE = re.compile(r"^(|auto|cpu|cuda|cuda:\d+)$")
 _VIEW = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # becomes part of a topic name
 # A ROS topic name: absolute (/a/b), relative (a/b) or private (~/a/b); tokens of letters, digits, _.
@@ -59,14 +59,16 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("topic_template", "{view}/image_raw",
                   "base image topic per view, relative so a namespace or remap moves it (a leading / pins it); "
                   "compressed transport appends '/compressed' as image_transport does"),
-    ParameterSpec("qos_reliability", "reliable", "reliable or best_effort (a best-effort reader may get no "
-                  "large frames from a reliable writer)", choices=QOS_RELIABILITIES),
+    ParameterSpec("qos_reliability", "auto", "auto: follow the cameras' publishers (reliable until they are "
+                  "seen, then best effort if any offers it, else reliable); reliable or best_effort pin it (a "
+                  "best-effort reader may get no large raw frames from a reliable writer)", choices=QOS_RELIABILITIES),
     ParameterSpec("qos_depth", 5, "history depth of each image subscription", low=1, high=MAX_QOS_DEPTH),
     ParameterSpec("max_skew_ms", 50.0, "frames of different views pair when their stamps differ by at most this",
                   low=0.0, high=10_000.0),
     ParameterSpec("max_age_ms", 1000.0, "a pair older than this when its turn comes is dropped (age: newest stamp "
                   "seen minus its stamp, or time waited here, whichever is larger)", low=1.0, high=3_600_000.0),
-    ParameterSpec("rate_hz", 2.0, "how often the worker captions", read_only=False, low=0.001, high=1000.0),
+    ParameterSpec("rate_hz", 2.0, "captions a second, at most, under either policy (a batch of n pairs under "
+                  "all counts n)", read_only=False, low=0.001, high=1000.0),
     ParameterSpec("batch_size", 4, "pairs captioned in one model call (policy all)", low=1, high=MAX_BATCH_SIZE),
     ParameterSpec("policy", "latest", "latest: caption only the freshest pair; all: a FIFO of queue_size pairs",
                   choices=POLICIES),
@@ -95,6 +97,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "someone subscribes)", read_only=False),
     ParameterSpec("question_queue_size", 8, "questions on scene_question kept waiting for an answer (the oldest "
                   "dropped when full)", low=1, high=MAX_QUEUE_SIZE),
+    ParameterSpec("max_frame_rate_hz", 200.0, "frames a second the node takes from each view, at most; beyond it "
+                  "they wait in the subscription's history, the oldest lost there and counted (a flood on one "
+                  "input must not starve the others)", low=1.0, high=100_000.0),
+    ParameterSpec("max_question_rate_hz", 50.0, "questions a second the node takes from scene_question, at most; "
+                  "beyond it they wait in the subscription's history, the oldest lost there and counted",
+                  low=1.0, high=100_000.0),
 )
 SPECS = {spec.name: spec for spec in PARAMETERS}
 
@@ -128,6 +136,8 @@ class CaptionNodeConfig:
     fast_inference: bool
     publish_image: bool
     question_queue_size: int
+    max_frame_rate_hz: float
+    max_question_rate_hz: float
 
     def topic_for(self, view: str) -> str:
         base = self.topic_template.format(view=view)

@@ -93,7 +93,14 @@ def black_jpeg(width: int, height: int) -> EncodedImage:
     return EncodedImage.checked(cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))[1].tobytes())
 
 
+# OpenCV's type names carry no colour order; cv_bridge reads their 1, 3 and 4 channels as mono, BGR and BGRA
+# (OpenCV's own order, cvtColorForDisplay), and so does this node.
+GENERIC_ENCODINGS = {"8UC1": "mono8", "8UC3": "bgr8", "8UC4": "bgra8",
+                     "16UC1": "mono16", "16UC3": "bgr16", "16UC4": "bgra16"}
+
+
 def decode_raw(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data: Any) -> np.ndarray:
+    named, encoding = encoding, GENERIC_ENCODINGS.get(encoding, encoding)
     if height == 0 or width == 0:
         raise BadFrame(f"zero-size image ({width}x{height})")
     problem = pixels_problem(width, height)
@@ -102,13 +109,16 @@ def decode_raw(encoding: str, height: int, width: int, step: int, is_bigendian: 
     try:
         depth, _, typestr, channels = to_cvtype(encoding)
     except ImageError:
-        raise BadFrame(f"unknown encoding {encoding!r}") from None
+        raise BadFrame(f"unknown encoding {named!r}") from None
     dtype = np.dtype(typestr).newbyteorder(">" if is_bigendian else "<")
     row_bytes = width * channels * dtype.itemsize
     buffer = memoryview(data).cast("B") if not isinstance(data, bytes | bytearray) else data
-    if step < row_bytes or len(buffer) != step * height:
+    if step < row_bytes:
+        raise BadFrame(f"step {step} is too small: a row of {width} {named} pixels takes {row_bytes} bytes "
+                       "(step is the bytes per row)")
+    if len(buffer) != step * height:
         raise BadFrame(
-            f"{encoding} {width}x{height} with step {step} needs {step * height} bytes, got {len(buffer)}"
+            f"{named} {width}x{height} with step {step} needs {step * height} bytes, got {len(buffer)}"
         )
     shape = (height, width, channels) if channels > 1 else (height, width)
     strides = (step, channels * dtype.itemsize, dtype.itemsize) if channels > 1 else (step, dtype.itemsize)

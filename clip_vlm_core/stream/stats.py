@@ -7,8 +7,10 @@ The source latency compares a frame's stamp with the node's clock, which is only
 are the same clock: a live camera stamped with synchronised time, or a replay that publishes /clock to
 a node using sim time. A stamp further than `SOURCE_CLOCK_TOLERANCE_NS` from the node's clock (a 2018
 bag replayed against today's wall clock is 8 years behind) is not a latency: such captions are left out
-of the percentiles, counted, and the report says how far off the stamps are. Thread-safe: callbacks
-and the worker both write.
+of the percentiles, counted, and the report says how far off the stamps are, and why that may be, for as
+long as the latest caption's stamp is off: an offset that went away (the replay now publishes /clock, the
+camera's clock was synchronised) is no longer reported. A stamp of 0 is a driver that leaves
+`header.stamp` unset, and is said so. Thread-safe: callbacks and the worker both write.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class StreamStats:
         self.dropped_bad_frame = 0  # pairs lost because a frame's body would not decode in the worker
         self.source_clock_mismatches = 0  # captions whose stamp was on another clock than the node's
         self.source_clock_offset_ns = 0  # node clock minus stamp, at the last mismatch
+        self.source_clock_off = False  # whether the latest caption's stamp was on another clock
+        self.source_stamp_unset = False  # whether that stamp was 0
         self._source_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._receive_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._published_at: deque[float] = deque()
@@ -74,15 +78,17 @@ class StreamStats:
                 self.last_bad_reason[view] = reason
             self.dropped_bad_frame += pairs_lost
 
-    def caption_published(self, source_latency_ns: int, receive_latency_ns: int) -> None:
+    def caption_published(self, source_latency_ns: int, receive_latency_ns: int, stamp_ns: int | None = None) -> None:
         now = time.monotonic()
         with self._lock:
             self.captions += 1
-            if -SOURCE_CLOCK_AHEAD_NS <= source_latency_ns <= SOURCE_CLOCK_TOLERANCE_NS:
+            self.source_clock_off = not -SOURCE_CLOCK_AHEAD_NS <= source_latency_ns <= SOURCE_CLOCK_TOLERANCE_NS
+            if not self.source_clock_off:
                 self._source_ms.append(source_latency_ns / 1e6)
             else:
                 self.source_clock_mismatches += 1
                 self.source_clock_offset_ns = source_latency_ns
+                self.source_stamp_unset = stamp_ns == 0
             self._receive_ms.append(receive_latency_ns / 1e6)
             self._published_at.append(now)
             while self._published_at and now - self._published_at[0] > RATE_WINDOW_S:
@@ -126,7 +132,10 @@ class StreamStats:
             ]
             if self.source_clock_mismatches:
                 values.append(("source_clock_mismatches", str(self.source_clock_mismatches)))
-                values.append(("source_clock_offset", describe_offset(self.source_clock_offset_ns)))
+            if self.source_clock_off:
+                offset = ("frame stamps are 0 (unset)" if self.source_stamp_unset
+                          else describe_offset(self.source_clock_offset_ns))
+                values.append(("source_clock_offset", offset))
             for view in self.views:
                 values.append((f"{view}.received", str(self.received[view])))
                 values.append((f"{view}.bad", str(self.bad[view])))
@@ -141,6 +150,22 @@ class StreamStats:
         if self.inference_errors and self.captions == 0:
             return StreamReport("ERROR", "every caption attempt failed so far", values)
         return StreamReport("OK", "captioning", values)
+
+    def source_clock_hint(self, use_sim_time: bool) -> str | None:
+        """What to do about stamps on another clock, while the latest caption's is; None otherwise.
+
+        Short enough for `ros2 topic echo`, which cuts strings at 128 characters.
+        """
+        with self._lock:
+            if not self.source_clock_off:
+                return None
+            unset = self.source_stamp_unset
+        if unset:
+            return "the camera driver leaves header.stamp at 0: stamp frames with their capture time"
+        if use_sim_time:
+            return "use_sim_time is on: is /clock published (ros2 bag play --clock, clip-vlm bag play --clock)?"
+        return ("a bag played without --clock (add it and use_sim_time:=true), or a camera clock "
+                "not synchronised (chrony, PTP)")
 
     def _caption_rate_hz(self) -> float:
         now = time.monotonic()

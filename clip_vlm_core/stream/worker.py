@@ -1,4 +1,4 @@
-"""`CaptionWorker`: the thread that turns queued frame pairs into captions, at most `rate_hz` times a second.
+"""`CaptionWorker`: the thread that turns queued frame pairs into captions, at most `rate_hz` captions a second.
 
 It never runs in a subscription callback: callbacks only check, pair and queue. Each tick it takes
 up to one batch (one pair under policy `latest`), decodes the batch's still-encoded frames in one
@@ -9,13 +9,22 @@ dropped on error; the worker goes on either way. Out of GPU memory also halves t
 ticks that follow. `in_flight` is how many pairs were taken and are neither published nor dropped
 yet: queued, in-flight, captioned and dropped pairs add up to the pairs made.
 
-Ticks are at least 1/rate_hz apart, and a pair that arrives while the worker is idle is captioned at
-once rather than at the next tick: waiting for a fixed tick added half a tick to every caption's
-latency (25 ms on average at 20 Hz), most of what the node added over calling the captioner directly.
+`rate_hz` is captions a second under either policy: a tick that takes n pairs (a batch under `all`) is
+followed by none for n/rate_hz seconds, so a backlog is captioned in batches yet never faster than
+rate_hz on average. A pair that arrives while the worker is idle is captioned at once rather than at the
+next tick: waiting for a fixed tick added half a tick to every caption's latency.
 
 Questions (optional, `ask`) share the worker and its one model: a question wakes the worker at once,
-and waiting questions are answered, a batch at a time, before the next caption; each answer goes to
-`answer`. Questions are not paced by `rate_hz`: an idle worker answers one as soon as it arrives.
+and waiting questions are answered a batch at a time, unpaced, whenever no caption is due. Neither can
+starve the other, and captions keep at least half of the worker: once a caption is due, one question
+turn goes before it and then the caption (the tick), and while a caption waits, a question turn is cut
+to the questions that fit in the time the last caption batch took (from the measured times). So with
+both waiting the worker alternates turns of about equal length: captions at no less than half the rate
+they would have alone, questions at no less than a turn per caption. A caption that waited for a
+question turn keeps its place in the rate's schedule, so at rates the worker has time for, a flood does
+not slow captions at all.
+
+Everything it reports goes through `log` (a `ThrottledLog`; the node's writes to its rclpy logger).
 """
 
 from __future__ import annotations
@@ -28,11 +37,10 @@ from typing import Any, Protocol
 
 from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.stream.batching import PairQueue
+from clip_vlm_core.stream.logs import PythonLogSink, ThrottledLog
 from clip_vlm_core.stream.pairing import FramePair
 from clip_vlm_core.stream.questions import Question, QuestionQueue
 from clip_vlm_core.stream.stats import StreamStats
-
-log = logging.getLogger(__name__)
 
 WAIT_SLICE_S = 0.05  # how long one wait for a pair lasts before the stop flag is looked at again
 
@@ -65,6 +73,7 @@ class CaptionWorker:
         decoding: Mapping[str, Any] | None = None,
         questions: QuestionQueue | None = None,
         answer: Answer | None = None,
+        log: ThrottledLog | None = None,
     ) -> None:
         self.captioner = captioner
         self.queue = queue
@@ -81,6 +90,10 @@ class CaptionWorker:
         self.questions = questions
         self.answer = answer
         self.question_batch = batch_size  # questions are answered in batches under either policy
+        self.log = log or ThrottledLog(PythonLogSink(logging.getLogger(__name__)))
+        self.taken = 0  # pairs the last tick took (its share of the rate)
+        self._caption_s = 0.0  # how long the last caption batches took (moving average)
+        self._per_question_s = 0.0  # how long a question took in the last answer batches (moving average)
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by a question (and by stop) to end any wait early
         self._thread = threading.Thread(target=self._run, name="caption-worker", daemon=True)
@@ -110,34 +123,57 @@ class CaptionWorker:
         self.queue.nudge()  # ends a wait for pairs too
 
     def _run(self) -> None:
-        earliest = time.monotonic()  # when the next tick may start
+        earliest = time.monotonic()  # when the next caption may start
+        held_back = False  # a question turn ran while a caption waited for its time
         while not self._stop.is_set():
             self._wake.clear()  # cleared before looking, so a question arriving from now on ends the wait
+            now = time.monotonic()
+            if now >= earliest and len(self.queue):
+                start = earliest if held_back else now  # held back by questions: keep its place in the schedule
+                held_back = False
+                self.tick()  # one question turn, then the due caption
+                if self.taken:  # read every tick: the node may change rate_hz live
+                    earliest = start + self.taken / self.rate_hz
+                continue
             if self.questions is not None and len(self.questions):
-                self.answer_questions()  # not paced: a question never waits for a tick
+                caption_waiting = len(self.queue) > 0
+                held_back = held_back or caption_waiting
+                # Not paced: questions use whatever time captions leave, in turns no longer than a caption's.
+                self.answer_questions(self.question_turn() if caption_waiting else None)
                 continue
-            delay = earliest - time.monotonic()
-            if delay > 0:
-                self._wake.wait(delay)
-                continue
-            if not self.queue.wait(WAIT_SLICE_S, also=self._wake.is_set):
-                continue
-            earliest = time.monotonic() + 1.0 / self.rate_hz  # read every tick: the node may change it live
-            self.tick()
+            if now < earliest:
+                self._wake.wait(earliest - now)  # a question (or stop) ends the wait early
+            else:
+                self.queue.wait(WAIT_SLICE_S, also=self._wake.is_set)
 
-    def answer_questions(self) -> int:
-        """Answer one batch of waiting questions, each about its own pair; return how many were answered."""
+    def question_turn(self) -> int:
+        """How many questions a turn ahead of a caption may answer: as many as fit in the time the last
+        caption batch took (at least one, at most a batch), so captions keep half of the worker."""
+        if not self._caption_s or not self._per_question_s:
+            return self.question_batch
+        return max(1, min(self.question_batch, int(self._caption_s / self._per_question_s + 1e-9)))
+
+    def answer_questions(self, limit: int | None = None) -> int:
+        """Answer one batch of waiting questions (at most `limit`), each about its own pair; return how many
+        were answered."""
         if self.questions is None or self.answer is None:
             return 0
-        questions = self.questions.take(self.question_batch)
+        questions = self.questions.take(min(limit or self.question_batch, self.question_batch))
         if not questions:
             return 0
+        started = time.monotonic()
+        try:
+            return self._answer(questions)
+        finally:
+            self._per_question_s = _moving_average(self._per_question_s, (time.monotonic() - started) / len(questions))
+
+    def _answer(self, questions: list[Question]) -> int:
         try:
             samples, bad = self._decoded_images([q.pair for q in questions])
             if bad:
                 self.questions.failed(len(bad))
-                log.warning("%d question(s) not answered: a frame of their pair would not decode (%s)",
-                            len(bad), next(iter(bad.values()))[0][1])
+                self.log.warning(f"{len(bad)} question(s) not answered: a frame of their pair would not decode "
+                                 f"({next(iter(bad.values()))[0][1]})", key="question_frame_bad")
                 questions = [q for n, q in enumerate(questions) if n not in bad]
                 samples = [s for n, s in enumerate(samples) if n not in bad]
             if not questions:
@@ -160,15 +196,23 @@ class CaptionWorker:
     def _question_failed(self, error: str, count: int, doing: str) -> None:
         self.questions.failed(count)
         self.stats.inference_failed(error[:300], 0)  # an inference error, but no pair was lost
-        log.warning("%s failed for %d question(s): %s", doing, count, error)
+        self.log.warning(f"{doing} failed for {count} question(s): {error[:300]}", key=f"question_failed:{doing}")
 
     def tick(self) -> int:
-        """Answer waiting questions (one batch), then caption one batch if there is one; return how many
-        captions were published."""
-        self.answer_questions()
+        """Answer waiting questions (one turn), then caption one batch if there is one; return how many
+        captions were published (`taken`: how many pairs were taken for it)."""
+        self.answer_questions(self.question_turn())
         pairs = self.queue.take(self.batch_limit, self._newest_stamp_ns(), time.monotonic_ns())
+        self.taken = len(pairs)
         if not pairs:
             return 0
+        started = time.monotonic()
+        try:
+            return self._caption(pairs)
+        finally:
+            self._caption_s = _moving_average(self._caption_s, time.monotonic() - started)
+
+    def _caption(self, pairs: list[FramePair]) -> int:
         self.in_flight = len(pairs)
         try:
             samples, pairs = self._decoded(pairs)
@@ -188,7 +232,8 @@ class CaptionWorker:
             except Exception as exc:  # one caption that cannot go out must not end the worker thread
                 self._failed(f"publishing: {type(exc).__name__}: {exc}", 1, "publishing a caption")
                 continue
-            self.stats.caption_published(self._source_clock_ns() - pair.stamp_ns, time.monotonic_ns() - pair.received_ns)
+            self.stats.caption_published(self._source_clock_ns() - pair.stamp_ns, time.monotonic_ns() - pair.received_ns,
+                                         pair.stamp_ns)
             self.in_flight -= 1
             published += 1
         return published
@@ -196,7 +241,7 @@ class CaptionWorker:
     def _failed(self, error: str, pairs_lost: int, doing: str) -> None:
         self.stats.inference_failed(error[:300], pairs_lost)
         self.in_flight -= pairs_lost
-        log.warning("%s failed for %d pair(s): %s", doing, pairs_lost, error)
+        self.log.warning(f"{doing} failed for {pairs_lost} pair(s): {error[:300]}", key=f"caption_failed:{doing}")
 
     def _decoded_images(self, pairs: list[FramePair]) -> tuple[list[dict[str, Any]], dict[int, list[tuple[str, str]]]]:
         """The pairs' images with every encoded frame decoded (one call for the whole batch), and the
@@ -222,9 +267,14 @@ class CaptionWorker:
         if bad:
             self.stats.frames_found_bad([frame for frames in bad.values() for frame in frames], len(bad))
             self.in_flight -= len(bad)
-            log.warning("%d pair(s) dropped: a frame would not decode (%s)", len(bad), next(iter(bad.values()))[0][1])
+            self.log.warning(f"{len(bad)} pair(s) dropped: a frame would not decode "
+                             f"({next(iter(bad.values()))[0][1]})", key="pair_frame_bad")
         keep = [p for p in range(len(pairs)) if p not in bad]
         return [samples[p] for p in keep], [pairs[p] for p in keep]
+
+
+def _moving_average(average: float, sample: float) -> float:
+    return sample if not average else 0.5 * average + 0.5 * sample
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

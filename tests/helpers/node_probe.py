@@ -17,8 +17,12 @@ Plan steps (run in order):
   file_pair    front, back: these JPEG files as one pair (compressed transport)
   ask          question, timeout: publish on scene_question, wait for one more answer on scene_answer
   ask_burst    question, count: publish that many questions at once, waiting for nothing
-The result holds every marker (stamp, text, receive time), the captions, the answers, and the last
-diagnostics.
+  burst_pairs  count: that many tiny pairs as fast as they can be published, waiting for nothing
+The result holds every marker (stamp, text, receive time), the captions, the answers, the last
+diagnostics, and what the node logged on /rosout ([level, text], read from this process).
+
+--camera-reliability / --question-reliability best_effort publish as a sensor-data camera driver or a
+best-effort `ros2 topic pub` would.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from image_bomb import png_bomb  # tests/helpers, beside this script
 from PIL import Image as PILImage
+from rcl_interfaces.msg import Log
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -43,16 +48,19 @@ from visualization_msgs.msg import Marker
 
 VIEWS = ("CAM_FRONT", "CAM_BACK")
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+RELIABILITIES = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
 class Probe(Node):
-    def __init__(self, transport: str, namespace: str = "") -> None:
+    def __init__(self, transport: str, namespace: str = "", camera_reliability: str = "reliable",
+                 question_reliability: str = "reliable") -> None:
         super().__init__("caption_probe")
         self.transport = transport
         ns = namespace.rstrip("/")
         kind = CompressedImage if transport == "compressed" else Image
         suffix = "/compressed" if transport == "compressed" else ""
-        self.pubs = {v: self.create_publisher(kind, f"{ns}/{v}/image_raw{suffix}", RELIABLE) for v in VIEWS}
+        camera_qos = QoSProfile(depth=100, reliability=RELIABILITIES[camera_reliability])
+        self.pubs = {v: self.create_publisher(kind, f"{ns}/{v}/image_raw{suffix}", camera_qos) for v in VIEWS}
         self.markers: list[dict] = []
         self.captions: list[str] = []
         self.diagnostics: dict[str, str] = {}
@@ -71,12 +79,21 @@ class Probe(Node):
         self.create_subscription(Image, f"{ns}/scene_caption/image",
                                  lambda m: self.captioned_images.append([m.width, m.height]), RELIABLE)
         self.answers: list[str] = []
-        self.question_pub = self.create_publisher(String, f"{ns}/scene_question", RELIABLE)
+        self.question_pub = self.create_publisher(String, f"{ns}/scene_question",
+                                                  QoSProfile(depth=100, reliability=RELIABILITIES[question_reliability]))
+        self.questions_sent = 0
+        self.rosout: list[list] = []
+        self.create_subscription(Log, "/rosout", self._on_log, QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(String, f"{ns}/scene_answer", lambda m: self.answers.append(m.data), RELIABLE)
 
     def _on_marker(self, msg: Marker) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         self.markers.append({"stamp_ns": stamp, "text": msg.text, "received_ns": time.time_ns()})
+
+    def _on_log(self, msg: Log) -> None:
+        if msg.name.endswith("caption_node"):
+            self.rosout.append([int.from_bytes(msg.level, "little") if isinstance(msg.level, bytes) else int(msg.level),
+                                msg.msg])
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -90,10 +107,13 @@ class Probe(Node):
         while time.monotonic() < end:
             rclpy.spin_once(self, timeout_sec=min(0.02, max(0.0, end - time.monotonic())))
 
-    def wait_for_node(self, timeout: float) -> None:
+    def wait_for_node(self, timeout: float, cameras: bool = True) -> None:
+        """Until the node's subscriptions have matched this probe's publishers (`cameras` False: the question
+        one only, for a node that cannot hear these cameras)."""
         end = time.monotonic() + timeout
+        publishers = (*self.pubs.values(), self.question_pub) if cameras else (self.question_pub,)
         while time.monotonic() < end:
-            ready = all(p.get_subscription_count() > 0 for p in (*self.pubs.values(), self.question_pub))
+            ready = all(p.get_subscription_count() > 0 for p in publishers)
             if ready and self.count_publishers(self.marker_topic) > 0:
                 self.spin_for(0.3)  # let the reliable readers/writers finish matching
                 return
@@ -171,12 +191,20 @@ class Probe(Node):
         elif kind == "ask":
             expected = len(self.answers) + 1
             self.question_pub.publish(String(data=step["question"]))
+            self.questions_sent += 1
             end = time.monotonic() + step.get("timeout", 20.0)
             while len(self.answers) < expected and time.monotonic() < end:
                 self.spin_for(0.02)
         elif kind == "ask_burst":
             for _ in range(step["count"]):
                 self.question_pub.publish(String(data=step["question"]))
+            self.questions_sent += step["count"]
+        elif kind == "burst_pairs":
+            for i in range(step["count"]):
+                stamp, header = self.stamp()
+                for view in VIEWS:
+                    self.pubs[view].publish(self.image_msg(header, 32, 18, (i * 37) % 256))
+                self.sent_pairs.append(stamp)
         elif kind == "backwards":
             self.offset_ns += int(step["seconds"] * 1e9)
         elif kind == "sleep":
@@ -216,11 +244,15 @@ def main() -> int:
     parser.add_argument("--transport", choices=("compressed", "raw"), default="compressed")
     parser.add_argument("--node-timeout", type=float, default=60.0)
     parser.add_argument("--namespace", default="", help="the node's namespace, e.g. /car1")
+    parser.add_argument("--camera-reliability", choices=tuple(RELIABILITIES), default="reliable")
+    parser.add_argument("--question-reliability", choices=tuple(RELIABILITIES), default="reliable")
+    parser.add_argument("--cameras-unheard", action="store_true",
+                        help="do not wait for the node to match the camera publishers (it is not meant to)")
     args = parser.parse_args()
     rclpy.init()
-    probe = Probe(args.transport, args.namespace)
+    probe = Probe(args.transport, args.namespace, args.camera_reliability, args.question_reliability)
     try:
-        probe.wait_for_node(args.node_timeout)
+        probe.wait_for_node(args.node_timeout, cameras=not args.cameras_unheard)
         for step in json.loads(args.plan):
             probe.run_step(step)
         probe.spin_for(1.2)  # one more diagnostics message, reflecting everything sent
@@ -234,6 +266,8 @@ def main() -> int:
             "diagnostics_level": probe.diagnostics_level,
             "diagnostics_message": probe.diagnostics_message,
             "waits": probe.waits,
+            "questions_sent": probe.questions_sent,
+            "rosout": probe.rosout,
         }
         with open(args.out, "w") as f:
             json.dump(result, f)

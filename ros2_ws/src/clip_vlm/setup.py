@@ -31,5 +31,6 @@ setup(
     maintainer_email="clip-vlm@example.com",
     description="ROS 2 node publishing scene captions of a car's cameras on /scene_caption.",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"caption_node = {PACKAGE}.caption_node:main"]},
+    entry_points={"console_scripts": [f"caption_node = {PACKAGE}.caption_node:main",
+                                      f"caption_lifecycle_node = {PACKAGE}.lifecycle_node:main"]},
 )

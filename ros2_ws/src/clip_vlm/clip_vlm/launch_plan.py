@@ -7,10 +7,26 @@ nothing runs yet, so no process is ever left behind.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.stream import POLICIES, validate_parameters
+from clip_vlm_core.stream.config import SPECS
 
 OVERLAY_PACKAGE = "rviz_2d_overlay_plugins"
 PLAYERS = {"ros2": ["ros2", "bag", "play"], "clip-vlm": ["clip-vlm", "bag", "play"]}
+EXECUTABLES = {False: "caption_node", True: "caption_lifecycle_node"}
+NODE_NAME = "caption_node"
+# A ROS namespace: empty, or /-separated tokens of letters, digits and _ (a leading / optional).
+_NAMESPACE = re.compile(r"^(/?[A-Za-z_][A-Za-z0-9_]*)*/?$")
+# Parameters every rclpy node declares itself, which a params file may set too.
+RCLPY_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 # launch reads a condition as true or false from these words (launch.conditions.evaluate_condition_expression).
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 
@@ -77,3 +93,97 @@ def package_installed(name: str) -> bool:
     except PackageNotFoundError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class CaptionPlan:
+    """What caption.launch.py starts, settled before anything runs."""
+
+    executable: str  # caption_node, or caption_lifecycle_node (lifecycle:=true)
+    lifecycle: bool
+    namespace: str
+    parameters: list[Any]  # the params file, then the overrides
+    start_overlay: bool
+    warning: str | None
+
+
+def caption_plan(params_file: str, model: str, device: str, namespace: str, use_sim_time: str, overlay: str,
+                 lifecycle: str, installed: Callable[[str], bool]) -> CaptionPlan:
+    """Every argument of caption.launch.py checked, with the params file's values and the overrides as the
+    node will read them: a ValueError names the first argument the node would refuse, before it starts."""
+    overrides = node_overrides(model, device, use_sim_time)
+    check_node_parameters(params_file, overrides)
+    if not _NAMESPACE.match(namespace) or "__" in namespace:
+        raise ValueError(f"launch argument namespace:={namespace} is not a valid ROS namespace (letters, digits, "
+                         "_ and /, e.g. car1)")
+    start_overlay, warning = overlay_choice(overlay, installed)
+    managed = is_true("lifecycle", lifecycle)
+    return CaptionPlan(EXECUTABLES[managed], managed, namespace, [params_file, overrides], start_overlay, warning)
+
+
+def check_node_parameters(params_file: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The node's parameters as the params file and the overrides set them, checked by the node's own
+    validator; a ValueError names the file or the launch argument and what is wrong."""
+    values = params_file_values(params_file)
+    values.update({k: v for k, v in overrides.items() if k in SPECS})
+    try:
+        validate_parameters(values)
+    except UserError as exc:
+        text = str(exc)
+        named = re.match(r"parameter (\w+)", text)
+        if named and named.group(1) in overrides:  # said as the launch argument that set it
+            name = named.group(1)
+            prefix = f"parameter {name}={overrides[name]!r}"
+            text = f"launch argument {name}:={overrides[name]}" + text[len(prefix):] if text.startswith(prefix) \
+                else f"launch argument {name}:={overrides[name]}: {text}"
+            raise ValueError(text) from None
+        raise ValueError(f"params_file {params_file}: {text}") from None
+    return values
+
+
+def params_file_values(params_file: str) -> dict[str, Any]:
+    """caption_node's parameters in a ROS params file: those under `/**` and under its own name (any
+    namespace); names other nodes may take under `/**` are left to them."""
+    path = Path(params_file)
+    if not path.is_file():
+        raise ValueError(f"launch argument params_file:={params_file} is not a file")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"params_file {params_file} cannot be read as YAML ({type(exc).__name__})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"params_file {params_file} holds no '/**: ros__parameters:' mapping")
+    values: dict[str, Any] = {}
+    for key, section in document.items():
+        name = str(key).rstrip("/").rsplit("/", 1)[-1]
+        if name not in ("**", "*", NODE_NAME) or not isinstance(section, dict):
+            continue
+        found = section.get("ros__parameters")
+        if not isinstance(found, dict):
+            raise ValueError(f"params_file {params_file}: {key} has no ros__parameters mapping")
+        for parameter, value in found.items():
+            if parameter in SPECS:
+                values[parameter] = value
+            elif name == NODE_NAME and parameter not in RCLPY_PARAMETERS:
+                raise ValueError(f"params_file {params_file}: caption_node has no parameter {parameter!r}")
+    return values
+
+
+def replay_overrides(policy: str) -> dict[str, str | bool]:
+    """The parameters replay.launch.py sets over its params file: the policy, and the bag's clock."""
+    return {"policy": policy, **node_overrides("", "", "true")}
+
+
+def replay_checks(rate: str, policy: str, bag: str) -> None:
+    """replay.launch.py's own arguments (the player's are bag_play_command's): a ValueError names the first
+    bad one."""
+    try:
+        speed = float(rate)
+    except ValueError:
+        speed = float("nan")
+    if not speed > 0:
+        raise ValueError(f"launch argument rate:={rate} must be a number above 0 (1.0 plays at recorded speed)")
+    if policy not in POLICIES:
+        raise ValueError(f"launch argument policy:={policy} must be one of {', '.join(POLICIES)}")
+    if bag and not Path(bag).exists():
+        raise ValueError(f"launch argument bag:={bag} does not exist")

@@ -4,10 +4,14 @@
     ros2 launch clip_vlm caption.launch.py model:=/path/to/checkpoint device:=cuda overlay:=true
     ros2 launch clip_vlm caption.launch.py params_file:=/path/to/my_caption.yaml namespace:=car1
     ros2 launch clip_vlm caption.launch.py use_sim_time:=true     # stamps judged by a replay's /clock
+    ros2 launch clip_vlm caption.launch.py lifecycle:=true        # managed: configure and activate it
 
 model and device, when given, override the params file; left empty, the params file decides. The camera
 topics are relative, so namespace:=car1 moves them too (/car1/CAM_FRONT/image_raw/compressed).
-Without rviz_2d_overlay_plugins, overlay:=true warns and starts the node alone.
+Every argument, and the params file's values with the overrides, is checked before anything starts (by
+the node's own checks): a wrong one ends the launch naming it, with no node left behind. Without
+rviz_2d_overlay_plugins, overlay:=true warns and starts the node alone. lifecycle:=true starts
+caption_lifecycle_node unconfigured, for a lifecycle manager or `ros2 lifecycle set /caption_node configure`.
 """
 
 # ruff takes `launch` (ROS) for the repo's own launch/ folder and would split the imports below.
@@ -16,38 +20,40 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
-from clip_vlm.launch_plan import node_overrides, overlay_choice, package_installed
+from clip_vlm.launch_plan import caption_plan, package_installed
 
 
 def nodes(context):
-    """Everything is decided here, before any process starts: a missing overlay package cannot leave
-    a caption_node running behind a failed launch."""
+    """Everything is decided here, before any process starts: a bad argument or a missing overlay package
+    cannot leave a caption_node running behind a failed launch."""
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
-    start_overlay, warning = overlay_choice(arg("overlay"), package_installed)
-    if warning:
-        get_logger("caption.launch").warning(warning)
+    plan = caption_plan(arg("params_file"), arg("model"), arg("device"), arg("namespace"), arg("use_sim_time"),
+                        arg("overlay"), arg("lifecycle"), package_installed)
+    if plan.warning:
+        get_logger("caption.launch").warning(plan.warning)
+    node_class = LifecycleNode if plan.lifecycle else Node
     actions = [
-        Node(
+        node_class(
             package="clip_vlm",
-            executable="caption_node",
+            executable=plan.executable,
             name="caption_node",
-            namespace=arg("namespace"),
+            namespace=plan.namespace,
             output="screen",
             emulate_tty=True,
-            parameters=[arg("params_file"), node_overrides(arg("model"), arg("device"), arg("use_sim_time"))],
+            parameters=plan.parameters,
         )
     ]
-    if start_overlay:
+    if plan.start_overlay:
         actions.append(Node(
             package="rviz_2d_overlay_plugins",
             executable="string_to_overlay_text",
             name="scene_caption_overlay",
-            namespace=arg("namespace"),
+            namespace=plan.namespace,
             parameters=[{"string_topic": "scene_caption", "fg_color": "w"}],
         ))
     return actions
@@ -69,5 +75,8 @@ def generate_launch_description():
         DeclareLaunchArgument("overlay", default_value="false",
                               description="also start rviz_2d_overlay_plugins' string_to_overlay_text "
                                           "(warns and skips it when not installed)"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="start caption_lifecycle_node, a managed node, unconfigured "
+                                          "(configure loads the model, activate starts captioning)"),
         OpaqueFunction(function=nodes),
     ])

@@ -18,23 +18,31 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from clip_vlm.launch_plan import bag_play_command, node_is_ready, node_overrides
+from clip_vlm.launch_plan import (
+    bag_play_command,
+    check_node_parameters,
+    node_is_ready,
+    replay_checks,
+    replay_overrides,
+)
 
 
 def node_then_player(context):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
-    # Checked before anything starts: a wrong player or loop value must not leave the node running.
+    # Checked before anything starts: a wrong argument must not leave the node running.
     player = ExecuteProcess(cmd=bag_play_command(arg("player"), arg("bag"), arg("rate"), arg("loop")),
                             output="screen", name="bag_play")
+    replay_checks(arg("rate"), arg("policy"), arg("bag"))
+    check_node_parameters(arg("params_file"), replay_overrides(arg("policy")))
     node = Node(
         package="clip_vlm",
         executable="caption_node",
         name="caption_node",
         output="screen",
         emulate_tty=True,
-        parameters=[arg("params_file"), {"policy": arg("policy"), **node_overrides("", "", "true")}],
+        parameters=[arg("params_file"), replay_overrides(arg("policy"))],
     )
     started = []
 
