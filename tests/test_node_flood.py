@@ -12,7 +12,7 @@ import pytest
 from test_node import NODE, ROOT
 
 pytestmark = [pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`"),
-              pytest.mark.slow]
+              pytest.mark.slow, pytest.mark.ros]
 
 
 def test_a_thousand_questions_a_second_leave_captions_at_least_half_their_rate(tmp_path):

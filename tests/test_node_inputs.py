@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from test_node import NODE, ROOT, count, probe_command, ros_env, start_node, stop_node
 
-pytestmark = pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`")
+pytestmark = [pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`"),
+              pytest.mark.ros]
 
 WARN = 30  # rcl_interfaces/msg/Log levels
 ERROR = 40

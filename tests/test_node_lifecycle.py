@@ -19,6 +19,7 @@ CAMERA_TOPICS = ("/CAM_FRONT/image_raw/compressed", "/CAM_BACK/image_raw/compres
 
 pytestmark = pytest.mark.skipif(not LIFECYCLE_NODE.exists(), reason="caption_lifecycle_node is not installed: "
                                 "run `make venv`")
+pytestmark = [pytestmark, pytest.mark.ros]  # `make test` runs these under Kilted and Jazzy
 
 
 class LifecycleClient:
