@@ -11,10 +11,10 @@ target is untouched.
 Durability. A rename is atomic, but after a power loss a file system may show the renamed entry with
 its data never written. So before a rename makes a file or folder visible, every file in it and every
 folder of it is flushed to the disk (fsync), and after the rename so is the folder that holds the target:
-after a crash the target is the previous one or the new one, whole. It costs one disk flush per file
-written: measured on this project's build machine (2-core VM, ext4 on SSD), a 40-byte `write_text` took
-0.35 ms without and 1.9 ms with it, a 12-keyframe bag conversion 0.10 s without and 0.11 s with it
-(README, Benchmarks).
+after a crash the target is the previous one or the new one, whole. It costs a disk flush per file
+written: measured on this project's shared 2-core VM (ext4, virtio disk), a 40-byte `write_text` took
+1-8 ms with the flushes against 0.6-3 ms without (medians of 200, three rounds each), and converting a
+12-keyframe scene with its sweeps (6.5 MB bag) 0.09-0.15 s against 0.09-0.12 s (four rounds each).
 
 What a command may replace, and never: clip_vlm_core.output_guard.
 """
