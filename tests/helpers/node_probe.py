@@ -66,6 +66,7 @@ class Probe(Node):
         self.markers: list[dict] = []
         self.captions: list[str] = []
         self.diagnostics: dict[str, str] = {}
+        self.diagnostics_stamp_ns = 0  # the node's clock when it made them
         self.diagnostics_level = -1
         self.diagnostics_message = ""
         self.offset_ns = 0
@@ -101,6 +102,7 @@ class Probe(Node):
         for status in msg.status:
             if status.name.startswith("clip_vlm"):
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
+                self.diagnostics_stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
                 self.diagnostics_level = int.from_bytes(status.level, "little")
                 self.diagnostics_message = status.message
 
@@ -280,6 +282,7 @@ def main() -> int:
             "captioned_images": probe.captioned_images,
             "answers": probe.answers,
             "diagnostics": probe.diagnostics,
+            "diagnostics_stamp_ns": probe.diagnostics_stamp_ns,
             "diagnostics_level": probe.diagnostics_level,
             "diagnostics_message": probe.diagnostics_message,
             "waits": probe.waits,
