@@ -96,6 +96,27 @@ def test_play_delivers_every_message_to_a_subscriber_in_another_process(tmp_path
 
 
 @pytest.mark.slow
+def test_start_paused_holds_the_first_message_until_a_line_on_stdin(tmp_path):
+    bag = write_bag(tmp_path / "bag", frames=3, spacing_ns=SECOND // 10)
+    env = ros_env()
+    sub = start_subscriber(env, 60, "/scene_caption_gt=std_msgs/msg/String:3")
+    player = subprocess.Popen([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(bag), "--start-paused",
+                               "--topics", "/scene_caption_gt"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = []
+    while not any("press Enter to play" in line for line in said):
+        line = player.stderr.readline()
+        assert line, f"the player ended without pausing: {''.join(said)}"
+        said.append(line)
+    time.sleep(2.0)  # 3 messages 0.1 s apart would all be out by now
+    assert player.poll() is None, "the player did not wait for Enter"
+    out, err = player.communicate(input="\n", timeout=60)
+    assert player.returncode == 0, err
+    assert "published 3 messages" in out
+    assert subscriber_counts(sub) == {"/scene_caption_gt": 3}
+
+
+@pytest.mark.slow
 def test_with_nobody_listening_the_player_says_so_and_plays(tmp_path):
     bag = write_bag(tmp_path / "bag", frames=2, spacing_ns=SECOND // 10)
     played = play_cli(bag, ros_env(), "--wait-for-subscribers", "0.5")

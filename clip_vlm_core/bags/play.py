@@ -78,12 +78,15 @@ def play_bag(
     report: bool = False,
     clock_hz: float = 0.0,
     remap: dict[str, str] | None = None,
+    start_when: Callable[[], object] | None = None,
 ) -> PlaySummary:
     """Publish the bag's messages at their recorded timing divided by `rate`; Ctrl-C stops cleanly.
 
     Waits up to `wait_for_subscribers` seconds for subscribers first (0: start at once). `clock_hz` > 0
     publishes the bag's time on /clock at that rate. `remap` renames topics ({bag topic: published as}).
-    `on_published(topic, bag_time_ns)` is called after each message. Returns what was published.
+    `on_published(topic, bag_time_ns)` is called after each message. `start_when()`, if given, is called
+    once the publishers exist and the wait for subscribers is over, and playing starts when it returns
+    (`--start-paused`: a line on stdin). Returns what was published.
     """
     if rate <= 0:
         raise UserError(f"play rate must be positive, got {rate}")
@@ -101,7 +104,7 @@ def play_bag(
             log.warning("skipping %s: %s", topic, why)
         playable = sum(t.count for t in plan)
         options = _Options(rate, loop and playable > 0, on_published, reliability, wait_for_subscribers, report,
-                           clock_hz, remap)
+                           clock_hz, remap, start_when)
         summary = _play(bag, plan, options)
         summary.skipped = skipped
         summary.played_topics = [t.name for t in plan]
@@ -121,6 +124,7 @@ class _Options:
     report: bool
     clock_hz: float
     remap: dict[str, str]
+    start_when: Callable[[], object] | None = None
 
 
 def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
@@ -144,6 +148,8 @@ def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
         try:
             if publishers:
                 summary.listened_topics = _wait_for_subscribers(list(publishers.values()), options.wait_for_subscribers)
+            if options.start_when is not None:
+                options.start_when()
             while True:
                 _play_once(bag, plan, publishers, options, clock, summary)
                 if not options.loop:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from clip_vlm_core.bags.play import DEFAULT_WAIT_S
@@ -58,6 +59,9 @@ topic gets the QoS its publisher offered when recorded (so /tf_static is latched
 volatile, keep last 10, as 'ros2 bag play' chooses. --remap renames only the player's own topics.
 Before the first message it waits for subscribers (up to 10 s; until none has appeared for 0.5 s after
 the first), so a node that is already up misses no frame; with nobody listening it says so and plays.
+Waiting is one-sided: this side sees a subscriber that may not have matched it yet. --start-paused then
+holds the replay until Enter, for a script that first checks the subscriber's side (the demo waits for
+the node's /diagnostics to show its `<VIEW>.publishers` at 1 or more).
 A topic is played only if its type is a message of an installed ROS 2 interface package (found through
 the ament index, as ROS finds them; nothing a bag names is imported otherwise), its name is a valid topic
 name and it is CDR; other topics (e.g. tf2_msgs where it is not installed) are skipped and reported. A bag
@@ -131,6 +135,9 @@ def _register_play(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
                    help="publish the bag's time on /clock at HZ (default 40 when given), as 'ros2 bag play "
                    "--clock' does, for nodes with use_sim_time:=true")
+    p.add_argument("--start-paused", action="store_true",
+                   help="after the wait for subscribers, hold the first message until a line (Enter) on stdin; "
+                   "a script starts the replay once its subscribers say they are ready")
     p.add_argument("-m", "--remap", nargs="+", default=[], metavar="OLD:=NEW",
                    help="publish topic OLD of the bag as NEW, e.g. /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed")
     p.set_defaults(func=run_play)
@@ -182,7 +189,7 @@ def run_play(args: argparse.Namespace) -> int:
     summary = play_bag(
         args.bag, rate=args.rate, loop=args.loop, topics=args.topics, reliability=args.qos_reliability,
         wait_for_subscribers=args.wait_for_subscribers, report=True, clock_hz=args.clock,
-        remap=_remaps(args.remap),
+        remap=_remaps(args.remap), start_when=_enter_on_stdin if args.start_paused else None,
     )
     stopped = " (interrupted)" if summary.interrupted else ""
     topics = len(summary.played_topics)
@@ -191,6 +198,11 @@ def run_play(args: argparse.Namespace) -> int:
     for topic, why in summary.skipped.items():
         print(f"skipped {topic}: {why}")
     return 0
+
+
+def _enter_on_stdin() -> None:
+    print("paused before the first message: press Enter to play", file=sys.stderr, flush=True)
+    sys.stdin.readline()  # end of input plays too: nobody is left to resume it
 
 
 def _remaps(rules: list[str]) -> dict[str, str]:

@@ -124,10 +124,17 @@ def run(demo: Demo) -> int:
         step = "4/8 replay the bag"
         print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock --topics {' '.join(PLAYED_TOPICS)}")
         play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
-        player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate),
-                                   "--clock", "--wait-for-subscribers", str(demo.timeout_s), "--topics", *PLAYED_TOPICS],
+        player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate), "--clock",
+                                   "--wait-for-subscribers", str(demo.timeout_s), "--start-paused",
+                                   "--topics", *PLAYED_TOPICS], stdin=subprocess.PIPE,
                                   stdout=play_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         demo.processes.append(player)
+        # The player waits until it sees the node's subscriptions, but the node may not have matched the
+        # player's publishers yet, and what it publishes before then is lost to the node (on a busy machine,
+        # the first keyframes): the replay starts once the node says every view has matched a publisher.
+        _wait_until_matched(demo, executor, player, node, step)
+        player.stdin.write(b"\n")
+        player.stdin.close()
 
         step = "5/8 caption every keyframe"
         print(f"[{step}]")
@@ -182,6 +189,23 @@ def run(demo: Demo) -> int:
             rclpy.shutdown()
 
 
+def _wait_until_matched(demo: Demo, executor, player: subprocess.Popen, node: subprocess.Popen, step: str) -> None:
+    """Spin until the node's /diagnostics show a matched publisher on every view (`<VIEW>.publishers`)."""
+    views = [key for key in demo.diagnostics if key.endswith(".publishers") and not key.startswith("scene_question")]
+    demo.diagnostics = {}
+    deadline = time.monotonic() + 2 * demo.timeout_s  # the player waits up to timeout_s for subscribers first
+    while not (demo.diagnostics and all(int(demo.diagnostics.get(key, "0")) > 0 for key in views)):
+        executor.spin_once(timeout_sec=0.1)
+        for process, what in ((player, "bag play"), (node, "caption_node")):
+            if process.poll() is not None:
+                log = demo.out / ("bag_play.log" if process is player else "caption_node.log")
+                raise StepFailed(step, f"{what} exited with code {process.returncode} before the replay began: "
+                                       f"{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise StepFailed(step, f"caption_node matched no publisher of the replay on {', '.join(views)} within "
+                                   f"{2 * demo.timeout_s:.0f} s; {_node_figures(demo)}")
+
+
 def ask_questions(demo: Demo, held_out: list[dict], question_pub, answers: list, executor, step: str) -> None:
     """One question at a time (answers carry no id, so each waits for its answer), printed with the truth."""
     from std_msgs.msg import String
@@ -214,7 +238,7 @@ def _ns(stamp) -> int:
 
 FIGURES = ("CAM_FRONT.received", "CAM_BACK.received", "pairs_made", "captions", "queue_depth", "pairs_in_flight",
            "pairs_dropped_overflow", "pairs_dropped_stale", "pairs_dropped_on_error", "CAM_FRONT.dropped",
-           "CAM_BACK.dropped")
+           "CAM_BACK.dropped", "CAM_FRONT.publishers", "CAM_BACK.publishers")
 
 
 def _node_figures(demo: Demo) -> str:

@@ -143,5 +143,9 @@ class TopicInput:
         self.losses.middleware_lost(event.total_count_change)
 
     def report(self) -> list[tuple[str, str]]:
-        return [*self.follower.report(), (f"{self.name}.lost_before_taken", str(self.losses.lost)),
+        # Publishers this subscription has matched: a player that waits for its own side to see a subscriber
+        # can still start before this side has matched it (the demo starts a replay only once this is >= 1).
+        matched = self.subscription.get_publisher_count() if self.subscription is not None else 0
+        return [*self.follower.report(), (f"{self.name}.publishers", str(matched)),
+                (f"{self.name}.lost_before_taken", str(self.losses.lost)),
                 (f"{self.name}.intake_limited", str(self.budget.exhausted))]
