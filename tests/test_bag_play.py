@@ -182,6 +182,28 @@ def test_play_api_reports_each_published_message_in_bag_order(tmp_path, monkeypa
     assert summary.published == 4 and not summary.interrupted
 
 
+@pytest.mark.parametrize("offset_s, first", [(0.0, 0), (0.02, 2), (0.025, 3), (0.045, 5)])
+def test_start_offset_skips_the_bags_first_seconds_and_plays_the_rest_in_time(tmp_path, monkeypatch, offset_s, first):
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randint(1, 200)))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    bag = write_bag(tmp_path / "bag", frames=6, spacing_ns=SECOND // 100)  # frames at 0, 10, ..., 50 ms
+    seen: list[tuple[str, int]] = []
+    summary = play_bag(bag, rate=1.0, topics=["/mounts", "/scene_caption_gt"], wait_for_subscribers=0,
+                       start_offset=offset_s, on_published=lambda topic, t: seen.append((topic, t)))
+    expected = [("/scene_caption_gt", START + i * SECOND // 100) for i in range(first, 6)]
+    assert seen == ([("/mounts", START)] if offset_s == 0 else []) + expected
+    assert summary.published == len(seen) and summary.first_pass == {"/mounts": 1, "/scene_caption_gt": 6}
+
+
+@pytest.mark.parametrize("offset", ["0.06", "-1", "nan"])
+def test_a_start_offset_outside_the_bag_is_one_sentence(tmp_path, offset):
+    bag = write_bag(tmp_path / "bag", frames=6, spacing_ns=SECOND // 100)
+    played = play_cli(bag, ros_env(), "--start-offset", offset, "--wait-for-subscribers", "0")
+    assert played.returncode == 2, played.stderr
+    assert ("is past the end of bag" if offset == "0.06" else "must be a number of seconds, 0 or more") in played.stderr
+    assert "published" not in played.stdout
+
+
 def test_play_rejects_a_topic_the_bag_does_not_have(tmp_path):
     from clip_vlm_core.errors import UserError
 

@@ -20,6 +20,7 @@ played and why others are not: play_plan.py; the QoS each is offered with: play_
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -79,6 +80,7 @@ def play_bag(
     clock_hz: float = 0.0,
     remap: dict[str, str] | None = None,
     start_when: Callable[[], object] | None = None,
+    start_offset: float = 0.0,
 ) -> PlaySummary:
     """Publish the bag's messages at their recorded timing divided by `rate`; Ctrl-C stops cleanly.
 
@@ -86,7 +88,8 @@ def play_bag(
     publishes the bag's time on /clock at that rate. `remap` renames topics ({bag topic: published as}).
     `on_published(topic, bag_time_ns)` is called after each message. `start_when()`, if given, is called
     once the publishers exist and the wait for subscribers is over, and playing starts when it returns
-    (`--start-paused`: a line on stdin). Returns what was published.
+    (`--start-paused`: a line on stdin). `start_offset` skips the first seconds of the bag, from its start
+    (what `bag info` and `clip-vlm search` count from), on every pass. Returns what was published.
     """
     if rate <= 0:
         raise UserError(f"play rate must be positive, got {rate}")
@@ -94,6 +97,8 @@ def play_bag(
         raise UserError(f"QoS reliability must be reliable or best_effort, got {reliability!r}")
     if wait_for_subscribers < 0 or clock_hz < 0:
         raise UserError("the wait for subscribers and the clock rate cannot be negative")
+    if not (math.isfinite(start_offset) and start_offset >= 0):
+        raise UserError(f"the start offset must be a number of seconds, 0 or more, got {start_offset}")
     with open_bag(path) as bag:
         chosen = chosen_topics(bag, topics)
         remap = checked_remap(remap or {}, chosen, bag)
@@ -103,8 +108,11 @@ def play_bag(
         for topic, why in skipped.items():
             log.warning("skipping %s: %s", topic, why)
         playable = sum(t.count for t in plan)
+        if start_offset and start_offset * 1e9 > bag.duration_ns:
+            raise UserError(f"--start-offset {start_offset:g} s is past the end of bag {bag.shown}, which lasts "
+                            f"{bag.duration_ns / 1e9:.2f} s")
         options = _Options(rate, loop and playable > 0, on_published, reliability, wait_for_subscribers, report,
-                           clock_hz, remap, start_when)
+                           clock_hz, remap, start_when, int(start_offset * 1e9))
         summary = _play(bag, plan, options)
         summary.skipped = skipped
         summary.played_topics = [t.name for t in plan]
@@ -125,6 +133,7 @@ class _Options:
     clock_hz: float
     remap: dict[str, str]
     start_when: Callable[[], object] | None = None
+    start_offset_ns: int = 0
 
 
 def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
@@ -190,6 +199,8 @@ def _play_once(bag: Bag, plan: list[PlayedTopic], publishers: dict[str, Any], op
     total = sum(t.count for t in plan)
     bar = tqdm(total=total, unit="msg", desc="play", disable=None if options.report else True, file=sys.stderr)
     played: Counter = Counter()
+    passed_over: Counter = Counter()  # before --start-offset: counted for the check against the bag, not sent
+    skip_before = bag.start_ns + options.start_offset_ns if options.start_offset_ns else None
     first_ns, wall_start = None, time.monotonic()
 
     def bag_time_at(monotonic_s: float) -> int:
@@ -197,6 +208,10 @@ def _play_once(bag: Bag, plan: list[PlayedTopic], publishers: dict[str, Any], op
 
     try:
         for topic, bag_ns, raw in bag.messages(publishers):
+            if skip_before is not None and bag_ns < skip_before:
+                passed_over[topic] += 1
+                bar.update()
+                continue
             if first_ns is None:
                 first_ns = bag_ns
             due = wall_start + (bag_ns - first_ns) / 1e9 / options.rate
@@ -214,7 +229,7 @@ def _play_once(bag: Bag, plan: list[PlayedTopic], publishers: dict[str, Any], op
     finally:
         bar.close()
         if summary.first_pass is None:
-            summary.first_pass = played
+            summary.first_pass = played + passed_over
 
 
 def _sleep_until(due: float, clock: BagClock | None, bag_time_at: Callable[[float], int]) -> None:

@@ -52,6 +52,7 @@ PLAY_EPILOG = """examples:
   clip-vlm bag play bags/scene-0061 --remap /CAM_FRONT/image_raw/compressed:=/car1/CAM_FRONT/image_raw/compressed
 
   clip-vlm bag play talker.db3          # a single storage file plays too
+  clip-vlm bag play labelled/scene-0061 --start-offset 12.5   # from a match 'clip-vlm search' printed
 
 Publishes with rclpy (install the 'ros' extra), for machines without rosbag2; where rosbag2 is
 installed, 'ros2 bag play' does the same (--clock, --rate, --loop, --remap mean the same there). Each
@@ -135,6 +136,9 @@ def _register_play(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
                    help="publish the bag's time on /clock at HZ (default 40 when given), as 'ros2 bag play "
                    "--clock' does, for nodes with use_sim_time:=true")
+    p.add_argument("--start-offset", type=float, default=0.0, metavar="SECONDS",
+                   help="start this many seconds into the bag, as 'ros2 bag play --start-offset' (e.g. the time "
+                   "'clip-vlm search' prints for a match)")
     p.add_argument("--start-paused", action="store_true",
                    help="after the wait for subscribers, hold the first message until a line (Enter) on stdin; "
                    "a script starts the replay once its subscribers say they are ready")
@@ -190,6 +194,7 @@ def run_play(args: argparse.Namespace) -> int:
         args.bag, rate=args.rate, loop=args.loop, topics=args.topics, reliability=args.qos_reliability,
         wait_for_subscribers=args.wait_for_subscribers, report=True, clock_hz=args.clock,
         remap=_remaps(args.remap), start_when=_enter_on_stdin if args.start_paused else None,
+        start_offset=args.start_offset,
     )
     stopped = " (interrupted)" if summary.interrupted else ""
     topics = len(summary.played_topics)

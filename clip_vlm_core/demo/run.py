@@ -122,7 +122,8 @@ def run(demo: Demo) -> int:
         print(f"      up in {time.monotonic() - started:.1f} s on {demo.diagnostics.get('device', '?')}")
 
         step = "4/8 replay the bag"
-        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock --topics {' '.join(PLAYED_TOPICS)}")
+        print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock --start-paused --topics "
+              f"{' '.join(PLAYED_TOPICS)}")
         play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
         player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate), "--clock",
                                    "--wait-for-subscribers", str(demo.timeout_s), "--start-paused",
