@@ -1,0 +1,257 @@
+"""The Ray Data job: bags in, label rows streamed into LABELS as the workers make them.
+
+    bags (one block each, largest first)
+      -> map_batches(BagLabeller, compute=ActorPoolStrategy(size=workers), num_cpus/num_gpus per worker)
+      -> the driver: rows into LabelStore (exactly once, parts written atomically), reports, progress
+
+Ray runs on this machine by default (`ray.init()`), or joins the cluster `--address` / RAY_ADDRESS names
+(every node needs clip-vlm installed and the bags and the checkpoint at the same paths); an already
+running Ray in this process (tests) is used as it is. Each worker is one model replica, loaded once;
+with GPUs in the cluster each gets one (`gpus_per_worker`), else it gets its share of the CPUs.
+
+A bag is the unit of work: one worker reads, pairs and captions it. Its rows reach the driver in blocks
+of about OUTPUT_BLOCK_BYTES as they are made (Ray Data would otherwise gather a whole bag's rows into
+one block), so the bar moves and a run killed part-way has written what it had received.
+
+Timing is reported in three parts: Ray's start-up, the time to the first rows (workers starting and
+loading the model), and the steady state from the first rows to the last (pairs/s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clip_vlm_core.bags.reader import open_bag
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.label.inputs import BagInput
+from clip_vlm_core.label.labeller import BagLabeller, LabelSettings, done_keys
+from clip_vlm_core.label.pairs import camera_topics, estimated_pairs
+from clip_vlm_core.label.progress import Progress
+from clip_vlm_core.label.store import LabelStore
+from clip_vlm_core.label.write_bags import write_bags_batch
+
+log = logging.getLogger(__name__)
+OUTPUT_BLOCK_BYTES = 16 << 10  # ~50 label rows: small enough to stream, large enough to cost Ray nothing
+
+
+@dataclass(frozen=True)
+class PlannedBag:
+    input: BagInput
+    estimate: int  # pairs, at most (from the bag's metadata)
+
+
+def plan_bags(bags: list[BagInput], views: tuple[str, ...], settings: LabelSettings
+              ) -> tuple[list[PlannedBag], list[tuple[str, str]]]:
+    """Each bag opened here once (its metadata and storage headers checked, nothing inflated) to estimate
+    its pairs and find its cameras; a bag that fails is (shown, why), and the run goes on without it."""
+    planned, skipped = [], []
+    for bag_input in bags:
+        try:
+            with open_bag(bag_input.path) as bag:
+                cameras = camera_topics(bag, views, settings.topic_template, settings.transport)
+                planned.append(PlannedBag(bag_input, estimated_pairs(bag, cameras, settings.every_s)))
+        except UserError as exc:
+            skipped.append((bag_input.shown, str(exc).replace(f"bag {bag_input.path}", f"bag {bag_input.shown}")))
+    return planned, skipped
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How many model replicas, and what each takes from the cluster."""
+
+    count: int
+    cpus: float
+    gpus: float
+    nodes: int
+    cluster_cpus: float
+    cluster_gpus: float
+
+    def describe(self) -> str:
+        each = f"{self.gpus:g} GPU" if self.gpus else f"{self.cpus:g} CPU{'s' if self.cpus != 1 else ''}"
+        return (f"{self.count} worker{'s' if self.count != 1 else ''} ({each}{' each' if self.count > 1 else ''}) on a Ray cluster of "
+                f"{self.nodes} node{'s' if self.nodes != 1 else ''}, {self.cluster_cpus:g} CPUs, {self.cluster_gpus:g} GPUs")
+
+
+def plan_workers(count: int | None, cpus: float | None, gpus: float | None, device: str | None) -> Workers:
+    """Workers that fit the running cluster: by default one per GPU (a GPU each), or on CPUs alone one
+    worker with all of them. What cannot fit is a UserError saying what the cluster has."""
+    import ray
+
+    resources = ray.cluster_resources()
+    total_cpus, total_gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if gpus is None:
+        gpus = 1.0 if total_gpus >= 1 and device != "cpu" else 0.0
+    if count is None:
+        count = max(1, int(total_gpus // gpus)) if gpus else 1
+    if cpus is None:
+        largest = max((float(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=total_cpus)
+        cpus = 1.0 if gpus else max(1.0, min(largest, float(int(total_cpus // count))))
+    if count < 1 or cpus <= 0 or gpus < 0:
+        raise UserError("--workers must be at least 1 and --cpus-per-worker above 0")
+    if count * gpus > total_gpus + 1e-9:
+        raise UserError(f"--workers {count} with {gpus:g} GPU each need {count * gpus:g} GPUs; the Ray cluster has "
+                        f"{total_gpus:g}")
+    if count * cpus > total_cpus + 1e-9:
+        raise UserError(f"--workers {count} with {cpus:g} CPU each need {count * cpus:g} CPUs; the Ray cluster has "
+                        f"{total_cpus:g} (lower --workers or --cpus-per-worker)")
+    return Workers(count, cpus, gpus, len(nodes), total_cpus, total_gpus)
+
+
+@dataclass
+class RunReport:
+    bags: list[dict[str, Any]] = field(default_factory=list)  # each bag's report (labeller.BagLabeller.label)
+    labelled: int = 0
+    already: int = 0
+    failed: int = 0
+    ray_start_s: float = 0.0  # ray.init (0 when Ray was running already)
+    first_rows_s: float = 0.0  # job start to the first rows: workers started, model loaded, first batch
+    steady_pairs: int = 0  # pairs labelled after the first rows arrived ...
+    steady_s: float = 0.0  # ... in this long
+    total_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def steady_pairs_per_s(self) -> float:
+        return self.steady_pairs / self.steady_s if self.steady_s > 0 else 0.0
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[float]:
+    """Ray for the run: this process's if it runs already, else started here (yields its start-up time in
+    seconds) and stopped at the end. `address` (or RAY_ADDRESS) joins a running cluster."""
+    import ray
+
+    if ray.is_initialized():
+        yield 0.0
+        return
+    started = time.monotonic()
+    try:
+        ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}"
+        raise UserError(f"{where if (address or os.environ.get('RAY_ADDRESS')) else 'Ray'} cannot be started or "
+                        f"reached ({' '.join(str(exc).split())[:200]})") from None
+    try:
+        yield time.monotonic() - started
+    finally:
+        ray.shutdown()
+
+
+def label_bags(planned: list[PlannedBag], settings: LabelSettings, store: LabelStore, workers: Workers,
+               progress: Progress, report: RunReport) -> RunReport:
+    """Run the job (Ray already up) and stream its rows into `store`; `report` fills as it goes (so an
+    interrupted run still says what it did)."""
+    import pyarrow.compute as pc
+    import ray.data
+
+    estimates = {str(p.input.path): p.estimate for p in planned}
+    order = sorted(planned, key=lambda p: -p.estimate)  # the longest bags first: the last bag ends sooner
+    items = [{"path": str(p.input.path), "shown": p.input.shown} for p in order]
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size, context.enable_progress_bars
+    context.target_max_block_size, context.enable_progress_bars = OUTPUT_BLOCK_BYTES, False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and progress lines; ours say what is done
+    try:  # the context is sealed into the dataset when it is made
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            BagLabeller, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers.count),
+            num_cpus=workers.cpus, num_gpus=workers.gpus or None, batch_format="numpy",
+            fn_constructor_kwargs={"settings": _for_workers(settings, workers), "done": done_keys(store.keys)},
+        )
+    finally:
+        context.target_max_block_size, context.enable_progress_bars = saved
+    started = time.monotonic()
+    first_at, first_pairs = None, 0
+    try:
+        for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            is_report = pc.is_valid(block["report"])
+            rows = block.filter(pc.invert(is_report))
+            if rows.num_rows:
+                store.add(rows)
+                now = time.monotonic()
+                if first_at is None:
+                    first_at, first_pairs = now, rows.num_rows
+                    report.first_rows_s = now - started
+                report.labelled += rows.num_rows
+                report.steady_pairs, report.steady_s = report.labelled - first_pairs, now - first_at
+                progress.labelled_pairs(rows.num_rows)
+            for text in block.filter(is_report).column("report").to_pylist():
+                bag = json.loads(text)
+                report.bags.append(bag)
+                report.already += bag.get("already", 0)
+                report.failed += bag.get("failed", 0)
+                progress.bag_done(bag, estimates.get(bag["path"], 0))
+    except Exception as exc:
+        found = _user_error(exc)
+        if found is None:
+            raise
+        raise UserError(str(found)) from None
+    finally:
+        report.total_s = time.monotonic() - started
+    return report
+
+
+def _for_workers(settings: LabelSettings, workers: Workers) -> LabelSettings:
+    """What each worker runs with: on CPUs, torch uses the worker's share of them; no GPU, the CPU."""
+    import dataclasses
+
+    threads = 0 if workers.gpus else max(1, int(workers.cpus))
+    device = settings.device or (None if workers.gpus else "cpu")
+    return dataclasses.replace(settings, threads=threads, device=device)
+
+
+def _user_error(exc: BaseException) -> UserError | None:
+    """The UserError a worker raised (a checkpoint it cannot load, ...), out of Ray's wrappers."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UserError):
+            return current
+        stack += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
+
+
+def write_bags(reports: list[dict[str, Any]], names: dict[str, str], store: LabelStore, folder: str,
+               progress: Progress) -> list[dict[str, Any]]:
+    """The labelled copy of every bag this run labelled (write_bags.py), as Ray tasks; their results."""
+    import ray.data
+
+    from clip_vlm_core.label.store import rows_of
+
+    done = [r for r in reports if not r.get("error") and r.get("bag_id")]
+    if not done:
+        return []
+    table = store.read(["bag_id", "settings_id", "log_time_ns", "stamp_ns", "frame_id", "caption"])
+    items = []
+    for r in done:
+        rows = rows_of(table, r["bag_id"], r["settings_id"]).to_pylist()
+        items.append({"source": r["path"], "shown": r["bag"], "target": str(Path(folder, names[r["path"]])),
+                      "bag_id": r["bag_id"], "settings_id": r["settings_id"], "captions": json.dumps(rows)})
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars
+    context.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    try:
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            write_bags_batch, batch_size=1, num_cpus=1, batch_format="numpy")
+    finally:
+        context.enable_progress_bars = saved
+    results = []
+    for row in dataset.iter_rows():
+        result = json.loads(row["result"])
+        results.append(result)
+        if result["status"] == "skipped":
+            progress.say(f"label: --write-bags skipped {result['bag']}: {result['why']}")
+    return results
