@@ -112,7 +112,8 @@ class RunReport:
     labelled: int = 0
     already: int = 0
     failed: int = 0
-    ray_start_s: float = 0.0  # ray.init (0 when Ray was running already)
+    ray: str = ""  # how Ray came: started (here) | joined ADDRESS | running (in this process already)
+    ray_start_s: float = 0.0  # how long ray.init took
     first_rows_s: float = 0.0  # job start to the first rows: workers started, model loaded, first batch
     steady_pairs: int = 0  # pairs labelled after the first rows arrived ...
     steady_s: float = 0.0  # ... in this long
@@ -125,14 +126,15 @@ class RunReport:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[float]:
-    """Ray for the run: this process's if it runs already, else started here (yields its start-up time in
-    seconds) and stopped at the end. `address` (or RAY_ADDRESS) joins a running cluster."""
+def ray_session(address: str | None = None) -> Iterator[tuple[str, float]]:
+    """Ray for the run: this process's if it runs already, else started here or joined (`address`, or
+    RAY_ADDRESS), and left at the end. Yields (how: "running" | "started" | "joined ADDRESS", seconds it took)."""
     import ray
 
     if ray.is_initialized():
-        yield 0.0
+        yield "running", 0.0
         return
+    joined = address or os.environ.get("RAY_ADDRESS")
     started = time.monotonic()
     try:
         ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -141,7 +143,7 @@ def ray_session(address: str | None = None) -> Iterator[float]:
         raise UserError(f"{where if (address or os.environ.get('RAY_ADDRESS')) else 'Ray'} cannot be started or "
                         f"reached ({' '.join(str(exc).split())[:200]})") from None
     try:
-        yield time.monotonic() - started
+        yield (f"joined {joined}" if joined else "started"), time.monotonic() - started
     finally:
         ray.shutdown()
 
@@ -162,7 +164,10 @@ def label_bags(planned: list[PlannedBag], settings: LabelSettings, store: LabelS
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and progress lines; ours say what is done
     try:  # the context is sealed into the dataset when it is made
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            BagLabeller, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers.count),
+            # One bag in flight per worker: a bag is minutes of work, and a bag queued behind another on a
+            # worker that started first would wait while a later worker has nothing.
+            BagLabeller, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=workers.count, max_tasks_in_flight_per_actor=1),
             num_cpus=workers.cpus, num_gpus=workers.gpus or None, batch_format="numpy",
             fn_constructor_kwargs={"settings": _for_workers(settings, workers), "done": done_keys(store.keys)},
         )

@@ -70,8 +70,8 @@ def label(inputs: Sequence[str | Path], out: str | Path, settings: LabelSettings
     with open_store(out, guarded, overwrite, rows_per_part, part_seconds) as store:
         bar = Progress(sum(p.estimate for p in planned), len(planned), enabled=progress)
         try:
-            with ray_session(address) as started_s:
-                result.report.ray_start_s = started_s
+            with ray_session(address) as (how, seconds):
+                result.report.ray, result.report.ray_start_s = how, seconds
                 result.workers = plan_workers(workers, cpus_per_worker, gpus_per_worker, settings.device)
                 label_bags(planned, settings, store, result.workers, bar, result.report)
                 store.flush()
@@ -128,7 +128,8 @@ def summary(result: LabelResult, out: str | Path, settings: LabelSettings | None
         lines.append(f"skipped {len(result.skipped)}: " + "; ".join(_skip_text(*s) for s in result.skipped[:3])
                      + (" ..." if len(result.skipped) > 3 else ""))
     if result.workers is not None:
-        ray_start = f"Ray start-up {report.ray_start_s:.1f} s" if report.ray_start_s else "Ray already running"
+        ray_start = {"started": f"Ray start-up {report.ray_start_s:.1f} s", "running": "Ray running already"}.get(
+            report.ray, f"{report.ray} in {report.ray_start_s:.1f} s")
         steady = (f"steady state {report.steady_pairs:,} pairs in {report.steady_s:.1f} s = "
                   f"{report.steady_pairs_per_s:.2f} pairs/s" if report.steady_s >= MIN_STEADY_S
                   else "too few pairs for a steady state")

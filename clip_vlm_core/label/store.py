@@ -3,7 +3,7 @@
     LABELS/
       .clip-vlm-output          marker: written by clip-vlm label (so a later run may add to it)
       .lock                     held by the run writing it (a second run at the same time is refused)
-      part-<time>-<host>-<pid>-<n>.parquet   rows, in the schema below
+      part-<time>-<host>-<pid>-<random>-<n>.parquet   rows, in the schema below
 
 Rows arrive from the workers in any order; the store keeps every key of LABELS (read once at the start)
 and of what it wrote since, and drops a row whose key it has: it is the only writer, so a row is never
@@ -22,6 +22,7 @@ import fcntl
 import os
 import socket
 import time
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,8 +78,10 @@ class LabelStore:
         self._buffered = 0
         self._since = time.monotonic()
         self._lock_fd: int | None = None
+        # Unique to this store: two runs in one second (in one process even) never write the same name.
         self._prefix = (f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-"
-                        f"{''.join(c for c in socket.gethostname() if c.isalnum())[:24]}-{os.getpid()}")
+                        f"{''.join(c for c in socket.gethostname() if c.isalnum())[:24]}-{os.getpid()}-"
+                        f"{uuid.uuid4().hex[:8]}")
 
     # -- reading -----------------------------------------------------------------------------------------
     def parts(self) -> list[Path]:
