@@ -67,6 +67,7 @@ def ray_local():
     import logging
 
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    # address="local": a Ray of its own, whatever `ray start` runs (or left behind) on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     yield ray
     ray.shutdown()

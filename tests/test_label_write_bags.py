@@ -131,15 +131,24 @@ def test_a_folder_someone_else_put_at_the_target_is_never_replaced(scene_bags, t
     assert digest(target) == before
 
 
-def test_the_bags_folder_is_never_an_input_inside_one_or_around_one(scene_bags, tmp_path):
-    inputs = {"input bags": scene_bags[0].parent, "bag run": scene_bags[0]}
+def test_the_bags_folder_is_never_labels_nor_inside_it_nor_a_file(tmp_path):
     labels = tmp_path / "labels"
-    for folder, says in [(scene_bags[0].parent, "is the input"), (scene_bags[0] / "labelled", "lies inside"),
-                         (scene_bags[0].parent.parent, "holds"), (labels, "is the --out LABELS"),
-                         (labels / "bags", "lies inside the --out LABELS")]:
+    for folder, says in [(labels, "is the --out LABELS"), (labels / "bags", "lies inside the --out LABELS"),
+                         (tmp_path, "holds the --out LABELS")]:
         with pytest.raises(UserError, match=says):
-            check_bags_folder(folder, inputs, labels)
+            check_bags_folder(folder, labels)
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
-        check_bags_folder(tmp_path / "file", inputs, labels)
-    check_bags_folder(tmp_path / "labelled", inputs, labels)  # beside them: fine
+        check_bags_folder(tmp_path / "file", labels)
+    check_bags_folder(tmp_path / "labelled", labels)  # beside it: fine
+
+
+def test_outputs_never_are_hold_or_lie_inside_an_input(scene_bags, tmp_path):
+    from clip_vlm_core.label.inputs import refuse_overlap
+
+    inputs = [("input", "bags", scene_bags[0].parent), ("input bag", "bags/run", scene_bags[0])]
+    for target, says in [(scene_bags[0].parent, "is the input bags"), (scene_bags[0] / "labelled", "lies inside"),
+                         (scene_bags[0].parent.parent, "holds the input")]:
+        with pytest.raises(UserError, match=says):
+            refuse_overlap(target, "--write-bags", inputs)
+    refuse_overlap(tmp_path / "labelled", "--write-bags", inputs)

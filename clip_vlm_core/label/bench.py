@@ -8,7 +8,9 @@ clip_vlm_core.bags.bench) converted by `bag convert` with sweeps. The same pairs
 1. by a plain single-process loop: open each bag, pair its frames (pairs.bag_pairs), decode each batch
    of `--batch-size` pairs on the model's device and caption it, one batch after another;
 2. by `clip-vlm label`'s library call on Ray Data (Ray started afresh each time), with each worker count.
-Every figure is a steady state: the pairs after the first batch (the loop) or after the first rows that
+Each measurement is repeated `--rounds` times, the runs taken in turn (each round in another order) so
+that other work on a shared machine weighs on all of them, and medians are reported. Every figure is a
+steady state: the pairs after the first batch (the loop) or after the first rows that
 reached the driver (Ray), over the time from then to the last. Ray's start-up and the time to its first
 rows (workers starting, loading the model) are printed apart. The overhead at 1 worker is
 1 - (Ray's pairs/s at 1 worker) / (the loop's pairs/s).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -122,32 +125,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per model call (default %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=DecodingConfig().max_new_tokens)
     parser.add_argument("--checkpoint", default=None, help="model (default: the embedded one)")
-    parser.add_argument("--rounds", type=int, default=1, help="measure everything this many times, interleaved")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measure everything this many times, in turn, each round in another order (default %(default)s)")
     args = parser.parse_args(argv)
     decoding = DecodingConfig(max_new_tokens=args.max_new_tokens)
+    # Each plain loop runs in a fresh process (as a Ray worker does), so what this one imported costs it nothing.
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="clip-vlm-label-bench-") as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
-        bags = make_bags(tmp, args.bags, -(-args.pairs // args.bags))
+        with spawn.Pool(1) as pool:
+            bags = pool.apply(make_bags, (tmp, args.bags, -(-args.pairs // args.bags)))
         print(f"machine: {machine()}")
         print(f"{len(bags)} bags made in {time.perf_counter() - started:.1f} s; batch size {args.batch_size}, "
               f"max_new_tokens {args.max_new_tokens}, model {args.checkpoint or 'embedded-default'}, CPU")
-        for round_ in range(1, args.rounds + 1):
-            results = [plain_loop(bags, args.checkpoint, args.batch_size, decoding)]
-            for workers in args.workers:
-                results.append(on_ray(bags, tmp / f"labels-{round_}-{workers}", args.checkpoint, args.batch_size,
-                                      decoding, workers))
-            base = results[0].rate
-            print(f"\nround {round_} of {args.rounds} (load average now {os.getloadavg()[0]:.1f})")
-            print(f"{'run':<80} {'pairs':>6} {'steady pairs':>13} {'steady s':>9} {'pairs/s':>8} {'vs loop':>8} "
-                  f"{'Ray start s':>12} {'first rows s':>13}")
-            for r in results:
-                print(f"{r.name:<80} {r.pairs:>6} {r.steady_pairs:>13} {r.steady_s:>9.1f} {r.rate:>8.2f} "
-                      f"{r.rate / base if base else 0:>7.2f}x {r.start_s:>12.1f} {r.first_s:>13.1f}")
-            one = next((r for r, w in zip(results[1:], args.workers, strict=True) if w == 1), None)
-            if one is not None and base:
-                print(f"engine overhead at 1 worker: {100 * (1 - one.rate / base):+.1f} % of the plain loop's pairs/s "
-                      f"(target <= 10 %)")
+        runs = [("loop", 0), *(("ray", w) for w in args.workers)]
+        measured: dict[tuple[str, int], list[Measure]] = {run: [] for run in runs}
+        for round_ in range(args.rounds):
+            for kind, workers in runs[round_ % len(runs):] + runs[: round_ % len(runs)]:  # drift spread over all
+                if kind == "loop":
+                    with spawn.Pool(1) as pool:
+                        result = pool.apply(plain_loop, (bags, args.checkpoint, args.batch_size, decoding))
+                else:
+                    result = on_ray(bags, tmp / f"labels-{round_}-{workers}", args.checkpoint, args.batch_size, decoding,
+                                    workers)
+                measured[(kind, workers)].append(result)
+                print(f"  round {round_ + 1}: {result.name}: {result.rate:.2f} pairs/s "
+                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+        _report(measured, runs)
+
+
+def _report(measured: dict[tuple[str, int], list[Measure]], runs: list[tuple[str, int]]) -> None:
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+    base = median([m.rate for m in measured[("loop", 0)]])
+    print(f"\nmedians of {len(measured[runs[0]])} rounds (steady state; Ray's start-up and first rows apart)")
+    print(f"{'run':<80} {'pairs':>6} {'steady pairs':>13} {'pairs/s':>8} {'vs loop':>8} {'Ray start s':>12} "
+          f"{'first rows s':>13}  per round")
+    for run in runs:
+        ms = measured[run]
+        rate = median([m.rate for m in ms])
+        print(f"{ms[0].name:<80} {ms[0].pairs:>6} {ms[0].steady_pairs:>13} {rate:>8.2f} {rate / base if base else 0:>7.2f}x "
+              f"{median([m.start_s for m in ms]):>12.1f} {median([m.first_s for m in ms]):>13.1f}  "
+              + " ".join(f"{m.rate:.2f}" for m in ms))
+    if ("ray", 1) in measured and base:
+        one = median([m.rate for m in measured[("ray", 1)]])
+        print(f"engine overhead at 1 worker: {100 * (1 - one / base):+.1f} % of the plain loop's pairs/s "
+              f"(target <= 10 %; negative: faster)")
 
 
 if __name__ == "__main__":

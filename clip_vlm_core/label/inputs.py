@@ -4,7 +4,7 @@ An INPUT is, in this order:
 - a bag folder (it holds metadata.yaml), or a single storage file (`.mcap`, `.db3`, either `.zstd`), as
   `clip-vlm bag play` and `ros2 bag play` read them: one bag;
 - a folder without metadata.yaml: a folder of bags, searched to any depth (sorted, hidden entries and
-  symlinked folders left out, never the command's own outputs). A sub-folder with metadata.yaml is one
+  symlinked folders left out). A sub-folder with metadata.yaml is one
   bag (not searched further); a storage file outside such a folder is a bag of its own;
 - any other file: a manifest, one bag or folder of bags per line (blank lines and `#` comments skipped),
   relative to the manifest's folder; a line may also be a JSON object `{"bag": PATH}`. A manifest
@@ -51,6 +51,21 @@ class InputScan:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (input as named, why it was skipped)
 
 
+def refuse_overlap(target: str | Path, flag: str, inputs: Iterable[tuple[str, str, str | Path]]) -> None:
+    """`target` (an output) never is, holds or lies inside an input: one UserError naming the first it would.
+    `inputs`: (role, as named, path), e.g. ("input bag", "bags/a", Path("bags/a")). Stricter than the output
+    guard's rule for a new target: a label run writes nothing inside a bag or a folder of bags it reads."""
+    real = Path(target).resolve()
+    sources = [(role, shown, Path(path).resolve()) for role, shown, path in inputs]
+    tests = (("is", lambda source: real == source), ("holds", lambda source: source.is_relative_to(real)),
+             ("lies inside", lambda source: real.is_relative_to(source)))
+    for relation, test in tests:  # the closest relation is named: `is the input bag` before `lies inside the input`
+        for role, shown, source in sources:
+            if test(source):
+                raise UserError(f"{flag} {target} {relation} the {role} {shown}; clip-vlm never writes into its "
+                                f"inputs: choose another {flag}")
+
+
 def is_storage_file(path: Path) -> bool:
     return path.name.endswith(STORAGE_SUFFIXES)
 
@@ -64,14 +79,12 @@ def bag_name(path: Path) -> str:
     return name
 
 
-def expand_inputs(inputs: Iterable[str | Path], exclude: Iterable[str | Path | None] = ()) -> InputScan:
-    """Every bag the inputs name, once each (by resolved path), in the order given; `exclude`: folders never
-    searched (the command's outputs)."""
+def expand_inputs(inputs: Iterable[str | Path]) -> InputScan:
+    """Every bag the inputs name, once each (by resolved path), in the order given."""
     scan = InputScan()
-    excluded = {Path(p).resolve() for p in exclude if p not in (None, "")}
     found: list[tuple[Path, str, str]] = []  # (path, shown, name)
     for given in inputs:
-        _expand(Path(given), str(given), found, scan, excluded, manifest=None)
+        _expand(Path(given), str(given), found, scan, manifest=None)
     seen: set[Path] = set()
     names: dict[str, int] = {}
     for path, shown, name in found:
@@ -87,7 +100,7 @@ def expand_inputs(inputs: Iterable[str | Path], exclude: Iterable[str | Path | N
     return scan
 
 
-def _expand(path: Path, shown: str, found: list, scan: InputScan, excluded: set[Path], manifest: Path | None) -> None:
+def _expand(path: Path, shown: str, found: list, scan: InputScan, manifest: Path | None) -> None:
     where = f"{shown} (in manifest {manifest})" if manifest else shown
     if not path.exists():
         scan.skipped.append((where, "it does not exist" if not path.is_symlink() else "it is a broken link"))
@@ -96,7 +109,7 @@ def _expand(path: Path, shown: str, found: list, scan: InputScan, excluded: set[
             found.append((path, shown, bag_name(path.absolute())))
         else:
             before = len(found)
-            _search_folder(path, shown, path, found, scan, excluded, depth=0)
+            _search_folder(path, shown, path, found, scan, depth=0)
             if len(found) == before:
                 scan.skipped.append((where, f"it is a folder that holds no bag (no {METADATA_FILE}, .mcap or .db3 "
                                             f"file in it or below it)"))
@@ -118,11 +131,10 @@ def _expand(path: Path, shown: str, found: list, scan: InputScan, excluded: set[
         for entry in entries:
             target = Path(entry).expanduser()
             target = target if target.is_absolute() else path.parent / target
-            _expand(target, entry, found, scan, excluded, manifest=path)
+            _expand(target, entry, found, scan, manifest=path)
 
 
-def _search_folder(folder: Path, shown: str, root: Path, found: list, scan: InputScan, excluded: set[Path],
-                   depth: int) -> None:
+def _search_folder(folder: Path, shown: str, root: Path, found: list, scan: InputScan, depth: int) -> None:
     if depth > MAX_SEARCH_DEPTH:
         scan.skipped.append((f"{shown}/{folder.relative_to(root).as_posix()}",
                              f"it lies more than {MAX_SEARCH_DEPTH} folders deep; not searched"))
@@ -134,14 +146,14 @@ def _search_folder(folder: Path, shown: str, root: Path, found: list, scan: Inpu
         return
     for entry in entries:
         path = Path(entry.path)
-        if entry.name.startswith(".") or path.resolve() in excluded:
-            continue  # staging folders, markers, a label run's own outputs
+        if entry.name.startswith("."):
+            continue  # staging folders, markers
         relative = PurePosixPath(path.relative_to(root).as_posix())
         if entry.is_dir(follow_symlinks=False):
             if (path / METADATA_FILE).exists():
                 found.append((path, f"{shown.rstrip('/')}/{relative}", str(relative)))
             else:
-                _search_folder(path, shown, root, found, scan, excluded, depth + 1)
+                _search_folder(path, shown, root, found, scan, depth + 1)
         elif is_storage_file(path) and entry.is_file():
             found.append((path, f"{shown.rstrip('/')}/{relative}", str(relative.parent / bag_name(path))))
 

@@ -127,25 +127,45 @@ class RunReport:
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None) -> Iterator[tuple[str, float]]:
-    """Ray for the run: this process's if it runs already, else started here or joined (`address`, or
-    RAY_ADDRESS), and left at the end. Yields (how: "running" | "started" | "joined ADDRESS", seconds it took)."""
+    """Ray for the run, left at the end; yields (how: "running" | "started" | "joined ADDRESS", seconds it took).
+
+    This process's Ray if it runs already (tests); else the cluster `address` names (or RAY_ADDRESS; "auto":
+    the one `ray start` runs on this machine); else a Ray of its own on this machine (`address="local"`, so a
+    cluster someone started here with `ray start`, or one killed without `ray stop`, is never joined by
+    surprise)."""
     import ray
 
     if ray.is_initialized():
         yield "running", 0.0
         return
-    joined = address or os.environ.get("RAY_ADDRESS")
+    joined = address or os.environ.get("RAY_ADDRESS") or None
+    if joined:
+        check_reachable(joined)
     started = time.monotonic()
     try:
-        ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        ray.init(address=joined or "local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}"
-        raise UserError(f"{where if (address or os.environ.get('RAY_ADDRESS')) else 'Ray'} cannot be started or "
-                        f"reached ({' '.join(str(exc).split())[:200]})") from None
+        where = f"the Ray cluster at {joined}" if joined else "Ray"
+        raise UserError(f"{where} cannot be {'reached' if joined else 'started'} "
+                        f"({' '.join(str(exc).split())[:200]})") from None
     try:
         yield (f"joined {joined}" if joined else "started"), time.monotonic() - started
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT nobody answers on is one sentence now, not minutes of Ray retrying."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return  # "auto", or a form Ray reads itself (and says what is wrong with it)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"the Ray cluster at {address} cannot be reached ({exc.strerror or exc}); start it with "
+                        f"'ray start --head', or check --address / RAY_ADDRESS") from None
 
 
 def label_bags(planned: list[PlannedBag], settings: LabelSettings, store: LabelStore, workers: Workers,

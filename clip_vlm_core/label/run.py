@@ -11,16 +11,25 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.label.inputs import expand_inputs
+from clip_vlm_core.label.inputs import expand_inputs, refuse_overlap
 from clip_vlm_core.label.keys import model_identity
 from clip_vlm_core.label.labeller import LabelSettings
-from clip_vlm_core.label.pipeline import RunReport, Workers, label_bags, plan_bags, plan_workers, ray_session
+from clip_vlm_core.label.pipeline import (
+    RunReport,
+    Workers,
+    check_reachable,
+    label_bags,
+    plan_bags,
+    plan_workers,
+    ray_session,
+)
 from clip_vlm_core.label.pipeline import write_bags as write_labelled_bags
 from clip_vlm_core.label.progress import Progress
 from clip_vlm_core.label.store import open_store
@@ -50,14 +59,14 @@ def label(inputs: Sequence[str | Path], out: str | Path, settings: LabelSettings
     """Label the bags the inputs name into LABELS `out` (see the module's docstring)."""
     identity = model_identity(settings.checkpoint)
     settings = dataclasses.replace(settings, model_name=identity.name, model_sha256=identity.sha256)
-    guarded = _guarded_inputs(inputs, settings)
-    if write_bags is not None:
-        check_bags_folder(write_bags, guarded, out)
-    scan = expand_inputs(inputs, exclude=[out, write_bags])
-    for bag in scan.bags:  # LABELS never inside a bag (a folder of bags may hold it)
-        guarded[f"bag {bag.shown}"] = bag.path
-    if write_bags is not None:
-        check_bags_folder(write_bags, guarded, out)
+    given = [("input", str(i), Path(i)) for i in inputs if Path(i).exists() or Path(i).is_symlink()]
+    scan = expand_inputs(inputs)
+    found = [*given, *(("input bag", b.shown, b.path) for b in scan.bags)]
+    outputs = [("--out", out)] + ([("--write-bags", write_bags)] if write_bags is not None else [])
+    for flag, target in outputs:  # before anything is read or written
+        refuse_overlap(target, flag, found)
+        if flag == "--write-bags":
+            check_bags_folder(target, out)
     planned, unreadable = plan_bags(scan.bags, identity.views, settings)
     skipped = [*scan.skipped, *unreadable]
     if strict and skipped:
@@ -67,7 +76,9 @@ def label(inputs: Sequence[str | Path], out: str | Path, settings: LabelSettings
     if not planned:
         raise UserError(f"no bag to label: {_skip_text(*skipped[0])}" if skipped else "no bag to label")
     result = LabelResult(RunReport(), bags=len(planned), skipped=skipped, model=identity.name)
-    with open_store(out, guarded, overwrite, rows_per_part, part_seconds) as store:
+    if address or os.environ.get("RAY_ADDRESS"):
+        check_reachable(address or os.environ["RAY_ADDRESS"])  # before LABELS is made
+    with open_store(out, _guarded_models(settings), overwrite, rows_per_part, part_seconds) as store:
         bar = Progress(sum(p.estimate for p in planned), len(planned), enabled=progress)
         try:
             with ray_session(address) as (how, seconds):
@@ -94,11 +105,11 @@ def label(inputs: Sequence[str | Path], out: str | Path, settings: LabelSettings
 
 
 
-def _guarded_inputs(inputs: Sequence[str | Path], settings: LabelSettings) -> dict[str, Path | str | None]:
-    """What no output may be, hold, or (unless its own) lie inside: the inputs, the model."""
+def _guarded_models(settings: LabelSettings) -> dict[str, Path | str | None]:
+    """The model's files, which LABELS may not be or hold (the output guard; the bags: refuse_overlap)."""
     from clip_vlm_core.model.model_refs import embedded_assets
 
-    guarded: dict[str, Path | str | None] = {f"input {given}": Path(given) for given in inputs}
+    guarded: dict[str, Path | str | None] = {}
     if settings.checkpoint and Path(settings.checkpoint).exists():
         guarded["checkpoint"] = settings.checkpoint
     guarded["embedded model"] = embedded_assets()

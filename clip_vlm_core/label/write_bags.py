@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from clip_vlm_core.bags import messages as m
 from clip_vlm_core.bags.metadata import METADATA_FILE, read_metadata
 from clip_vlm_core.bags.reader import Bag, open_bag
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.label.inputs import refuse_overlap
 
 log = logging.getLogger(__name__)
 WRITER = "clip-vlm label"
@@ -51,23 +52,13 @@ class Caption:
     text: str
 
 
-def check_bags_folder(folder: str | Path, inputs: Mapping[str, str | Path | None], labels: str | Path) -> None:
-    """--write-bags DIR is a folder (or nothing yet) that is not, does not hold, and does not lie inside an
-    input, nor LABELS, nor the other way round; one UserError sentence otherwise."""
+def check_bags_folder(folder: str | Path, labels: str | Path) -> None:
+    """--write-bags DIR is a folder (or nothing yet), and neither it nor LABELS lies in the other (the inputs
+    are checked by inputs.refuse_overlap)."""
     folder = Path(folder)
-    shown = f"--write-bags {folder}"
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{shown} is a file, not a folder for bags: choose another --write-bags")
-    real = folder.resolve()
-    for role, path in [*inputs.items(), ("--out LABELS", labels)]:
-        if path in (None, "") or not Path(path).exists() and role != "--out LABELS":
-            continue
-        source = Path(path).resolve()
-        relation = ("is" if real == source else "holds" if source.is_relative_to(real)
-                    else "lies inside" if real.is_relative_to(source) else None)
-        if relation:
-            raise UserError(f"{shown} {relation} the {role} {path}; clip-vlm never writes into its inputs, and "
-                            f"labelled bags go beside LABELS: choose another --write-bags")
+        raise UserError(f"--write-bags {folder} is a file, not a folder for bags: choose another --write-bags")
+    refuse_overlap(folder, "--write-bags", [("--out LABELS", str(labels), labels)])
 
 
 def marker(caption: str, stamp_ns: int, frame_id: str) -> memoryview:
