@@ -160,3 +160,30 @@ def test_keys_change_with_every_setting_a_caption_depends_on():
     assert key == pair_key("sha256:b", VIEWS, (1, 2), base) and len(key) == 32
     assert len({key, pair_key("sha256:c", VIEWS, (1, 2), base), pair_key("sha256:b", VIEWS, (1, 3), base),
                 pair_key("sha256:b", VIEWS, (1, 2), "other")}) == 4
+
+
+@pytest.mark.parametrize("asked, cluster, expected", [
+    # (count, cpus, gpus, device), (CPUs, GPUs, CPUs per node) -> (count, cpus, gpus)
+    ((None, None, None, None), (2, 0, [2]), (1, 2, 0)),  # CPUs only: one worker with all of them
+    ((2, None, None, None), (2, 0, [1, 1]), (2, 1, 0)),  # two nodes of one CPU: one worker each
+    ((None, None, None, None), (64, 8, [32, 32]), (8, 1, 1)),  # a GPU each, one worker per GPU
+    ((None, None, None, "cpu"), (16, 2, [16]), (1, 16, 0)),  # --device cpu: GPUs left alone
+    ((4, None, 0.5, None), (16, 2, [16]), (4, 1, 0.5)),  # two replicas a GPU
+    ((3, None, None, None), (64, 0, [8, 8]), (3, 8, 0)),  # never more CPUs than a node has
+])
+def test_workers_fit_the_cluster_by_default_one_per_gpu(asked, cluster, expected):
+    from clip_vlm_core.label.pipeline import choose_workers
+
+    workers = choose_workers(*asked, *cluster)
+    assert (workers.count, workers.cpus, workers.gpus) == expected
+
+
+@pytest.mark.parametrize("asked, cluster, message", [
+    ((3, None, 1.0, None), (16, 2, [16]), "need 3 GPUs; the Ray cluster has 2"),
+    ((3, 1.0, None, None), (2, 0, [2]), "need 3 CPUs; the Ray cluster has 2"),
+])
+def test_workers_that_cannot_fit_are_one_sentence(asked, cluster, message):
+    from clip_vlm_core.label.pipeline import choose_workers
+
+    with pytest.raises(UserError, match=message):
+        choose_workers(*asked, *cluster)

@@ -140,9 +140,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UserError("--rows-per-part must be at least 1 and --part-seconds above 0")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    for flag, value in (("--cpus-per-worker", args.cpus_per_worker), ("--gpus-per-worker", args.gpus_per_worker)):
-        if value is not None and (not math.isfinite(value) or value < 0 or (flag == "--cpus-per-worker" and value == 0)):
-            raise UserError(f"{flag} must be a positive number, got {value}")
+    if args.cpus_per_worker is not None and not (math.isfinite(args.cpus_per_worker) and args.cpus_per_worker > 0):
+        raise UserError(f"--cpus-per-worker must be a number above 0, got {args.cpus_per_worker}")
+    if args.gpus_per_worker is not None and not (math.isfinite(args.gpus_per_worker) and args.gpus_per_worker >= 0):
+        raise UserError(f"--gpus-per-worker must be a number, 0 or more, got {args.gpus_per_worker}")
     if args.prompt is not None:
         args.prompt = check_prompt(args.prompt, "--prompt")
     args.question = list(dict.fromkeys(check_question(q, f"--question {q[:40]!r}") for q in args.question))

@@ -81,19 +81,26 @@ class Workers:
 
 
 def plan_workers(count: int | None, cpus: float | None, gpus: float | None, device: str | None) -> Workers:
-    """Workers that fit the running cluster: by default one per GPU (a GPU each), or on CPUs alone one
-    worker with all of them. What cannot fit is a UserError saying what the cluster has."""
+    """Workers that fit the running Ray cluster (see `choose_workers`)."""
     import ray
 
     resources = ray.cluster_resources()
-    total_cpus, total_gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return choose_workers(count, cpus, gpus, device, float(resources.get("CPU", 0)), float(resources.get("GPU", 0)),
+                          nodes)
+
+
+def choose_workers(count: int | None, cpus: float | None, gpus: float | None, device: str | None,
+                   total_cpus: float, total_gpus: float, node_cpus: list[float]) -> Workers:
+    """By default one worker per GPU, a GPU each (`device` cpu: none); without GPUs one worker with all the
+    CPUs, or `count` workers sharing them (never more than the largest node has). What cannot fit is a
+    UserError saying what the cluster has."""
     if gpus is None:
         gpus = 1.0 if total_gpus >= 1 and device != "cpu" else 0.0
     if count is None:
         count = max(1, int(total_gpus // gpus)) if gpus else 1
     if cpus is None:
-        largest = max((float(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=total_cpus)
+        largest = max(node_cpus, default=total_cpus)
         cpus = 1.0 if gpus else max(1.0, min(largest, float(int(total_cpus // count))))
     if count < 1 or cpus <= 0 or gpus < 0:
         raise UserError("--workers must be at least 1 and --cpus-per-worker above 0")
@@ -103,7 +110,7 @@ def plan_workers(count: int | None, cpus: float | None, gpus: float | None, devi
     if count * cpus > total_cpus + 1e-9:
         raise UserError(f"--workers {count} with {cpus:g} CPU each need {count * cpus:g} CPUs; the Ray cluster has "
                         f"{total_cpus:g} (lower --workers or --cpus-per-worker)")
-    return Workers(count, cpus, gpus, len(nodes), total_cpus, total_gpus)
+    return Workers(count, cpus, gpus, len(node_cpus), total_cpus, total_gpus)
 
 
 @dataclass
