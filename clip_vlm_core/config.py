@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,9 +101,13 @@ class CaptionerConfig:
             raise UserError(f"captioner.lora_targets is not a valid regular expression ({exc})") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodingConfig:
     """Generation settings; greedy by default so captions are reproducible.
+
+    The one form decoding settings take from where they are set (the node's parameters, the CLI's flags,
+    a recipe) to generate() and the static-cache decoder: CaptionNodeConfig.decoding() ->
+    SceneCaptioner.caption(decoding=...) -> decoding_in_effect() -> MultiViewCaptionModel.generate().
 
     Left as None, `repetition_penalty` and `eos_token_ids` are the base model's own, from its
     generation_config.json (Qwen2.5-VL-Instruct: stop on <|im_end|> or <|endoftext|>, penalty 1.05):
@@ -112,6 +117,8 @@ class DecodingConfig:
     """
 
     max_new_tokens: int = bounded(64, 1, MAX_NEW_TOKENS, why="every new token grows each sequence's KV cache")
+    # no end token before this many (the benchmark times captions of a fixed length)
+    min_new_tokens: int = bounded(0, 0, MAX_NEW_TOKENS, why="at most max_new_tokens")
     num_beams: int = bounded(1, 1, MAX_NUM_BEAMS, why="each beam is a sequence with its own KV cache")
     do_sample: bool = False
     temperature: float = bounded(1.0, MIN_TEMPERATURE, MAX_TEMPERATURE,
@@ -126,9 +133,11 @@ class DecodingConfig:
         if not isinstance(self.do_sample, bool):
             raise UserError(f"do_sample must be true or false, got {self.do_sample!r}")
         check_fields(self)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise UserError(f"min_new_tokens ({self.min_new_tokens}) cannot exceed max_new_tokens ({self.max_new_tokens})")
         if self.eos_token_ids is not None:
-            ids = self.eos_token_ids = tuple([self.eos_token_ids] if isinstance(self.eos_token_ids, int)
-                                             else self.eos_token_ids)
+            ids = tuple([self.eos_token_ids] if isinstance(self.eos_token_ids, int) else self.eos_token_ids)
+            object.__setattr__(self, "eos_token_ids", ids)  # frozen: set once, here
             if not 1 <= len(ids) <= MAX_EOS_TOKEN_IDS or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
             ):
@@ -138,10 +147,33 @@ class DecodingConfig:
             raise UserError(f"do_sample cannot be combined with num_beams {self.num_beams} (beam search does not "
                             "sample here): choose one")
 
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> DecodingConfig:
+        """The settings `values` hold under DecodingConfig's field names (parsed flags, a parameter table);
+        other keys are theirs, not decoding settings, and left alone."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+    def with_overrides(self, **overrides: Any) -> DecodingConfig:
+        """These settings with some replaced (None keeps a setting), checked as at construction; an unknown
+        name is one sentence."""
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise UserError(f"unknown decoding setting(s) {unknown}; see DecodingConfig")
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+    def record(self) -> dict[str, Any]:
+        """Every setting by name, JSON-ready (EOS ids as a list): what a log line or a label records."""
+        record = dataclasses.asdict(self)
+        record["eos_token_ids"] = list(self.eos_token_ids or ())
+        return record
+
     def generate_kwargs(self) -> dict[str, Any]:
         """generate() arguments, every one explicit; unset (None) ones are left to the model's config."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
             "num_beams": self.num_beams,
             "do_sample": self.do_sample,
         }

@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from clip_vlm_core.atomic import guard_output, staged_dir
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.data.manifest import manifest_dataroot
 from clip_vlm_core.errors import UserError
@@ -37,6 +37,7 @@ from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
 from clip_vlm_core.images import load_image, thumbnail_data_uri
 from clip_vlm_core.jsonout import dumps
 from clip_vlm_core.limits import check_batch
+from clip_vlm_core.output_guard import guard_output
 
 __all__ = ["evaluate_manifest", "caption_metrics", "fact_accuracy"]
 
@@ -79,8 +80,7 @@ def evaluate_manifest(
     an input.
     """
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
-    requested = dataclasses.asdict(decoding) if decoding is not None else {}
-    check_batch(batch_size, requested.get("num_beams") or captioner.decoding.num_beams, "eval batch size")
+    check_batch(batch_size, (decoding or captioner.decoding).num_beams, "eval batch size")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
     guard_output(out_dir, WRITER, eval_inputs(manifest_path, dataroot), overwrite)
@@ -93,7 +93,7 @@ def evaluate_manifest(
         samples = [dataclasses.replace(s, qa=()) for s in samples]
     # Every setting resolved (the base model's EOS ids and repetition penalty included): metrics.json
     # then says exactly how the captions were decoded.
-    settings = dataclasses.asdict(captioner.decoding_in_effect(**requested))
+    settings = captioner.decoding_in_effect(decoding)
 
     started = time.perf_counter()
     predictions: dict[str, list[str]] = {m: [] for m in (MODELS if compare else ("finetuned",))}
@@ -105,18 +105,18 @@ def evaluate_manifest(
     for n, batch in enumerate(_batches(samples, batch_size)):
         images = [_images_for(s, blank_views) for s in batch]
         if n == 0:  # first-call set-up would otherwise be billed to whichever model runs first
-            captioner.caption(images[:1], **{**settings, "max_new_tokens": 1})
+            captioner.caption(images[:1], decoding=settings.with_overrides(max_new_tokens=1))
         thumbnails += [{v: thumbnail_data_uri(img[v], THUMBNAIL_WIDTH) for v in views} for img in images]
         asked = [(image, pair.question) for image, s in zip(images, batch, strict=True) for pair in s.qa]
         for model in predictions:
             with captioner.model.base_model_mode() if model == "base" else contextlib.nullcontext():
                 tick = time.perf_counter()
-                predictions[model] += captioner.caption(images, **settings)
+                predictions[model] += captioner.caption(images, decoding=settings)
                 seconds[model] += time.perf_counter() - tick
                 tick = time.perf_counter()
                 for start in range(0, len(asked), batch_size):
                     chunk = asked[start : start + batch_size]
-                    answers[model] += captioner.ask([i for i, _ in chunk], [q for _, q in chunk], **settings)
+                    answers[model] += captioner.ask([i for i, _ in chunk], [q for _, q in chunk], decoding=settings)
                 answer_seconds[model] += time.perf_counter() - tick
         progress.update(len(batch))
     progress.close()
@@ -139,7 +139,7 @@ def evaluate_manifest(
         "model": captioner.model_name,
         "views": list(views),
         "blank_views": list(blank_views),
-        "decoding": settings,
+        "decoding": dataclasses.asdict(settings),
         "samples": len(samples),
         "questions": len(pairs),
         "seconds": round(time.perf_counter() - started, 3),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import io
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.paths import file_kind
+from clip_vlm_core.paths import regular_file_info
 
 
 @dataclass(frozen=True)
@@ -122,16 +121,8 @@ def read_image_file(path: str | Path, name: str | None = None) -> bytes:
     """
     path = Path(path)
     name = name or f"image file {path}"
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{name} does not exist") from None
-    except OSError as exc:
-        raise UserError(f"{name} cannot be read ({exc.strerror})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{name} is a folder, not an image file")
-    if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{name} is {file_kind(info.st_mode)}, not a regular image file")
+    info = regular_file_info(path, "image file", shown=name, wanted="a regular image file",
+                             folder_wanted="an image file")
     problem = bytes_problem(info.st_size)
     if problem is not None:
         raise UserError(f"{name} {problem}")

@@ -85,18 +85,24 @@ def regular_file(path: str | Path, what: str) -> Path:
     return Path(path)
 
 
-def regular_file_info(path: str | Path, what: str, missing: str = "does not exist") -> os.stat_result:
-    """`regular_file`'s checks, returning the file's stat (its size, for a reader that bounds it);
-    `missing` is how the sentence says it is not there ("is missing" for a file a folder should hold)."""
+def regular_file_info(path: str | Path, what: str, missing: str = "does not exist", *, shown: str | None = None,
+                      wanted: str = "a regular file", folder_wanted: str | None = None) -> os.stat_result:
+    """`regular_file`'s checks, returning the file's stat (its size, for a reader that bounds it).
+
+    The sentence names the file as `shown` (default "{what} {path}"), says `missing` when it is not there
+    ("is missing" for a file a folder should hold), and what was `wanted` instead of a folder, FIFO or
+    device (`folder_wanted` for a folder, when that reads better: "is a folder, not an image file")."""
     path = Path(path)
+    shown = shown or f"{what} {path}"
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise UserError(f"{what} {path} {missing}") from None
+        raise UserError(f"{shown} {missing}") from None
     except OSError as exc:
-        raise UserError(f"{what} {path} cannot be read ({exc.strerror})") from None
+        raise UserError(f"{shown} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{what} {path} is {file_kind(info.st_mode)}, not a regular file")
+        instead = folder_wanted if folder_wanted and stat.S_ISDIR(info.st_mode) else wanted
+        raise UserError(f"{shown} is {file_kind(info.st_mode)}, not {instead}")
     return info
 
 

@@ -9,7 +9,10 @@ checkpointing keeps one tensor per layer instead and recomputes the rest (~30 % 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 # ~8 MiB of activations per token measured for Qwen2.5-VL-3B (36 layers, width 2,048) with LoRA in bf16:
 # the estimate scales it by depth, width and element size for other models.
@@ -53,3 +56,28 @@ def checkpointing_line(estimate: float, batch: int, tokens: int, on: bool, why: 
     size = f"{estimate / 2**30:.1f} GiB" if estimate >= 2**30 else f"{estimate / 2**20:.1f} MiB"
     return (f"activation memory without gradient checkpointing: ~{size} per micro-batch "
             f"({batch} x {tokens:,} tokens); gradient checkpointing {'on' if on else 'off'} ({why})")
+
+
+def plan_memory(config, captioner, train_set, accelerator) -> bool:
+    """Say the pixel budget, the tokens per view and sample it gives, and the activation estimate; return
+    whether gradient checkpointing is on (the recipe's choice, or auto: on a GPU)."""
+    o = config.optim
+    item = train_set[0]
+    if "input_ids" not in item:  # raw items: the processor makes the tokens, as the collator will
+        item = captioner.prepare([item["images"]], targets=[item["target"]], instructions=[item["instruction"]])
+    qwen = captioner.model.base_qwen
+    vision, text = qwen.config.vision_config, qwen.config.text_config
+    shape = sample_shape(int(item["input_ids"].shape[-1]), item["image_grid_thw"], captioner.views,
+                         vision.patch_size, vision.spatial_merge_size)
+    element = next(qwen.parameters()).element_size()
+    estimate = activation_bytes(shape.tokens, o.batch_size, text.num_hidden_layers, text.hidden_size, element)
+    on = o.gradient_checkpointing
+    if on is None:
+        on, why = accelerator.device.type == "cuda", "auto: on a GPU" if accelerator.device.type == "cuda" else "auto: no GPU"
+    else:
+        why = "optim.gradient_checkpointing"
+    if accelerator.is_main_process:
+        size = captioner.processor.image_processor.size
+        log.info(pixel_budget_line(size.get("shortest_edge"), size.get("longest_edge"), shape))
+        log.info(checkpointing_line(estimate, o.batch_size, shape.tokens, on, why))
+    return on

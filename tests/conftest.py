@@ -71,3 +71,47 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# -- models shared across the session, read-only --------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> dict[str, Path]:
+    """The tiny random base models (seed 0: Qwen2.5-VL and OpenCLIP classes), built once; read, never written."""
+    from clip_vlm_core.model.tiny import save_tiny_base_models
+
+    return save_tiny_base_models(tmp_path_factory.mktemp("tiny_base") / "base", seed=0)
+
+
+@pytest.fixture(scope="session")
+def _embedded_session():
+    from clip_vlm_core.model import SceneCaptioner
+
+    return SceneCaptioner.from_pretrained(None, device="cpu")
+
+
+@pytest.fixture
+def embedded_captioner(_embedded_session):
+    """The embedded default model on the CPU, loaded once for the session. Read-only: a test that changes it
+    (fast decoding, merged adapters, base-model mode) must undo that, and this checks it did."""
+    captioner = _embedded_session
+    yield captioner
+    model = captioner.model
+    assert model.fast_decoder is None and model.fusion_enabled and not captioner.inference, \
+        "a test left the shared embedded captioner changed"
+    assert not any(getattr(m, "merged", False) for m in model.qwen.modules()), "a test left LoRA merged"
+    assert model.base_qwen.model.visual.config._attn_implementation == "sdpa", "a test left varlen attention on"
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tiny_base) -> Path:
+    """An untrained captioner checkpoint of `tiny_base` (seed 0), beside it: its config names ../base/qwen and
+    ../base/clip, so checkpoint and base models move together. Read-only."""
+    import torch
+
+    from clip_vlm_core.model import SceneCaptioner
+    from clip_vlm_core.model.tiny import tiny_captioner_config
+
+    checkpoint = tiny_base["qwen"].parent.parent / "untrained"
+    torch.manual_seed(0)
+    return SceneCaptioner.build(tiny_captioner_config(tiny_base), device="cpu").save_pretrained(
+        checkpoint, base_models_relative_to=checkpoint)

@@ -1,4 +1,4 @@
-"""Helpers for the hostile-file tests (issue 26): files that declare huge sizes while taking a few kB of
+"""Helpers for the hostile-file tests (checkpoints, data files, bags): files that declare huge sizes while taking a few kB of
 disk (sparse safetensors, deep JSON), copies of the embedded model to damage, and the real CLI run under
 an address-space limit so that anything that did allocate what a file declares would fail."""
 

@@ -1,4 +1,4 @@
-"""Helpers for the hard-edge tests (issue 13): run the real CLI, and prove that files were left intact."""
+"""Helpers for the hard-edge tests (outputs, paths, images, bounds, faults): run the real CLI, and prove that files were left intact."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Hostile bags (issue 26): code a bag names never runs, sizes it declares are bounded before anything is
+"""Hostile bags: code a bag names never runs, sizes it declares are bounded before anything is
 read or allocated, and a damaged bag is one sentence (exit 2), never a traceback; the bag stays intact.
 
-Each class is fed several instances, the issue's own and others. The CLI runs in this process where it
+Each kind of damage is fed several instances. The CLI runs in this process where it
 can (fast); the cases that prove bounded memory, or that the current folder is never imported from, run
 as a real `python -m clip_vlm_core` under an address-space limit.
 """
@@ -94,7 +94,7 @@ def test_play_of_a_bag_naming_a_python_module_imports_nothing_and_says_why(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("package,msgtype", [
-    ("some_msgs", "some_msgs/msg/Thing"),  # the issue's case: a package that is not installed
+    ("some_msgs", "some_msgs/msg/Thing"),  # a package that is not installed
     ("std_msgs", "std_msgs/msg/String"),  # an installed package's name, shadowed by the bag's own folder
     ("rclpy", "std_msgs/msg/String"),  # a module the player itself imports
 ])

@@ -1,4 +1,4 @@
-"""Bags as rosbag2 writes them (issue 27): `bag info` and `bag play` on rosbag2's own test bags.
+"""Bags as rosbag2 writes them: `bag info` and `bag play` on rosbag2's own test bags.
 
 The bags are ros2/rosbag2's test resources at tags 0.26.5 (Jazzy) and 0.15.12 (Humble), unchanged (see
 tests/data/rosbag2/NOTICE.md): folders and single files, sqlite3 and MCAP, metadata versions 4 to 8 (9

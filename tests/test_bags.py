@@ -14,7 +14,7 @@ from rosbags.rosbag2 import Reader
 
 from clip_vlm_core.bags import BagConvertOptions, convert_scene, load_nuscenes, read_bag_info
 from clip_vlm_core.bags.messages import LATCHED_QOS, TYPESTORE
-from clip_vlm_core.bags.play import playback_qos
+from clip_vlm_core.bags.play_qos import playback_qos
 from clip_vlm_core.cli import main
 from clip_vlm_core.errors import UserError
 
@@ -100,7 +100,9 @@ def test_header_stamps_and_bag_times_are_the_sample_data_timestamps(keyframe_bag
             assert all(msg.header.frame_id == camera for _, msg in got)
     bag_times = [t for _, t, _ in messages]
     assert bag_times == sorted(bag_times)
-    assert len(set(expected)) == len(expected)  # strictly increasing per topic
+    for camera in ("CAM_FRONT", "CAM_BACK"):  # each camera's stamps strictly increase
+        stamps = [stamp_ns(msg) for _, msg in by_topic(messages, f"/{camera}/image_raw/compressed")]
+        assert len(stamps) > 1 and all(a < b for a, b in zip(stamps[:-1], stamps[1:], strict=True)), camera
 
 
 def test_compressed_images_are_the_source_jpeg_bytes_unchanged(keyframe_bag, nusc, scene, tree):
@@ -286,3 +288,37 @@ def test_storage_file_is_named_after_the_scene_not_the_staging_folder(keyframe_b
     metadata = yaml.safe_load((keyframe_bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert metadata["relative_file_paths"] == [f"{keyframe_bag.name}.mcap"]
     assert sorted(p.name for p in keyframe_bag.iterdir()) == sorted(["metadata.yaml", f"{keyframe_bag.name}.mcap"])
+
+
+# -- one orchestration for every scene (library; the CLI prints it) ------------------------------------------
+def test_every_scene_is_checked_before_the_first_bag_is_written(synthetic_nuscenes, tmp_path, capsys):
+    from clip_vlm_core.bags import convert_scenes
+
+    nusc = load_nuscenes(synthetic_nuscenes, VERSION)
+    out = tmp_path / "bags"
+    (out / "scene-0103").mkdir(parents=True)
+    (out / "scene-0103" / "notes.txt").write_text("mine")  # the second scene's target: someone else's folder
+    with pytest.raises(UserError, match="scene-0103 already exists"):
+        list(convert_scenes(nusc, ["scene-0061", "scene-0103"], out, BagConvertOptions(progress=False)))
+    assert sorted(p.name for p in out.iterdir()) == ["scene-0103"]  # scene-0061 was not written either
+    argv = ["bag", "convert", "--dataroot", str(synthetic_nuscenes), "--all", "--out", str(out)]
+    assert main(argv) == 2 and "scene-0103 already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["scene-0103"]
+
+
+def test_each_converted_scene_says_where_it_went_and_its_captions_and_the_cli_prints_them(synthetic_nuscenes,
+                                                                                           tmp_path, capsys):
+    from clip_vlm_core.bags import convert_scenes
+
+    nusc = load_nuscenes(synthetic_nuscenes, VERSION)
+    options = BagConvertOptions(captions=synthetic_nuscenes / "nuinteract", progress=False)
+    done = list(convert_scenes(nusc, ["scene-0103", "scene-0061", "scene-0103"], tmp_path / "lib", options))
+    assert [(d.path, d.captioned, d.uncaptioned) for d in done] == [
+        (tmp_path / "lib" / "scene-0103", 4, 0), (tmp_path / "lib" / "scene-0061", 4, 0)]  # a name given twice: once
+    assert all(d.seconds > 0 and (d.path / "metadata.yaml").is_file() for d in done)
+    argv = ["bag", "convert", "--dataroot", str(synthetic_nuscenes), "--all", "--out", str(tmp_path / "cli"),
+            "--captions", str(synthetic_nuscenes / "nuinteract")]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [str(tmp_path / "cli" / "scene-0061"), str(tmp_path / "cli" / "scene-0103")]
+    assert lines[2].startswith("/scene_caption_gt: 8 keyframes captioned; 0 without a caption")

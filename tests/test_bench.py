@@ -14,6 +14,7 @@ import torch
 from clip_vlm_core.bench.frames import camera_samples
 from clip_vlm_core.bench.subject import frame_size, load_bench_model, token_id_frames, token_id_inputs
 from clip_vlm_core.cli import main
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.model.full_size import PARTS, full_size_parameter_counts, qwen25_vl_3b_config
 
 CAPTION_FIGURES = (
@@ -115,8 +116,8 @@ def test_token_id_inputs_run_through_the_model_like_processor_inputs():
     assert int((inputs["labels"] != -100).sum()) == 2 * 5
     loss = bench.model(**inputs).loss
     assert torch.isfinite(loss)
-    new = bench.model.generate(**make(2, 0), max_new_tokens=3, min_new_tokens=3, do_sample=False,
-                               eos_token_id=bench.eos_token_id, pad_token_id=bench.pad_token_id)
+    three = DecodingConfig(max_new_tokens=3, min_new_tokens=3, eos_token_ids=(bench.eos_token_id,))
+    new = bench.model.generate(**make(2, 0), decoding=three, pad_token_id=bench.pad_token_id)
     assert new.shape == (2, 3)
 
 
@@ -130,8 +131,8 @@ def test_token_id_frames_make_inputs_from_jpeg_bytes_like_token_id_inputs():
         assert torch.equal(inputs[key], recipe[key]), key
     assert inputs["pixel_values"].shape == recipe["pixel_values"].shape
     assert inputs["clip_pixels"].shape == recipe["clip_pixels"].shape
-    new = bench.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
-                               eos_token_id=bench.eos_token_id, pad_token_id=bench.pad_token_id)
+    three = DecodingConfig(max_new_tokens=3, min_new_tokens=3, eos_token_ids=(bench.eos_token_id,))
+    new = bench.model.generate(**inputs, decoding=three, pad_token_id=bench.pad_token_id)
     assert new.shape == (2, 3)
 
 

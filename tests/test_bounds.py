@@ -1,4 +1,4 @@
-"""Issue 13, class 4: every user-set number that allocates has an upper bound a real use never needs,
+"""Every user-set number that allocates has an upper bound a real use never needs,
 checked once (clip_vlm_core.limits, DecodingConfig) for the CLI, the node, eval, the benchmark and the
 recipes, and refused before any work with one sentence naming the setting and the bound."""
 
@@ -115,7 +115,7 @@ def test_node_refuses_a_live_change_beyond_the_bounds():
     config = validate_parameters({})
     with pytest.raises(UserError, match=r"num_beams=1000 is out of range \[1, 16\]"):
         replace_parameter(config, "num_beams", 1000)
-    assert replace_parameter(config, "repetition_penalty", 1.2).decoding()["repetition_penalty"] == 1.2
+    assert replace_parameter(config, "repetition_penalty", 1.2).decoding().repetition_penalty == 1.2
 
 
 def test_node_parameter_table_takes_its_decoding_bounds_from_decoding_config():
@@ -124,14 +124,12 @@ def test_node_parameter_table_takes_its_decoding_bounds_from_decoding_config():
         assert specs[name].high == bound_of(DecodingConfig, name).high, name
     assert (specs["num_beams"].high, specs["max_new_tokens"].high) == (MAX_NUM_BEAMS, MAX_NEW_TOKENS)
     assert (specs["batch_size"].high, specs["queue_size"].high) == (MAX_BATCH_SIZE, MAX_QUEUE_SIZE)
-    assert validate_parameters({}).decoding()["repetition_penalty"] is None  # 0.0: the model's own
+    assert validate_parameters({}).decoding().repetition_penalty is None  # 0.0: the model's own
 
 
-@pytest.fixture(scope="module")
-def captioner():
-    from clip_vlm_core.model import SceneCaptioner
-
-    return SceneCaptioner.from_pretrained(None, device="cpu")
+@pytest.fixture
+def captioner(embedded_captioner):
+    return embedded_captioner  # loaded once for the session (conftest.py)
 
 
 @pytest.mark.parametrize(("settings", "words"), [

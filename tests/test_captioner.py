@@ -9,15 +9,8 @@ import torch
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.model import SceneCaptioner
 from clip_vlm_core.model.tiny import (
-    save_tiny_base_models,
-    save_untrained_tiny_checkpoint,
     tiny_captioner_config,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base_models(tmp_path_factory.mktemp("tiny_base"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +183,9 @@ def test_bad_batches_are_one_clear_sentence(captioner, batch, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.fixture(scope="module")
-def saved_checkpoint(tmp_path_factory):
-    return save_untrained_tiny_checkpoint(tmp_path_factory.mktemp("models") / "ckpt")
+@pytest.fixture
+def saved_checkpoint(untrained_checkpoint):
+    return untrained_checkpoint  # made once for the session (conftest.py); copied before it is damaged
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Issue 26, class 2 (checkpoints): sizes and dtypes a weight file declares are checked against the
+"""Hostile checkpoints: sizes and dtypes a weight file declares are checked against the
 architecture its config declares, from the headers, before any tensor is read.
 
 Hostile files are small on disk (sparse tensors, headers that declare huge shapes); the real CLI runs
@@ -319,7 +319,7 @@ def test_frozen_weights_may_be_quantized_but_not_of_any_dtype(real_size, tmp_pat
     (lambda p: {"state": {7: {}}, "param_groups": []}, "holds state for parameter 7"),
 ])
 def test_optimizer_state_is_checked_against_its_parameters_before_and_after_it_is_read(tmp_path, state, says):
-    from clip_vlm_core.model.checkpoint_limits import check_optimizer_file, check_optimizer_state
+    from clip_vlm_core.train_state import check_optimizer_file, check_optimizer_state
 
     params = [torch.nn.Parameter(torch.zeros(8)), torch.nn.Parameter(torch.zeros(2, 2))]
     path = tmp_path / "optimizer.pt"
@@ -331,7 +331,7 @@ def test_optimizer_state_is_checked_against_its_parameters_before_and_after_it_i
 
 def test_8_bit_optimizer_state_is_allowed(tmp_path):
     """bitsandbytes' 8-bit AdamW keeps uint8 state1/state2 of the parameter's shape beside float scales."""
-    from clip_vlm_core.model.checkpoint_limits import check_optimizer_file, check_optimizer_state
+    from clip_vlm_core.train_state import check_optimizer_file, check_optimizer_state
 
     params = [torch.nn.Parameter(torch.zeros(64, 64))]
     state = {"state": {0: {"step": torch.tensor(3.0), "state1": torch.zeros(64, 64, dtype=torch.uint8),

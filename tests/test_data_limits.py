@@ -1,4 +1,4 @@
-"""Issue 26, class 2 (question-answer data and JSON) and class 5 (text that is not text).
+"""Question-answer data, every JSON the project reads, and text that is not text.
 
 Question-answer files are read one line at a time within documented limits (line length, pairs per
 keyframe and in all, answer length); every JSON the project reads (a --qa line, a manifest row,
@@ -99,7 +99,7 @@ def test_a_hostile_qa_file_is_one_sentence_and_nothing_is_written(tree, tmp_path
 @pytest.mark.slow
 def test_a_million_line_qa_file_is_streamed_in_bounded_memory(tree, tmp_path):
     """Pairs for samples the data set does not have are checked, counted and dropped line by line: a
-    million of them (the issue's 5,000,000-line file read whole took 3.9 GB) cost no more memory than
+    million of them (a 5,000,000-line file read whole took 3.9 GB) cost no more memory than
     building without them."""
     qa = tmp_path / "qa.jsonl"
     with open(qa, "w") as f:

@@ -8,13 +8,12 @@ import torch
 from clip_vlm_core.data.dataset import CachedEncoderDataset, CaptionDataset, RawCollator, collate_cached
 from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta
 from clip_vlm_core.model import SceneCaptioner
-from clip_vlm_core.model.tiny import save_tiny_base_models, tiny_captioner_config
+from clip_vlm_core.model.tiny import tiny_captioner_config
 
 
 @pytest.fixture(scope="module")
-def captioner(tmp_path_factory):
-    base = save_tiny_base_models(tmp_path_factory.mktemp("base"))
-    return SceneCaptioner.build(tiny_captioner_config(base), device="cpu", trainable=True)
+def captioner(tiny_base):
+    return SceneCaptioner.build(tiny_captioner_config(tiny_base), device="cpu", trainable=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +54,58 @@ def test_cached_and_raw_modes_give_equal_batches_and_loss(dataset, captioner, tm
         torch.testing.assert_close(captioner.model(**raw).loss, captioner.model(**fast).loss)
 
 
-def test_cache_is_reused_not_recomputed(dataset, captioner, tmp_path):
-    CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
-    CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == stamps
+def test_cache_is_reused_not_recomputed(dataset, captioner, tmp_path, monkeypatch):
+    first = CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
+    files = sorted((tmp_path / "cache").iterdir())
+
+    def encoders_ran(*args, **kwargs):
+        raise AssertionError("the frozen encoders ran again for a keyframe already in the cache")
+
+    monkeypatch.setattr(captioner.model, "encode_visual", encoders_ran)
+    monkeypatch.setattr(captioner.model.clip, "forward", encoders_ran)
+    again = CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
+    assert sorted((tmp_path / "cache").iterdir()) == files
+    for index in range(len(dataset)):
+        for key, value in first[index].items():
+            assert torch.equal(again[index][key], value), key
+
+
+def test_a_cache_made_in_another_precision_or_on_another_device_is_not_reused(dataset, captioner, tiny_base, tmp_path):
+    """A bf16 cache made on a GPU must not feed an fp32 resume on a CPU: the key holds the dtype and the
+    device type (here bf16 on the CPU, and the same model said to be on a GPU)."""
+    import copy
+
+    from clip_vlm_core.data.dataset import encoder_cache_key
+
+    bf16 = SceneCaptioner.build(tiny_captioner_config(tiny_base), device="cpu", dtype="bfloat16", trainable=True)
+    CachedEncoderDataset(dataset, bf16, tmp_path / "cache", show_progress=False)
+    resumed = CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2 * len(dataset.rows)
+    assert resumed[0]["clip_tokens"].dtype == torch.float32 and resumed[0]["visual_0"].dtype == torch.float32
+    on_gpu = copy.copy(captioner)
+    on_gpu.device = torch.device("cuda")
+    keys = {encoder_cache_key(c) for c in (captioner, bf16, on_gpu)}
+    assert len(keys) == 3
+
+
+def test_the_cache_key_follows_the_base_weights_and_the_pixel_budget_not_the_folder(dataset, tiny_base, tmp_path):
+    import dataclasses
+    import shutil
+
+    from clip_vlm_core.data.dataset import encoder_cache_key
+
+    def key(base: dict, **changes) -> str:
+        config = dataclasses.replace(tiny_captioner_config(base), **changes)
+        return encoder_cache_key(SceneCaptioner.build(config, device="cpu"))
+
+    moved = {name: tmp_path / "moved" / name for name in tiny_base}
+    for name, folder in tiny_base.items():
+        shutil.copytree(folder, moved[name])  # a run folder moved elsewhere keeps its cache
+    assert key(moved) == key(tiny_base)
+    assert key(tiny_base, max_pixels=28 * 28 * 8) != key(tiny_base)
+    weights = next(moved["qwen"].glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # rewritten in place, as a retrained base model would be
+    assert key(moved) != key(tiny_base)
 
 
 # -- question-answer items ----------------------------------------------------------------------------

@@ -14,8 +14,9 @@ CPU_BOUND = [sys.executable, "-c", "while True: pass"]
 
 @pytest.mark.slow
 def test_demo_captions_every_keyframe_beside_eight_cpu_bound_processes(tmp_path):
-    """Issue 26 class 7: beside eight CPU-bound processes the demo lost 1 to 4 of its 12 keyframes (the
-    replay started before the node's subscriptions were discovered). A real machine is busy; so is this one."""
+    """Beside eight CPU-bound processes every keyframe is still captioned: the replay waits for the node's
+    subscriptions (starting before they were discovered lost 1 to 4 of the 12). A real machine is busy; so is
+    this one."""
     load = [subprocess.Popen(CPU_BOUND) for _ in range(8)]
     try:
         result = subprocess.run(

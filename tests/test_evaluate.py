@@ -118,16 +118,16 @@ def split(manifests):
 
 
 @pytest.fixture(scope="module")
-def finetuned_checkpoint(tmp_path_factory):
-    """A tiny checkpoint whose gate and LoRA weights are non-zero: it captions unlike its base model."""
+def finetuned_checkpoint(tiny_base):
+    """A tiny checkpoint whose gate and LoRA weights are non-zero: it captions unlike its base model. It lies
+    beside the session's tiny base models (whose folder it names relatively, ../base/...)."""
     import torch
 
     from clip_vlm_core.model import SceneCaptioner
-    from clip_vlm_core.model.tiny import save_tiny_base_models, tiny_captioner_config
+    from clip_vlm_core.model.tiny import tiny_captioner_config
 
-    root = tmp_path_factory.mktemp("models")
-    base = save_tiny_base_models(root / "base", seed=0)
-    captioner = SceneCaptioner.build(tiny_captioner_config(base), device="cpu", trainable=True)
+    root = tiny_base["qwen"].parent.parent
+    captioner = SceneCaptioner.build(tiny_captioner_config(tiny_base), device="cpu", trainable=True)
     torch.manual_seed(1)
     with torch.no_grad():
         captioner.model.connector.gate.fill_(0.7)
@@ -206,6 +206,7 @@ def test_compare_writes_base_and_finetuned_blocks_and_a_report_of_every_sample(s
     assert html.count("data:image/jpeg;base64,") == 2 * len(rows)  # both views of every sample
 
 
+@pytest.mark.slow  # 20-40 s on 2 shared cores
 def test_base_mode_of_the_compare_run_captions_like_the_plain_base_model(split, finetuned_checkpoint, tmp_path):
     """The base column is the frozen base model: the same captions as an untrained connector without LoRA."""
     from clip_vlm_core.config import CaptionerConfig, DecodingConfig, load_json
@@ -226,6 +227,7 @@ def test_base_mode_of_the_compare_run_captions_like_the_plain_base_model(split, 
     assert compared["base"]["BLEU-1"] == alone["BLEU-1"]
 
 
+@pytest.mark.slow  # 20-40 s on 2 shared cores
 def test_blank_view_is_recorded_and_changes_what_the_finetuned_model_says(split, finetuned_checkpoint, tmp_path):
     from clip_vlm_core.config import DecodingConfig
     from clip_vlm_core.evaluate import evaluate_manifest

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 import clip_vlm_core
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.model import SceneCaptioner
-from clip_vlm_core.model.fast_decode import handles
+from clip_vlm_core.model.fast_decode import greedy_decoding, handles
 from clip_vlm_core.model.vision_attention import (
     disable_varlen_vision_attention,
     enable_varlen_vision_attention,
@@ -21,9 +22,9 @@ from clip_vlm_core.model.vision_attention import (
 SAMPLES = Path(clip_vlm_core.__file__).parent / "assets" / "samples"
 
 
-@pytest.fixture(scope="module")
-def captioner():
-    return SceneCaptioner.from_pretrained(None, device="cpu")
+@pytest.fixture
+def captioner(embedded_captioner):
+    return embedded_captioner  # loaded once for the session (conftest.py)
 
 
 def sample_pair(size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
@@ -40,19 +41,19 @@ def batch_with_padding() -> list[dict[str, np.ndarray]]:
 
 
 def generate_both(
-    captioner: SceneCaptioner, batch, cuda_graphs: bool = False, **decoding
+    captioner: SceneCaptioner, batch, cuda_graphs: bool = False, decoding: DecodingConfig | None = None, **settings
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' tokens and the static decoder's, for one DecodingConfig (default: greedy, stopping on the
+    tokenizer's end token; `settings` replace some of its fields)."""
     tokenizer = captioner.processor.tokenizer
     inputs = captioner.to_device(captioner.prepare(batch))
-    # Greedy as the captioner asks for it: do_sample stated, since the base generation config samples.
-    kwargs = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "do_sample": False,
-              **decoding}
+    decoding = (decoding or DecodingConfig(eos_token_ids=(tokenizer.eos_token_id,))).with_overrides(**settings)
     model = captioner.model
     model.fast_decoder = None
-    reference = model.generate(**inputs, **kwargs)
+    reference = model.generate(**inputs, decoding=decoding, pad_token_id=tokenizer.pad_token_id)
     decoder = model.enable_fast_decoding(cuda_graphs=cuda_graphs)
     try:
-        fast = model.generate(**inputs, **kwargs)
+        fast = model.generate(**inputs, decoding=decoding, pad_token_id=tokenizer.pad_token_id)
         assert len(decoder._sessions) == 1, "the fast decoder was not used"
     finally:
         model.fast_decoder = None
@@ -73,6 +74,7 @@ def test_prompts_really_differ_in_length(captioner):
     assert (inputs["attention_mask"] == 0).any(), "the test batch must exercise left padding"
 
 
+@pytest.mark.slow  # 20-40 s on 2 shared cores
 def test_greedy_tokens_equal_transformers_generate_with_left_padding(captioner):
     pad = captioner.processor.tokenizer.pad_token_id
     reference, fast = generate_both(captioner, batch_with_padding(), cuda_graphs=True, max_new_tokens=40)
@@ -107,17 +109,19 @@ def test_fast_decoder_serves_repeated_calls_and_batch_sizes(captioner):
 def test_settings_other_than_greedy_fall_back_to_transformers():
     from transformers import GenerationConfig
 
-    ids = {"eos_token_id": [2, 0], "pad_token_id": 0}
-    assert handles({"max_new_tokens": 8, "num_beams": 1, "do_sample": False, "repetition_penalty": 1.2, **ids})
-    assert handles({"max_new_tokens": 8, "do_sample": False, "temperature": None, "top_k": None, **ids})
-    assert not handles({"max_new_tokens": 8, "num_beams": 3, **ids})
-    assert not handles({"max_new_tokens": 8, "do_sample": True, "temperature": 0.7, **ids})
-    assert not handles({"max_new_tokens": 8, "no_repeat_ngram_size": 3, **ids})
-    # what the call leaves unset comes from the model's generation config, as in generate()
-    assert not handles({"max_new_tokens": 8, **ids}, GenerationConfig(no_repeat_ngram_size=3))
-    assert not handles({"max_new_tokens": 8, **ids}, GenerationConfig(do_sample=True, top_k=1))
-    assert not handles({"max_new_tokens": 8})  # no EOS id known: nothing to stop on
-    assert handles({"max_new_tokens": 8}, GenerationConfig(eos_token_id=[2, 0], pad_token_id=0))
+    ids = {"eos_token_ids": (2, 0)}
+    assert handles(DecodingConfig(max_new_tokens=8, num_beams=1, do_sample=False, repetition_penalty=1.2, **ids))
+    assert handles(DecodingConfig(max_new_tokens=8, min_new_tokens=8, **ids))
+    assert not handles(DecodingConfig(max_new_tokens=8, num_beams=3, **ids))
+    assert not handles(DecodingConfig(max_new_tokens=8, do_sample=True, temperature=0.7, **ids))
+    # what the settings leave unset comes from the model's generation config, as in generate()
+    assert not handles(DecodingConfig(max_new_tokens=8, **ids), GenerationConfig(no_repeat_ngram_size=3))
+    assert handles(DecodingConfig(max_new_tokens=8, **ids), GenerationConfig(do_sample=True, top_k=1))  # do_sample: ours
+    assert not handles(DecodingConfig(max_new_tokens=8))  # no EOS id known: nothing to stop on
+    assert handles(DecodingConfig(max_new_tokens=8), GenerationConfig(eos_token_id=[2, 0], pad_token_id=0))
+    resolved = greedy_decoding(DecodingConfig(max_new_tokens=8), GenerationConfig(eos_token_id=[2, 0],
+                                                                                  repetition_penalty=1.05))
+    assert (resolved.eos_token_ids, resolved.repetition_penalty) == ((2, 0), 1.05)
 
 
 @pytest.fixture(scope="module")
@@ -135,24 +139,24 @@ def qwen_shaped(tmp_path_factory):
 @pytest.mark.parametrize("penalty", [None, 1.8], ids=["model-default-1.05", "strong-1.8"])
 def test_static_decoder_applies_the_repetition_penalty_like_transformers(qwen_shaped, penalty):
     settings = qwen_shaped.decoding_in_effect(repetition_penalty=penalty, max_new_tokens=24)
-    kwargs = {**settings.generate_kwargs(), "pad_token_id": qwen_shaped.processor.tokenizer.pad_token_id}
-    reference, fast = generate_both(qwen_shaped, batch_with_padding(), cuda_graphs=True, **kwargs)
-    assert strip_padding(fast, kwargs["pad_token_id"]) == strip_padding(reference, kwargs["pad_token_id"])
-    unpenalised, _ = generate_both(qwen_shaped, batch_with_padding(), **{**kwargs, "repetition_penalty": 1.0})
+    pad = qwen_shaped.processor.tokenizer.pad_token_id
+    reference, fast = generate_both(qwen_shaped, batch_with_padding(), cuda_graphs=True, decoding=settings)
+    assert strip_padding(fast, pad) == strip_padding(reference, pad)
+    unpenalised, _ = generate_both(qwen_shaped, batch_with_padding(), decoding=settings, repetition_penalty=1.0)
     assert not torch.equal(unpenalised, reference), "the penalty must change these captions for the test to mean anything"
 
 
 def test_static_decoder_stops_on_every_eos_id_like_transformers(qwen_shaped):
     """A second stop id (a token the model is known to emit first at a later step of row 0) ends that row there."""
     tokenizer = qwen_shaped.processor.tokenizer
-    kwargs = {**qwen_shaped.decoding_in_effect(max_new_tokens=16).generate_kwargs(), "pad_token_id": tokenizer.pad_token_id}
-    free, _ = generate_both(qwen_shaped, batch_with_padding(), **kwargs)
+    settings = qwen_shaped.decoding_in_effect(max_new_tokens=16)
+    free, _ = generate_both(qwen_shaped, batch_with_padding(), decoding=settings)
     emitted = free[0].tolist()
     step = next(i for i in range(1, len(emitted)) if emitted[i] not in emitted[:i]
                 and emitted[i] not in (tokenizer.eos_token_id, tokenizer.pad_token_id))
     stop = emitted[step]
-    kwargs["eos_token_id"] = [tokenizer.eos_token_id, stop]
-    reference, fast = generate_both(qwen_shaped, batch_with_padding(), cuda_graphs=True, **kwargs)
+    reference, fast = generate_both(qwen_shaped, batch_with_padding(), cuda_graphs=True, decoding=settings,
+                                    eos_token_ids=(tokenizer.eos_token_id, stop))
     assert reference[0, step] == stop and (reference[0, step + 1:] == tokenizer.pad_token_id).all()
     assert strip_padding(fast, tokenizer.pad_token_id) == strip_padding(reference, tokenizer.pad_token_id)
 
@@ -234,7 +238,8 @@ def test_static_decoder_at_qwen25_vl_3b_attention_shapes():
     inputs = token_id_inputs(model, 2, frame_size(12544), torch.device("cpu"))(3, 0)
     inputs["attention_mask"][1, :3] = 0
     inputs["attention_mask"][2, :7] = 0
-    kwargs = {"max_new_tokens": 16, "eos_token_id": QWEN_IM_END_ID, "pad_token_id": QWEN_ENDOFTEXT_ID}
+    kwargs = {"decoding": DecodingConfig(max_new_tokens=16, eos_token_ids=(QWEN_IM_END_ID,)),
+              "pad_token_id": QWEN_ENDOFTEXT_ID}
     reference = model.generate(**inputs, **kwargs)
     model.enable_fast_decoding(cuda_graphs=True)  # off CUDA: the capture's warm-up and rewind, no graph
     assert torch.equal(model.generate(**inputs, **kwargs), reference)

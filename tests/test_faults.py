@@ -1,4 +1,4 @@
-"""Issue 13, class 6: faults get one sentence, a non-zero exit, no traceback, and keep what was there.
+"""Faults get one sentence, a non-zero exit, no traceback, and keep what was there.
 
 Real faults, no mocks: a full tmpfs (where mounting is allowed) and a file-size rlimit for a full
 disk, a read-only mount for a read-only folder, a closed pipe for `| head`.

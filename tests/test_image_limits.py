@@ -1,4 +1,4 @@
-"""Issue 13, class 3: the image limits (clip_vlm_core.images) hold at every command that reads images.
+"""The image limits (clip_vlm_core.images) hold at every command that reads images.
 
 A 20000x20000 PNG of a few hundred kB (1.2 GB once decoded) is refused from its header, in one
 sentence, by caption, data build, verify, gallery and bag convert (raw and compressed), and nothing is

@@ -1,4 +1,4 @@
-"""Issue 26, class 4 (crash consistency, no accidental network) and issue 28 item 6 (an uncached hub id).
+"""Which model a value names, crash consistency, no accidental network access, and an uncached hub id.
 
 One rule says what a model value names (clip_vlm_core.model.model_refs): '' the embedded model; an
 absolute path, one starting with '.' or '~', or one whose first component is a folder here is a local
@@ -96,7 +96,7 @@ def test_every_place_a_model_is_named_follows_the_rule(tmp_path, monkeypatch, no
         SceneCaptioner.from_pretrained(checkpoint)
 
 
-# -- a hub id that is not cached (issue 28 item 6) -------------------------------------------------------
+# -- a hub id that is not cached ------------------------------------------------------------------------
 
 def test_an_uncached_hub_id_offline_is_one_sentence_at_once(empty_cache, no_network):
     from clip_vlm_core.model.model_refs import check_available

@@ -1,4 +1,4 @@
-"""Issue 13, class 1: no command destroys what the user has.
+"""No command destroys what the user has.
 
 Every command that writes a folder or file replaces an existing target only when it wrote it itself
 (or with --overwrite), never one that is, holds or lies inside one of its inputs (not even with
@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from intact import REPO, assert_one_sentence, clip_vlm, digest, staging_left
 
-from clip_vlm_core.atomic import guard_output, staged_dir, sweep_stale_staging
+from clip_vlm_core.atomic import staged_dir, sweep_stale_staging
 from clip_vlm_core.cli import main
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.output_guard import guard_output
 
 RECIPE = REPO / "training" / "configs" / "synthetic-tiny.yaml"
 
@@ -273,3 +274,32 @@ def test_an_empty_target_or_a_new_one_needs_no_overwrite(tmp_path):
     (tmp_path / "empty").mkdir()
     guard_output(tmp_path / "empty", "clip-vlm data build")
     guard_output(tmp_path / "new", "clip-vlm data build")
+
+
+# -- durability: what a rename shows is on the disk ---------------------------------------------------------
+def test_a_written_file_and_folder_are_flushed_to_the_disk_around_their_rename(tmp_path, monkeypatch):
+    """Before a rename makes a file or folder visible its data is flushed (fsync), and after it the folder
+    holding it: after a power loss the target is the old one or the new one, whole."""
+    from clip_vlm_core.atomic import write_text
+
+    flushed: list[str] = []
+    fsync = os.fsync
+
+    def recorded(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    write_text(tmp_path / "notes.txt", "hello")
+    assert len(flushed) == 2 and flushed[0].endswith("/notes.txt") and ".partial-" in flushed[0]
+    assert flushed[1] == str(tmp_path)  # the folder, after the rename
+    flushed.clear()
+    with staged_dir(tmp_path / "out", writer="clip-vlm data build") as staged:
+        (staged / "a.json").write_text("{}")
+        (staged / "sub").mkdir()
+        (staged / "sub" / "b.bin").write_bytes(b"x")
+    names = [Path(p).name for p in flushed]
+    for name in ("a.json", "b.bin", ".clip-vlm-output", "sub", "out"):  # every file and folder before the rename
+        assert name in names[:-1], name
+    assert all(".partial-" in p for p in flushed[:-1]) and flushed[-1] == str(tmp_path)
+    assert (tmp_path / "out" / "sub" / "b.bin").read_bytes() == b"x"

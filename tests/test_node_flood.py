@@ -1,4 +1,4 @@
-"""A flood of questions from another process (issue 26 class 6): the caption rate with 1,000 questions a
+"""A flood of questions from another process: the caption rate with 1,000 questions a
 second is at least half the rate measured without it in the same run, losses are counted, and the log
 says "question queue full" a few times, not twenty thousand."""
 

@@ -1,5 +1,5 @@
-"""The node's frame intake against oversized and broken frames (issue 13, class 3) and its decoding path
-(issue 15): a compressed frame is checked from its header in the callback and decoded in the worker.
+"""The node's frame intake against oversized and broken frames, and its decoding path: a compressed frame
+is checked from its header in the callback and decoded in the worker.
 
 The core checks run without ROS; the last test runs the node over real DDS: a 20000x20000 PNG bomb
 (49 kB) is a counted bad frame within a diagnostics period, costs the node nothing, and captions go on.
@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from rosbags.typesys import Stores, get_typestore
 
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.images import MAX_IMAGE_BYTES, EncodedImage
 from clip_vlm_core.stream import BadFrame, CaptionWorker, Frame, FramePairer, PairQueue, StreamStats
 from clip_vlm_core.stream.frames import image_from_message
@@ -88,11 +89,9 @@ def test_compressed_frame_without_a_readable_header_cannot_be_decoded():
 
 
 # -- the worker decodes what it captions ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def captioner():
-    from clip_vlm_core.model import SceneCaptioner
-
-    return SceneCaptioner.from_pretrained(None, device="cpu")
+@pytest.fixture
+def captioner(embedded_captioner):
+    return embedded_captioner  # loaded once for the session (conftest.py)
 
 
 def encoded_pair(stamp_ms: int, front: bytes, back: bytes):
@@ -104,7 +103,7 @@ def encoded_pair(stamp_ms: int, front: bytes, back: bytes):
 def worker_for(captioner, queue: PairQueue, stats: StreamStats, published: list, rate_hz: float = 50.0):
     return CaptionWorker(captioner, queue, stats, lambda p, c: published.append((p.stamp_ns, c, time.monotonic())),
                          rate_hz=rate_hz, batch_size=4, newest_stamp_ns=lambda: None, source_clock_ns=time.time_ns,
-                         decoding={"max_new_tokens": 3})
+                         decoding=DecodingConfig(max_new_tokens=3))
 
 
 def test_frame_whose_body_does_not_decode_costs_its_pair_only(captioner):

@@ -1,4 +1,4 @@
-"""The node's inputs over real DDS (issue 26 class 6, issue 27 items 2 and 3): QoS that meets the camera,
+"""The node's inputs over real DDS: a budget per input against floods, QoS that meets the camera,
 losses counted before the node takes a message, and everything reported through the node's logger.
 
 Two node processes: one with default parameters (its reliability follows the publishers), one with
@@ -110,6 +110,7 @@ def test_questions_lost_before_the_node_took_them_are_counted(pinned_node, tmp_p
     assert lost > 0 and taken + lost == result["questions_sent"], (taken, lost, result["questions_sent"])
 
 
+@pytest.mark.slow  # 20-40 s on 2 shared cores
 def test_frames_lost_before_the_node_took_them_are_counted_per_view(pinned_node, tmp_path):
     _, env = pinned_node
     before = probe(env, tmp_path, [{"kind": "sleep", "seconds": 1.2}])["diagnostics"]
@@ -163,7 +164,8 @@ def test_a_flood_of_frames_on_one_view_starves_neither_the_other_view_nor_questi
                              text=True)
     try:
         assert flood.stdout.readline().strip() == "ready"
-        before = probe(env, tmp_path, [{"kind": "sleep", "seconds": 1.5}])["diagnostics"]
+        first = probe(env, tmp_path, [{"kind": "sleep", "seconds": 1.5}])
+        before = first["diagnostics"]
         result = probe(env, tmp_path, [
             {"kind": "pairs", "count": 30, "rate": 10.0},
             {"kind": "ask", "question": "Is it day or night?", "timeout": 5.0},
@@ -178,4 +180,7 @@ def test_a_flood_of_frames_on_one_view_starves_neither_the_other_view_nor_questi
     assert figures["CAM_BACK.received"] == 30 and figures["CAM_BACK.lost_before_taken"] == 0, figures  # all of it
     assert figures["questions_received"] == 1, figures  # taken (answered, or unanswerable without a fresh pair)
     assert figures["CAM_FRONT.intake_limited"] > 0 and figures["CAM_FRONT.lost_before_taken"] > 0, figures
-    assert figures["CAM_FRONT.received"] <= 200 * 6, figures  # at most max_frame_rate_hz a second were taken
+    # At most max_frame_rate_hz (200) a second were taken between the two reports (stamped by the node's
+    # clock), plus one full bucket: a window assumed to be 6 s was exceeded by a slow probe start-up.
+    window_s = (result["diagnostics_stamp_ns"] - first["diagnostics_stamp_ns"]) / 1e9
+    assert 0 < window_s and figures["CAM_FRONT.received"] <= 200 * window_s + 200 * 0.1 + 1, (window_s, figures)

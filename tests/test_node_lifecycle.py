@@ -1,5 +1,5 @@
 """caption_lifecycle_node driven through its lifecycle services from another process, as a lifecycle
-manager or `ros2 lifecycle set` drives it (issue 27 item 5), and the launch decision that starts it."""
+manager or `ros2 lifecycle set` drives it, and the launch decision that starts it."""
 
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ def start_lifecycle_node(params: dict, env: dict[str, str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow  # 20-40 s on 2 shared cores
 def test_the_lifecycle_node_captions_only_while_active_through_every_transition(tmp_path):
     env = ros_env()
     proc = start_lifecycle_node({"policy": "all", "rate_hz": 20.0, "max_age_ms": 60000.0, **FAST_DECODING}, env)

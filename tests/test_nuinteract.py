@@ -1,4 +1,4 @@
-"""NuInteract as released (issue 12): one reader for data build and bag convert, whatever the files are called."""
+"""NuInteract as released: one reader for data build and bag convert, whatever the files are called."""
 
 from __future__ import annotations
 

@@ -98,12 +98,12 @@ def test_clip_pixels_are_within_one_uint8_level_of_openclip():
 
 
 # -- the captioner's prepare() against the processor path it replaced -------------------------------
-@pytest.fixture(scope="module")
-def embedded():
-    return SceneCaptioner.from_pretrained(None, device="cpu")
+@pytest.fixture
+def embedded(embedded_captioner):
+    return embedded_captioner  # loaded once for the session (conftest.py)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def released(embedded):
     """The embedded model with Qwen2.5-VL's released processor settings (full-resolution frames)."""
     tokenizer = embedded.processor.tokenizer
@@ -115,14 +115,14 @@ def released(embedded):
 def processor_inputs(captioner: SceneCaptioner, batch, targets=None, instructions=None) -> dict[str, torch.Tensor]:
     """The captioner's prepare() as it was: PIL images through the processor and OpenCLIP's transform."""
     flat = [Image.fromarray(sample[view]) for sample in batch for view in captioner.views]
-    texts = [captioner._prompt_for(None if instructions is None else instructions[i]) for i in range(len(batch))]
+    texts = [captioner.inputs.prompt_text(None if instructions is None else instructions[i]) for i in range(len(batch))]
     if targets is not None:
         eos = captioner.processor.tokenizer.eos_token
         texts = [text + target.strip() + eos for text, target in zip(texts, targets, strict=True)]
     inputs = dict(captioner.processor(text=texts, images=flat, padding=True, return_tensors="pt"))
     inputs["clip_pixels"] = captioner.model.clip.preprocess(flat)
     if targets is not None:
-        inputs["labels"] = captioner._caption_labels(inputs["input_ids"], targets)
+        inputs["labels"] = captioner.inputs.labels(inputs["input_ids"], targets)
     return inputs
 
 

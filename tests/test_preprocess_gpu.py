@@ -64,7 +64,7 @@ def test_nvjpeg_decodes_a_batch_on_the_gpu_close_to_the_cpu_decoder():
 
 
 def test_captions_from_jpeg_bytes_on_the_gpu_equal_the_cpus():
-    from clip_vlm_core.model.captioner import default_model_path
+    from clip_vlm_core.model.checkpoint import default_model_path
 
     samples = default_model_path().parent / "samples"  # drawn scenes the embedded model describes surely
     encoded = {view: EncodedImage.checked((samples / f"{name}.jpg").read_bytes())

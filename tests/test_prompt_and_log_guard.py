@@ -1,4 +1,4 @@
-"""Issue 26, class 3: inputs are never written, and templates are never injected.
+"""Inputs are never written, and chat templates are never injected.
 
 `--log` (caption, ask) goes through the output guard: never an input image, the checkpoint or a file in
 it, the embedded model, nor an existing file that is not a caption/ask log (a manifest, a recipe). The
@@ -106,12 +106,10 @@ def test_prompt_flag_follows_the_question_rule(capsys, prompt, says):
     assert_one_sentence(capsys.readouterr().err, "caption", says)
 
 
-def test_the_nodes_prompt_parameter_is_refused_where_the_node_applies_it():
+def test_the_nodes_prompt_parameter_is_refused_where_the_node_applies_it(embedded_captioner):
     """caption_node applies its `prompt` parameter with SceneCaptioner.with_prompt (and refuses at start-up on
     the UserError), as `--prompt` does: the one check, whoever asks."""
-    from clip_vlm_core.model import SceneCaptioner
-
-    captioner = SceneCaptioner.from_pretrained(device="cpu")
+    captioner = embedded_captioner
     with pytest.raises(UserError, match="captioner.prompt holds a chat-template token"):
         captioner.with_prompt(INJECTION)
     assert captioner.with_prompt("  Say what is ahead.  ").config.prompt == "Say what is ahead."

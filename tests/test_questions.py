@@ -226,7 +226,7 @@ def test_an_epoch_visits_every_caption_and_the_set_share_of_questions():
     ({"where": 0.0}, 8.0, {"where": 0.0, "other": 1.0}),
 ])
 def test_type_weights_draw_each_type_at_its_weighted_share(weights, qa_count_per_caption, expected):
-    from clip_vlm_core.train import qa_item_weights
+    from clip_vlm_core.train_setup import qa_item_weights
 
     types = ["where"] * 20 + ["other"] * 80
     mix = CaptionQAMix(range(10), range(10, 110), qa_count_per_caption, torch.Generator().manual_seed(3),
@@ -249,7 +249,7 @@ def test_equal_type_weights_draw_exactly_as_no_weights():
 
 
 def test_type_weights_warn_of_a_type_no_question_has_and_refuse_all_zero(caplog):
-    from clip_vlm_core.train import qa_item_weights
+    from clip_vlm_core.train_setup import qa_item_weights
 
     assert qa_item_weights(["a", "b"], {}) is None
     assert qa_item_weights([], {"a": 2.0}) is None  # captions only: nothing to weigh
@@ -265,7 +265,7 @@ def test_type_weights_warn_of_a_type_no_question_has_and_refuse_all_zero(caplog)
 def test_validation_scores_the_training_mix_of_answers_the_same_items_every_time():
     from types import SimpleNamespace
 
-    from clip_vlm_core.train import validation_mix
+    from clip_vlm_core.train_setup import validation_mix
 
     val = SimpleNamespace(caption_indices=list(range(10)), qa_indices=list(range(10, 410)))
     val.__len__ = lambda: 410
@@ -300,7 +300,7 @@ def test_bad_qa_recipe_values_are_refused(override, message):
 
 
 def test_sample_weighting_gives_a_two_token_answer_the_weight_of_a_long_caption():
-    from clip_vlm_core.train import sample_mean_loss
+    from clip_vlm_core.model.loss import sample_mean_loss
 
     labels = torch.full((2, 12), -100)
     labels[0, 2:] = 1  # a 10-token caption, predicted perfectly
@@ -309,6 +309,26 @@ def test_sample_weighting_gives_a_two_token_answer_the_weight_of_a_long_caption(
     logits[0, :, 1] = 30.0
     answer_loss = torch.nn.functional.cross_entropy(torch.zeros(1, 4), torch.tensor([1])).item()
     assert sample_mean_loss(logits, labels).item() == pytest.approx(answer_loss / 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["token_mean_loss", "sample_mean_loss"])
+def test_both_losses_read_the_trailing_logits_the_model_computes_as_all_of_them(loss):
+    """The model computes logits only from just before the first labelled column (trailing_logits_needed):
+    each loss over those equals the loss over every position's logits."""
+    from clip_vlm_core.model import loss as losses
+
+    torch.manual_seed(0)
+    labels = torch.full((3, 20), losses.IGNORE_INDEX)
+    labels[0, 12:] = torch.randint(0, 9, (8,))
+    labels[1, 17:] = torch.randint(0, 9, (3,))
+    labels[2, 15:] = torch.randint(0, 9, (5,))
+    logits = torch.randn(3, 20, 9)
+    keep = losses.trailing_logits_needed(labels)
+    assert keep == 9  # columns 11 (predicting 12) to 19
+    fn = getattr(losses, loss)
+    torch.testing.assert_close(fn(logits[:, -keep:], labels), fn(logits, labels))
+    with pytest.raises(ValueError, match="21 positions of logits for 20 labels"):
+        fn(torch.randn(3, 21, 9), labels)
 
 
 # -- scoring -----------------------------------------------------------------------------------------------
@@ -326,6 +346,7 @@ def test_accuracy_per_type_stands_beside_the_types_chance():
     assert qa_accuracy([], [], []) == {}
 
 
+@pytest.mark.slow  # 20-40 s on 2 shared cores
 def test_eval_answers_every_question_and_reports_accuracy_per_type(qa_manifest, tmp_path):
     argv = ["eval", "--manifest", str(qa_manifest / "mini_val.jsonl"), "--out", str(tmp_path / "e"),
             "--max-new-tokens", "48", "--device", "cpu"]
@@ -371,13 +392,13 @@ def test_ask_refuses_bad_input_in_one_line(capsys, extra, message):
 
 # -- where the question goes -------------------------------------------------------------------------------
 @pytest.mark.parametrize("first", [False, True])
-def test_instruction_first_puts_the_question_before_the_images(tmp_path, first):
+def test_instruction_first_puts_the_question_before_the_images(tiny_base, first):
     import dataclasses
 
     from clip_vlm_core.model import SceneCaptioner
-    from clip_vlm_core.model.tiny import save_tiny_base_models, tiny_captioner_config
+    from clip_vlm_core.model.tiny import tiny_captioner_config
 
-    config = dataclasses.replace(tiny_captioner_config(save_tiny_base_models(tmp_path / "base")), instruction_first=first)
+    config = dataclasses.replace(tiny_captioner_config(tiny_base), instruction_first=first)
     captioner = SceneCaptioner.build(config, device="cpu")
     images = {v: load_image(SAMPLES / f"{v.split('_')[1].lower()}.jpg") for v in CAMS}
     batch = captioner.prepare([images, images], targets=["red", "It is night."],

@@ -1,4 +1,4 @@
-"""What the tiny model could not catch about the released weights (issue 17), checked without them: the
+"""What the tiny model could not catch about the released weights, checked without them: the
 CLIP activation each pretrained tag was trained with, decoding from the base model's own generation
 config, the memory plan of a full-size recipe, Qwen's real tokenization, and which parameters decay."""
 
@@ -85,12 +85,11 @@ def test_full_size_recipe_builds_clip_with_quickgelu():
 
 
 # -- 2. Decoding against the checkpoint's own defaults -----------------------------------------------
-@pytest.fixture(scope="module")
-def qwen_shaped_checkpoint(tmp_path_factory) -> Path:
-    """An untrained tiny checkpoint; its base model's generation_config.json is shaped like Qwen2.5-VL's."""
-    from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint
-
-    return save_untrained_tiny_checkpoint(tmp_path_factory.mktemp("qwen-shaped") / "checkpoint")
+@pytest.fixture(scope="session")
+def qwen_shaped_checkpoint(untrained_checkpoint) -> Path:
+    """An untrained tiny checkpoint; its base model's generation_config.json is shaped like Qwen2.5-VL's (every
+    tiny base model's is). The session's one (conftest.py)."""
+    return untrained_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +138,7 @@ def test_caption_log_records_the_settings_in_effect(qwen_shaped_checkpoint, tmp_
     assert main(common) == 0
     assert main([*common, "--repetition-penalty", "1.0", "--eos-token-ids", "2"]) == 0
     first, second = (json.loads(line)["decoding"] for line in log.read_text().splitlines())
-    assert first == {"max_new_tokens": 4, "num_beams": 1, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+    assert first == {"max_new_tokens": 4, "min_new_tokens": 0, "num_beams": 1, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
                      "top_k": 0, "repetition_penalty": 1.05, "eos_token_ids": [2, 0]}
     assert (second["repetition_penalty"], second["eos_token_ids"]) == (1.0, [2])
 
@@ -180,14 +179,14 @@ def test_node_logs_the_decoding_settings_in_effect_at_start_up(qwen_shaped_check
             proc.wait()
     decoding = [line for line in lines if "decoding: " in line]
     assert decoding, "".join(lines)
-    assert ("decoding: max_new_tokens 12, num_beams 1, do_sample False, temperature 1.0, top_p 1.0, top_k 5, "
+    assert ("decoding: max_new_tokens 12, min_new_tokens 0, num_beams 1, do_sample False, temperature 1.0, top_p 1.0, top_k 5, "
             "repetition_penalty 1.05, eos_token_ids (2, 0)") in decoding[0]
 
 
-def test_embedded_model_decodes_with_its_base_generation_config_but_greedily():
+def test_embedded_model_decodes_with_its_base_generation_config_but_greedily(embedded_captioner):
     """The shipped model's base was built with Qwen's generation config (both stop ids, penalty 1.05, and
     sampling settings): the first two apply, sampling is not inherited."""
-    captioner = SceneCaptioner.from_pretrained(None, device="cpu")
+    captioner = embedded_captioner
     tokenizer = captioner.processor.tokenizer
     settings = captioner.decoding_in_effect()
     stops = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
@@ -218,7 +217,7 @@ def test_activation_estimate_matches_the_measured_8_mib_per_token():
     from clip_vlm_core.train_memory import activation_bytes
 
     per_sample = activation_bytes(tokens=3695, batch=1, layers=36, width=2048)
-    assert per_sample / 2**30 == pytest.approx(28.9, abs=0.1)  # the issue's ~29 GiB at the default budget
+    assert per_sample / 2**30 == pytest.approx(28.9, abs=0.1)  # ~29 GiB at the default budget
 
 
 def test_gradient_checkpointing_is_auto_by_default_and_the_plan_is_logged(synthetic_manifest, tmp_path, caplog):
@@ -274,8 +273,8 @@ def test_saved_and_loaded_tiny_tokenizer_tokenizes_the_same(qwen_shaped, tmp_pat
 
 
 @pytest.mark.parametrize("which", ["qwen-shaped", "embedded"])
-def test_caption_labels_cover_exactly_each_caption_and_its_end_token(which, qwen_shaped):
-    captioner = qwen_shaped if which == "qwen-shaped" else SceneCaptioner.from_pretrained(None, device="cpu")
+def test_caption_labels_cover_exactly_each_caption_and_its_end_token(which, qwen_shaped, embedded_captioner):
+    captioner = qwen_shaped if which == "qwen-shaped" else embedded_captioner
     tokenizer = captioner.processor.tokenizer
     rng = np.random.default_rng(0)
     batch = [{v: rng.integers(0, 255, (60 + 10 * i, 90, 3), dtype=np.uint8) for v in captioner.views}
@@ -294,8 +293,8 @@ def test_caption_labels_cover_exactly_each_caption_and_its_end_token(which, qwen
 
 # -- 5. Weight decay ---------------------------------------------------------------------------------
 def test_only_weight_matrices_get_weight_decay(qwen_shaped_checkpoint):
-    from clip_vlm_core.train import parameter_groups
     from clip_vlm_core.train_config import OptimConfig
+    from clip_vlm_core.train_setup import parameter_groups
 
     captioner = SceneCaptioner.from_pretrained(qwen_shaped_checkpoint, device="cpu", trainable=True)
     model = captioner.model

@@ -1,4 +1,4 @@
-"""Issue 13, class 5: recipe mistakes are caught before any work starts, with the field named; resuming
+"""Recipe mistakes are caught before any work starts, with the field named; resuming
 with a recipe that changes the model is refused with the difference named, while steps, schedule and
 logging may change (logged, and applied)."""
 
@@ -91,7 +91,7 @@ def test_every_numeric_recipe_field_declares_its_bounds():
 def test_both_shipped_recipes_and_the_embedded_models_second_stage_pass_the_checks():
     import re
 
-    from clip_vlm_core.model.captioner import default_model_path
+    from clip_vlm_core.model.checkpoint import default_model_path
 
     recipes = sorted((REPO / "training" / "configs").glob("*.yaml"))
     assert {r.name for r in recipes} == {"synthetic-tiny.yaml", "nuinteract-front-back.yaml"}
@@ -160,3 +160,42 @@ def test_resuming_with_changed_steps_schedule_and_logging_is_allowed_logged_and_
     # after step 3 the new rate on the new cosine schedule, half-way from warm-up (step 2) to step 4:
     # 0.001 x 0.5; the saved one (0.003) would give 0.0015
     assert [h["lr_lora"] for h in history if h["step"] == 3 and "lr_lora" in h] == [pytest.approx(5e-4)]
+
+
+# -- a bare camera name where a list of views belongs ----------------------------------------------------
+VIEWS_REFUSED = "views must be a list of camera names, got 'CAM_FRONT'"
+
+
+@pytest.mark.parametrize("where", ["override", "recipe file"])
+def test_a_bare_camera_name_as_the_recipes_views_is_refused_before_anything_is_written(where, tmp_path, capsys):
+    """YAML reads `views: CAM_FRONT` as a string, which a tuple() would turn into its letters."""
+    run_dir = tmp_path / "run"
+    if where == "override":
+        argv = ["train", "--config", str(TINY), f"run_dir={run_dir}", "captioner.views=CAM_FRONT"]
+    else:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(f"run_dir: {run_dir}\ncaptioner:\n  views: CAM_FRONT\ndata:\n  synthetic_scenes: 1\n")
+        argv = ["train", "--config", str(recipe)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clip-vlm train: error: ") and VIEWS_REFUSED in err and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_a_checkpoint_whose_views_are_a_bare_camera_name_is_refused_before_any_model_loads(tmp_path, capsys):
+    from hostile_files import copy_embedded, edit_json
+
+    checkpoint = copy_embedded(tmp_path)
+    edit_json(checkpoint / "clip_vlm_config.json", views="CAM_FRONT")
+    image = REPO / "clip_vlm_core" / "assets" / "samples" / "front.jpg"
+    assert main(["caption", "--checkpoint", str(checkpoint), "--view", f"CAM_FRONT={image}"]) == 2
+    err = capsys.readouterr().err
+    assert VIEWS_REFUSED in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["CAM_FRONT", 3])
+def test_the_nodes_views_parameter_as_a_bare_name_is_refused_in_one_sentence(value):
+    from clip_vlm_core.stream import validate_parameters
+
+    with pytest.raises(UserError, match=rf"parameter views={value!r} must be a list of strings"):
+        validate_parameters({"views": value})

@@ -214,3 +214,19 @@ def test_rclpy_keeps_warning_call_sites_apart_so_a_throttled_one_and_a_plain_one
         node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_no_name_in_the_node_package_shadows_a_module_it_imports():
+    """A parameter or local named like an imported module (`parameters` in the node, which imports
+    clip_vlm.parameters) hides the module inside that function; none may."""
+    for path in sorted((PACKAGE / "clip_vlm").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
+                   if isinstance(node, ast.Import) for alias in node.names}
+        modules |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    for alias in node.names if (alias.asname or alias.name).islower()
+                    and (PACKAGE / "clip_vlm" / f"{alias.name}.py").exists()}
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+            arguments = {a.arg for a in (*function.args.args, *function.args.kwonlyargs, *function.args.posonlyargs)}
+            stored = {n.id for n in ast.walk(function) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            assert not (arguments | stored) & modules, f"{path.name}:{function.name} shadows {(arguments | stored) & modules}"

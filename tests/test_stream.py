@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from rosbags.typesys import Stores, get_typestore
 
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.stream import (
     PARAMETERS,
@@ -245,11 +246,9 @@ def test_every_parameter_default_is_valid():
 
 
 # -- worker with the real tiny captioner ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def captioner():
-    from clip_vlm_core.model import SceneCaptioner
-
-    return SceneCaptioner.from_pretrained(None, device="cpu")
+@pytest.fixture
+def captioner(embedded_captioner):
+    return embedded_captioner  # loaded once for the session (conftest.py)
 
 
 def run_worker(captioner, pairs, policy="all", batch_size=4):
@@ -259,16 +258,25 @@ def run_worker(captioner, pairs, policy="all", batch_size=4):
     stats, published = StreamStats(VIEWS), []
     worker = CaptionWorker(captioner, q, stats, lambda p, c: published.append((p.stamp_ns, c)), rate_hz=50.0,
                            batch_size=batch_size, newest_stamp_ns=lambda: None,
-                           source_clock_ns=time.time_ns, decoding={"max_new_tokens": 4})
+                           source_clock_ns=time.time_ns, decoding=DecodingConfig(max_new_tokens=4))
     worker.tick()
     return published, stats
 
 
-def test_worker_captions_a_batch_in_one_call_and_publishes_each(captioner):
+def test_worker_captions_a_batch_in_one_call_and_publishes_each(captioner, monkeypatch):
+    batches = []  # the batch size of each call of the model's generate()
+    generate = captioner.model.generate
+
+    def counted(**inputs):
+        batches.append(int(inputs["input_ids"].shape[0]))
+        return generate(**inputs)
+
+    monkeypatch.setattr(captioner.model, "generate", counted)
     pairs = [make_pair(t) for t in (100, 200, 300)]
     published, stats = run_worker(captioner, pairs)
+    assert batches == [3], "three pairs must be captioned by one model call"
     assert [s for s, _ in published] == [100 * MS, 200 * MS, 300 * MS]
-    assert all(isinstance(c, str) for _, c in published) and stats.captions == 3
+    assert all(isinstance(c, str) and c for _, c in published) and stats.captions == 3
 
 
 def test_inference_error_is_counted_and_the_worker_goes_on(captioner):
@@ -289,7 +297,7 @@ def test_every_pair_is_accounted_for_through_a_looping_replay(captioner):
     stats, published = StreamStats(VIEWS), []
     worker = CaptionWorker(captioner, q, stats, lambda pair, c: published.append(pair.stamp_ns), rate_hz=50.0,
                            batch_size=3, newest_stamp_ns=lambda: p.newest_stamp_ns,
-                           source_clock_ns=time.time_ns, decoding={"max_new_tokens": 2})
+                           source_clock_ns=time.time_ns, decoding=DecodingConfig(max_new_tokens=2))
     for _loop in range(3):
         for i in range(9):  # 9 pairs per loop into a queue of 2, one batch taken per 3 pairs
             for view in VIEWS:
@@ -316,10 +324,23 @@ def test_a_caption_that_cannot_be_published_is_counted_and_the_worker_goes_on(ca
         q.put(make_pair(t))
     stats = StreamStats(VIEWS)
     worker = CaptionWorker(captioner, q, stats, publish, rate_hz=50.0, batch_size=4, newest_stamp_ns=lambda: None,
-                           source_clock_ns=time.time_ns, decoding={"max_new_tokens": 2})
+                           source_clock_ns=time.time_ns, decoding=DecodingConfig(max_new_tokens=2))
     assert worker.tick() == 1
     assert stats.captions == 1 and stats.dropped_on_error == 1 and worker.in_flight == 0
-    assert "publisher gone" in stats.last_inference_error
+    # A publish error, not an inference error (it used to count as one): the model did its part.
+    assert stats.publish_errors == 1 and stats.inference_errors == 0
+    assert "publisher gone" in stats.last_publish_error and not stats.last_inference_error
+
+
+def test_diagnostics_say_which_failure_left_no_caption():
+    stats = StreamStats(VIEWS)
+    stats.publish_failed("RuntimeError: publisher gone")
+    assert (stats.report([]).level, stats.report([]).message) == ("ERROR", "no caption could be published so far")
+    stats = StreamStats(VIEWS)
+    stats.inference_failed("RuntimeError: out of memory", 2)
+    assert (stats.report([]).level, stats.report([]).message) == ("ERROR", "every caption attempt failed so far")
+    stats.caption_published(10 * MS, 10 * MS)
+    assert stats.report([]).level == "OK"
 
 
 # -- latency against the node's clock ------------------------------------------------------------------
@@ -334,3 +355,42 @@ def test_source_latency_on_another_clock_is_left_out_and_said():
     stats.caption_published(250 * MS, 300 * MS)  # the same bag with /clock and use_sim_time
     values = dict(stats.report([]).values)
     assert values["latency_source_to_publish_p50_ms"] == "250.0" and values["source_clock_mismatches"] == "1"
+
+
+# -- decoding settings: one object from the parameters to generate() -------------------------------------------
+def test_the_nodes_decoding_parameters_become_one_frozen_decoding_config():
+    import dataclasses
+
+    config = replace_parameter(validate_parameters({"max_new_tokens": 12, "do_sample": True, "top_k": 5}),
+                               "repetition_penalty", 1.2)
+    decoding = config.decoding()
+    assert decoding == DecodingConfig(max_new_tokens=12, do_sample=True, top_k=5, repetition_penalty=1.2)
+    assert validate_parameters({}).decoding().repetition_penalty is None  # 0.0: the model's own, resolved later
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoding.max_new_tokens = 3
+
+
+def test_the_worker_hands_the_captioner_its_decoding_config_itself(captioner, monkeypatch):
+    seen = []
+    caption = captioner.caption
+
+    def recorded(batch, instructions=None, decoding=None, **overrides):
+        seen.append((decoding, overrides))
+        return caption(batch, instructions, decoding, **overrides)
+
+    monkeypatch.setattr(captioner, "caption", recorded)
+    decoding = DecodingConfig(max_new_tokens=3)
+    q = PairQueue("all", queue_size=4, max_age_ns=10**15)
+    q.put(make_pair(100))
+    worker = CaptionWorker(captioner, q, StreamStats(VIEWS), lambda p, c: None, rate_hz=50.0, batch_size=4,
+                           newest_stamp_ns=lambda: None, source_clock_ns=time.time_ns, decoding=decoding)
+    assert worker.tick() == 1
+    assert len(seen) == 1 and seen[0][0] is decoding and seen[0][1] == {}
+
+
+def test_a_decoding_config_and_its_shorthand_caption_alike(captioner):
+    pair = make_pair(100).images
+    assert captioner.caption([pair], decoding=DecodingConfig(max_new_tokens=5)) == \
+        captioner.caption([pair], max_new_tokens=5)
+    resolved = captioner.decoding_in_effect(DecodingConfig(max_new_tokens=5))
+    assert resolved.max_new_tokens == 5 and resolved.eos_token_ids and resolved.repetition_penalty is not None

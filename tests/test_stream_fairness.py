@@ -1,6 +1,6 @@
 """The worker shares its one model fairly and keeps to rate_hz, with the real tiny captioner and no ROS.
 
-Issue 26 class 6: a flood of questions must never silence the captions (nor captions the questions), and
+A flood of questions must never silence the captions (nor captions the questions), and
 rate_hz is captions a second under policy `all` too, batches included.
 """
 
@@ -12,16 +12,15 @@ import time
 import numpy as np
 import pytest
 
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.stream import CaptionWorker, FramePair, PairQueue, Question, QuestionQueue, StreamStats
 
 VIEWS = ("CAM_FRONT", "CAM_BACK")
 
 
-@pytest.fixture(scope="module")
-def captioner():
-    from clip_vlm_core.model import SceneCaptioner
-
-    return SceneCaptioner.from_pretrained(None, device="cpu")
+@pytest.fixture
+def captioner(embedded_captioner):
+    return embedded_captioner  # loaded once for the session (conftest.py)
 
 
 def pair(stamp: int) -> FramePair:
@@ -33,7 +32,7 @@ def worker(captioner, queue: PairQueue, events: list, rate_hz: float, batch_size
     return CaptionWorker(
         captioner, queue, StreamStats(VIEWS), lambda p, c: events.append(("caption", p.stamp_ns, time.monotonic())),
         rate_hz=rate_hz, batch_size=batch_size, newest_stamp_ns=lambda: None, source_clock_ns=time.time_ns,
-        decoding={"max_new_tokens": 8}, questions=QuestionQueue(8),
+        decoding=DecodingConfig(max_new_tokens=8), questions=QuestionQueue(8),
         answer=lambda q, a: events.append(("answer", q.text, time.monotonic())),
     )
 

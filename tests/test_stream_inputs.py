@@ -46,7 +46,7 @@ class Clock:
 def test_a_repeated_warning_is_said_once_a_period_with_its_repeats_counted():
     sink, clock = Lines(), Clock()
     log = ThrottledLog(sink, period_s=10.0, clock=clock)
-    for n in range(21_087):  # the 30 s of "question queue full"
+    for n in range(21_087):  # 30 s of "question queue full" lines, as a flood once logged
         log.warning(f"question queue full: dropped question {n}", key="question_queue_full")
     assert sink.lines == [("warning", "question queue full: dropped question 0")]
     clock.now += 10.0

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.stream import CaptionWorker, FramePair, PairQueue, Question, QuestionQueue, StreamStats
 
 VIEWS = ("CAM_FRONT", "CAM_BACK")
 SAMPLES = Path(__file__).resolve().parents[1] / "clip_vlm_core" / "assets" / "samples"
 
 
-@pytest.fixture(scope="module")
-def captioner():
-    from clip_vlm_core.model import SceneCaptioner
-
-    return SceneCaptioner.from_pretrained(None, device="cpu")
+@pytest.fixture
+def captioner(embedded_captioner):
+    return embedded_captioner  # loaded once for the session (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def make_worker(captioner, events: list, rate_hz: float = 50.0, capacity: int = 
     worker = CaptionWorker(
         captioner, PairQueue("all", 16, 10**15), stats, lambda p, c: events.append(("caption", p.stamp_ns, c)),
         rate_hz=rate_hz, batch_size=4, newest_stamp_ns=lambda: None, source_clock_ns=time.time_ns,
-        decoding={"max_new_tokens": 48}, questions=questions,
+        decoding=DecodingConfig(max_new_tokens=48), questions=questions,
         answer=lambda q, a: events.append(("answer", q.text, a)),
     )
     return worker, questions, stats
@@ -95,9 +94,32 @@ def test_a_failed_answer_is_counted_and_the_worker_goes_on(captioner, sample_pai
     odd = FramePair(3, time.monotonic_ns(), {v: np.zeros((1, 400, 3), np.uint8) for v in VIEWS})  # refused shape
     worker.ask(question("Is it day or night?", odd))
     assert worker.answer_questions() == 0
-    assert questions.counters.failed == 1 and stats.inference_errors == 1 and events == []
+    # The question's own failure, never a caption's (it used to count as a failed caption too).
+    assert questions.counters.failed == 1 and stats.inference_errors == 0 and events == []
+    assert "aspect ratio" in dict(questions.report())["last_question_error"]
     worker.ask(question("Is the traffic light red or green?", sample_pair))
     assert worker.answer_questions() == 1 and events == [("answer", "Is the traffic light red or green?", "green")]
+
+
+def test_failed_questions_before_the_first_caption_leave_diagnostics_ok(captioner, sample_pair):
+    """A failed answer, or an answer that cannot be published, counts on the questions: /diagnostics must
+    not say that every caption attempt failed when no caption was even attempted."""
+    def answer(q, text):
+        raise RuntimeError("answer publisher gone")
+
+    questions, stats = QuestionQueue(8), StreamStats(VIEWS)
+    worker = CaptionWorker(captioner, PairQueue("latest", 1, 10**15), stats, lambda p, c: None, rate_hz=1.0,
+                           batch_size=4, newest_stamp_ns=lambda: None, source_clock_ns=time.time_ns,
+                           decoding=DecodingConfig(max_new_tokens=2), questions=questions, answer=answer)
+    odd = FramePair(3, time.monotonic_ns(), {v: np.zeros((1, 400, 3), np.uint8) for v in VIEWS})
+    worker.ask(question("Is it day or night?", odd))  # inference fails
+    worker.ask(question("Is it day or night?", sample_pair))  # answered, then its publish fails
+    assert worker.answer_questions(1) == 0 and worker.answer_questions(1) == 0  # one batch each
+    report = stats.report([])
+    assert report.level == "OK" and report.message == "captioning"
+    assert (stats.inference_errors, stats.publish_errors) == (0, 0)
+    figures = dict(questions.report())
+    assert figures["questions_failed"] == "2" and "answer publisher gone" in figures["last_question_error"]
 
 
 def test_a_worker_without_questions_refuses_to_be_asked(captioner, sample_pair):

@@ -33,6 +33,7 @@ def train_losses(history: list[dict]) -> list[float]:
     return [h["loss"] for h in history if "loss" in h]
 
 
+@pytest.mark.slow  # 20-40 s on 2 shared cores
 def test_resumed_run_continues_the_same_loss_curve(synthetic_manifest, tmp_path):
     recipe = CONFIGS / "synthetic-tiny.yaml"
     run_training(load_run_config(recipe, tiny_overrides(synthetic_manifest, tmp_path / "whole")),

@@ -1,4 +1,4 @@
-"""Issue 13, class 2: paths inside data files are untrusted.
+"""Paths inside data files are untrusted.
 
 nuScenes tables, manifest rows and checkpoint configs name files; each such path is resolved against
 its root and refused, with the record and the reason, when it is absolute, climbs out with '..', leads

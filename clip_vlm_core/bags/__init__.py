@@ -5,20 +5,20 @@
 (interfaces.py) and imports rclpy only when called, so this package imports on machines without ROS.
 """
 
-from clip_vlm_core.bags.convert import BagConvertOptions, convert_scene
+from clip_vlm_core.bags.convert import BagConvertOptions, ConvertedScene, convert_scene, convert_scenes
 from clip_vlm_core.bags.info import BagInfo, format_bag_info, read_bag_info
 from clip_vlm_core.bags.play import PlaySummary, play_bag
 from clip_vlm_core.bags.reader import Bag, open_bag
-from clip_vlm_core.bags.scene_plan import CAMERAS, DEFAULT_CAMERAS, load_nuscenes
+from clip_vlm_core.bags.scene_plan import load_nuscenes
 
 __all__ = [
-    "CAMERAS",
-    "DEFAULT_CAMERAS",
     "Bag",
     "BagConvertOptions",
     "BagInfo",
+    "ConvertedScene",
     "PlaySummary",
     "convert_scene",
+    "convert_scenes",
     "format_bag_info",
     "load_nuscenes",
     "open_bag",

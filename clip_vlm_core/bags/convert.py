@@ -10,7 +10,8 @@ limit, so --raw never decodes a decompression bomb.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
-from clip_vlm_core.atomic import guard_output, replace_dir, staging_area
+from clip_vlm_core.atomic import replace_dir, staging_area
 from clip_vlm_core.bags import messages as m
-from clip_vlm_core.bags.scene_plan import DEFAULT_CAMERAS, CameraFrame, ScenePlan, check_cameras, plan_scene
+from clip_vlm_core.bags.scene_plan import CameraFrame, ScenePlan, check_cameras, plan_scene
+from clip_vlm_core.config import DEFAULT_VIEWS
 from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, check_caption_keys, load_nuinteract
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import check_encoded, decode_image, read_image_file
+from clip_vlm_core.output_guard import guard_output
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ WRITER = "clip-vlm bag convert"
 class BagConvertOptions:
     """How to turn a scene into a bag; the defaults give a small keyframe-only MCAP bag."""
 
-    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    cameras: tuple[str, ...] = DEFAULT_VIEWS
     sweeps: bool = False  # every camera frame (~12 Hz) instead of keyframes only (2 Hz)
     raw: bool = False  # decoded rgb8 Image instead of the dataset's JPEG bytes
     storage: str = "mcap"
@@ -63,33 +66,44 @@ def image_topic(camera: str, raw: bool) -> str:
     return f"/{camera}/image_raw" if raw else f"/{camera}/image_raw/compressed"
 
 
-def convert_scene(nusc: Any, scene_name: str, out_dir: str | Path, options: BagConvertOptions | None = None) -> Path:
-    """Write `out_dir/<scene_name>` and return its path; refuses an existing bag unless overwrite."""
+@dataclass(frozen=True)
+class ConvertedScene:
+    """One scene written: where, how long it took, and its keyframes with and without a caption."""
+
+    path: Path
+    seconds: float
+    captioned: int  # keyframes given a /scene_caption_gt message
+    uncaptioned: int  # keyframes the captions folder has no caption for (none without --captions)
+
+
+def convert_scenes(nusc: Any, scene_names: Sequence[str], out_dir: str | Path,
+                   options: BagConvertOptions | None = None) -> Iterator[ConvertedScene]:
+    """Write `out_dir/<scene>` for each scene, yielding each as it is written. Every scene's target and
+    plan are checked first (an existing bag is refused unless overwrite, an input never replaced, a
+    missing image or camera named), so a mistake in the last scene stops the run before the first bag."""
     options = options or BagConvertOptions()
-    check_bag_target(nusc, scene_name, out_dir, options)
-    return write_scene_bag(nusc, plan_scene_for(nusc, scene_name, options), out_dir, options)
-
-
-def plan_scene_for(nusc: Any, scene_name: str, options: BagConvertOptions) -> ScenePlan:
-    """The scene's plan under these options (captions from the options' NuInteract folder)."""
-    return plan_scene(nusc, scene_name, options.cameras, options.sweeps, options.caption_records,
-                      options.caption_keys, options.captions or "")
-
-
-def check_bag_target(nusc: Any, scene_name: str, out_dir: str | Path, options: BagConvertOptions) -> Path:
-    """Refuse a bag folder that exists (unless overwrite), is not a folder, or is one of the inputs."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file, not a folder for bags: choose another --out")
-    target = out_dir / scene_name
-    guard_output(target, WRITER, {"nuScenes dataroot": nusc.dataroot, "NuInteract captions folder": options.captions},
-                 overwrite=options.overwrite, flag="bag", reuse_own=False)
-    return target
+    inputs = {"nuScenes dataroot": nusc.dataroot, "NuInteract captions folder": options.captions}
+    names = list(dict.fromkeys(scene_names))
+    for name in names:
+        guard_output(out_dir / name, WRITER, inputs, overwrite=options.overwrite, flag="bag", reuse_own=False)
+    plans = [plan_scene(nusc, name, options.cameras, options.sweeps, options.caption_records, options.caption_keys,
+                        options.captions or "") for name in names]
+    for plan in plans:
+        start = time.perf_counter()
+        path = _write_scene(plan, out_dir / plan.scene_name, options)
+        yield ConvertedScene(path, time.perf_counter() - start, len(plan.captions), len(plan.uncaptioned))
 
 
-def write_scene_bag(nusc: Any, plan: ScenePlan, out_dir: str | Path, options: BagConvertOptions) -> Path:
-    """Write a planned scene to `out_dir/<scene>` through a staging folder; return the bag's path."""
-    target = check_bag_target(nusc, plan.scene_name, out_dir, options)
+def convert_scene(nusc: Any, scene_name: str, out_dir: str | Path, options: BagConvertOptions | None = None) -> Path:
+    """Write `out_dir/<scene_name>` and return its path; refuses an existing bag unless overwrite."""
+    return next(convert_scenes(nusc, [scene_name], out_dir, options)).path
+
+
+def _write_scene(plan: ScenePlan, target: Path, options: BagConvertOptions) -> Path:
+    """A planned scene written to `target` through a staging folder."""
     with staging_area(target) as area:
         # rosbags names the storage file after the bag folder, so the bag gets its final name inside staging.
         _write_bag(plan, area / target.name, options)

@@ -13,13 +13,13 @@ A topic is played only when its message type resolves to an installed ROS interf
 (`interfaces.py`: nothing a bag names is imported any other way), its name is a valid ROS topic name
 and its messages are CDR; any other topic is skipped and reported, and a bag with nothing playable is
 an error. Each played topic's count must equal what the bag declares (what `bag info` shows), else the
-play ends in an error: a play never publishes less than the bag holds in silence.
+play ends in an error: a play never publishes less than the bag holds in silence. Which topics are
+played and why others are not: play_plan.py; the QoS each is offered with: play_qos.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 import threading
@@ -30,25 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rosbags.interfaces import (
-    Qos,
-    QosDurability,
-    QosHistory,
-    QosLiveliness,
-    QosReliability,
+from clip_vlm_core.bags.play_plan import (
+    PLAYER_NODE,
+    PlayedTopic,
+    check_counts,
+    checked_remap,
+    chosen_topics,
+    plan_topics,
+    skipped_reasons,
 )
-
-from clip_vlm_core.bags.interfaces import UnplayableType, message_class
-from clip_vlm_core.bags.messages import STREAM_QOS
-from clip_vlm_core.bags.metadata import TopicRecord
+from clip_vlm_core.bags.play_qos import playback_qos, rclpy_qos
 from clip_vlm_core.bags.reader import Bag, open_bag
 from clip_vlm_core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# rosbag2's player offers keep-last 10 whatever depth was recorded (Rosbag2QoS::default_history).
-PLAYBACK_DEPTH = 10
-PLAYER_NODE = "clip_vlm_bag_player"
 DEFAULT_WAIT_S = 10.0  # how long to wait for a first subscriber before playing to nobody
 SETTLE_S = 0.5  # once one topic has a subscriber, this long without a new one and playing starts
 CLOCK_TOPIC = "/clock"
@@ -69,27 +65,6 @@ class PlaySummary:
     @property
     def skipped_topics(self) -> list[str]:
         return list(self.skipped)
-
-
-def playback_qos(recorded: Iterable[Qos], reliability: str | None = None) -> Qos:
-    """The offer `ros2 bag play` makes for a topic, given the offers recorded for it.
-
-    One recorded offer (or several that agree on the policies that decide compatibility) is
-    replayed with keep-last 10; none, or disagreeing ones, fall back to reliable volatile keep-last 10.
-    """
-    recorded = list(recorded)
-
-    def compatibility(q: Qos) -> tuple:
-        return (q.reliability, q.durability, q.deadline, q.liveliness, q.liveliness_lease_duration)
-
-    if recorded and all(compatibility(q) == compatibility(recorded[0]) for q in recorded):
-        chosen = recorded[0]
-    else:
-        chosen = STREAM_QOS
-    chosen = chosen._replace(history=QosHistory.KEEP_LAST, depth=PLAYBACK_DEPTH)
-    if reliability is not None:
-        chosen = chosen._replace(reliability=QosReliability[reliability.upper()])
-    return chosen
 
 
 def play_bag(
@@ -117,11 +92,11 @@ def play_bag(
     if wait_for_subscribers < 0 or clock_hz < 0:
         raise UserError("the wait for subscribers and the clock rate cannot be negative")
     with open_bag(path) as bag:
-        chosen = _chosen_topics(bag, topics)
-        remap = _checked_remap(remap or {}, chosen, bag)
-        plan, skipped = _plan(chosen)
+        chosen = chosen_topics(bag, topics)
+        remap = checked_remap(remap or {}, chosen, bag)
+        plan, skipped = plan_topics(chosen)
         if not sum(t.count for t in plan) and any(t.count for t in chosen):
-            raise UserError(f"bag {bag.shown} has nothing this machine can play: {_reasons(skipped)}")
+            raise UserError(f"bag {bag.shown} has nothing this machine can play: {skipped_reasons(skipped)}")
         for topic, why in skipped.items():
             log.warning("skipping %s: %s", topic, why)
         playable = sum(t.count for t in plan)
@@ -132,7 +107,7 @@ def play_bag(
         summary.played_topics = [t.name for t in plan]
         summary.expected = playable
         if not summary.interrupted:
-            _check_counts(bag, plan, summary)
+            check_counts(bag, plan, summary.first_pass)
         return summary
 
 
@@ -148,83 +123,7 @@ class _Options:
     remap: dict[str, str]
 
 
-def _chosen_topics(bag: Bag, topics: list[str] | None) -> list[TopicRecord]:
-    known = {t.name for t in bag.topics}
-    for topic in topics or []:
-        if topic not in known:
-            raise UserError(f"topic {topic} is not in bag {bag.shown} (it has {', '.join(sorted(known)) or 'none'})")
-    return [t for t in bag.topics if topics is None or t.name in topics]
-
-
-def _checked_remap(remap: dict[str, str], chosen: list[TopicRecord], bag: Bag) -> dict[str, str]:
-    names = {t.name for t in chosen}
-    for old, new in remap.items():
-        if old not in names:
-            raise UserError(f"--remap {old}:={new} names {old}, which is not a topic played from bag {bag.shown}")
-        if (why := topic_name_problem(new)) is not None:
-            raise UserError(f"--remap {old}:={new}: {why}")
-    return remap
-
-
-@dataclass(frozen=True)
-class _PlayedTopic:
-    name: str
-    msgtype: str
-    count: int
-    offered_qos: tuple[Qos, ...]
-    msg_class: type
-
-
-def _plan(chosen: list[TopicRecord]) -> tuple[list[_PlayedTopic], dict[str, str]]:
-    """The topics that can be played, and why each other one cannot."""
-    plan, skipped = [], {}
-    for topic in chosen:
-        why = topic_name_problem(topic.name)
-        if why is None and topic.serialization_format != "cdr":
-            why = f"its messages are serialized as {topic.serialization_format!r}, not CDR"
-        if why is None:
-            try:
-                plan.append(_PlayedTopic(topic.name, topic.msgtype, topic.count, topic.offered_qos,
-                                         message_class(topic.msgtype)))
-                continue
-            except UnplayableType as exc:
-                why = str(exc)
-        skipped[topic.name] = why
-    return plan, skipped
-
-
-def topic_name_problem(name: str) -> str | None:
-    """Why `name` is not a valid ROS 2 topic name (as rcl checks it), or None."""
-    from rclpy.expand_topic_name import expand_topic_name
-    from rclpy.validate_full_topic_name import validate_full_topic_name
-
-    try:
-        validate_full_topic_name(expand_topic_name(name, PLAYER_NODE, "/"))
-    except Exception as exc:  # rclpy raises InvalidTopicNameException, ValueError or RCLError
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        rule = re.search(r"(topic name (?:token )?must .*?)(?::$|, at |$)", text)
-        return f"{name!r} is not a valid ROS 2 topic name ({rule[1] if rule else text})"
-    return None
-
-
-def _reasons(skipped: dict[str, str], most: int = 3) -> str:
-    parts = [f"{topic}: {why}" for topic, why in list(skipped.items())[:most]]
-    if len(skipped) > most:
-        parts.append(f"and {len(skipped) - most} more topic{'s' if len(skipped) - most > 1 else ''} like these")
-    return "; ".join(parts)
-
-
-def _check_counts(bag: Bag, plan: list[_PlayedTopic], summary: PlaySummary) -> None:
-    """Each played topic's messages must number what the bag declares (what `bag info` shows)."""
-    wrong = [(t, summary.first_pass[t.name]) for t in plan if summary.first_pass[t.name] != t.count]
-    if wrong:
-        source = "its metadata.yaml" if bag.metadata is not None else "its storage file"
-        details = "; ".join(f"{t.name} {played} of {t.count}" for t, played in wrong[:4])
-        raise UserError(f"bag {bag.shown}: the messages played differ from what {source} declares ({details}); "
-                        f"the bag is damaged or its metadata is wrong")
-
-
-def _play(bag: Bag, plan: list[_PlayedTopic], options: _Options) -> PlaySummary:
+def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
@@ -269,42 +168,16 @@ def _ctrl_c_raises():
     return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _publishers(node: Any, plan: list[_PlayedTopic], options: _Options) -> dict[str, Any]:
+def _publishers(node: Any, plan: list[PlayedTopic], options: _Options) -> dict[str, Any]:
     """One publisher per played topic (by its bag name), under its remapped name."""
     return {
         topic.name: node.create_publisher(topic.msg_class, options.remap.get(topic.name, topic.name),
-                                          _rclpy_qos(playback_qos(topic.offered_qos, options.reliability)))
+                                          rclpy_qos(playback_qos(topic.offered_qos, options.reliability)))
         for topic in plan
     }
 
 
-def _rclpy_qos(qos: Qos) -> Any:
-    from rclpy.duration import Duration
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile, ReliabilityPolicy
-
-    def duration(t: Any) -> Duration:
-        # Humble records "infinite" as INT32_MAX seconds, later distros as INT64_MAX nanoseconds; rclpy's
-        # default (0) means the same. A value no QoS can hold (negative, beyond either) is taken so too.
-        ns = t.sec * 1_000_000_000 + t.nsec if isinstance(t.sec, int) and isinstance(t.nsec, int) else -1
-        unset = not 0 < ns < 2**63 - 1 or t.sec >= 2**31 - 1 or not 0 <= t.nsec < 1_000_000_000
-        return Duration() if unset else Duration(nanoseconds=ns)
-
-    liveliness = {QosLiveliness.AUTOMATIC: LivelinessPolicy.AUTOMATIC, QosLiveliness.MANUAL_BY_TOPIC: LivelinessPolicy.MANUAL_BY_TOPIC}
-    durability = {QosDurability.TRANSIENT_LOCAL: DurabilityPolicy.TRANSIENT_LOCAL}.get(qos.durability, DurabilityPolicy.VOLATILE)
-    reliable = qos.reliability != QosReliability.BEST_EFFORT
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=qos.depth,
-        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-        durability=durability,
-        deadline=duration(qos.deadline),
-        lifespan=duration(qos.lifespan),
-        liveliness=liveliness.get(qos.liveliness, LivelinessPolicy.SYSTEM_DEFAULT),
-        liveliness_lease_duration=duration(qos.liveliness_lease_duration),
-    )
-
-
-def _play_once(bag: Bag, plan: list[_PlayedTopic], publishers: dict[str, Any], options: _Options,
+def _play_once(bag: Bag, plan: list[PlayedTopic], publishers: dict[str, Any], options: _Options,
                clock: BagClock | None, summary: PlaySummary) -> None:
     from tqdm import tqdm
 

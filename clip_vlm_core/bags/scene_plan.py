@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clip_vlm_core.config import NUSCENES_CAMERAS
 from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, target_caption
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.paths import data_file
-
-CAMERAS = ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
-DEFAULT_CAMERAS = ("CAM_FRONT", "CAM_BACK")
 
 
 @dataclass(frozen=True)
@@ -79,11 +77,11 @@ def load_nuscenes(dataroot: str | Path, version: str) -> Any:
 
 
 def check_cameras(cameras: tuple[str, ...]) -> None:
-    unknown = [c for c in cameras if c not in CAMERAS]
+    unknown = [c for c in cameras if c not in NUSCENES_CAMERAS]
     if unknown:
-        raise UserError(f"unknown camera {unknown[0]!r}; choose from {', '.join(CAMERAS)}")
+        raise UserError(f"unknown camera {unknown[0]!r}; choose from {', '.join(NUSCENES_CAMERAS)}")
     if not cameras:
-        raise UserError("no camera chosen; name at least one of " + ", ".join(CAMERAS))
+        raise UserError("no camera chosen; name at least one of " + ", ".join(NUSCENES_CAMERAS))
 
 
 def find_scene(nusc: Any, scene_name: str) -> dict:

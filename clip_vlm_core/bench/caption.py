@@ -28,7 +28,6 @@ from clip_vlm_core.bench.measure import (
     copy_bandwidth_gb_s,
     environment,
     peak_memory_mib,
-    percentile,
     reset_peak_memory,
     summary_ms,
     synchronize,
@@ -38,6 +37,7 @@ from clip_vlm_core.bench.settings import CaptionBenchSettings
 from clip_vlm_core.bench.subject import BenchModel
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.latency import percentile
 from clip_vlm_core.model.inference import optimize_for_inference
 
 DISTINCT_ROUNDS = 4  # different frames per run, so no decoder or cache sees the same bytes twice in a row
@@ -127,14 +127,10 @@ def _time_batch_size(bench: BenchModel, settings: CaptionBenchSettings, batch_si
         return seconds, state["inputs"]
 
     def generate(new_tokens: int, **more: Any) -> torch.Tensor:
-        return bench.model.generate(
-            **state["inputs"],
-            **DecodingConfig(max_new_tokens=new_tokens).generate_kwargs(),
-            min_new_tokens=new_tokens,
-            eos_token_id=bench.eos_token_id,
-            pad_token_id=bench.pad_token_id,
-            **more,
-        )
+        # Captions of exactly `new_tokens` tokens: the end token is forbidden before then.
+        decoding = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  eos_token_ids=(bench.eos_token_id,))
+        return bench.model.generate(**state["inputs"], decoding=decoding, pad_token_id=bench.pad_token_id, **more)
 
     def checked(out: torch.Tensor) -> torch.Tensor:
         if out.shape != (batch_size, tokens):  # a shorter caption would make the timings meaningless

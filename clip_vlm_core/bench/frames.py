@@ -22,7 +22,7 @@ JPEG_QUALITY = 90
 
 @cache
 def _sample(name: str) -> np.ndarray:
-    from clip_vlm_core.model.captioner import default_model_path
+    from clip_vlm_core.model.checkpoint import default_model_path
 
     path = default_model_path().parent / "samples" / f"{name}.jpg"
     with Image.open(path) as image:

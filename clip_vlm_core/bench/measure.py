@@ -1,4 +1,4 @@
-"""Measuring instruments: a synchronised clock, percentiles, peak memory, copy bandwidth, the machine."""
+"""Measuring instruments: a synchronised clock, peak memory, copy bandwidth, the machine."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from clip_vlm_core.latency import percentile
 
 
 def synchronize(device: torch.device) -> None:
@@ -25,17 +27,6 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     result = fn()
     synchronize(device)
     return time.perf_counter() - start, result
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summary_ms(seconds: list[float]) -> dict[str, float]:

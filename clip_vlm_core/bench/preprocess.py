@@ -24,11 +24,13 @@ import torch
 from tqdm import tqdm
 
 from clip_vlm_core.bench.frames import camera_samples
-from clip_vlm_core.bench.measure import environment, percentile, timed
+from clip_vlm_core.bench.measure import environment, timed
 from clip_vlm_core.bench.settings import PreprocessBenchSettings
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import to_rgb
-from clip_vlm_core.model.captioner import SceneCaptioner, resolve_device
+from clip_vlm_core.latency import percentile
+from clip_vlm_core.model.captioner import SceneCaptioner
+from clip_vlm_core.model.checkpoint import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def transformers_inputs(captioner: SceneCaptioner, batch: list[dict[str, Any]], 
         for view in captioner.views:
             bgr = cv2.imdecode(np.frombuffer(sample[view].data, np.uint8), cv2.IMREAD_COLOR)
             flat.append(to_rgb(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"sample {i} view {view}"))
-    texts = [captioner._prompt_for(None)] * len(batch)
+    texts = [captioner.inputs.prompt_text(None)] * len(batch)
     inputs = dict(captioner.processor(text=texts, images=flat, padding=True, return_tensors="pt"))
     inputs["clip_pixels"] = captioner.model.clip.preprocess(flat)
     return {k: v.to(device) for k, v in inputs.items()}

@@ -22,7 +22,8 @@ import torch
 
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import EncodedImage
-from clip_vlm_core.model.captioner import SceneCaptioner, resolve_device, resolve_dtype
+from clip_vlm_core.model.captioner import SceneCaptioner
+from clip_vlm_core.model.checkpoint import resolve_device, resolve_dtype
 from clip_vlm_core.model.full_size import (
     QWEN25_VL_3B_ID,
     QWEN25_VL_MAX_PIXELS,
@@ -34,6 +35,7 @@ from clip_vlm_core.model.full_size import (
 )
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
 from clip_vlm_core.model.image_decode import decode_images
+from clip_vlm_core.model.loss import IGNORE_INDEX
 from clip_vlm_core.model.preprocess import ImagePreprocessor, QwenPixelSpec
 
 log = logging.getLogger(__name__)
@@ -253,7 +255,7 @@ def token_id_inputs(model: MultiViewCaptionModel, num_views: int, size: tuple[in
             "clip_pixels": torch.randn(images, 3, clip_size, clip_size, device=device, dtype=pixel_dtype),
         }
         if caption_tokens:
-            labels = torch.full_like(ids, -100)
+            labels = torch.full_like(ids, IGNORE_INDEX)
             labels[:, -caption_tokens:] = ids[:, -caption_tokens:]
             inputs["labels"] = labels
         return inputs

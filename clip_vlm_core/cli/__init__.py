@@ -20,8 +20,17 @@ from clip_vlm_core.errors import UserError
 SUBCOMMANDS = ("caption", "ask", "data", "train", "eval", "bag", "label", "bench")  # label: also `search`
 
 
+class CommandParser(argparse.ArgumentParser):
+    """Every clip-vlm parser, its subcommands' included (argparse makes them of their parent's class):
+    descriptions and epilogs keep their line breaks, for the examples they hold."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="clip-vlm",
         description="Describe in plain language what a car's cameras see: caption images, answer questions, build data, "
         "train, evaluate, convert or replay nuScenes rosbags, and label and search a fleet's bags.",

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
-from pathlib import Path
 
 from clip_vlm_core.cli.caption import (
-    add_decoding_arguments,
-    add_model_arguments,
     append_log,
     decoding_from_args,
     guard_log,
     load_captioner,
     log_fields,
     parse_views,
+    scene_command,
 )
 
 EPILOG = """examples:
@@ -30,24 +27,11 @@ colour, lane), the traffic light, day or night, whether anything follows, and wh
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "ask",
-        help="answer a question about a set of camera images",
-        description="Ask a question about one scene seen by several cameras. Give one --view per camera the "
-        "model reads and one or more --question.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--view", action="append", default=[], metavar="CAMERA=IMAGE", required=True,
-                        help="a camera name and its image file, e.g. CAM_FRONT=front.jpg (repeat per view)")
+    parser = scene_command(subparsers, "ask", "answer a question about a set of camera images",
+                           "Ask a question about one scene seen by several cameras. Give one --view per camera the "
+                           "model reads and one or more --question.", EPILOG, "each question and answer", run)
     parser.add_argument("--question", action="append", default=[], required=True, metavar="TEXT",
                         help="a question about the scene (repeatable; answered in one batch)")
-    parser.add_argument("--log", type=Path, default=None,
-                        help="append each question and answer, with the settings, to this JSONL file (a new file, or "
-                        "an earlier caption/ask log; never an input)")
-    add_model_arguments(parser)
-    add_decoding_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     captioner = load_captioner(args)
     captioner.images_for([images])  # bad view names fail here, before any model work
     start = time.perf_counter()
-    settings = captioner.decoding_in_effect(**dataclasses.asdict(decoding))
-    answers = captioner.ask([images] * len(args.question), args.question, **dataclasses.asdict(settings))
+    settings = captioner.decoding_in_effect(decoding)
+    answers = captioner.ask([images] * len(args.question), args.question, decoding=settings)
     seconds = time.perf_counter() - start
     for answer in answers:
         print(answer)

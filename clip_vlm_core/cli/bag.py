@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from clip_vlm_core.bags.play import DEFAULT_WAIT_S
@@ -78,29 +77,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_convert(verbs: argparse._SubParsersAction) -> None:
-    from clip_vlm_core.bags.scene_plan import CAMERAS, DEFAULT_CAMERAS
+    from clip_vlm_core.config import DEFAULT_VIEWS, NUSCENES_CAMERAS
+    from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS
 
-    p = verbs.add_parser(
-        "convert",
-        help="write one rosbag2 bag per nuScenes scene",
-        description="Write one rosbag2 bag per nuScenes scene: camera images, camera info, TF and captions.",
-        epilog=CONVERT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = verbs.add_parser("convert", help="write one rosbag2 bag per nuScenes scene", epilog=CONVERT_EPILOG,
+                         description="Write one rosbag2 bag per nuScenes scene: camera images, camera info, TF and "
+                         "captions.")
     p.add_argument("--dataroot", type=Path, required=True, help="nuScenes root folder (holds samples/, sweeps/, v1.0-*/)")
     p.add_argument("--version", default="v1.0-mini", help="nuScenes version folder (default %(default)s)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--scene", nargs="+", metavar="NAME", help="scene names, e.g. scene-0061 scene-0103")
     which.add_argument("--all", action="store_true", help="every scene of the version")
-    p.add_argument("--cameras", nargs="+", default=list(DEFAULT_CAMERAS), metavar="CAM",
-                   help=f"cameras to include, from {' '.join(CAMERAS)} (default: {' '.join(DEFAULT_CAMERAS)})")
+    p.add_argument("--cameras", nargs="+", default=list(DEFAULT_VIEWS), metavar="CAM",
+                   help=f"cameras to include, from {' '.join(NUSCENES_CAMERAS)} (default: {' '.join(DEFAULT_VIEWS)})")
     p.add_argument("--sweeps", action="store_true", help="every camera frame (~12 Hz), not only keyframes (2 Hz)")
     p.add_argument("--raw", action="store_true", help="decoded rgb8 sensor_msgs/Image instead of the JPEG bytes")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
                    help="bag storage (default %(default)s); sqlite3 plays on a stock ROS 2 Humble, which has no MCAP plugin")
     p.add_argument("--captions", type=Path, default=None, metavar="DIR",
                    help="NuInteract folder of .json files (any names): adds /scene_caption_gt at each keyframe")
-    p.add_argument("--caption-keys", nargs="+", default=["FRONT", "BACK"], metavar="KEY",
+    p.add_argument("--caption-keys", nargs="+", default=list(DEFAULT_CAPTION_KEYS), metavar="KEY",
                    help="NuInteract caption keys joined into the caption, as in 'data build' (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
@@ -115,20 +111,14 @@ def _register_info(verbs: argparse._SubParsersAction) -> None:
         description="Show what a rosbag2 bag holds: topics, types, message counts, offered QoS, start, end, "
         "duration and storage.",
         epilog=INFO_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml), or a single .mcap or .db3 file")
     p.set_defaults(func=run_info)
 
 
 def _register_play(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser(
-        "play",
-        help="publish a bag's messages with rclpy at their recorded timing",
-        description="Publish a bag's messages on ROS 2 at their recorded timing, scaled by --rate.",
-        epilog=PLAY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = verbs.add_parser("play", help="publish a bag's messages with rclpy at their recorded timing", epilog=PLAY_EPILOG,
+                         description="Publish a bag's messages on ROS 2 at their recorded timing, scaled by --rate.")
     p.add_argument("bag", type=Path, help="bag folder (holds metadata.yaml), or a single .mcap or .db3 file")
     p.add_argument("--rate", type=float, default=1.0, help="speed factor; 2 plays twice as fast (default %(default)s)")
     p.add_argument("--loop", action="store_true", help="start again at the end until Ctrl-C")
@@ -147,12 +137,8 @@ def _register_play(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from clip_vlm_core.bags.convert import (
-        BagConvertOptions,
-        check_bag_target,
-        plan_scene_for,
-        write_scene_bag,
-    )
+    from clip_vlm_core.bags.convert import BagConvertOptions, convert_scenes
+    from clip_vlm_core.bags.info import read_bag_info
     from clip_vlm_core.bags.scene_plan import load_nuscenes
 
     options = BagConvertOptions(
@@ -160,28 +146,18 @@ def run_convert(args: argparse.Namespace) -> int:
         captions=args.captions, caption_keys=tuple(args.caption_keys), overwrite=args.overwrite,
     )
     nusc = load_nuscenes(args.dataroot, args.version)
-    names = [s["name"] for s in nusc.scene] if args.all else list(dict.fromkeys(args.scene))
-    # Every scene's target and plan are checked before any bag is written, not after the first few.
-    for name in names:
-        check_bag_target(nusc, name, args.out, options)
-    plans = [plan_scene_for(nusc, name, options) for name in names]
-    uncaptioned = 0
-    for plan in plans:
-        start = time.perf_counter()
-        path = write_scene_bag(nusc, plan, args.out, options)
-        seconds = time.perf_counter() - start
-        uncaptioned += len(plan.uncaptioned)
+    names = [s["name"] for s in nusc.scene] if args.all else args.scene
+    captioned = uncaptioned = 0
+    for scene in convert_scenes(nusc, names, args.out, options):
+        captioned, uncaptioned = captioned + scene.captioned, uncaptioned + scene.uncaptioned
         if args.stats:
-            from clip_vlm_core.bags.info import read_bag_info
-
-            info = read_bag_info(path)
+            info = read_bag_info(scene.path)
             bag_mb = info.size_bytes / 1e6
-            print(f"{path}: {info.message_count} messages, {bag_mb:.1f} MB bag in {seconds:.2f} s "
-                  f"({bag_mb / seconds:.0f} MB/s)")
+            print(f"{scene.path}: {info.message_count} messages, {bag_mb:.1f} MB bag in {scene.seconds:.2f} s "
+                  f"({bag_mb / scene.seconds:.0f} MB/s)")
         else:
-            print(path)
+            print(scene.path)
     if options.captions is not None:
-        captioned = sum(len(p.captions) for p in plans)
         print(f"/scene_caption_gt: {captioned} keyframes captioned; {uncaptioned} without a caption in "
               f"{options.captions} (keys {' '.join(options.caption_keys)}) skipped")
     return 0

@@ -36,6 +36,15 @@ def _add_common(parser: argparse.ArgumentParser, batch_sizes: list[int], warmup:
     parser.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
 
 
+def _benchmark(kinds: argparse._SubParsersAction, name: str, settings, help: str,
+               description: str) -> argparse.ArgumentParser:
+    """The `bench caption` or `bench train` parser with the flags they share, defaults from `settings`."""
+    parser = kinds.add_parser(name, help=help, description=description, epilog=EPILOG)
+    _add_common(parser, list(settings.batch_sizes), settings.warmup, settings.iters)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from clip_vlm_core.bench.settings import CaptionBenchSettings, PreprocessBenchSettings, TrainBenchSettings
     from clip_vlm_core.config import DECODERS, VISION_ATTENTIONS
@@ -46,19 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Benchmark the captioner: 'caption' times generation per batch size, 'train' times "
         "training steps with and without cached encoder outputs and gradient checkpointing.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess", required=True)
 
     c = CaptionBenchSettings()
-    caption = kinds.add_parser(
-        "caption",
-        help="time to first token, decode time per token, caption latency, captions/s, peak memory",
-        description="Time captioning at each batch size, with captions of a fixed length (EOS ignored).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_common(caption, list(c.batch_sizes), c.warmup, c.iters)
+    caption = _benchmark(kinds, "caption", c, "time to first token, decode time per token, caption latency, "
+                         "captions/s, peak memory", "Time captioning at each batch size, with captions of a fixed "
+                         "length (EOS ignored).")
     caption.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens, metavar="N",
                          help="tokens generated per caption, exactly (default: %(default)s)")
     caption.add_argument("--decoder", choices=DECODERS, default=c.decoder,
@@ -72,21 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     caption.add_argument("--compile", action="store_true",
                          help="GPU only: transformers' generate() with its static KV cache, which compiles the "
                          "decode step (implies --decoder transformers)")
-    caption.set_defaults(func=run)
 
     t = TrainBenchSettings()
-    train = kinds.add_parser(
-        "train",
-        help="training samples/s and peak memory, with/without cached encoders and gradient checkpointing",
-        description="Time forward + backward + AdamW steps on the connector and LoRA parameters.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_common(train, list(t.batch_sizes), t.warmup, t.iters)
+    train = _benchmark(kinds, "train", t, "training samples/s and peak memory, with/without cached encoders and "
+                       "gradient checkpointing", "Time forward + backward + AdamW steps on the connector and LoRA "
+                       "parameters.")
     train.add_argument("--caption-tokens", "--max-new-tokens", dest="caption_tokens", type=int, metavar="N",
                        default=t.caption_tokens,
                        help="length of the labelled caption in each sample (default: %(default)s)")
-    train.set_defaults(func=run)
 
     p = PreprocessBenchSettings()
     preprocess = kinds.add_parser(
@@ -96,7 +92,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run: transformers' processor + OpenCLIP's transform (as the captioner called them before) and the "
         "captioner's own path (tensor operations on the device); also report how much their tensors differ.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     preprocess.add_argument("--tiny", action="store_true",
                             help="use the embedded tiny model's processor (default: Qwen2.5-VL-3B's released settings)")
@@ -139,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from clip_vlm_core.bench.subject import load_bench_model
     from clip_vlm_core.bench.train import benchmark_training
     from clip_vlm_core.errors import UserError
-    from clip_vlm_core.model.captioner import resolve_device
+    from clip_vlm_core.model.checkpoint import resolve_device
 
     training = args.benchmark == "train"
     if training:

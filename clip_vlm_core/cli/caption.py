@@ -30,7 +30,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"caption length limit in tokens, at most {b('max_new_tokens').high:g} (default %(default)s)")
     group.add_argument("--num-beams", type=int, default=d.num_beams,
                        help=f"beam search width, at most {b('num_beams').high:g}; 1 is greedy (default %(default)s)")
-    group.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
+    group.add_argument("--sample", dest="do_sample", action="store_true", help="sample instead of greedy/beam decoding")
     group.add_argument("--temperature", type=float, default=d.temperature,
                        help="sampling temperature, with --sample (default %(default)s)")
     group.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass, with --sample (default %(default)s)")
@@ -43,16 +43,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def decoding_from_args(args: argparse.Namespace) -> DecodingConfig:
-    return DecodingConfig(
-        max_new_tokens=args.max_new_tokens,
-        num_beams=args.num_beams,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        eos_token_ids=tuple(args.eos_token_ids) if args.eos_token_ids else None,
-    )
+    """The decoding flags of `add_decoding_arguments` as the one DecodingConfig."""
+    return DecodingConfig.of(vars(args))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,23 +61,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "else the folder holding the checkpoint); folders elsewhere are refused")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "caption",
-        help="describe a set of camera images in one caption",
-        description="Caption one scene seen by several cameras. Give one --view per camera the model reads.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def scene_command(subparsers: argparse._SubParsersAction, name: str, help: str, description: str, epilog: str,
+                  logged: str, run) -> argparse.ArgumentParser:
+    """A command about one scene (caption, ask): its --view images, --log of what it `logged`, the model and
+    decoding flags; the command adds its own."""
+    parser = subparsers.add_parser(name, help=help, description=description, epilog=epilog)
     parser.add_argument("--view", action="append", default=[], metavar="CAMERA=IMAGE", required=True,
                         help="a camera name and its image file, e.g. CAM_FRONT=front.jpg (repeat per view)")
-    parser.add_argument("--prompt", default=None, help="instruction given to the model (default: the checkpoint's)")
     parser.add_argument("--log", type=Path, default=None,
-                        help="append the caption, prompt and settings to this JSONL file (a new file, or an earlier "
+                        help=f"append {logged}, with the settings, to this JSONL file (a new file, or an earlier "
                         "caption/ask log; never an input)")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
+    return parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = scene_command(subparsers, "caption", "describe a set of camera images in one caption",
+                           "Caption one scene seen by several cameras. Give one --view per camera the model reads.",
+                           EPILOG, "the caption and prompt", run)
+    parser.add_argument("--prompt", default=None, help="instruction given to the model (default: the checkpoint's)")
 
 
 def check_model_available(args: argparse.Namespace) -> None:
@@ -112,8 +108,8 @@ def guard_log(args: argparse.Namespace, views: dict[str, Path]) -> None:
     """--log goes through the output guard: never an input (an image, the checkpoint or anything in it,
     the embedded model), never a folder or special file, and never an existing file that is not a
     caption/ask log (a manifest, a recipe, ...): appending would change what the user has."""
-    from clip_vlm_core.atomic import guard_append
     from clip_vlm_core.model.model_refs import classify_ref, embedded_assets
+    from clip_vlm_core.output_guard import guard_append
 
     if args.log is None:
         return
@@ -151,17 +147,8 @@ def log_fields(captioner, views: dict[str, Path], settings: DecodingConfig) -> d
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": captioner.model_name,
         "views": {name: str(path) for name, path in views.items()},
-        "decoding": decoding_record(settings),
+        "decoding": settings.record(),
     }
-
-
-def decoding_record(settings: DecodingConfig) -> dict:
-    """The decoding settings in effect, as a JSON-ready record (EOS ids as a list)."""
-    import dataclasses
-
-    record = dataclasses.asdict(settings)
-    record["eos_token_ids"] = list(settings.eos_token_ids or ())
-    return record
 
 
 def parse_views(specs: list[str]) -> dict[str, Path]:
@@ -179,7 +166,6 @@ def parse_views(specs: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
 
     from clip_vlm_core.images import load_image
     from clip_vlm_core.limits import check_prompt
@@ -195,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
         captioner = captioner.with_prompt(args.prompt)
     captioner.images_for([images])  # bad view names fail here, before any model work
     start = time.perf_counter()
-    settings = captioner.decoding_in_effect(**dataclasses.asdict(decoding))
-    caption = captioner.caption([images], **dataclasses.asdict(settings))[0]
+    settings = captioner.decoding_in_effect(decoding)
+    caption = captioner.caption([images], decoding=settings)[0]
     seconds = time.perf_counter() - start
     print(caption)
     if args.log:

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from clip_vlm_core.config import DEFAULT_VIEWS
+from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS
 
 BUILD_EPILOG = """examples:
   clip-vlm data build --dataroot /data/nuscenes --version v1.0-mini --captions /data/nuinteract \\
@@ -42,10 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="build, check and browse training data",
                                    description="Synthetic nuScenes, and the training manifest built from nuScenes + NuInteract.")
     verbs = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    raw = argparse.RawDescriptionHelpFormatter
 
-    p = verbs.add_parser("synth", help="write a synthetic nuScenes whose content is known", epilog=SYNTH_EPILOG,
-                         formatter_class=raw, description="Write a synthetic nuScenes tree plus NuInteract captions.")
+    p = verbs.add_parser("synth", help="write a synthetic nuScenes whose content is known", epilog=SYNTH_EPILOG, description="Write a synthetic nuScenes tree plus NuInteract captions.")
     p.add_argument("--out", type=Path, required=True, help="folder to create")
     p.add_argument("--scenes", type=int, default=2, help="number of scenes, 1-10 (default %(default)s)")
     p.add_argument("--samples-per-scene", type=int, default=8, help="keyframes per scene (default %(default)s)")
@@ -56,13 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replace an existing --out that an earlier 'data synth' did not write")
     p.set_defaults(func=run_synth)
 
-    p = verbs.add_parser("build", help="write the manifest from nuScenes + NuInteract", epilog=BUILD_EPILOG,
-                         formatter_class=raw, description="Build one JSONL manifest per split, every image hashed.")
+    p = verbs.add_parser("build", help="write the manifest from nuScenes + NuInteract", epilog=BUILD_EPILOG, description="Build one JSONL manifest per split, every image hashed.")
     p.add_argument("--dataroot", type=Path, required=True, help="nuScenes root (holds samples/ and v1.0-*/)")
     p.add_argument("--version", default="v1.0-mini", help="v1.0-mini, v1.0-trainval or v1.0-test (default %(default)s)")
     p.add_argument("--captions", type=Path, required=True, help="NuInteract folder of JSON files")
     p.add_argument("--cameras", nargs="+", default=list(DEFAULT_VIEWS), help="views per sample (default %(default)s)")
-    p.add_argument("--caption-keys", nargs="+", default=["FRONT", "BACK"],
+    p.add_argument("--caption-keys", nargs="+", default=list(DEFAULT_CAPTION_KEYS),
                    help="NuInteract caption keys joined into the target (default %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="manifest folder to write")
     p.add_argument("--qa", nargs="+", type=Path, default=[], metavar="FILE.jsonl",
@@ -74,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("verify", help="re-hash every image of a manifest",
                          description="Re-hash every image; exit 1 naming each changed or missing file.",
-                         epilog="example:\n  clip-vlm data verify data/manifest", formatter_class=raw)
+                         epilog="example:\n  clip-vlm data verify data/manifest")
     p.add_argument("manifest", type=Path, help="manifest folder (or one of its split files)")
     p.add_argument("--dataroot", type=Path, default=None,
                    help="where the images are now, when the data moved since the build (default: manifest.json's)")
@@ -82,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("inspect", help="counts, caption lengths and a few samples",
                          description="Print counts per split, caption length statistics and a few samples.",
-                         epilog="example:\n  clip-vlm data inspect data/manifest --samples 5", formatter_class=raw)
+                         epilog="example:\n  clip-vlm data inspect data/manifest --samples 5")
     p.add_argument("manifest", type=Path, help="manifest folder")
     p.add_argument("--samples", type=int, default=3, help="samples to print per split (default %(default)s)")
     p.set_defaults(func=run_inspect)
@@ -90,8 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("gallery", help="an HTML page of samples with their views and captions",
                          description="Write a self-contained HTML page showing every view and the caption of N samples.",
                          epilog="examples:\n  clip-vlm data gallery data/manifest --n 16 --seed 1 --out gallery.html\n"
-                         "  clip-vlm data gallery data/manifest/mini_val.jsonl --token 3e8750f331d7499e9b5123e9eb70f2e2",
-                         formatter_class=raw)
+                         "  clip-vlm data gallery data/manifest/mini_val.jsonl --token 3e8750f331d7499e9b5123e9eb70f2e2")
     p.add_argument("manifest", type=Path, help="manifest folder (or one split file)")
     p.add_argument("--n", type=int, default=16, help="number of samples (default %(default)s)")
     which = p.add_mutually_exclusive_group()
@@ -161,9 +158,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_gallery(args: argparse.Namespace) -> int:
-    from clip_vlm_core.atomic import guard_output, write_text
+    from clip_vlm_core.atomic import write_text
     from clip_vlm_core.data.gallery import WRITER, choose_rows, render_gallery
     from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot, manifest_dir
+    from clip_vlm_core.output_guard import guard_output
 
     dataroot = manifest_dataroot(args.manifest, args.dataroot)
     inputs = {"manifest": manifest_dir(args.manifest), "nuScenes dataroot": dataroot}

@@ -43,7 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Caption every sample of a manifest split file (from 'clip-vlm data build') in batches, "
         "score the captions against the references, and write captions, metrics and an HTML report.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--manifest", type=Path, required=True, help="manifest split file, e.g. manifest/mini_val.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="output folder (written whole, or not at all)")
@@ -65,10 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clip_vlm_core.atomic import guard_output
     from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot
     from clip_vlm_core.evaluate import WRITER, eval_inputs, evaluate_manifest
     from clip_vlm_core.jsonout import dumps
+    from clip_vlm_core.output_guard import guard_output
 
     decoding = decoding_from_args(args)
     check_batch(args.batch_size, decoding.num_beams, "--batch-size")  # before minutes of model loading

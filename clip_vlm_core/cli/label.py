@@ -62,7 +62,6 @@ def _register_label(subparsers: argparse._SubParsersAction) -> None:
         description="Label a fleet's drive logs: pair each bag's frames by stamp as the node does, caption them, "
         "answer questions about them, and write one row per pair to LABELS, exactly once.",
         epilog=LABEL_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="bags, folders of bags, or manifest files")
     p.add_argument("--out", type=Path, required=True, metavar="LABELS",
@@ -111,7 +110,6 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
         help="find labelled pairs whose caption or answers hold every word (DuckDB)",
         description="Search LABELS (written by 'clip-vlm label') for pairs whose caption or answers hold every word.",
         epilog=SEARCH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("labels", type=Path, metavar="LABELS", help="the folder 'clip-vlm label --out' wrote")
     p.add_argument("words", nargs="+", metavar="WORDS", help="words that must all appear (quote several or not)")

@@ -25,13 +25,9 @@ null before any validation."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="fine-tune the connector and LoRA adapters",
-        description="Train the fusion connector and LoRA adapters over frozen Qwen2.5-VL and OpenCLIP.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = subparsers.add_parser("train", help="fine-tune the connector and LoRA adapters", epilog=EPILOG,
+                                   description="Train the fusion connector and LoRA adapters over frozen Qwen2.5-VL "
+                                   "and OpenCLIP.")
     parser.add_argument("--config", type=Path, required=True, help="YAML recipe, e.g. training/configs/synthetic-tiny.yaml")
     parser.add_argument("--resume", default=None, metavar="DIR|latest",
                         help="continue from a latest/ checkpoint folder, or 'latest' for this run's")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import load_image
+from clip_vlm_core.model.loss import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,14 @@ class RawCollator:
 
 class CachedEncoderDataset(Dataset):
     """Per-keyframe frozen-encoder outputs and per-item tokens, computed once into `cache_dir` (one
-    safetensors file per keyframe, named for its texts too, so changed captions or questions re-encode)."""
+    safetensors file per keyframe, named for `encoder_cache_key` and its texts, so another model, precision,
+    device or pixel budget, or changed captions or questions, re-encode)."""
 
     def __init__(self, raw: CaptionDataset, captioner, cache_dir: Path, show_progress: bool = True) -> None:
         self.raw = raw
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.key = _cache_key(captioner)
+        self.key = encoder_cache_key(captioner)
         self.caption_indices, self.qa_indices, self.qa_types = raw.caption_indices, raw.qa_indices, raw.qa_types
         # Where each item's tokens sit in its keyframe's file.
         self._slot = {i: n for row in range(len(raw.rows)) for n, i in enumerate(raw.row_items(row))}
@@ -188,7 +190,7 @@ def collate_cached(items: list[dict[str, torch.Tensor]], pad_token_id: int) -> d
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "labels": left_pad("labels", -100),
+        "labels": left_pad("labels", IGNORE_INDEX),
         "mm_token_type_ids": left_pad("mm_token_type_ids", 0),
         "image_grid_thw": torch.cat([i["image_grid_thw"] for i in items]),
         "visual_embeds": visual,
@@ -200,9 +202,40 @@ def _view_index(key: str) -> int:
     return int(key.split("_", 1)[1])
 
 
-def _cache_key(captioner) -> str:
-    """Cached outputs are only valid for the same base models, views, prompt and pixel budget."""
-    c = captioner.config
-    text = "|".join(map(str, (c.qwen_model, c.clip_model, c.clip_pretrained, c.clip_tokens, c.views, c.prompt,
-                               c.label_views, c.min_pixels, c.max_pixels, c.instruction_first)))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+# Bump when what the cache holds changes for the same model and images: model/preprocess.py's resize or
+# normalisation, or this file's layout of tensors.
+ENCODER_CACHE_FORMAT = 2
+
+
+def encoder_cache_key(captioner) -> str:
+    """The one key a cached keyframe file is valid under: everything that changes what the frozen encoders
+    output for an image, or the token ids stored beside them. A bf16 cache made on a GPU is therefore never
+    read by an fp32 resume on a CPU, nor a cache of other base weights at the same path."""
+    c, model = captioner.config, captioner.model
+    qwen_folder = Path(getattr(model.base_qwen, "name_or_path", "") or c.qwen_model)
+    clip_folder = Path(c.clip_model)
+    parts = {
+        "format": ENCODER_CACHE_FORMAT,
+        # the base models: their files (names, sizes, times) where local, their names and tags otherwise
+        "qwen": _files_fingerprint(qwen_folder) if qwen_folder.is_dir() else c.qwen_model,
+        "clip": _files_fingerprint(clip_folder) if clip_folder.is_dir() else f"{c.clip_model}/{c.clip_pretrained}",
+        "clip_tokens": c.clip_tokens,
+        # how the numbers are computed: precision, the kind of device (GPU kernels round differently), and
+        # the vision tower's attention kernel
+        "dtype": str(next(model.clip.parameters()).dtype), "qwen_dtype": str(next(model.base_qwen.parameters()).dtype),
+        "device": captioner.device.type,
+        "vision_attention": str(model.base_qwen.model.visual.config._attn_implementation),
+        # what the images become before the encoders: the pixel budget and both preprocessing specs
+        "qwen_pixels": repr(captioner.pixel_spec), "clip_pixels": repr(model.clip.pixel_spec),
+        # the token ids stored with them: the views and the prompt around them
+        "views": list(c.views), "prompt": c.prompt, "label_views": c.label_views,
+        "instruction_first": c.instruction_first,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _files_fingerprint(folder: Path) -> str:
+    """The weights and configs of a model folder by name, size and modification time (no byte read)."""
+    stats = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in folder.rglob("*") if p.suffix in (".safetensors", ".json", ".bin") and p.is_file())
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()

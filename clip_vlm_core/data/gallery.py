@@ -1,20 +1,21 @@
 """A self-contained HTML page of manifest samples: every view as a thumbnail, and the caption.
 
 Its first line says which command wrote it, so a later gallery may replace it without --overwrite
-(clip_vlm_core.atomic); every image passes the one intake (inside the dataroot, within the limits).
+(clip_vlm_core.atomic); every image passes the one intake (inside the dataroot, within the limits); every
+text is escaped (clip_vlm_core.pages).
 """
 
 from __future__ import annotations
 
-import html
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from clip_vlm_core.atomic import file_mark
 from clip_vlm_core.data.manifest import ManifestRow
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import load_image, thumbnail_data_uri
+from clip_vlm_core.output_guard import file_mark
+from clip_vlm_core.pages import render_page
 
 WRITER = "clip-vlm data gallery"
 
@@ -36,18 +37,7 @@ def choose_rows(rows: Sequence[ManifestRow], n: int, seed: int, tokens: Sequence
 
 
 def render_gallery(rows: Sequence[ManifestRow], dataroot: Path, title: str) -> str:
-    cards = []
-    for row in rows:
-        images = "".join(
-            f'<figure><img src="{thumbnail_uri(row.image_path(cam, dataroot))}" alt="{html.escape(cam)}">'
-            f"<figcaption>{html.escape(cam)}</figcaption></figure>"
-            for cam in row.views
-        )
-        cards.append(f'<section><div class="views">{images}</div><p class="caption">{html.escape(row.caption)}</p>'
-                     f'<p class="meta">{html.escape(row.scene)} · {html.escape(row.sample_token)}</p></section>')
-    return f"""<!doctype html><!-- {file_mark(WRITER)} -->
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;background:#fafafa}} section{{background:#fff;margin:1em 0;
-padding:1em;border:1px solid #ddd}} .views{{display:flex;gap:8px}} figure{{margin:0}} figcaption{{font-size:12px;
-color:#555}} .caption{{font-size:16px}} .meta{{font-size:12px;color:#888}}</style></head><body>
-<h1>{html.escape(title)}</h1>{''.join(cards)}</body></html>"""
+    """The page (clip_vlm_core/templates/gallery.html, every text escaped); its first line names its writer."""
+    cards = [{"thumbnails": {cam: thumbnail_uri(row.image_path(cam, dataroot)) for cam in row.views},
+              "caption": row.caption, "scene": row.scene, "token": row.sample_token} for row in rows]
+    return render_page("gallery.html", mark=file_mark(WRITER), title=title, cards=cards)

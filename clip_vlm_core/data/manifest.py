@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from clip_vlm_core import __version__
-from clip_vlm_core.atomic import guard_output, staged_dir
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.data.nuinteract import (
     DEFAULT_CAPTION_KEYS,
     check_caption_keys,
@@ -45,6 +45,7 @@ from clip_vlm_core.limits import (
     MAX_SMALL_JSON_BYTES,
     check_caption,
 )
+from clip_vlm_core.output_guard import guard_output
 from clip_vlm_core.paths import MissingDataFile, check_relative, data_file, regular_file
 
 META_FILE = "manifest.json"

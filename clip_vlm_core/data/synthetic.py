@@ -21,7 +21,7 @@ from PIL import Image
 from pyquaternion import Quaternion
 from tqdm import tqdm
 
-from clip_vlm_core.atomic import guard_output, staged_dir
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.data.scene_drawing import HEIGHT, WIDTH, draw_back, draw_front, encode_jpeg, side_view_jpeg
 from clip_vlm_core.data.scene_facts import (
     FACT_KEYS,
@@ -34,6 +34,7 @@ from clip_vlm_core.data.scene_facts import (
 )
 from clip_vlm_core.data.scene_questions import ask_about
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.output_guard import guard_output
 
 __all__ = ["FACT_KEYS", "SceneFacts", "SyntheticDataset", "caption_corpus", "describe", "describe_back",
            "describe_front", "generate_synthetic_nuscenes", "parse_facts", "SCENE_NAMES"]
@@ -43,8 +44,9 @@ VERSION = "v1.0-mini"
 # mini_val = scene-0103, scene-0916; the rest are mini_train.
 SCENE_NAMES = ("scene-0061", "scene-0103", "scene-0553", "scene-0916", "scene-0655", "scene-0757",
                "scene-0796", "scene-1077", "scene-1094", "scene-1100")
-# (yaw of the optical axis in degrees, mount translation in metres, firing offset after the keyframe in µs)
-CAMERAS = {
+# Every camera of config.NUSCENES_CAMERAS as nuScenes mounts it: (yaw of the optical axis in degrees, mount
+# translation in metres, firing offset after the keyframe in µs); this order is the synthetic tables' order.
+CAMERA_MOUNTS = {
     "CAM_FRONT": (0.0, (1.70, 0.02, 1.51), 12_000),
     "CAM_FRONT_RIGHT": (-55.0, (1.55, -0.49, 1.49), 20_000),
     "CAM_BACK_RIGHT": (-110.0, (1.04, -0.48, 1.56), 28_000),
@@ -137,7 +139,7 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
     tables["attribute"] = [{"token": token(), "name": "vehicle.moving", "description": "Vehicle is moving."}]
     tables["visibility"] = [{"token": str(i + 1), "level": lvl, "description": f"visibility {lvl}"}
                             for i, lvl in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"))]
-    sensors = {cam: token() for cam in CAMERAS}
+    sensors = {cam: token() for cam in CAMERA_MOUNTS}
     tables["sensor"] = [{"token": t, "channel": cam, "modality": "camera"} for cam, t in sensors.items()]
     map_token = token()
     (root / "maps").mkdir(parents=True)
@@ -145,7 +147,7 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
     Image.new("L", (64, 64), 255).save(root / map_file)
     dataset = SyntheticDataset(root, root / "nuinteract", [])
     log_tokens = []
-    for cam in CAMERAS:
+    for cam in CAMERA_MOUNTS:
         (root / "samples" / cam).mkdir(parents=True)
         if sweeps:
             (root / "sweeps" / cam).mkdir(parents=True)
@@ -158,13 +160,13 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
         log_tokens.append(log_token)
         tables["log"].append({"token": log_token, "logfile": LOG_NAME, "vehicle": "n015",
                               "date_captured": "2018-07-24", "location": "singapore-onenorth"})
-        calib = {cam: _calibration(token(), sensors[cam], cam) for cam in CAMERAS}
+        calib = {cam: _calibration(token(), sensors[cam], cam) for cam in CAMERA_MOUNTS}
         tables["calibrated_sensor"].extend(calib.values())
         scene_token = token()
         t0 = START_US + s * 60_000_000
         sample_tokens = [token() for _ in range(samples)]
         records = []
-        last_sd: dict[str, dict | None] = dict.fromkeys(CAMERAS)
+        last_sd: dict[str, dict | None] = dict.fromkeys(CAMERA_MOUNTS)
         for k, sample_token in enumerate(sample_tokens):
             t = t0 + k * KEYFRAME_US
             tables["sample"].append({"token": sample_token, "timestamp": t, "scene_token": scene_token,
@@ -173,7 +175,7 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
             facts = SceneFacts.draw(rng)
             frames = {"CAM_FRONT": encode_jpeg(draw_front(facts, rng)), "CAM_BACK": encode_jpeg(draw_back(facts, rng))}
             cam_paths = {}
-            for cam, (_, _, offset) in CAMERAS.items():
+            for cam, (_, _, offset) in CAMERA_MOUNTS.items():
                 jpeg = frames.get(cam) or side_view_jpeg(facts.time)
                 sd = _sample_data(tables, token, root, cam, calib[cam]["token"], sample_token, t + offset, True, jpeg)
                 _link(last_sd, cam, sd)
@@ -208,7 +210,7 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
 
 
 def _calibration(token: str, sensor_token: str, cam: str) -> dict:
-    yaw, translation, _ = CAMERAS[cam]
+    yaw, translation, _ = CAMERA_MOUNTS[cam]
     rotation = Quaternion(axis=[0, 0, 1], degrees=yaw) * _OPTICAL_TO_VEHICLE
     return {"token": token, "sensor_token": sensor_token, "translation": list(translation),
             "rotation": [float(x) for x in rotation.elements], "camera_intrinsic": INTRINSIC}
@@ -240,7 +242,7 @@ def _link(last: dict, cam: str, record: dict) -> None:
 def _nuinteract_record(token: str, tokens: list[str], k: int, scene_token: str, cam_paths: dict,
                        facts: SceneFacts) -> dict:
     side = "The road side is empty."
-    caption = {cam: side for cam in CAMERAS}
+    caption = {cam: side for cam in CAMERA_MOUNTS}
     caption.update(CAM_FRONT=describe_front(facts), CAM_BACK=describe_back(facts),
                    FRONT=describe_front(facts), BACK=describe_back(facts))
     return {"token": token, "prev": tokens[k - 1] if k else "", "next": tokens[k + 1] if k + 1 < len(tokens) else "",

@@ -20,7 +20,6 @@ one moved or copied does not.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clip_vlm_core.config import DEFAULT_VIEWS, CaptionerConfig, DecodingConfig, load_json
+from clip_vlm_core.config import DEFAULT_VIEWS, CaptionerConfig, load_json
 from clip_vlm_core.errors import UserError
 
 CHUNK = 1 << 20
@@ -103,13 +102,6 @@ def model_identity(checkpoint: str | None) -> ModelIdentity:
 
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def decoding_record(settings: DecodingConfig) -> dict[str, Any]:
-    """Decoding settings as a JSON-ready record (EOS ids as a list), every field named."""
-    record = dataclasses.asdict(settings)
-    record["eos_token_ids"] = list(settings.eos_token_ids or ())
-    return record
 
 
 def settings_id(model_sha256: str, prompt: str, decoding: dict[str, Any], questions: Sequence[str]) -> str:

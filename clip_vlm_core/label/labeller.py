@@ -36,7 +36,7 @@ from clip_vlm_core.bags.reader import open_bag
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import EncodedImage
-from clip_vlm_core.label.keys import KEY_HEX, bag_identity, decoding_record, pair_key, settings_id
+from clip_vlm_core.label.keys import KEY_HEX, bag_identity, pair_key, settings_id
 from clip_vlm_core.label.pairs import DEFAULT_TOPIC_TEMPLATE, BagPair, PairingReport, bag_pairs, camera_topics
 from clip_vlm_core.label.store import SCHEMA
 
@@ -89,9 +89,9 @@ class BagLabeller:
         if settings.fast_inference:
             captioner.optimize_for_inference()
         self.captioner = captioner
-        self.decoding = captioner.decoding_in_effect(**dataclasses.asdict(settings.decoding))
-        self.decoding_json = json.dumps(decoding_record(self.decoding), sort_keys=True)
-        self.settings_id = settings_id(settings.model_sha256, captioner.config.prompt, decoding_record(self.decoding),
+        self.decoding = captioner.decoding_in_effect(settings.decoding)
+        self.decoding_json = json.dumps(self.decoding.record(), sort_keys=True)
+        self.settings_id = settings_id(settings.model_sha256, captioner.config.prompt, self.decoding.record(),
                                        settings.questions)
         self.where = _where(captioner.device)
 
@@ -188,10 +188,10 @@ class BagLabeller:
     def _generate(self, samples: list[dict[str, Any]]) -> list[tuple[str, list[str]] | str]:
         if not samples:
             return []
-        decoding = dataclasses.asdict(self.decoding)
         try:
-            captions = self.captioner.caption(samples, **decoding)
-            answers = [self.captioner.ask(samples, [q] * len(samples), **decoding) for q in self.settings.questions]
+            captions = self.captioner.caption(samples, decoding=self.decoding)
+            answers = [self.captioner.ask(samples, [q] * len(samples), decoding=self.decoding)
+                       for q in self.settings.questions]
             return [(caption, [a[i] for a in answers]) for i, caption in enumerate(captions)]
         except Exception as exc:  # split the batch: one bad pair must not cost the others
             if len(samples) == 1:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from clip_vlm_core.model.captioner import SceneCaptioner, default_model_path
+    from clip_vlm_core.model.captioner import SceneCaptioner
+    from clip_vlm_core.model.checkpoint import default_model_path
 
 __all__ = ["SceneCaptioner", "default_model_path"]
 

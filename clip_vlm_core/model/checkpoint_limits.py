@@ -7,7 +7,8 @@ any tensor is read (clip_vlm_core.model.tensor_files reads the headers).
     the tensors       read only then; trainable ones (connector, LoRA) checked finite
 
 One path for every loader: a Qwen2.5-VL folder (local or a hub snapshot), an OpenCLIP folder or weights
-file, a checkpoint's connector and LoRA adapter, and a training run's optimizer state. A real-size
+file, a checkpoint's connector and LoRA adapter (a training run's optimizer and random-number state are
+checked the same way, from the same tensor_files, in clip_vlm_core.train_state). A real-size
 Qwen2.5-VL-3B + ViT-L/14 checkpoint passes (tests/test_checkpoint_limits.py checks its headers against
 its published config without allocating it).
 """
@@ -28,13 +29,10 @@ from clip_vlm_core.limits import MAX_MODEL_JSON_BYTES, MAX_SMALL_JSON_BYTES, bou
 from clip_vlm_core.model.tensor_files import (
     FLOAT_DTYPES,
     FROZEN,
-    OPTIMIZER_STATE,
     TRAINABLE,
-    TensorSpec,
     check_finite,
     check_tensors,
     check_torch_zip,
-    dtype_name,
     load_checked,
     read_safetensors_header,
     shape_text,
@@ -350,58 +348,3 @@ def _target_matcher(targets: Any, where: str) -> Callable[[str], bool]:
 def check_lora_finite(model: torch.nn.Module, where: Path) -> None:
     """The LoRA weights PEFT loaded hold finite numbers."""
     check_finite({n: p for n, p in model.named_parameters() if ".lora_" in n}, f"LoRA adapter in {where}")
-
-
-# -- a training run's optimizer state -------------------------------------------------------------------
-
-def check_optimizer_file(path: Path, params: list[torch.Tensor]) -> None:
-    """optimizer.pt (torch.save, read weights-only) before it is read: no storage larger than the largest
-    trainable parameter's state in fp32, no more than two fp32 states per parameter in all (8-bit state
-    takes less)."""
-    largest = max((p.numel() for p in params), default=0) * _FP32 + 4096
-    total = sum(p.numel() for p in params) * 2 * _FP32 + len(params) * 4096 + _SLACK
-    check_torch_zip(path, "optimizer state", largest, total)
-
-
-def check_optimizer_state(state: Any, params: list[torch.Tensor], where: Path) -> None:
-    """An optimizer state dict (AdamW's, or an 8-bit optimizer's) fits the parameters it is for: each
-    state tensor of an allowed dtype, AdamW's moments of the parameter's shape, floats finite."""
-    shown = f"optimizer state {where}"
-    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or \
-            not isinstance(state.get("param_groups"), list):
-        raise UserError(f"{shown} is not an optimizer state (no state and param_groups)")
-    for index, entry in state["state"].items():
-        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
-            raise UserError(f"{shown} holds state for parameter {index!r}, which this model does not have")
-        param = params[index]
-        for key, value in entry.items():
-            if not isinstance(value, torch.Tensor):
-                continue
-            name = dtype_name(value.dtype)
-            if name not in OPTIMIZER_STATE:
-                raise UserError(f"{shown}: {key} of parameter {index} is {name}; optimizer state must be one of "
-                                f"{', '.join(sorted(OPTIMIZER_STATE))}")
-            if key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "state1", "state2") and \
-                    tuple(value.shape) != tuple(param.shape):
-                raise UserError(f"{shown}: {key} of parameter {index} has shape {shape_text(tuple(value.shape))}, "
-                                f"the parameter {shape_text(tuple(param.shape))}")
-            if value.numel() > max(param.numel(), 4096):
-                raise UserError(f"{shown}: {key} of parameter {index} has {value.numel():,} elements, more than its "
-                                f"parameter")
-        check_finite({f"{k} of parameter {index}": v for k, v in entry.items() if isinstance(v, torch.Tensor)},
-                     shown)
-
-
-def rng_specs(header: Mapping[str, Any]) -> dict[str, TensorSpec]:
-    """rng.safetensors of latest/: torch's CPU generator state, and one small state per CUDA device."""
-    specs = {"torch": TensorSpec(tuple(torch.get_rng_state().shape), frozenset({"U8"}))}
-    for name in header:
-        if re.fullmatch(r"cuda_\d{1,3}", name) and header[name].numel <= 64:
-            specs[name] = TensorSpec(header[name].shape, frozenset({"U8"}))
-    return specs
-
-
-def load_rng_state(path: Path) -> dict[str, torch.Tensor]:
-    header = read_safetensors_header(path, "random-number state")
-    return load_checked(path, rng_specs(header), "random-number state", finite=False,
-                        declared="the generators' state of this machine")

@@ -23,11 +23,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from clip_vlm_core.atomic import guard_output, staged_dir
+from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.jsonin import read_json_object
 from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
-from clip_vlm_core.model.captioner import CONFIG_FILE, default_model_path
+from clip_vlm_core.model.checkpoint import CONFIG_FILE, default_model_path
+from clip_vlm_core.output_guard import guard_output
 
 ASSETS = default_model_path().parent
 WRITER = "clip-vlm embedded-model install"

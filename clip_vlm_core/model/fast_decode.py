@@ -11,9 +11,10 @@ Exactly greedy decoding: the tokens equal `generate(do_sample=False, num_beams=1
 setting generate() would take from the model's generation config resolved the same way: several EOS
 ids, `repetition_penalty` (transformers' rule: every token of the prompt, left padding excepted, and of
 the caption so far has its logit divided by the penalty, or multiplied where negative) and
-`min_new_tokens` (tests/test_fast_decode.py checks this against transformers). Any other setting that
-changes tokens goes to generate() (`greedy_settings` says None). On CPU the same step runs eagerly, so
-the logic is tested without a GPU; only the graph capture needs CUDA.
+`min_new_tokens` (tests/test_fast_decode.py checks this against transformers). It takes the same
+`DecodingConfig` generate() is given; any setting that changes tokens otherwise goes to generate()
+(`greedy_decoding` says None). On CPU the same step runs eagerly, so the logic is tested without a GPU;
+only the graph capture needs CUDA.
 
 Graphs are kept per (batch size, cache length), the cache length rounded up to `cache_bucket` tokens
 so prompts of slightly different lengths share one, at most `max_sessions` of them (each holds its KV
@@ -24,19 +25,19 @@ changes which weights the step reads, e.g. turning LoRA adapters off).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from clip_vlm_core.config import DecodingConfig
+
 EOS_CHECK_EVERY = 8  # decode steps between looks (a GPU sync) at whether every caption has ended
 
-# generate() arguments this decoder reads; sampling ones may be present, set to None (greedy mode).
-_KNOWN_KWARGS = {"max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id", "repetition_penalty",
-                 "num_beams", "do_sample", "temperature", "top_p", "top_k"}
 # Generation-config settings that change greedy tokens or stop early, which this decoder does not do:
-# when the model's config (or the call) sets any of them, generate() decodes instead.
+# when the model's config sets any of them, generate() decodes instead.
 _UNSUPPORTED = ("guidance_scale", "sequence_bias", "encoder_repetition_penalty", "no_repeat_ngram_size",
                 "encoder_no_repeat_ngram_size", "bad_words_ids", "min_length", "forced_bos_token_id",
                 "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
@@ -45,48 +46,33 @@ _UNSUPPORTED = ("guidance_scale", "sequence_bias", "encoder_repetition_penalty",
                 "renormalize_logits", "low_memory")
 
 
-@dataclass(frozen=True)
-class GreedySettings:
-    """Greedy decoding as generate() would run it, every setting resolved."""
-
-    max_new_tokens: int
-    min_new_tokens: int
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int
-    repetition_penalty: float
-
-
-def greedy_settings(generate_kwargs: dict[str, Any], generation_config: Any = None) -> GreedySettings | None:
-    """These generate() arguments over this generation config, when they are greedy decoding that this
-    decoder reproduces; None when anything else is asked (beams, sampling, n-gram blocking, ...)."""
+def greedy_decoding(decoding: DecodingConfig, generation_config: Any = None) -> DecodingConfig | None:
+    """`decoding` with what it leaves unset (EOS ids, repetition penalty) taken from this generation config
+    as generate() takes it, when that is greedy decoding this decoder reproduces; None when it is anything
+    else (beams, sampling, or n-gram blocking and the like in the model's config)."""
     from transformers import GenerationConfig
 
-    if set(generate_kwargs) - _KNOWN_KWARGS or "max_new_tokens" not in generate_kwargs:
+    if decoding.num_beams != 1 or decoding.do_sample:
         return None
     config = generation_config if generation_config is not None else GenerationConfig()
-    merged = {name: getattr(config, name, None) for name in (*_KNOWN_KWARGS, *_UNSUPPORTED)} | generate_kwargs
     defaults = GenerationConfig._get_default_generation_params()
-    if merged["num_beams"] not in (None, 1) or merged["do_sample"]:
+    if any(getattr(config, name, None) not in (None, defaults.get(name)) for name in _UNSUPPORTED):
         return None
-    if any(merged[name] not in (None, defaults.get(name)) for name in _UNSUPPORTED):
-        return None
-    eos = merged["eos_token_id"]
-    eos = tuple([eos] if isinstance(eos, int) else eos or ())
-    pad = merged["pad_token_id"]
-    if not eos or pad is None:
-        return None
-    return GreedySettings(
-        max_new_tokens=int(merged["max_new_tokens"]),
-        min_new_tokens=int(merged["min_new_tokens"] or 0),
-        eos_token_ids=eos,
-        pad_token_id=int(pad),
-        repetition_penalty=float(merged["repetition_penalty"] or 1.0),
-    )
+    eos = decoding.eos_token_ids
+    if eos is None:
+        own = config.eos_token_id
+        eos = tuple([own] if isinstance(own, int) else own or ())
+    if not eos:
+        return None  # nothing to stop on
+    penalty = decoding.repetition_penalty
+    if penalty is None:
+        penalty = config.repetition_penalty or 1.0
+    return dataclasses.replace(decoding, eos_token_ids=tuple(eos), repetition_penalty=float(penalty))
 
 
-def handles(generate_kwargs: dict[str, Any], generation_config: Any = None) -> bool:
-    """True when these generate() settings are greedy decoding this decoder reproduces exactly."""
-    return greedy_settings(generate_kwargs, generation_config) is not None
+def handles(decoding: DecodingConfig, generation_config: Any = None) -> bool:
+    """True when this decoding over this generation config is greedy decoding this decoder reproduces exactly."""
+    return greedy_decoding(decoding, generation_config) is not None
 
 
 @dataclass
@@ -102,7 +88,8 @@ class _Session:
     positions: torch.Tensor  # [L] 0..L-1
     eos_ids: torch.Tensor  # [E] every id that ends a caption
     seen: torch.Tensor | None  # [B, V + 1] tokens of the prompt and caption so far (repetition penalty)
-    settings: GreedySettings  # ids and penalty are baked into the graph, hence part of the session's key
+    decoding: DecodingConfig  # greedy, resolved: ids and penalty are baked into the graph (the session's key)
+    pad_token_id: int
     graph: torch.cuda.CUDAGraph | None = None
     captured: bool = False  # warm-up and capture done (off CUDA: warm-up only, no graph)
 
@@ -113,7 +100,7 @@ class StaticGreedyDecoder:
         self.cuda_graphs = cuda_graphs
         self.cache_bucket = cache_bucket
         self.max_sessions = max_sessions  # each holds a KV cache: the least recently used goes beyond this
-        self._sessions: dict[tuple[int, int, GreedySettings], _Session] = {}
+        self._sessions: dict[tuple[int, int, DecodingConfig, int], _Session] = {}
 
     @property
     def _base(self) -> nn.Module:
@@ -126,13 +113,15 @@ class StaticGreedyDecoder:
     # -- public ---------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GreedySettings, **prefill_kwargs: Any
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoding: DecodingConfig, pad_token_id: int,
+        **prefill_kwargs: Any
     ) -> torch.Tensor:
-        """New tokens [B, <= max_new_tokens] (rows that end early are padded with the padding id)."""
+        """New tokens [B, <= max_new_tokens] (rows that end early are padded with `pad_token_id`); `decoding`
+        is greedy with every setting resolved (`greedy_decoding`)."""
         from transformers import DynamicCache
 
         batch, prompt_len = input_ids.shape
-        max_new_tokens = settings.max_new_tokens
+        max_new_tokens = decoding.max_new_tokens
         cache_len = -(-(prompt_len + max_new_tokens) // self.cache_bucket) * self.cache_bucket
 
         prefill_cache = DynamicCache(config=self._base.config)
@@ -145,7 +134,7 @@ class StaticGreedyDecoder:
             **prefill_kwargs,
         )
         vocab = out.logits.shape[-1]
-        session = self._session((batch, cache_len, settings), prefill_cache, vocab)
+        session = self._session((batch, cache_len, decoding, pad_token_id), prefill_cache, vocab)
         self._load_prefill(session, prefill_cache, input_ids, attention_mask)
         first = self._choose(out.logits[:, -1].float(), session)
         session.tokens.copy_(first[:, None])
@@ -162,9 +151,9 @@ class StaticGreedyDecoder:
         return torch.stack(generated, dim=1)
 
     # -- internals ------------------------------------------------------------------------------
-    def _session(self, key: tuple[int, int, GreedySettings], prefill_cache: Any, vocab: int) -> _Session:
-        """The session for (batch, cache length, settings): the ids and penalty are baked into its graph."""
-        batch, cache_len, settings = key
+    def _session(self, key: tuple[int, int, DecodingConfig, int], prefill_cache: Any, vocab: int) -> _Session:
+        """The session for (batch, cache length, decoding, padding id): the ids and penalty are baked into its graph."""
+        batch, cache_len, decoding, pad_token_id = key
         if key in self._sessions:
             self._sessions[key] = self._sessions.pop(key)  # most recently used last
             return self._sessions[key]
@@ -176,7 +165,7 @@ class StaticGreedyDecoder:
         device = layer0.keys.device
         cache = StaticCache(config=self._base.config, max_cache_len=cache_len)
         cache.early_initialization(batch, layer0.keys.shape[1], layer0.keys.shape[-1], layer0.keys.dtype, device)
-        penalised = settings.repetition_penalty != 1.0
+        penalised = decoding.repetition_penalty != 1.0
         session = _Session(
             cache=cache,
             tokens=torch.zeros(batch, 1, dtype=torch.long, device=device),
@@ -185,10 +174,11 @@ class StaticGreedyDecoder:
             finished=torch.zeros(batch, dtype=torch.bool, device=device),
             min_tokens_left=torch.zeros((), dtype=torch.long, device=device),
             positions=torch.arange(cache_len, device=device),
-            eos_ids=torch.tensor(settings.eos_token_ids, dtype=torch.long, device=device),
+            eos_ids=torch.tensor(decoding.eos_token_ids, dtype=torch.long, device=device),
             # one column more than the vocabulary: left padding is marked there, where no logit reads it
             seen=torch.zeros(batch, vocab + 1, dtype=torch.bool, device=device) if penalised else None,
-            settings=settings,
+            decoding=decoding,
+            pad_token_id=pad_token_id,
         )
         self._sessions[key] = session
         return session
@@ -207,7 +197,7 @@ class StaticGreedyDecoder:
         session.key_valid.fill_(True)
         session.key_valid[:, :prompt_len].copy_(attention_mask.bool())
         session.finished.fill_(False)
-        session.min_tokens_left.fill_(session.settings.min_new_tokens)
+        session.min_tokens_left.fill_(session.decoding.min_new_tokens)
         if session.seen is not None:  # the prompt counts as seen, its left padding does not (as in transformers)
             session.seen.fill_(False)
             vocab = session.seen.shape[1] - 1
@@ -219,7 +209,7 @@ class StaticGreedyDecoder:
     def _choose(self, logits: torch.Tensor, session: _Session) -> torch.Tensor:
         """Greedy choice after the repetition penalty, with every EOS forbidden before min_new_tokens;
         finished rows get padding. The order and arithmetic are transformers' logits processors'."""
-        penalty = session.settings.repetition_penalty
+        penalty = session.decoding.repetition_penalty
         if session.seen is not None:
             penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
             logits = torch.where(session.seen[:, : logits.shape[1]], penalised, logits)
@@ -227,7 +217,7 @@ class StaticGreedyDecoder:
         logits[:, eos] = torch.where(session.min_tokens_left > 0, float("-inf"), logits[:, eos])
         session.min_tokens_left.sub_(1)
         token = logits.argmax(dim=-1)
-        token = torch.where(session.finished, session.settings.pad_token_id, token)
+        token = torch.where(session.finished, session.pad_token_id, token)
         session.finished.logical_or_((token[:, None] == eos[None, :]).any(dim=1))
         if session.seen is not None:
             session.seen.scatter_(1, token[:, None], True)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from clip_vlm_core.config import CaptionerConfig
-from clip_vlm_core.model.captioner import assemble_model
+from clip_vlm_core.model.checkpoint import assemble_model
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder, activation_for
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
 

@@ -1,8 +1,14 @@
 """Qwen2.5-VL with CLIP-fused visual tokens: the trainable model (connector + LoRA over frozen backbones).
 
-The fused tokens reach Qwen through its own `mm_encoder_outputs` argument: they replace the visual tokens
-at the image-token positions, while `image_grid_thw` keeps Qwen's 3-D (mrope) positions exactly as the
-base model computes them, in training and in `generate()` alike.
+The fused tokens reach Qwen through its own `mm_encoder_outputs` argument. What that amounts to inside
+Qwen's forward (transformers' Qwen2_5_VLModel.forward) is the mask assignment nanoVLM writes out:
+
+    embeds = qwen.get_input_embeddings()(input_ids)             # [B, L, D] text and placeholder embeddings
+    image_positions = input_ids == qwen.config.image_token_id   # one <|image_pad|> per visual token
+    embeds[image_positions] = torch.cat(fused)                  # fused = fuse(encode_visual(...), clip(...))
+
+`image_grid_thw` keeps Qwen's 3-D (mrope) positions exactly as the base model computes them, in training
+and in `generate()` alike: with the gate at 0 (fused == visual) the captions are the base model's.
 """
 
 from __future__ import annotations
@@ -10,18 +16,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.model.clip_encoder import ClipViewEncoder
 from clip_vlm_core.model.connector import FusionConnector
-from clip_vlm_core.model.fast_decode import StaticGreedyDecoder, greedy_settings
+from clip_vlm_core.model.fast_decode import StaticGreedyDecoder, greedy_decoding
+from clip_vlm_core.model.loss import token_mean_loss, trailing_logits_needed
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100  # label of positions that are not caption tokens
 
 
 class MultiViewCaptionModel(nn.Module):
@@ -107,20 +114,15 @@ class MultiViewCaptionModel(nn.Module):
         return self._caption_loss(inputs, labels)
 
     def _caption_loss(self, inputs: dict, labels: torch.Tensor) -> CausalLMOutputWithPast:
-        """transformers' causal-LM loss, with logits computed only where captions are.
+        """The caption loss (clip_vlm_core.model.loss), with logits computed only where captions are.
 
         Captions sit at the end of each row (prompts are left-padded), so the vocabulary projection is
         needed only from the position before the first labelled column on: at full resolution that is
-        ~50 of ~3,700 positions, sparing a [batch, 3700, 151936] float tensor and its backward.
+        ~50 of ~3,700 positions, sparing a [batch, 3700, 151936] float tensor and its backward. The
+        returned logits are those trailing positions, which `loss.sample_mean_loss` reads too.
         """
-        labelled = (labels != IGNORE_INDEX).any(dim=0)
-        first = max(int(labelled.int().argmax()), 1) if bool(labelled.any()) else 1
-        out = self.qwen(**inputs, logits_to_keep=labels.shape[1] - first + 1)
-        logits = out.logits[:, :-1].float()
-        loss = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels[:, first:].reshape(-1), ignore_index=IGNORE_INDEX
-        )
-        return CausalLMOutputWithPast(loss=loss, logits=out.logits)
+        out = self.qwen(**inputs, logits_to_keep=trailing_logits_needed(labels))
+        return CausalLMOutputWithPast(loss=token_mean_loss(out.logits, labels), logits=out.logits)
 
     @torch.no_grad()
     def generate(
@@ -128,31 +130,29 @@ class MultiViewCaptionModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         image_grid_thw: torch.Tensor,
+        decoding: DecodingConfig,
+        pad_token_id: int,
         pixel_values: torch.Tensor | None = None,
         clip_pixels: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
-        **generate_kwargs,
+        **generate_options: Any,
     ) -> torch.Tensor:
-        """Standard `generate()` (KV cache, greedy or beam search); returns only the new tokens.
+        """Standard `generate()` (KV cache, greedy or beam search) as `decoding` says; returns only the new tokens.
 
         With `enable_fast_decoding()`, greedy decoding goes through the static-cache decoder instead
-        (same tokens, CUDA-graph replays on a GPU), its settings resolved against the model's generation
-        config as generate() resolves them; other settings still use transformers' generate().
+        (same tokens, CUDA-graph replays on a GPU), its unset settings resolved against the model's
+        generation config as generate() resolves them. `generate_options` (a stopping criterion, a cache
+        implementation) are transformers' generate()'s own, and send the call there.
         """
-        mm = self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "image_grid_thw": image_grid_thw,
+                  "mm_token_type_ids": mm_token_type_ids, "pad_token_id": pad_token_id,
+                  "mm_encoder_outputs": self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels)}
         greedy = None
-        if self.fast_decoder is not None:
-            greedy = greedy_settings(generate_kwargs, self.base_qwen.generation_config)
+        if self.fast_decoder is not None and not generate_options:
+            greedy = greedy_decoding(decoding, self.base_qwen.generation_config)
         if greedy is not None:
             try:
-                return self.fast_decoder.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    settings=greedy,
-                    image_grid_thw=image_grid_thw,
-                    mm_token_type_ids=mm_token_type_ids,
-                    mm_encoder_outputs=mm,
-                )
+                return self.fast_decoder.generate(decoding=greedy, **inputs)
             except torch.cuda.OutOfMemoryError:
                 self.fast_decoder.reset()  # free the cached KV sessions before the caller retries smaller
                 raise  # the caller's to handle (the node halves its batch), as with generate()
@@ -160,14 +160,7 @@ class MultiViewCaptionModel(nn.Module):
                 log.warning("fast decoding failed (%s: %s); using transformers' generate() from now on",
                             type(exc).__name__, exc)
                 self.fast_decoder = None
-        out = self.qwen.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            image_grid_thw=image_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            mm_encoder_outputs=mm,
-            **generate_kwargs,
-        )
+        out = self.qwen.generate(**inputs, **decoding.generate_kwargs(), **generate_options)
         return out[:, input_ids.shape[1] :]
 
     def enable_fast_decoding(self, cuda_graphs: bool = True) -> StaticGreedyDecoder:

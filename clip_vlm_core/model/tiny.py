@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from clip_vlm_core.config import DEFAULT_VIEWS, NUSCENES_CAMERAS
 
 # The special tokens of Qwen2.5-VL's tokenizer, in its order; the chat template and the processor
 # refer to them by name, so the tiny tokenizer must carry all of them.
@@ -73,7 +74,7 @@ def _base_corpus() -> list[str]:
     corpus = [
         "system\nYou are a helpful assistant.",
         "user\nassistant\n",
-        "CAM_FRONT: CAM_BACK: CAM_FRONT_LEFT: CAM_FRONT_RIGHT: CAM_BACK_LEFT: CAM_BACK_RIGHT:",
+        " ".join(f"{camera}:" for camera in NUSCENES_CAMERAS),  # the prompt's view labels
         "Describe what the car's cameras see, front then back, in plain language.",
     ]
     try:  # the synthetic scenes' templated captions and questions, so that they tokenize into few tokens
@@ -239,18 +240,12 @@ def save_tiny_base_models(out_dir: Path | str, seed: int = 0, corpus: Iterable[s
     return {"qwen": qwen_dir, "clip": clip_dir}
 
 
-def atomic_dir(target: Path) -> Path:
-    """A fresh temporary folder beside `target`, for writing then renaming into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-
-
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
     os.chmod(path, 0o644)
 
 
-def tiny_captioner_config(base: dict[str, Path], views: tuple[str, ...] = ("CAM_FRONT", "CAM_BACK")):
+def tiny_captioner_config(base: dict[str, Path], views: tuple[str, ...] = DEFAULT_VIEWS):
     """The CaptionerConfig of the tiny architecture: same recipe as full size, smaller everything."""
     from clip_vlm_core.config import CaptionerConfig
 

@@ -3,13 +3,15 @@
 Most of the vision tower's layers attend within 112x112-pixel windows. Without flash-attn installed,
 transformers runs SDPA once per window, from a Python loop: a 1596x896 frame has 120 windows, so a
 front/back pair costs 28 layers x 240 calls, and a batch of 32 pairs over 200,000 calls per caption.
-PyTorch ships the flash-attention kernel that takes every window at once (cumulative sequence
-lengths, as flash-attn's `flash_attn_varlen_func` does); this module registers it with transformers'
-attention interface under a name containing "flash", which is what makes Qwen's vision tower hand it
-the packed windows instead of looping. Only the vision tower is switched; the language model keeps SDPA.
+PyTorch's public packed attention, `torch.nn.attention.varlen.varlen_attn` (its flash-attention kernel
+over cumulative sequence lengths, as flash-attn's `flash_attn_varlen_func`), takes every window at once;
+this module registers it with transformers' attention interface under a name containing "flash", which
+is what makes Qwen's vision tower hand it the packed windows instead of looping. Only the vision tower is
+switched; the language model keeps SDPA.
 
 CUDA with fp16/bf16 only (the kernel's limits); elsewhere `enable_varlen_vision_attention` leaves the
-model as it is and says so.
+model as it is and says so. Should the kernel fail on some GPU, the windows are attended one by one with
+SDPA (`reference_varlen_attention`, which also runs the wiring's tests on a CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention.varlen import varlen_attn
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ def varlen_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
-    dropout: float = 0.0,
+    dropout: float = 0.0,  # Qwen2.5-VL's vision tower has none (attention_dropout 0.0)
     cu_seq_lens_q: torch.Tensor | None = None,
     cu_seq_lens_k: torch.Tensor | None = None,
     max_length_q: int | None = None,
@@ -50,9 +53,7 @@ def varlen_attention(
         max_q = int(max_length_q) if max_length_q is not None else int((cu_q[1:] - cu_q[:-1]).max())
         max_k = int(max_length_k) if max_length_k is not None else max_q
         try:
-            out = torch.ops.aten._flash_attention_forward(
-                q, k, v, cu_q, cu_k, max_q, max_k, dropout, False, False, scale=scaling
-            )[0]
+            out = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling)
         except RuntimeError as exc:  # e.g. a GPU or head size the kernel was not built for
             _flash_failed.append(exc)
             log.warning("packed flash attention failed (%s); the vision tower attends per window instead", exc)

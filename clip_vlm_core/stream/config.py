@@ -109,6 +109,8 @@ SPECS = {spec.name: spec for spec in PARAMETERS}
 
 @dataclass(frozen=True)
 class CaptionNodeConfig:
+    """Every parameter of the node, checked (`validate_parameters`); one field per PARAMETERS entry."""
+
     model: str
     base_models_root: str
     device: str
@@ -143,20 +145,10 @@ class CaptionNodeConfig:
         base = self.topic_template.format(view=view)
         return base + "/compressed" if self.image_transport == "compressed" else base
 
-    def decoding(self) -> dict[str, Any]:
-        """caption() overrides; None leaves a setting to the model (its generation config)."""
-        return dataclasses.asdict(self.decoding_config())
-
-    def decoding_config(self) -> DecodingConfig:
-        return DecodingConfig(
-            max_new_tokens=self.max_new_tokens,
-            num_beams=self.num_beams,
-            do_sample=self.do_sample,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty or None,
-        )
+    def decoding(self) -> DecodingConfig:
+        """How captions and answers are decoded: the one object caption() takes (repetition_penalty 0.0, the
+        model's own, stays unset for the captioner to resolve)."""
+        return DecodingConfig.of(dataclasses.asdict(self) | {"repetition_penalty": self.repetition_penalty or None})
 
 
 def validate_parameters(values: Mapping[str, Any]) -> CaptionNodeConfig:
@@ -188,7 +180,7 @@ def validate_parameters(values: Mapping[str, Any]) -> CaptionNodeConfig:
     checked["views"] = tuple(views)
     config = CaptionNodeConfig(**checked)
     try:  # the same check as the CLI's and eval's, for what the table's ranges cannot say
-        config.decoding_config()
+        config.decoding()
         check_batch(config.batch_size, config.num_beams, "parameter batch_size")
     except UserError as exc:
         raise UserError(str(exc) if str(exc).startswith("parameter") else f"parameter {exc}") from None

@@ -13,11 +13,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-
+from clip_vlm_core.latency import LatencyWindow
 from clip_vlm_core.stream.pairing import FramePair
-
-LATENCY_WINDOW = 200  # answers kept for the percentiles
 
 
 @dataclass(frozen=True)
@@ -33,7 +30,7 @@ class QuestionCounters:
     answered: int = 0
     dropped: int = 0  # pushed out of a full queue
     unanswerable: int = 0  # no fresh synchronized pair to ask about
-    failed: int = 0  # lost to an inference error
+    failed: int = 0  # lost to an error: answering, publishing the answer, a frame that would not decode
     refused: int = 0  # empty, too long, or not a question (clip_vlm_core.limits.check_question)
 
 
@@ -43,8 +40,9 @@ class QuestionQueue:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
         self.counters = QuestionCounters()
+        self.last_error = ""
         self._questions: deque[Question] = deque()
-        self._latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._latency_ms = LatencyWindow()
         self._lock = threading.Lock()
 
     def put(self, question: Question) -> Question | None:
@@ -78,11 +76,13 @@ class QuestionQueue:
     def answered(self, question: Question, now_ns: int) -> None:
         with self._lock:
             self.counters.answered += 1
-            self._latency_ms.append((now_ns - question.received_ns) / 1e6)
+            self._latency_ms.add((now_ns - question.received_ns) / 1e6)
 
-    def failed(self, count: int) -> None:
+    def failed(self, count: int, error: str) -> None:
+        """Questions lost to an error (their own: a failed question is never a failed caption)."""
         with self._lock:
             self.counters.failed += count
+            self.last_error = error
 
     def __len__(self) -> int:
         return len(self._questions)
@@ -90,12 +90,12 @@ class QuestionQueue:
     def report(self) -> list[tuple[str, str]]:
         """Key-value pairs for /diagnostics: counts, queue depth, answer latency (arrival to publish)."""
         with self._lock:
-            c, window = self.counters, list(self._latency_ms)
+            c = self.counters
             values = [("questions_received", str(c.received)), ("questions_answered", str(c.answered)),
                       ("questions_dropped", str(c.dropped)), ("questions_unanswerable", str(c.unanswerable)),
                       ("questions_failed", str(c.failed)), ("questions_refused", str(c.refused)),
                       ("question_queue_depth", str(len(self._questions)))]
-        for q in (50, 95):
-            value = float(np.percentile(window, q)) if window else float("nan")
-            values.append((f"answer_latency_p{q}_ms", f"{value:.1f}"))
+            values += [(f"answer_latency_p{q}_ms", f"{self._latency_ms.percentile(q):.1f}") for q in (50, 95)]
+            if self.last_error:
+                values.append(("last_question_error", self.last_error))
         return values

@@ -21,9 +21,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
+from clip_vlm_core.latency import LatencyWindow
 
-LATENCY_WINDOW = 200  # captions kept for the percentiles: a bounded window keeps memory flat
 RATE_WINDOW_S = 10.0
 # Beyond this, a frame stamp and the node's clock are not the same clock (no camera takes a minute to
 # deliver a frame); a stamp a little ahead of the clock is skew between synchronised machines.
@@ -45,17 +44,19 @@ class StreamStats:
         self.bad = dict.fromkeys(self.views, 0)
         self.last_bad_reason: dict[str, str] = {}
         self.captions = 0
-        self.inference_errors = 0
+        self.inference_errors = 0  # caption batches the model failed on
         self.last_inference_error = ""
+        self.publish_errors = 0  # captions made that could not be published
+        self.last_publish_error = ""
         self.batch_halvings = 0
-        self.dropped_on_error = 0
+        self.dropped_on_error = 0  # pairs lost to either error
         self.dropped_bad_frame = 0  # pairs lost because a frame's body would not decode in the worker
         self.source_clock_mismatches = 0  # captions whose stamp was on another clock than the node's
         self.source_clock_offset_ns = 0  # node clock minus stamp, at the last mismatch
         self.source_clock_off = False  # whether the latest caption's stamp was on another clock
         self.source_stamp_unset = False  # whether that stamp was 0
-        self._source_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._receive_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._source_ms = LatencyWindow()
+        self._receive_ms = LatencyWindow()
         self._published_at: deque[float] = deque()
         self._lock = threading.Lock()
 
@@ -84,12 +85,12 @@ class StreamStats:
             self.captions += 1
             self.source_clock_off = not -SOURCE_CLOCK_AHEAD_NS <= source_latency_ns <= SOURCE_CLOCK_TOLERANCE_NS
             if not self.source_clock_off:
-                self._source_ms.append(source_latency_ns / 1e6)
+                self._source_ms.add(source_latency_ns / 1e6)
             else:
                 self.source_clock_mismatches += 1
                 self.source_clock_offset_ns = source_latency_ns
                 self.source_stamp_unset = stamp_ns == 0
-            self._receive_ms.append(receive_latency_ns / 1e6)
+            self._receive_ms.add(receive_latency_ns / 1e6)
             self._published_at.append(now)
             while self._published_at and now - self._published_at[0] > RATE_WINDOW_S:
                 self._published_at.popleft()
@@ -100,19 +101,22 @@ class StreamStats:
             self.dropped_on_error += pairs_lost
             self.last_inference_error = error
 
+    def publish_failed(self, error: str) -> None:
+        """A caption was made but could not be published: its pair is lost, the model did not fail."""
+        with self._lock:
+            self.publish_errors += 1
+            self.dropped_on_error += 1
+            self.last_publish_error = error
+
     def caption_rate_hz(self) -> float:
         with self._lock:
             return self._caption_rate_hz()
 
     def latency_ms(self) -> dict[str, float]:
-        """p50/p95 of both latencies over the window (NaN before the first caption)."""
+        """p50/p95 of both latencies over the window (NaN before the first caption; clip_vlm_core.latency)."""
         with self._lock:
-            source, receive = list(self._source_ms), list(self._receive_ms)
-        out = {}
-        for name, window in (("source", source), ("receive", receive)):
-            for q in (50, 95):
-                out[f"{name}_p{q}"] = float(np.percentile(window, q)) if window else float("nan")
-        return out
+            windows = (("source", self._source_ms), ("receive", self._receive_ms))
+            return {f"{name}_p{q}": window.percentile(q) for name, window in windows for q in (50, 95)}
 
     def report(self, silent_views: Sequence[str], extra: Sequence[tuple[str, str]] = ()) -> StreamReport:
         """Level and values for /diagnostics; `extra` carries the pairer/queue/model facts."""
@@ -126,6 +130,7 @@ class StreamStats:
                 ("latency_receive_to_publish_p50_ms", f"{latency['receive_p50']:.1f}"),
                 ("latency_receive_to_publish_p95_ms", f"{latency['receive_p95']:.1f}"),
                 ("inference_errors", str(self.inference_errors)),
+                ("publish_errors", str(self.publish_errors)),
                 ("pairs_dropped_on_error", str(self.dropped_on_error)),
                 ("pairs_dropped_bad_frame", str(self.dropped_bad_frame)),
                 ("batch_halvings", str(self.batch_halvings)),
@@ -143,12 +148,16 @@ class StreamStats:
                     values.append((f"{view}.last_bad_reason", self.last_bad_reason[view]))
             if self.last_inference_error:
                 values.append(("last_inference_error", self.last_inference_error))
+            if self.last_publish_error:
+                values.append(("last_publish_error", self.last_publish_error))
         values.extend(extra)
         values.append(("silent_views", ",".join(silent_views)))
         if silent_views:
             return StreamReport("WARN", f"no frames from {', '.join(silent_views)}", values)
-        if self.inference_errors and self.captions == 0:
+        if self.inference_errors and self.captions == 0 and not self.publish_errors:
             return StreamReport("ERROR", "every caption attempt failed so far", values)
+        if self.publish_errors and self.captions == 0:
+            return StreamReport("ERROR", "no caption could be published so far", values)
         return StreamReport("OK", "captioning", values)
 
     def source_clock_hint(self, use_sim_time: bool) -> str | None:

@@ -1,13 +1,16 @@
 """`CaptionWorker`: the thread that turns queued frame pairs into captions, at most `rate_hz` captions a second.
 
 It never runs in a subscription callback: callbacks only check, pair and queue. Each tick it takes
-up to one batch (one pair under policy `latest`), decodes the batch's still-encoded frames in one
-call on the captioner's device, calls the captioner ONCE for the whole batch and hands each caption
-to `publish`. A frame whose body does not decode is counted as bad and its pair as dropped for it.
-An exception in inference (or in publishing one caption) is logged and its pairs are counted as
-dropped on error; the worker goes on either way. Out of GPU memory also halves the batch for the
-ticks that follow. `in_flight` is how many pairs were taken and are neither published nor dropped
-yet: queued, in-flight, captioned and dropped pairs add up to the pairs made.
+up to one batch (one pair under policy `latest`) and runs it through the one batch routine captions
+and answers share (`_run_batch`): the batch's still-encoded frames decoded in one call on the
+captioner's device, the captioner called ONCE for the whole batch, each result handed to `publish`
+(or `answer`). What goes wrong is counted by the kind of work it hit (`_CaptionLedger`,
+`_QuestionLedger`): a frame whose body does not decode is counted as bad and its pair (or question) as
+lost to it; an exception in inference counts an inference error, one in publishing a publish error, and
+the pairs as dropped on error (questions as failed, never as caption errors); the worker goes on either
+way. Out of GPU memory also halves the caption batch for the ticks that follow. `in_flight` is how many
+pairs were taken and are neither published nor dropped yet: queued, in-flight, captioned and dropped
+pairs add up to the pairs made.
 
 `rate_hz` is captions a second under either policy: a tick that takes n pairs (a batch under `all`) is
 followed by none for n/rate_hz seconds, so a backlog is captioned in batches yet never faster than
@@ -35,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.stream.batching import PairQueue
 from clip_vlm_core.stream.logs import PythonLogSink, ThrottledLog
@@ -46,9 +50,10 @@ WAIT_SLICE_S = 0.05  # how long one wait for a pair lasts before the stop flag i
 
 
 class Captioner(Protocol):
-    def caption(self, batch: Sequence[Mapping[str, Any]], **decoding: Any) -> list[str]: ...
+    def caption(self, batch: Sequence[Mapping[str, Any]], decoding: DecodingConfig | None = None) -> list[str]: ...
 
-    def ask(self, batch: Sequence[Mapping[str, Any]], questions: Sequence[str], **decoding: Any) -> list[str]: ...
+    def ask(self, batch: Sequence[Mapping[str, Any]], questions: Sequence[str],
+            decoding: DecodingConfig | None = None) -> list[str]: ...
 
     def decode_frames(self, images: Sequence[EncodedImage]) -> list[Any]:
         """Each encoded frame decoded for this captioner, or the exception that stopped it."""
@@ -70,7 +75,7 @@ class CaptionWorker:
         batch_size: int,
         newest_stamp_ns: Callable[[], int | None],
         source_clock_ns: Callable[[], int],
-        decoding: Mapping[str, Any] | None = None,
+        decoding: DecodingConfig | None = None,
         questions: QuestionQueue | None = None,
         answer: Answer | None = None,
         log: ThrottledLog | None = None,
@@ -80,7 +85,7 @@ class CaptionWorker:
         self.stats = stats
         self.publish = publish
         self.rate_hz = rate_hz  # read every tick, so the node may change it live
-        self.decoding = dict(decoding or {})
+        self.decoding = decoding or DecodingConfig()  # read every batch, so the node may change it live
         self.batch_limit = 1 if queue.policy == "latest" else batch_size
         self.in_flight = 0
         self._newest_stamp_ns = newest_stamp_ns
@@ -91,6 +96,8 @@ class CaptionWorker:
         self.answer = answer
         self.question_batch = batch_size  # questions are answered in batches under either policy
         self.log = log or ThrottledLog(PythonLogSink(logging.getLogger(__name__)))
+        self._caption_ledger = _CaptionLedger(self)
+        self._question_ledger = _QuestionLedger(self)
         self.taken = 0  # pairs the last tick took (its share of the rate)
         self._caption_s = 0.0  # how long the last caption batches took (moving average)
         self._per_question_s = 0.0  # how long a question took in the last answer batches (moving average)
@@ -153,6 +160,21 @@ class CaptionWorker:
             return self.question_batch
         return max(1, min(self.question_batch, int(self._caption_s / self._per_question_s + 1e-9)))
 
+    def tick(self) -> int:
+        """Answer waiting questions (one turn), then caption one batch if there is one; return how many
+        captions were published (`taken`: how many pairs were taken for it)."""
+        self.answer_questions(self.question_turn())
+        pairs = self.queue.take(self.batch_limit, self._newest_stamp_ns(), time.monotonic_ns())
+        self.taken = len(pairs)
+        if not pairs:
+            return 0
+        started = time.monotonic()
+        self.in_flight = len(pairs)
+        try:
+            return self._run_batch(pairs, pairs, None, self.publish, self._caption_ledger)
+        finally:
+            self._caption_s = _moving_average(self._caption_s, time.monotonic() - started)
+
     def answer_questions(self, limit: int | None = None) -> int:
         """Answer one batch of waiting questions (at most `limit`), each about its own pair; return how many
         were answered."""
@@ -163,114 +185,122 @@ class CaptionWorker:
             return 0
         started = time.monotonic()
         try:
-            return self._answer(questions)
+            return self._run_batch(questions, [q.pair for q in questions], [q.text for q in questions], self.answer,
+                                   self._question_ledger)
         finally:
             self._per_question_s = _moving_average(self._per_question_s, (time.monotonic() - started) / len(questions))
 
-    def _answer(self, questions: list[Question]) -> int:
+    def _run_batch(self, items: list, pairs: list[FramePair], questions: list[str] | None,
+                   deliver: Callable[[Any, str], None], ledger: _Ledger) -> int:
+        """The one batch routine: decode the pairs' still-encoded frames in one call, run the model once for
+        the items whose frames decoded (captions, or answers to `questions`), deliver each result; what goes
+        wrong is counted in `ledger`. Returns how many results were delivered."""
         try:
-            samples, bad = self._decoded_images([q.pair for q in questions])
+            samples = [dict(pair.images) for pair in pairs]  # still-encoded frames are decoded in place
+            encoded = [(n, view) for n, sample in enumerate(samples) for view, image in sample.items()
+                       if isinstance(image, EncodedImage)]
+            decoded = self.captioner.decode_frames([samples[n][view] for n, view in encoded]) if encoded else []
+            bad: dict[int, list[tuple[str, str]]] = {}  # by item: (view, why) of each frame that would not decode
+            for (n, view), image in zip(encoded, decoded, strict=True):
+                if isinstance(image, Exception):
+                    bad.setdefault(n, []).append((view, str(image)))
+                else:
+                    samples[n][view] = image
             if bad:
-                self.questions.failed(len(bad))
-                self.log.warning(f"{len(bad)} question(s) not answered: a frame of their pair would not decode "
-                                 f"({next(iter(bad.values()))[0][1]})", key="question_frame_bad")
-                questions = [q for n, q in enumerate(questions) if n not in bad]
-                samples = [s for n, s in enumerate(samples) if n not in bad]
-            if not questions:
+                ledger.frames_bad(bad)
+                keep = [n for n in range(len(items)) if n not in bad]
+                items, samples = [items[n] for n in keep], [samples[n] for n in keep]
+                questions = None if questions is None else [questions[n] for n in keep]
+            if not items:
                 return 0
-            answers = self.captioner.ask(samples, [q.text for q in questions], **self.decoding)
-        except Exception as exc:  # like a failed caption: counted and logged, the worker goes on
-            self._question_failed(f"{type(exc).__name__}: {exc}", len(questions), "answering")
-            return 0
-        answered = 0
-        for question, answer in zip(questions, answers, strict=True):
-            try:
-                self.answer(question, answer)
-            except Exception as exc:  # one answer that cannot go out must not end the worker thread
-                self._question_failed(f"publishing: {type(exc).__name__}: {exc}", 1, "publishing an answer")
-                continue
-            self.questions.answered(question, time.monotonic_ns())
-            answered += 1
-        return answered
-
-    def _question_failed(self, error: str, count: int, doing: str) -> None:
-        self.questions.failed(count)
-        self.stats.inference_failed(error[:300], 0)  # an inference error, but no pair was lost
-        self.log.warning(f"{doing} failed for {count} question(s): {error[:300]}", key=f"question_failed:{doing}")
-
-    def tick(self) -> int:
-        """Answer waiting questions (one turn), then caption one batch if there is one; return how many
-        captions were published (`taken`: how many pairs were taken for it)."""
-        self.answer_questions(self.question_turn())
-        pairs = self.queue.take(self.batch_limit, self._newest_stamp_ns(), time.monotonic_ns())
-        self.taken = len(pairs)
-        if not pairs:
-            return 0
-        started = time.monotonic()
-        try:
-            return self._caption(pairs)
-        finally:
-            self._caption_s = _moving_average(self._caption_s, time.monotonic() - started)
-
-    def _caption(self, pairs: list[FramePair]) -> int:
-        self.in_flight = len(pairs)
-        try:
-            samples, pairs = self._decoded(pairs)
-            if not pairs:
-                return 0
-            captions = self.captioner.caption(samples, **self.decoding)
-        except Exception as exc:  # a failed batch must not stop the stream; it is counted and logged
-            if _is_out_of_memory(exc) and self.batch_limit > 1:
-                self.batch_limit = max(1, self.batch_limit // 2)
-                self.stats.batch_halvings += 1
-            self._failed(f"{type(exc).__name__}: {exc}", len(pairs), "captioning")
-            return 0
-        published = 0
-        for pair, caption in zip(pairs, captions, strict=True):
-            try:
-                self.publish(pair, caption)
-            except Exception as exc:  # one caption that cannot go out must not end the worker thread
-                self._failed(f"publishing: {type(exc).__name__}: {exc}", 1, "publishing a caption")
-                continue
-            self.stats.caption_published(self._source_clock_ns() - pair.stamp_ns, time.monotonic_ns() - pair.received_ns,
-                                         pair.stamp_ns)
-            self.in_flight -= 1
-            published += 1
-        return published
-
-    def _failed(self, error: str, pairs_lost: int, doing: str) -> None:
-        self.stats.inference_failed(error[:300], pairs_lost)
-        self.in_flight -= pairs_lost
-        self.log.warning(f"{doing} failed for {pairs_lost} pair(s): {error[:300]}", key=f"caption_failed:{doing}")
-
-    def _decoded_images(self, pairs: list[FramePair]) -> tuple[list[dict[str, Any]], dict[int, list[tuple[str, str]]]]:
-        """The pairs' images with every encoded frame decoded (one call for the whole batch), and the
-        (view, reason) of each frame that would not, by pair index."""
-        encoded = [(p, view) for p, pair in enumerate(pairs) for view, image in pair.images.items()
-                   if isinstance(image, EncodedImage)]
-        samples = [dict(pair.images) for pair in pairs]
-        bad: dict[int, list[tuple[str, str]]] = {}
-        if not encoded:
-            return samples, bad
-        decoded = self.captioner.decode_frames([pairs[p].images[view] for p, view in encoded])
-        for (p, view), image in zip(encoded, decoded, strict=True):
-            if isinstance(image, Exception):
-                bad.setdefault(p, []).append((view, str(image)))
+            if questions is None:
+                texts = self.captioner.caption(samples, decoding=self.decoding)
             else:
-                samples[p][view] = image
-        return samples, bad
+                texts = self.captioner.ask(samples, questions, decoding=self.decoding)
+        except Exception as exc:  # a failed batch must not stop the stream; it is counted and logged
+            ledger.inference_failed(exc, len(items))
+            return 0
+        delivered = 0
+        for item, text in zip(items, texts, strict=True):
+            try:
+                deliver(item, text)
+            except Exception as exc:  # one result that cannot go out must not end the worker thread
+                ledger.publish_failed(exc)
+                continue
+            ledger.delivered(item)
+            delivered += 1
+        return delivered
 
-    def _decoded(self, pairs: list[FramePair]) -> tuple[list[dict[str, Any]], list[FramePair]]:
-        """The pairs' images decoded, and the pairs that remain: a pair with a frame that does not decode
-        is counted and left out."""
-        samples, bad = self._decoded_images(pairs)
-        if bad:
-            self.stats.frames_found_bad([frame for frames in bad.values() for frame in frames], len(bad))
-            self.in_flight -= len(bad)
-            self.log.warning(f"{len(bad)} pair(s) dropped: a frame would not decode "
-                             f"({next(iter(bad.values()))[0][1]})", key="pair_frame_bad")
-        keep = [p for p in range(len(pairs)) if p not in bad]
-        return [samples[p] for p in keep], [pairs[p] for p in keep]
+
+class _Ledger(Protocol):
+    """What the batch routine counts, by the kind of work it runs."""
+
+    def frames_bad(self, bad: dict[int, list[tuple[str, str]]]) -> None: ...
+
+    def inference_failed(self, exc: Exception, count: int) -> None: ...
+
+    def publish_failed(self, exc: Exception) -> None: ...
+
+    def delivered(self, item: Any) -> None: ...
+
+
+class _CaptionLedger:
+    """Captions: pairs taken leave `in_flight` as published or dropped; errors go to the stream's stats."""
+
+    def __init__(self, worker: CaptionWorker) -> None:
+        self.worker, self.stats, self.log = worker, worker.stats, worker.log
+
+    def frames_bad(self, bad: dict[int, list[tuple[str, str]]]) -> None:
+        self.stats.frames_found_bad([frame for frames in bad.values() for frame in frames], len(bad))
+        self.worker.in_flight -= len(bad)
+        self.log.warning(f"{len(bad)} pair(s) dropped: a frame would not decode ({next(iter(bad.values()))[0][1]})",
+                         key="pair_frame_bad")
+
+    def inference_failed(self, exc: Exception, count: int) -> None:
+        if _is_out_of_memory(exc) and self.worker.batch_limit > 1:
+            self.worker.batch_limit = max(1, self.worker.batch_limit // 2)
+            self.stats.batch_halvings += 1
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        self.stats.inference_failed(error, count)
+        self.worker.in_flight -= count
+        self.log.warning(f"captioning failed for {count} pair(s): {error}", key="caption_failed:captioning")
+
+    def publish_failed(self, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        self.stats.publish_failed(error)
+        self.worker.in_flight -= 1
+        self.log.warning(f"publishing a caption failed for 1 pair(s): {error}", key="caption_failed:publishing")
+
+    def delivered(self, pair: FramePair) -> None:
+        self.stats.caption_published(self.worker._source_clock_ns() - pair.stamp_ns,
+                                     time.monotonic_ns() - pair.received_ns, pair.stamp_ns)
+        self.worker.in_flight -= 1
+
+
+class _QuestionLedger:
+    """Questions: every failure is the question's own (QuestionQueue's counters), never a caption error."""
+
+    def __init__(self, worker: CaptionWorker) -> None:
+        self.questions, self.log = worker.questions, worker.log
+
+    def frames_bad(self, bad: dict[int, list[tuple[str, str]]]) -> None:
+        self.questions.failed(len(bad), next(iter(bad.values()))[0][1])
+        self.log.warning(f"{len(bad)} question(s) not answered: a frame of their pair would not decode "
+                         f"({next(iter(bad.values()))[0][1]})", key="question_frame_bad")
+
+    def inference_failed(self, exc: Exception, count: int) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        self.questions.failed(count, error)
+        self.log.warning(f"answering failed for {count} question(s): {error}", key="question_failed:answering")
+
+    def publish_failed(self, exc: Exception) -> None:
+        error = f"publishing: {type(exc).__name__}: {exc}"[:300]
+        self.questions.failed(1, error)
+        self.log.warning(f"publishing an answer failed for 1 question(s): {error}",
+                         key="question_failed:publishing an answer")
+
+    def delivered(self, question: Question) -> None:
+        self.questions.answered(question, time.monotonic_ns())
 
 
 def _moving_average(average: float, sample: float) -> float:

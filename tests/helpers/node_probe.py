@@ -5,6 +5,8 @@
 
 Plan steps (run in order):
   pairs        count, rate, width, height: front/back pairs with equal stamps (wall clock)
+  pairs_until  frames, rate, width, height, timeout: pairs until the node's /diagnostics say it has taken
+               `frames` frames in all (the views' .received summed): on a loaded machine some never reach it
   front_only   seconds, rate: only CAM_FRONT, so CAM_BACK goes silent
   bad          view, what, paired (also good frames of the other views): undecodable | empty | zero_size | unknown_encoding | short_buffer | odd_size |
                bomb (a 20000x20000 PNG of 49 kB) | raw_bomb (a 20000x20000 rgb8 header on a short buffer) |
@@ -64,6 +66,7 @@ class Probe(Node):
         self.markers: list[dict] = []
         self.captions: list[str] = []
         self.diagnostics: dict[str, str] = {}
+        self.diagnostics_stamp_ns = 0  # the node's clock when it made them
         self.diagnostics_level = -1
         self.diagnostics_message = ""
         self.offset_ns = 0
@@ -99,6 +102,7 @@ class Probe(Node):
         for status in msg.status:
             if status.name.startswith("clip_vlm"):
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
+                self.diagnostics_stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
                 self.diagnostics_level = int.from_bytes(status.level, "little")
                 self.diagnostics_message = status.message
 
@@ -166,6 +170,18 @@ class Probe(Node):
                                                            (i * 37) % 256))
                 self.sent_pairs.append(stamp)
                 self.spin_for(period)
+        elif kind == "pairs_until":
+            end = time.monotonic() + step.get("timeout", 120.0)
+            i = 0
+            while self.frames_taken() < step["frames"] and time.monotonic() < end:
+                for _ in range(100):  # between looks at /diagnostics (once a second from the node)
+                    stamp, header = self.stamp()
+                    for view in VIEWS:
+                        self.pubs[view].publish(self.image_msg(header, step.get("width", 320), step.get("height", 180),
+                                                               (i * 37) % 256))
+                    self.sent_pairs.append(stamp)
+                    i += 1
+                    self.spin_for(1.0 / step.get("rate", 10.0))
         elif kind == "front_only":
             end = time.monotonic() + step["seconds"]
             while time.monotonic() < end:
@@ -224,6 +240,9 @@ class Probe(Node):
         else:
             raise SystemExit(f"unknown plan step {kind!r}")
 
+    def frames_taken(self) -> int:
+        return sum(int(self.diagnostics.get(f"{view}.received", "0")) for view in VIEWS)
+
     def wait_at_rest(self, timeout: float) -> None:
         end = time.monotonic() + timeout
         last, since = None, time.monotonic()
@@ -263,6 +282,7 @@ def main() -> int:
             "captioned_images": probe.captioned_images,
             "answers": probe.answers,
             "diagnostics": probe.diagnostics,
+            "diagnostics_stamp_ns": probe.diagnostics_stamp_ns,
             "diagnostics_level": probe.diagnostics_level,
             "diagnostics_message": probe.diagnostics_message,
             "waits": probe.waits,

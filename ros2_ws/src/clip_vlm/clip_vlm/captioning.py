@@ -32,6 +32,7 @@ from visualization_msgs.msg import Marker
 from clip_vlm import messages, parameters
 from clip_vlm.inputs import TopicInput
 from clip_vlm.ros_logging import RclpyLogSink, forward_library_logging, stop_forwarding
+from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.limits import check_question
@@ -89,8 +90,8 @@ class Captioning:
         logger.info(f"model {self.captioner.model_name} on {self.captioner.device}, views {list(self.config.views)}")
         inference = self.captioner.inference or {"settings": "transformers' generate() as is (fast_inference false)"}
         logger.info("inference: " + "; ".join(f"{k} {v}" for k, v in inference.items()))
-        decoding = vars(self.captioner.decoding_in_effect(**self.config.decoding()))  # the model's EOS ids, penalty
-        logger.info("decoding: " + ", ".join(f"{k} {v}" for k, v in decoding.items()))
+        decoding = self.captioner.decoding_in_effect(self.config.decoding())  # the model's EOS ids, penalty
+        logger.info("decoding: " + ", ".join(f"{k} {v}" for k, v in vars(decoding).items()))
         self.stats = StreamStats(self.config.views)
         self.questions = QuestionQueue(self.config.question_queue_size)
 
@@ -351,5 +352,5 @@ def _load_captioner(config: CaptionNodeConfig):
         captioner.optimize_for_inference()
     # One caption at start-up, from JPEG bytes as frames arrive, so the first real frame does not pay
     # for lazy initialisation (on a GPU, nvJPEG's too).
-    captioner.caption([dict.fromkeys(captioner.views, black_jpeg(64, 64))], max_new_tokens=2)
+    captioner.caption([dict.fromkeys(captioner.views, black_jpeg(64, 64))], decoding=DecodingConfig(max_new_tokens=2))
     return captioner

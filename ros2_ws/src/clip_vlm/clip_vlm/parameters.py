@@ -40,10 +40,10 @@ def declare_parameters(node: Node) -> CaptionNodeConfig:
     return config
 
 
-def as_declared_types(parameters: list[Parameter]) -> list[Parameter]:
+def as_declared_types(parameter_list: list[Parameter]) -> list[Parameter]:
     """The same parameters, with an integer given for a float parameter turned into that float."""
     out = []
-    for parameter in parameters:
+    for parameter in parameter_list:
         spec = SPECS.get(parameter.name)
         if spec is not None and _is_float(spec) and parameter.type_ == Parameter.Type.INTEGER:
             parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
@@ -51,12 +51,12 @@ def as_declared_types(parameters: list[Parameter]) -> list[Parameter]:
     return out
 
 
-def refusal(parameters: list[Parameter]) -> str | None:
+def refusal(parameter_list: list[Parameter]) -> str | None:
     """One sentence naming the first value of the wrong kind or out of range, else None.
 
     Checked before rclpy's own checks, whose words would be "Wrong parameter type, expected '3' got '4'".
     """
-    for parameter in parameters:
+    for parameter in parameter_list:
         if parameter.name in SPECS:
             try:
                 validate_parameters({parameter.name: parameter.value})

@@ -1,31 +1,8 @@
-"""`make demo`: the whole system on a synthetic nuScenes scene, end to end.
-
-1. synthesise a small nuScenes scene whose content is known   (clip-vlm data synth)
-2. convert it to a rosbag2 bag in bags/                        (clip-vlm bag convert --captions)
-3. start caption_node with the embedded default model          (ros2 run clip_vlm caption_node)
-4. replay the bag into it                                      (clip-vlm bag play)
-5. print each caption as it arrives beside the ground truth, with its latency
-6. ask a few questions about the scene on /scene_question; print each answer beside the truth
-7. write an HTML report (frames, truth, caption, latency and drop figures, questions and answers)
-8. stop everything it started
-
-Like `bag play`, this is an application on top of the core: rclpy is imported only inside `run`.
-
-Nothing may be lost on a busy machine. The player starts once every topic it plays has a subscriber,
-or once no new subscriber has come for half a second after the first: measured beside eight CPU-bound
-processes, the node's subscriptions were discovered seconds after this script's own, so a listener of
-the camera topics here let the replay start early and the node lost its first keyframes (1 to 4 of 12).
-So the demo plays only the topics it needs, each with a subscriber it knows of: the camera topics, which
-only the node subscribes to, and the ground truth (/scene_caption_gt, published with each keyframe), which
-only this script subscribes to and times frames by; the player then waits for all three. It also waits for
-the node's question subscription before asking, and every publisher that ends (the player's, the
-questions', the node's) waits for its messages to be acknowledged first.
-"""
+"""`make demo`, step by step (what each step does: clip_vlm_core.demo)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -36,12 +13,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clip_vlm_core import demo as demo_package
+from clip_vlm_core.config import DEFAULT_VIEWS
+from clip_vlm_core.demo.report import Asked, Keyframe, latency_line, render_report
+from clip_vlm_core.demo.scene import convert, synthesise
 from clip_vlm_core.errors import UserError
 
-VIEWS = ("CAM_FRONT", "CAM_BACK")
 # What the demo plays: what the node subscribes to, and the truth this script times keyframes by. The player
 # waits until each has a subscriber.
-CAMERA_TOPICS = tuple(f"/{view}/image_raw/compressed" for view in VIEWS)
+CAMERA_TOPICS = tuple(f"/{view}/image_raw/compressed" for view in DEFAULT_VIEWS)
 TRUTH_TOPIC = "/scene_caption_gt"
 PLAYED_TOPICS = (*CAMERA_TOPICS, TRUTH_TOPIC)
 # Question types the demo asks about, in held-out phrasings (the embedded model never trained on them).
@@ -55,24 +35,6 @@ class StepFailed(Exception):
 
 
 @dataclass
-class Keyframe:
-    stamp_ns: int
-    images: dict[str, Path]
-    truth: str
-    token: str = ""
-    caption: str | None = None
-    latency_ms: float | None = None
-
-
-@dataclass
-class Asked:
-    question: str
-    truth: str
-    answer: str | None = None
-    latency_ms: float | None = None
-
-
-@dataclass
 class Demo:
     out: Path
     bags: Path
@@ -81,8 +43,7 @@ class Demo:
     rate: float
     model: str
     timeout_s: float
-    keyframes: dict[int, Keyframe] = field(default_factory=dict)
-    questions: dict[str, list[dict]] = field(default_factory=dict)  # sample token -> held-out qa pairs
+    keyframes: dict[int, Keyframe] = field(default_factory=dict)  # the scene's, by stamp (ns)
     asked: list[Asked] = field(default_factory=list)
     diagnostics: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen] = field(default_factory=list)
@@ -92,67 +53,6 @@ def _bin(name: str) -> str:
     """A console script of this environment (the venv's), falling back to PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
-
-
-def synthesise(demo: Demo) -> tuple[Path, str]:
-    from clip_vlm_core.data.synthetic import QA_HELD_OUT_FILE, generate_synthetic_nuscenes
-
-    data = generate_synthetic_nuscenes(demo.out / "nuscenes", scenes=1, samples_per_scene=demo.samples,
-                                       seed=demo.seed, overwrite=True, show_progress=False)
-    from clip_vlm_core.data.nuinteract import load_nuinteract, target_caption
-
-    scene = data.scene_names[0]
-    records = load_nuinteract(data.captions)  # the one reader, as the bag's /scene_caption_gt is made
-    from nuscenes.nuscenes import NuScenes
-
-    nusc = NuScenes("v1.0-mini", str(data.root), verbose=False)
-    for sample in nusc.sample:
-        front = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
-        images = {v: data.root / nusc.get("sample_data", sample["data"][v])["filename"] for v in VIEWS}
-        demo.keyframes[front["timestamp"] * 1000] = Keyframe(front["timestamp"] * 1000, images,
-                                                            target_caption(records, sample["token"]), sample["token"])
-    for line in (data.root / QA_HELD_OUT_FILE).read_text().splitlines():
-        pair = json.loads(line)
-        demo.questions.setdefault(pair["token"], []).append(pair)
-    print(f"      {len(demo.keyframes)} keyframes of {scene} (seed {demo.seed}) in {data.root}")
-    return data.root, scene
-
-
-def convert(demo: Demo, root: Path, scene: str) -> Path:
-    from clip_vlm_core.bags import BagConvertOptions, convert_scene, load_nuscenes
-
-    target = demo.bags / scene
-    record = demo.out / DEMO_BAG_RECORD
-    if target.exists() and _bag_fingerprint(target) != _recorded(record, target):
-        # The synthetic scenes borrow nuScenes' scene names: bags/scene-0061 may be a real scene's bag.
-        raise UserError(f"{target} exists and was not written by an earlier demo; move it, or give the demo "
-                        f"another folder with --bags DIR")
-    options = BagConvertOptions(captions=root / "nuinteract", overwrite=True, progress=False)
-    bag = convert_scene(load_nuscenes(root, "v1.0-mini"), scene, demo.bags, options)
-    from clip_vlm_core.atomic import write_text
-
-    write_text(record, json.dumps({str(bag.resolve()): _bag_fingerprint(bag)}))
-    print(f"      {bag}  (replay it yourself: clip-vlm bag play {bag})")
-    return bag
-
-
-DEMO_BAG_RECORD = "bag.json"  # which bag the demo wrote last, and its metadata's digest
-
-
-def _bag_fingerprint(bag: Path) -> str | None:
-    import hashlib
-
-    try:
-        return hashlib.sha256((bag / "metadata.yaml").read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _recorded(record: Path, bag: Path) -> str | None:
-    try:
-        return json.loads(record.read_text()).get(str(bag.resolve()))
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def start_node(demo: Demo, env: dict[str, str]) -> subprocess.Popen:
@@ -186,10 +86,13 @@ def run(demo: Demo) -> int:
     step = "1/8 synthesise a nuScenes scene"
     try:
         print(f"[{step}]")
-        root, scene = synthesise(demo)
+        scene = synthesise(demo.out, demo.samples, demo.seed)
+        demo.keyframes = scene.keyframes
+        print(f"      {len(scene.keyframes)} keyframes of {scene.name} (seed {demo.seed}) in {scene.root}")
         step = "2/8 convert it to a rosbag2 bag"
         print(f"[{step}]")
-        bag = convert(demo, root, scene)
+        bag = convert(scene, demo.bags, demo.out)
+        print(f"      {bag}  (replay it yourself: clip-vlm bag play {bag})")
 
         step = "3/8 start caption_node"
         print(f"[{step}]  model: {demo.model or 'embedded default'}; log: {demo.out / 'caption_node.log'}")
@@ -251,19 +154,18 @@ def run(demo: Demo) -> int:
         step = "6/8 ask about the scene"
         last = max(demo.keyframes.values(), key=lambda k: k.stamp_ns)
         print(f"[{step}]  about the freshest frames (keyframe {len(demo.keyframes)}), on /scene_question")
-        ask_questions(demo, last, question_pub, answers, executor, step)
+        ask_questions(demo, scene.questions.get(last.token, []), question_pub, answers, executor, step)
         question_pub.wait_for_all_acked(_duration(demo.timeout_s))  # before this publisher goes
-        right = sum(_answer_right(a) for a in demo.asked)
-        answer_ms = sorted(a.latency_ms for a in demo.asked if a.latency_ms is not None)
-        print(f"      {right}/{len(demo.asked)} answers right; answer latency p50 {_pct(answer_ms, 50):.0f} ms")
+        right = sum(a.right() for a in demo.asked)
+        print(f"      {right}/{len(demo.asked)} answers right; answer latency "
+              f"{latency_line((a.latency_ms for a in demo.asked), 50)}")
 
         step = "7/8 write the report"
         print(f"[{step}]")
-        report = write_report(demo, scene)
-        latencies = sorted(k.latency_ms for k in demo.keyframes.values() if k.latency_ms is not None)
-        correct = sum(right == total for right, total in map(_facts_right, demo.keyframes.values()))
+        report = write_report(demo, scene.name)
+        correct = sum(right == total for right, total in (k.facts_right() for k in demo.keyframes.values()))
         print(f"      {len(demo.keyframes)}/{len(demo.keyframes)} keyframes captioned; all facts right in "
-              f"{correct}; end-to-end latency p50 {_pct(latencies, 50):.0f} ms, p95 {_pct(latencies, 95):.0f} ms")
+              f"{correct}; end-to-end latency {latency_line((k.latency_ms for k in demo.keyframes.values()), 50, 95)}")
         print(f"      report: {report}")
         step = "8/8 stop everything"
         print(f"[{step}]")
@@ -280,11 +182,11 @@ def run(demo: Demo) -> int:
             rclpy.shutdown()
 
 
-def ask_questions(demo: Demo, keyframe: Keyframe, question_pub, answers: list, executor, step: str) -> None:
+def ask_questions(demo: Demo, held_out: list[dict], question_pub, answers: list, executor, step: str) -> None:
     """One question at a time (answers carry no id, so each waits for its answer), printed with the truth."""
     from std_msgs.msg import String
 
-    pairs = {p["type"]: p for p in demo.questions.get(keyframe.token, [])}
+    pairs = {p["type"]: p for p in held_out}
     matched_by = time.monotonic() + demo.timeout_s
     while question_pub.get_subscription_count() == 0:  # a question published before that is lost
         executor.spin_once(timeout_sec=0.05)
@@ -301,15 +203,9 @@ def ask_questions(demo: Demo, keyframe: Keyframe, question_pub, answers: list, e
         asked.answer, at = answers[-1]
         asked.latency_ms = (at - sent) * 1000
         demo.asked.append(asked)
-        mark = "right" if _answer_right(asked) else "WRONG"
+        mark = "right" if asked.right() else "WRONG"
         print(f"  Q: {asked.question}\n      answer: {asked.answer:<12} truth: {asked.truth:<12} {mark}  "
               f"({asked.latency_ms:.0f} ms)")
-
-
-def _answer_right(asked: Asked) -> bool:
-    from clip_vlm_core.evaluation.qa import answers_match
-
-    return asked.answer is not None and answers_match(asked.truth, asked.answer)
 
 
 def _ns(stamp) -> int:
@@ -354,58 +250,18 @@ def _on_caption(demo: Demo, marker, arrivals: dict[int, float]) -> None:
     if stamp in arrivals:
         keyframe.latency_ms = (time.monotonic() - arrivals[stamp]) * 1000
     done = sum(k.caption is not None for k in demo.keyframes.values())
-    right, total = _facts_right(keyframe)
+    right, total = keyframe.facts_right()
     latency = f"{keyframe.latency_ms:5.0f} ms" if keyframe.latency_ms is not None else "    ? ms"
     print(f"  [{done:2d}/{len(demo.keyframes)}] latency {latency}   facts right {right}/{total}")
     print(f"      truth:   {keyframe.truth}")
     print(f"      caption: {keyframe.caption}")
 
 
-def _facts_right(keyframe: Keyframe) -> tuple[int, int]:
-    from clip_vlm_core.data.scene_facts import parse_facts
-
-    truth, said = parse_facts(keyframe.truth), parse_facts(keyframe.caption or "")
-    return sum(said.get(k) == v for k, v in truth.items()), len(truth)
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
 def write_report(demo: Demo, scene: str) -> Path:
-    import html
-
-    from clip_vlm_core.data.gallery import thumbnail_uri
-
-    rows = []
-    for k in sorted(demo.keyframes.values(), key=lambda k: k.stamp_ns):
-        right, total = _facts_right(k)
-        thumbs = "".join(f'<figure><img src="{thumbnail_uri(k.images[v], 320)}"><figcaption>{v}</figcaption></figure>'
-                         for v in VIEWS)
-        latency = f"{k.latency_ms:.0f} ms" if k.latency_ms is not None else "n/a"
-        rows.append(f"<tr><td>{thumbs}</td><td><b>truth</b> {html.escape(k.truth)}<br><b>caption</b> "
-                    f"{html.escape(k.caption or '')}<br><small>facts right {right}/{total} · latency {latency} · "
-                    f"stamp {k.stamp_ns}</small></td></tr>")
-    figures = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>"
-                      for key, value in sorted(demo.diagnostics.items()))
-    asked = "".join(f"<tr><td>{html.escape(a.question)}</td><td>{html.escape(a.answer or '')}</td>"
-                    f"<td>{html.escape(a.truth)}</td><td>{'right' if _answer_right(a) else 'WRONG'}</td>"
-                    f"<td>{a.latency_ms or 0:.0f} ms</td></tr>" for a in demo.asked)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>clip-vlm demo: {scene}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td{{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}}
-td:first-child{{white-space:nowrap}}
-figure{{display:inline-block;margin:0 6px 0 0}} figcaption{{font-size:11px;color:#666}}</style></head><body>
-<h1>clip-vlm demo: {scene}</h1><p>caption_node (model: {html.escape(demo.model or 'embedded default')}) fed by
-<code>clip-vlm bag play</code>; latency is from the arrival of the keyframe's ground truth, which the replay
-publishes with its frames, to its caption's arrival, both seen by the same listener.</p><h2>Keyframes</h2><table>{''.join(rows)}</table>
-<h2>Questions about the last keyframe (/scene_question to /scene_answer)</h2><table><tr><th>question</th>
-<th>answer</th><th>truth</th><th></th><th>latency</th></tr>{asked}</table>
-<h2>Node figures (last /diagnostics)</h2><table>{figures}</table></body></html>"""
     from clip_vlm_core.atomic import write_text
 
     path = demo.out / "report.html"
+    page = render_report(scene, demo.model, demo.keyframes.values(), demo.asked, demo.diagnostics)
     write_text(path, page)  # the shared atomic writer: a full disk leaves the previous report whole
     return path
 
@@ -447,7 +303,7 @@ def prepare_model(out: Path, model: str, clip: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clip_vlm_core.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m clip_vlm_core.demo", description=demo_package.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="work folder (default %(default)s)")
     parser.add_argument("--bags", type=Path, default=Path("bags"), help="where the bag goes (default %(default)s/)")
