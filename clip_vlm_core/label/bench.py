@@ -66,7 +66,7 @@ def plain_loop(bags: list[Path], checkpoint: str | None, batch_size: int, decodi
 
     started = time.perf_counter()
     captioner = SceneCaptioner.from_pretrained(checkpoint, "cpu")
-    settings = dataclasses.asdict(captioner.decoding_in_effect(**dataclasses.asdict(decoding)))
+    settings = captioner.decoding_in_effect(decoding)
     pairs, first_done, first_pairs = 0, None, 0
 
     def caption(batch: list) -> None:
@@ -75,7 +75,7 @@ def plain_loop(bags: list[Path], checkpoint: str | None, batch_size: int, decodi
         flat = [image for s in samples for image in s.values()]
         decoded = iter(captioner.decode_frames(flat))
         samples = [{view: next(decoded) for view in s} for s in samples]
-        captioner.caption(samples, **settings)
+        captioner.caption(samples, decoding=settings)
         pairs += len(batch)
         if first_done is None:
             first_done, first_pairs = time.perf_counter(), pairs
@@ -156,10 +156,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _report(measured: dict[tuple[str, int], list[Measure]], runs: list[tuple[str, int]]) -> None:
+    from clip_vlm_core.latency import percentile
+
     def median(values: list[float]) -> float:
-        values = sorted(values)
-        middle = len(values) // 2
-        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+        return percentile(values, 50)
 
     base = median([m.rate for m in measured[("loop", 0)]])
     print(f"\nmedians of {len(measured[runs[0]])} rounds (steady state; Ray's start-up and first rows apart)")

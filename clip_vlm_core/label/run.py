@@ -104,7 +104,6 @@ def label(inputs: Sequence[str | Path], out: str | Path, settings: LabelSettings
     return result
 
 
-
 def _guarded_models(settings: LabelSettings) -> dict[str, Path | str | None]:
     """The model's files, which LABELS may not be or hold (the output guard; the bags: refuse_overlap)."""
     from clip_vlm_core.model.model_refs import embedded_assets
