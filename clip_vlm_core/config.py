@@ -163,6 +163,12 @@ class DecodingConfig:
             raise UserError(f"unknown decoding setting(s) {unknown}; see DecodingConfig")
         return dataclasses.replace(self, **overrides) if overrides else self
 
+    def record(self) -> dict[str, Any]:
+        """Every setting by name, JSON-ready (EOS ids as a list): what a log line or a label records."""
+        record = dataclasses.asdict(self)
+        record["eos_token_ids"] = list(self.eos_token_ids or ())
+        return record
+
     def generate_kwargs(self) -> dict[str, Any]:
         """generate() arguments, every one explicit; unset (None) ones are left to the model's config."""
         kwargs: dict[str, Any] = {

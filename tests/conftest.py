@@ -46,6 +46,33 @@ def synthetic_manifest(synthetic_nuscenes, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def scene_bags(tmp_path_factory) -> list[Path]:
+    """Three bags written by `clip-vlm bag convert` from synthetic scenes (keyframes and 2 sweeps between them,
+    front and back cameras): 10 frame pairs each. Read-only: copy one to change it."""
+    from clip_vlm_core.cli import main
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    root = tmp_path_factory.mktemp("scene_bags")
+    generate_synthetic_nuscenes(root / "nuscenes", scenes=3, samples_per_scene=4, sweeps=2, seed=3, show_progress=False)
+    assert main(["bag", "convert", "--dataroot", str(root / "nuscenes"), "--all", "--sweeps",
+                 "--out", str(root / "bags")]) == 0
+    return sorted((root / "bags").iterdir())
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Ray on this machine for the label tests, started once: 2 CPUs, no dashboard, quiet. Only the tests that
+    take this fixture start Ray; nothing else in the suite imports it."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    # address="local": a Ray of its own, whatever `ray start` runs (or left behind) on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 # -- models shared across the session, read-only --------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> dict[str, Path]:

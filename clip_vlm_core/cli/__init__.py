@@ -17,7 +17,7 @@ from clip_vlm_core import __version__
 from clip_vlm_core.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them. A module that is not there yet is skipped.
-SUBCOMMANDS = ("caption", "ask", "data", "train", "eval", "bag", "bench")
+SUBCOMMANDS = ("caption", "ask", "data", "train", "eval", "bag", "label", "bench")  # label: also `search`
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="clip-vlm",
         description="Describe in plain language what a car's cameras see: caption images, answer questions, build data, "
-        "train, evaluate, and convert or replay nuScenes rosbags.",
+        "train, evaluate, convert or replay nuScenes rosbags, and label and search a fleet's bags.",
         epilog="Run 'clip-vlm COMMAND --help' for each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"clip-vlm {__version__}")

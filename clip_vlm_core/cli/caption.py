@@ -147,17 +147,8 @@ def log_fields(captioner, views: dict[str, Path], settings: DecodingConfig) -> d
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": captioner.model_name,
         "views": {name: str(path) for name, path in views.items()},
-        "decoding": decoding_record(settings),
+        "decoding": settings.record(),
     }
-
-
-def decoding_record(settings: DecodingConfig) -> dict:
-    """The decoding settings in effect, as a JSON-ready record (EOS ids as a list)."""
-    import dataclasses
-
-    record = dataclasses.asdict(settings)
-    record["eos_token_ids"] = list(settings.eos_token_ids or ())
-    return record
 
 
 def parse_views(specs: list[str]) -> dict[str, Path]:
