@@ -18,9 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clip_vlm_core.atomic import MARKER as MARKER_NAME
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.label.store import PART_GLOB
+from clip_vlm_core.output_guard import MARKER as MARKER_NAME
 
 WORD = re.compile(r"\w+")
 COLUMNS = ("bag", "bag_path", "bag_id", "offset_s", "stamp_ns", "log_time_ns", "frame_id", "views", "view_stamps_ns",

@@ -31,8 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clip_vlm_core.atomic import guard_output, remove_output, staged_file, write_fault, write_marker
+from clip_vlm_core.atomic import staged_file, write_fault
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.output_guard import guard_output, remove_output, write_marker
 
 WRITER = "clip-vlm label"
 PART_GLOB = "part-*.parquet"

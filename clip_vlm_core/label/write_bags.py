@@ -30,12 +30,13 @@ from typing import Any
 
 import yaml
 
-from clip_vlm_core.atomic import replace_dir, staging_area, write_marker, written_by
+from clip_vlm_core.atomic import replace_dir, staging_area
 from clip_vlm_core.bags import messages as m
 from clip_vlm_core.bags.metadata import METADATA_FILE, read_metadata
 from clip_vlm_core.bags.reader import Bag, open_bag
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.label.inputs import refuse_overlap
+from clip_vlm_core.output_guard import write_marker, written_by
 
 log = logging.getLogger(__name__)
 WRITER = "clip-vlm label"
