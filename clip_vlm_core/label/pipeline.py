@@ -40,6 +40,9 @@ from clip_vlm_core.label.write_bags import write_bags_batch
 
 log = logging.getLogger(__name__)
 OUTPUT_BLOCK_BYTES = 16 << 10  # ~50 label rows: small enough to stream, large enough to cost Ray nothing
+# Bags go out only once every worker has loaded its model: without this Ray Data hands bags to the first
+# worker ready, and a worker that loads slower (a busy node, a cold disk) may find none left.
+WORKERS_READY_S = 600
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,9 @@ def label_bags(planned: list[PlannedBag], settings: LabelSettings, store: LabelS
     order = sorted(planned, key=lambda p: -p.estimate)  # the longest bags first: the last bag ends sooner
     items = [{"path": str(p.input.path), "shown": p.input.shown} for p in order]
     context = ray.data.DataContext.get_current()
-    saved = context.target_max_block_size, context.enable_progress_bars
+    saved = context.target_max_block_size, context.enable_progress_bars, context.wait_for_min_actors_s
     context.target_max_block_size, context.enable_progress_bars = OUTPUT_BLOCK_BYTES, False
+    context.wait_for_min_actors_s = WORKERS_READY_S
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and progress lines; ours say what is done
     try:  # the context is sealed into the dataset when it is made
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -199,7 +203,7 @@ def label_bags(planned: list[PlannedBag], settings: LabelSettings, store: LabelS
             fn_constructor_kwargs={"settings": _for_workers(settings, workers), "done": done_keys(store.keys)},
         )
     finally:
-        context.target_max_block_size, context.enable_progress_bars = saved
+        context.target_max_block_size, context.enable_progress_bars, context.wait_for_min_actors_s = saved
     started = time.monotonic()
     first_at, first_pairs = None, 0
     try:
@@ -223,6 +227,9 @@ def label_bags(planned: list[PlannedBag], settings: LabelSettings, store: LabelS
                 progress.bag_done(bag, estimates.get(bag["path"], 0))
     except Exception as exc:
         found = _user_error(exc)
+        if found is None and isinstance(exc, ray.exceptions.GetTimeoutError):
+            found = UserError(f"the {workers.count} workers did not all start within {WORKERS_READY_S} s ({workers.describe()}): "
+                              f"a node is short of what a worker asks, or loading the model failed; see Ray's logs")
         if found is None:
             raise
         raise UserError(str(found)) from None
