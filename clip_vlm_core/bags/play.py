@@ -112,7 +112,7 @@ def play_bag(
             raise UserError(f"--start-offset {start_offset:g} s is past the end of bag {bag.shown}, which lasts "
                             f"{bag.duration_ns / 1e9:.2f} s")
         options = _Options(rate, loop and playable > 0, on_published, reliability, wait_for_subscribers, report,
-                           clock_hz, remap, start_when, int(start_offset * 1e9))
+                           clock_hz, remap, start_when, round(start_offset * 1e9))
         summary = _play(bag, plan, options)
         summary.skipped = skipped
         summary.played_topics = [t.name for t in plan]

@@ -12,6 +12,7 @@ Each match is the bag (its path when labelled), the pair's time in it in seconds
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -74,12 +75,17 @@ def format_hits(hits: list[dict[str, Any]], as_json: bool = False, cwd: Path | N
     shown = [_bag_shown(hit, cwd) for hit in hits]
     width = max(len("bag"), *(len(s) for s in shown))
     lines = [f"{'bag':<{width}}  {'start_offset_s':>14}  caption"]
-    lines += [f"{bag:<{width}}  {hit['offset_s']:>14.3f}  {hit['caption']}" for bag, hit in zip(shown, hits, strict=True)]
+    lines += [f"{bag:<{width}}  {_offset(hit):>14}  {hit['caption']}" for bag, hit in zip(shown, hits, strict=True)]
     total = hits[0]["matches"]
     if total > len(hits):
         lines.append(f"... and {total - len(hits):,} more (--limit 0 shows every match)")
-    lines.append(f"replay one: ros2 bag play {shown[0]} --start-offset {hits[0]['offset_s']:.3f}")
+    lines.append(f"replay one: ros2 bag play {shown[0]} --start-offset {_offset(hits[0])}")
     return "\n".join(lines)
+
+
+def _offset(hit: dict[str, Any]) -> str:
+    """Seconds into the bag to the millisecond, rounded down: a replay from there starts at or before the pair."""
+    return f"{math.floor(hit['offset_s'] * 1000) / 1000:.3f}"
 
 
 def _bag_shown(hit: dict[str, Any], cwd: Path | None) -> str:
