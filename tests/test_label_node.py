@@ -70,3 +70,37 @@ def test_a_labelled_bags_marker_is_the_nodes_marker():
         node = m.deserialize(serialize_message(caption_marker(text, stamp, frame)), "visualization_msgs/msg/Marker")
         # Re-serialized by one library, so alignment padding (left unset by rclpy) cannot differ.
         assert bytes(m.serialize(node)) == bytes(marker(text, stamp, frame))
+
+
+@pytest.mark.slow
+def test_a_search_match_replayed_with_start_offset_plays_its_own_caption_first(ray_local, scene_bags, tmp_path,
+                                                                                monkeypatch):
+    """label -> search -> bag play --start-offset: the offset search prints lands on the match's caption."""
+    import random
+
+    from clip_vlm_core.bags.play import play_bag
+    from clip_vlm_core.config import DecodingConfig
+    from clip_vlm_core.label import run
+    from clip_vlm_core.label.labeller import LabelSettings
+    from clip_vlm_core.label.search import search
+    from clip_vlm_core.label.write_bags import CAPTION_TOPIC
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randint(1, 200)))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    run.label([str(scene_bags[1])], tmp_path / "labels", LabelSettings(decoding=DecodingConfig(max_new_tokens=8)),
+              write_bags=tmp_path / "labelled", workers=1, progress=False, say=lambda _: None)
+    hits = search(tmp_path / "labels", ["it"])
+    assert len(hits) == 10
+    for hit in (hits[1], hits[5], hits[-1]):
+        played: list[int] = []
+        play_bag(tmp_path / "labelled" / scene_bags[1].name, rate=1000.0, topics=[CAPTION_TOPIC],
+                 wait_for_subscribers=0, start_offset=float(format_offset(hit)),
+                 on_published=lambda _, ns: played.append(ns))  # noqa: B023
+        assert played[0] == hit["log_time_ns"]  # the first caption played is the match's
+
+
+def format_offset(hit: dict) -> str:
+    """The offset as `clip-vlm search` prints it."""
+    from clip_vlm_core.label.search import _offset
+
+    return _offset(hit)
