@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # and load the other venv's libraries. Each run here starts without it.
 unexport _ROS_WHEELS_BOOTSTRAP_COMPLETE
 
-.PHONY: all venv venv-jazzy demo test test-jazzy test-fast lint clean embedded-model
+.PHONY: all venv venv-jazzy demo test test-slow test-all test-jazzy test-fast lint clean embedded-model
 
 all: venv
 
@@ -55,20 +55,36 @@ venv-jazzy: $(JAZZY_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m clip_vlm_core.demo
 
-# The whole suite under ROS 2 Kilted (.venv), then its `ros` tests under Jazzy (.venv-jazzy); CI runs this.
-# Both runs go on whatever the first gives, and make fails if either failed. Each run's first and last lines
-# name its distro.
-test: $(STAMP) $(JAZZY_STAMP)
+# The suite under ROS 2 Kilted (.venv), then its `ros` tests under Jazzy (.venv-jazzy), without the runs marked
+# slow: every layer (model, data, training, bags, Ray, the node over DDS) in about 8 minutes. CI runs this and
+# then test-slow. Both runs go on whatever the first gives, and make fails if either failed. Each run's first
+# and last lines name its distro.
+define run_both
 	@status=0; \
-	echo "$(BIN)/python -m pytest $(PYTEST_ARGS)"; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
-	echo "$(JAZZY_BIN)/python -m pytest -m ros $(PYTEST_ARGS)"; $(JAZZY_BIN)/python -m pytest -m ros $(PYTEST_ARGS) || status=$$?; \
+	echo "$(BIN)/python -m pytest -m '$(1)' $(PYTEST_ARGS)"; $(BIN)/python -m pytest -m "$(1)" $(PYTEST_ARGS) || status=$$?; \
+	echo "$(JAZZY_BIN)/python -m pytest -m 'ros and ($(1))' $(PYTEST_ARGS)"; \
+	$(JAZZY_BIN)/python -m pytest -m "ros and ($(1))" $(PYTEST_ARGS) || status=$$?; \
 	exit $$status
+endef
 
-# The `ros` tests under Jazzy alone (make test runs them too), e.g. PYTEST_ARGS=tests/test_node.py.
+test: $(STAMP) $(JAZZY_STAMP)
+	$(call run_both,not slow)
+
+# The end-to-end runs marked slow (floods, loads, the demo beside eight CPU-bound processes, Ray clusters),
+# under both distros: about 15 minutes more.
+test-slow: $(STAMP) $(JAZZY_STAMP)
+	$(call run_both,slow)
+
+# Everything, under both distros (test and test-slow in one pytest run each).
+test-all: $(STAMP) $(JAZZY_STAMP)
+	$(call run_both,slow or not slow)
+
+# The `ros` tests under Jazzy alone, slow ones included (make test runs the others too), e.g.
+# PYTEST_ARGS=tests/test_node.py.
 test-jazzy: $(JAZZY_STAMP)
 	$(JAZZY_BIN)/python -m pytest -m ros $(PYTEST_ARGS)
 
-# Everything but the slow end-to-end runs, for the edit-test loop (Kilted only: Jazzy's run adds ~3 min).
+# Everything but the slow end-to-end runs, under Kilted only, for the edit-test loop.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 

@@ -13,8 +13,8 @@ from ros_distro import describe_running_distro  # noqa: E402
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "ros: runs rclpy or the node over real DDS; `make test` runs these under "
-                                       "every tested ROS 2 distro (Kilted in .venv, Jazzy in .venv-jazzy)")
+    config.addinivalue_line("markers", "ros: runs rclpy or the node over real DDS; `make test` and `make test-slow` "
+                                       "run these under every tested ROS 2 distro (Kilted in .venv, Jazzy in .venv-jazzy)")
 
 
 def pytest_report_header(config) -> str:

@@ -1,7 +1,7 @@
 """The ROS 2 distros the suite runs under: each venv runs its own distro and nothing of another, and distros talk.
 
-`make test` runs the whole suite under .venv (Kilted's rclpy wheels) and the tests marked `ros` again under
-.venv-jazzy (Jazzy's). .venv-jazzy holds Jazzy's ROS wheels and links to .venv's other packages
+`make test` (and `make test-slow` for the slow ones) runs the suite under .venv (Kilted's rclpy wheels) and the
+tests marked `ros` again under .venv-jazzy (Jazzy's). .venv-jazzy holds Jazzy's ROS wheels and links to .venv's other packages
 (scripts/share_site_packages.py); the wheels of both distros share package and library names, so these tests
 check that no module or native library of the other distro is found or loaded. Humble is not tested: no
 registry reachable here has its rclpy (see the README's Tests section).

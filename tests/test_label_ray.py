@@ -18,8 +18,6 @@ from clip_vlm_core.label.labeller import LabelSettings
 from clip_vlm_core.label.pairs import bag_pairs, camera_topics
 from clip_vlm_core.label.write_bags import CAPTION_TOPIC
 
-pytestmark = pytest.mark.slow  # each run starts Ray workers that load the model (~10-20 s here)
-
 QUESTION = "What colour is the vehicle ahead?"
 FAST = DecodingConfig(max_new_tokens=12)
 
@@ -58,6 +56,7 @@ def first_run(ray_local, scene_bags, broken, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow  # a Ray run with 2 workers and --write-bags, then another
 def test_every_pair_of_every_readable_bag_is_labelled_once(first_run, scene_bags):
     out, result = first_run
     table = rows(out / "labels")
@@ -73,6 +72,7 @@ def test_every_pair_of_every_readable_bag_is_labelled_once(first_run, scene_bags
     assert row["bag_id"].startswith("sha256:") and row["offset_s"] >= 0
 
 
+@pytest.mark.slow
 def test_an_unreadable_bag_is_reported_and_the_run_goes_on(first_run, broken):
     _, result = first_run
     reasons = dict(result.skipped)
@@ -80,6 +80,7 @@ def test_an_unreadable_bag_is_reported_and_the_run_goes_on(first_run, broken):
     assert "cut short" in run.summary(result, "labels")
 
 
+@pytest.mark.slow
 def test_the_labelled_bags_hold_every_caption(first_run, scene_bags):
     out, result = first_run
     assert sorted(b["status"] for b in result.written_bags) == ["written", "written"]
@@ -89,6 +90,7 @@ def test_the_labelled_bags_hold_every_caption(first_run, scene_bags):
         assert counts[CAPTION_TOPIC] == counts["/scene_caption/marker"] == 10
 
 
+@pytest.mark.slow
 def test_a_second_run_over_the_same_bags_adds_nothing(first_run, scene_bags, broken):
     out, _ = first_run
     before = digest(out / "labels")
@@ -99,6 +101,7 @@ def test_a_second_run_over_the_same_bags_adds_nothing(first_run, scene_bags, bro
     assert sorted(b["status"] for b in again.written_bags) == ["up to date", "up to date"]
 
 
+# Not slow (one worker, 4 pairs): the run of `make test` without the slow tests still goes through Ray Data.
 def test_other_settings_are_other_rows_and_every_takes_one_pair_a_window(ray_local, scene_bags, tmp_path):
     result = label([scene_bags[0]], tmp_path / "labels", every=0.5, workers=1)
     table = rows(tmp_path / "labels")
