@@ -70,3 +70,14 @@ def test_demo_never_replaces_a_bag_it_did_not_write(tmp_path):
            "earlier demo; move it, or give the demo another folder with --bags DIR" in result.stderr
     assert (theirs / "scene-0061_0.mcap").read_bytes() == b"a real drive"
     assert sorted(p.name for p in theirs.iterdir()) == ["metadata.yaml", "scene-0061_0.mcap"]
+
+
+def test_an_empty_folder_where_the_demo_writes_its_bag_is_used(tmp_path):
+    """An empty bags/scene-0061 (a killed run's, or made by hand) holds nothing to lose: the demo writes there."""
+    from clip_vlm_core.bags.info import read_bag_info
+    from clip_vlm_core.demo.scene import convert, synthesise
+
+    scene = synthesise(tmp_path / "demo", 2, 7)
+    (tmp_path / "bags" / scene.name).mkdir(parents=True)
+    bag = convert(scene, tmp_path / "bags", tmp_path / "demo")
+    assert bag == tmp_path / "bags" / scene.name and read_bag_info(bag).message_count > 0

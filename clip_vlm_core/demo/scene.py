@@ -54,7 +54,8 @@ def convert(scene: Scene, bags: Path, out: Path) -> Path:
 
     target = bags / scene.name
     record = out / BAG_RECORD
-    if target.exists() and _fingerprint(target) != _recorded(record, target):
+    empty_folder = target.is_dir() and not any(target.iterdir())  # nothing in it to lose
+    if target.exists() and not empty_folder and _fingerprint(target) != _recorded(record, target):
         # The synthetic scenes borrow nuScenes' scene names: bags/scene-0061 may be a real scene's bag.
         raise UserError(f"{target} exists and was not written by an earlier demo; move it, or give the demo "
                         f"another folder with --bags DIR")
