@@ -36,7 +36,13 @@ def _metric_rows(blocks: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, lis
     rows += [row(f"fact: {fact}", lambda b, fact=fact: b.get("facts", {}).get(fact)) for fact in facts]
     if any("exact_match" in blocks[n] for n in names):
         rows.append(row("all facts right", lambda b: b.get("exact_match")))
-    rows += [row(key, lambda b, key=key: b.get(key)) for key in ("samples", "seconds")]
+    rows.append(row("samples", lambda b: b.get("samples")))
+    # The model's time: captions, questions, both (what an old metrics.json without the parts calls seconds).
+    if any("caption_seconds" in blocks[n] for n in names):
+        rows.append(row("seconds: captions", lambda b: b.get("caption_seconds")))
+    if any("answer_seconds" in blocks[n] for n in names):
+        rows.append(row("seconds: questions", lambda b: b.get("answer_seconds")))
+    rows.append(row("seconds: captions + questions", lambda b: b.get("seconds")))
     return rows
 
 
