@@ -32,6 +32,7 @@ from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.data.manifest import manifest_dataroot
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation import CaptionScorer, caption_metrics, fact_accuracy
+from clip_vlm_core.evaluation.checkpoint_info import describe_checkpoint
 from clip_vlm_core.evaluation.qa import DEFAULT_MAX_ANSWER_TOKENS, check_answer_tokens, qa_accuracy
 from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
 from clip_vlm_core.images import load_image, thumbnail_data_uri
@@ -70,6 +71,7 @@ def evaluate_manifest(
     dataroot: str | Path | None = None,
     questions: bool = True,
     max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Caption the manifest's samples with `captioner` (a SceneCaptioner), answer their questions (rows'
     `qa` pairs; `questions=False` skips them), write `out_dir`, return the metrics (what metrics.json
@@ -79,6 +81,8 @@ def evaluate_manifest(
     `CaptionScorer(java=None)` to score without Java; by default a scorer is made and closed here.
     `dataroot`: where the manifest's images are now, when they moved since `data build`.
     `max_answer_tokens`: the longest answer to a question (captions keep `decoding.max_new_tokens`).
+    `checkpoint`: the folder (or hub id) `captioner` was loaded from, so that metrics.json and the report
+    name its path and training step (clip_vlm_core.evaluation.checkpoint_info).
     Progress shows as a bar on a terminal and as lines in a log (clip_vlm_core.progress).
     `out_dir` is replaced when an earlier eval wrote it, or with `overwrite`; never when it is or holds
     an input.
@@ -154,6 +158,7 @@ def evaluate_manifest(
     run_info = {
         "manifest": str(manifest_path),
         "model": captioner.model_name,
+        "checkpoint": _checkpoint(checkpoint, captioner.model_name),
         "views": list(views),
         "blank_views": list(blank_views),
         "decoding": dataclasses.asdict(settings),
@@ -168,6 +173,12 @@ def evaluate_manifest(
     _write_atomically(out_dir, metrics, rows, answer_rows, render_report(metrics, rows, thumbnails, answer_rows))
     log.info("wrote %s (%d samples, %d questions, %.1f s)", out_dir, len(samples), len(pairs), run_info["run_seconds"])
     return metrics
+
+
+def _checkpoint(checkpoint: str | Path | None, model_name: str) -> dict[str, Any] | None:
+    if checkpoint is None and model_name != "embedded-default":
+        return None  # a captioner built in code: only its name is known
+    return describe_checkpoint(checkpoint, model_name)
 
 
 def eval_inputs(manifest_path: str | Path, dataroot: str | Path | None = None) -> dict[str, Path | None]:

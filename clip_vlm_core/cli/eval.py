@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         dataroot=args.dataroot,
         questions=not args.skip_questions,
         max_answer_tokens=args.max_answer_tokens,
+        checkpoint=args.checkpoint,
     )
     print(dumps(_headline(metrics), indent=2))
     print(f"wrote {args.out}/captions.jsonl, metrics.json, report.html")
