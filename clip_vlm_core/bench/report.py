@@ -12,7 +12,7 @@ NOT_AVAILABLE = "n/a"
 # Every per-second figure of a bench is the batch over the MEAN time of the timed runs (items / total time),
 # printed beside that mean, so the columns agree; p50 and p95 show the spread.
 THROUGHPUT_NOTE = ("{rate} = batch / {what} mean ({what} mean = total time of the timed runs / runs); p50 and p95 "
-                   "show the spread: one slow run lifts the mean, and {rate} with it, above what the p50 suggests")
+                   "show the spread: one slow run lifts the mean above the p50, and {rate} falls below batch / p50")
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
