@@ -126,12 +126,12 @@ def evaluate_manifest(
         asked = [(image, pair.question) for image, s in zip(images, batch, strict=True) for pair in s.qa]
         for model in predictions:
             with captioner.model.base_model_mode() if model == "base" else contextlib.nullcontext():
-                progress.set_phase(f"{model}: captions")
+                progress.set_phase(f"{model}: captions" if compare else "captions")
                 tick = time.perf_counter()
                 predictions[model] += captioner.caption(images, decoding=settings)
                 seconds[model] += time.perf_counter() - tick
                 progress.update(len(images))
-                progress.set_phase(f"{model}: questions")
+                progress.set_phase(f"{model}: questions" if compare else "questions")
                 for start in range(0, len(asked), batch_size):
                     chunk = asked[start : start + batch_size]
                     tick = time.perf_counter()
