@@ -2,12 +2,14 @@
 
 On a terminal, `progress_bar` is a plain tqdm bar. Anywhere else (a CI log, `nohup`, a pipe, a captured
 stderr) tqdm would stay silent (its `disable=None`) or redraw one line with carriage returns; here it
-writes a whole line instead, at the start, then at most once every `CLIP_VLM_PROGRESS_SECONDS` seconds
-(default 30) as work completes, and once at the end:
+writes whole lines instead: once `CLIP_VLM_PROGRESS_SECONDS` seconds (default 10) have passed, then at
+most once every as many seconds as work completes, and once at the end:
 
     eval [base: questions]: 320/1,440 outputs (22%), 70 s elapsed, ~245 s left, 4.57 outputs/s
 
-So a long run that prints nothing else still shows, in its log, that it is alive and how far it is.
+So a long run that prints nothing else still shows, in its log, that it is alive and how far it is, and
+work done within the first interval, or refused in it, writes nothing: an error stays one sentence.
+(0 seconds: a line at the start and at every update.)
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import IO, Any
 from tqdm import tqdm
 
 INTERVAL_ENV = "CLIP_VLM_PROGRESS_SECONDS"
-DEFAULT_INTERVAL_S = 30.0
+DEFAULT_INTERVAL_S = 10.0
 
 
 def log_interval_s() -> float:
-    """Seconds between two progress lines in a log: $CLIP_VLM_PROGRESS_SECONDS, or 30 (0: a line per update)."""
+    """Seconds between two progress lines in a log: $CLIP_VLM_PROGRESS_SECONDS, or 10 (0: a line per update)."""
     raw = os.environ.get(INTERVAL_ENV, "")
     try:
         value = float(raw) if raw.strip() else DEFAULT_INTERVAL_S
@@ -62,9 +64,10 @@ class LoggedProgress(tqdm):
         self.in_log = not _is_terminal(file)
         if self.in_log:
             interval = log_interval_s()
-            # miniters=0 and no dynamic miniters: time alone decides when a line is due.
-            kwargs.update(mininterval=interval, maxinterval=max(interval, 1.0), miniters=0, dynamic_ncols=False,
-                          ncols=None)
+            # miniters=0 and no dynamic miniters: time alone decides when a line is due; tqdm's delay keeps
+            # the first line back for one interval (and close() silent when none was written).
+            kwargs.update(mininterval=interval, maxinterval=max(interval, 1.0), miniters=0, delay=interval,
+                          dynamic_ncols=False, ncols=None)
             file = _WholeLines(file)
         self._last_written: tuple | None = None
         super().__init__(iterable, *args, file=file, **kwargs)

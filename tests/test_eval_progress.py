@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,14 +37,33 @@ def test_in_a_log_every_update_is_a_whole_line_when_the_interval_is_zero(monkeyp
     assert "items/s" in lines[-1] and "s left" in lines[-1]
 
 
-def test_in_a_log_lines_come_at_the_interval_not_per_update(monkeypatch):
+def test_in_a_log_quick_work_writes_nothing_and_long_work_a_line_per_interval(monkeypatch):
     monkeypatch.delenv(INTERVAL_ENV, raising=False)
     log = io.StringIO()
     with progress_bar(total=1000, desc="eval", unit="outputs", file=log) as bar:
         for _ in range(1000):
             bar.update(1)
+    assert log.getvalue() == ""  # done within the first 10 s: no line to read
+    monkeypatch.setenv(INTERVAL_ENV, "0.2")
+    log = io.StringIO()
+    with progress_bar(total=10, desc="eval", unit="outputs", file=log) as bar:
+        for _ in range(10):
+            time.sleep(0.05)
+            bar.update(1)
     lines = log.getvalue().splitlines()
-    assert lines == [lines[0], lines[-1]] and lines[-1].startswith("eval: 1,000/1,000 outputs (100%)")
+    assert 2 <= len(lines) < 10 and lines[-1].startswith("eval: 10/10 outputs (100%)")
+    assert not lines[0].startswith("eval: 0/")  # the first line waits for the interval
+
+
+def test_an_error_within_the_first_interval_leaves_no_progress_line(monkeypatch):
+    """A refused input stays one sentence on stderr: the bar a loop had started says nothing."""
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    log = io.StringIO()
+    with pytest.raises(ValueError):
+        for n in progress_bar(range(8), desc="hashing keyframes", unit="sample", file=log):
+            if n == 3:
+                raise ValueError("bad keyframe")
+    assert log.getvalue() == ""
 
 
 def test_the_phase_shows_in_the_next_line_and_an_unknown_total_is_a_count(monkeypatch):
@@ -75,8 +95,8 @@ def test_on_a_terminal_it_is_a_bar_and_disabled_it_is_silent(monkeypatch):
     assert quiet.getvalue() == ""
 
 
-@pytest.mark.parametrize("value, seconds", [("", 30.0), ("5", 5.0), ("0", 0.0), ("-3", 0.0), ("soon", 30.0),
-                                            ("nan", 30.0)])
+@pytest.mark.parametrize("value, seconds", [("", 10.0), ("5", 5.0), ("0", 0.0), ("-3", 0.0), ("soon", 10.0),
+                                            ("nan", 10.0)])
 def test_the_interval_is_read_from_the_environment_and_a_bad_value_is_the_default(monkeypatch, value, seconds):
     monkeypatch.setenv(INTERVAL_ENV, value)
     assert log_interval_s() == seconds

@@ -31,8 +31,8 @@ the types only that view shows should fall to chance.
 With --compare the same samples are captioned by the base model (fusion bypassed, LoRA off) and by the
 fine-tuned one; metrics.json then holds {"base": {...}, "finetuned": {...}}.
 METEOR and the PTB tokenizer need Java; without it METEOR is reported as null and text is tokenized in Python.
-Progress: a bar on a terminal; in a log (stderr not a terminal) a line at the start, every
-$CLIP_VLM_PROGRESS_SECONDS seconds (default 30) and at the end, counting every model's captions and answers.
+Progress: a bar on a terminal; in a log (stderr not a terminal) a line every $CLIP_VLM_PROGRESS_SECONDS
+seconds (default 10) and at the end, counting every model's captions and answers.
 
 The manifest's images are found under the dataroot recorded in its manifest.json (an absolute path);
 when the data has moved, --dataroot says where it is now. --out is replaced when an earlier eval wrote
