@@ -7,7 +7,8 @@
                        reference, prediction (or prediction_base / prediction_finetuned)
       metrics.json     BLEU-1..4, METEOR, ROUGE-L, CIDEr (+ per-fact accuracy on synthetic captions),
                        qa (exact-match accuracy overall and per question type, with chance), samples,
-                       seconds; {"base": {...}, "finetuned": {...}} when compared
+                       caption_seconds, answer_seconds and seconds (the model's time, both together);
+                       {"base": {...}, "finetuned": {...}} when compared; run_seconds (the whole run)
       report.html      the same, readable, with every sample's views as thumbnails
 
 `compare=True` captions each batch twice with the same loaded model: once as the base model (fusion gate
@@ -25,19 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm import tqdm
 
 from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.data.manifest import manifest_dataroot
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.evaluation import CaptionScorer, caption_metrics, fact_accuracy
-from clip_vlm_core.evaluation.qa import qa_accuracy
+from clip_vlm_core.evaluation.checkpoint_info import describe_checkpoint
+from clip_vlm_core.evaluation.qa import DEFAULT_MAX_ANSWER_TOKENS, check_answer_tokens, qa_accuracy
 from clip_vlm_core.evaluation.report import THUMBNAIL_WIDTH, render_report
 from clip_vlm_core.images import load_image, thumbnail_data_uri
 from clip_vlm_core.jsonout import dumps
 from clip_vlm_core.limits import check_batch
 from clip_vlm_core.output_guard import guard_output
+from clip_vlm_core.progress import progress_bar
 
 __all__ = ["evaluate_manifest", "caption_metrics", "fact_accuracy"]
 
@@ -68,6 +70,8 @@ def evaluate_manifest(
     scorer: CaptionScorer | None = None,
     dataroot: str | Path | None = None,
     questions: bool = True,
+    max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Caption the manifest's samples with `captioner` (a SceneCaptioner), answer their questions (rows'
     `qa` pairs; `questions=False` skips them), write `out_dir`, return the metrics (what metrics.json
@@ -76,11 +80,16 @@ def evaluate_manifest(
     `scorer`: reuse one CaptionScorer (and its METEOR process) across evaluations, or pass
     `CaptionScorer(java=None)` to score without Java; by default a scorer is made and closed here.
     `dataroot`: where the manifest's images are now, when they moved since `data build`.
+    `max_answer_tokens`: the longest answer to a question (captions keep `decoding.max_new_tokens`).
+    `checkpoint`: the folder (or hub id) `captioner` was loaded from, so that metrics.json and the report
+    name its path and training step (clip_vlm_core.evaluation.checkpoint_info).
+    Progress shows as a bar on a terminal and as lines in a log (clip_vlm_core.progress).
     `out_dir` is replaced when an earlier eval wrote it, or with `overwrite`; never when it is or holds
     an input.
     """
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     check_batch(batch_size, (decoding or captioner.decoding).num_beams, "eval batch size")
+    check_answer_tokens(max_answer_tokens)
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
     guard_output(out_dir, WRITER, eval_inputs(manifest_path, dataroot), overwrite)
@@ -95,13 +104,20 @@ def evaluate_manifest(
     # then says exactly how the captions were decoded.
     settings = captioner.decoding_in_effect(decoding)
 
+    # Answers are a word or a few: their own limit, so a model that rambles (an untrained base model does)
+    # stops at it instead of running to the caption's length on every question.
+    answer_settings = settings.with_overrides(max_new_tokens=max_answer_tokens,
+                                              min_new_tokens=min(settings.min_new_tokens, max_answer_tokens))
+
     started = time.perf_counter()
     predictions: dict[str, list[str]] = {m: [] for m in (MODELS if compare else ("finetuned",))}
     answers: dict[str, list[str]] = {m: [] for m in predictions}
     seconds = dict.fromkeys(predictions, 0.0)
     answer_seconds = dict.fromkeys(predictions, 0.0)
     thumbnails: list[dict[str, str]] = []
-    progress = tqdm(total=len(samples), desc="captioning", unit="sample", disable=None)
+    questions_asked = sum(len(s.qa) for s in samples)
+    # One count over all the work (every model's captions and answers), so the time left is honest.
+    progress = progress_bar(total=len(predictions) * (len(samples) + questions_asked), desc="eval", unit="outputs")
     for n, batch in enumerate(_batches(samples, batch_size)):
         images = [_images_for(s, blank_views) for s in batch]
         if n == 0:  # first-call set-up would otherwise be billed to whichever model runs first
@@ -110,22 +126,27 @@ def evaluate_manifest(
         asked = [(image, pair.question) for image, s in zip(images, batch, strict=True) for pair in s.qa]
         for model in predictions:
             with captioner.model.base_model_mode() if model == "base" else contextlib.nullcontext():
+                progress.set_phase(f"{model}: captions" if compare else "captions")
                 tick = time.perf_counter()
                 predictions[model] += captioner.caption(images, decoding=settings)
                 seconds[model] += time.perf_counter() - tick
-                tick = time.perf_counter()
+                progress.update(len(images))
+                progress.set_phase(f"{model}: questions" if compare else "questions")
                 for start in range(0, len(asked), batch_size):
                     chunk = asked[start : start + batch_size]
-                    answers[model] += captioner.ask([i for i, _ in chunk], [q for _, q in chunk], decoding=settings)
-                answer_seconds[model] += time.perf_counter() - tick
-        progress.update(len(batch))
+                    tick = time.perf_counter()
+                    answers[model] += captioner.ask([i for i, _ in chunk], [q for _, q in chunk],
+                                                    decoding=answer_settings)
+                    answer_seconds[model] += time.perf_counter() - tick
+                    progress.update(len(chunk))
     progress.close()
 
     references = [s.reference for s in samples]
     own_scorer = scorer is None
     scorer = CaptionScorer() if own_scorer else scorer
     try:
-        blocks = {m: _model_metrics(scorer, references, p, seconds[m]) for m, p in predictions.items()}
+        blocks = {m: _model_metrics(scorer, references, p, seconds[m], answer_seconds[m] if questions_asked else None)
+                  for m, p in predictions.items()}
     finally:
         if own_scorer:
             scorer.close()
@@ -137,19 +158,27 @@ def evaluate_manifest(
     run_info = {
         "manifest": str(manifest_path),
         "model": captioner.model_name,
+        "checkpoint": _checkpoint(checkpoint, captioner.model_name),
         "views": list(views),
         "blank_views": list(blank_views),
         "decoding": dataclasses.asdict(settings),
+        "max_answer_tokens": max_answer_tokens,
         "samples": len(samples),
         "questions": len(pairs),
-        "seconds": round(time.perf_counter() - started, 3),
+        "run_seconds": round(time.perf_counter() - started, 3),  # images, every model, scoring
     }
     metrics = {**blocks, **run_info} if compare else {**blocks["finetuned"], **run_info}
     rows = _caption_rows(samples, predictions, compare)
     answer_rows = _answer_rows(samples, answers, compare)
     _write_atomically(out_dir, metrics, rows, answer_rows, render_report(metrics, rows, thumbnails, answer_rows))
-    log.info("wrote %s (%d samples, %.1f s)", out_dir, len(samples), run_info["seconds"])
+    log.info("wrote %s (%d samples, %d questions, %.1f s)", out_dir, len(samples), len(pairs), run_info["run_seconds"])
     return metrics
+
+
+def _checkpoint(checkpoint: str | Path | None, model_name: str) -> dict[str, Any] | None:
+    if checkpoint is None and model_name != "embedded-default":
+        return None  # a captioner built in code: only its name is known
+    return describe_checkpoint(checkpoint, model_name)
 
 
 def eval_inputs(manifest_path: str | Path, dataroot: str | Path | None = None) -> dict[str, Path | None]:
@@ -199,12 +228,17 @@ def _images_for(sample: _Sample, blank_views: Sequence[str]) -> dict[str, Image.
     return {v: Image.new("RGB", img.size) if v in blank_views else img for v, img in images.items()}
 
 
-def _model_metrics(scorer: CaptionScorer, references: list[str], predictions: list[str], seconds: float) -> dict:
+def _model_metrics(scorer: CaptionScorer, references: list[str], predictions: list[str], caption_seconds: float,
+                   answer_seconds: float | None) -> dict:
+    """Scores, and the model's time: `seconds` is captions and questions together, each part named too."""
     metrics = scorer.score(references, predictions)
     metrics.update(fact_accuracy(references, predictions))
     metrics["samples"] = len(predictions)
-    metrics["seconds"] = round(seconds, 3)
-    metrics["samples_per_second"] = round(len(predictions) / seconds, 3) if seconds > 0 else None
+    metrics["caption_seconds"] = round(caption_seconds, 3)
+    if answer_seconds is not None:
+        metrics["answer_seconds"] = round(answer_seconds, 3)
+    metrics["seconds"] = round(caption_seconds + (answer_seconds or 0.0), 3)
+    metrics["samples_per_second"] = round(len(predictions) / caption_seconds, 3) if caption_seconds > 0 else None
     return metrics
 
 

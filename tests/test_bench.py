@@ -7,6 +7,7 @@ for is measured, positive and written where a reader looks for it.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ CAPTION_FIGURES = (
     "captions_per_s",
     "decode_to_bound_ratio",
 )
-TRAIN_FIGURES = ("tokens_per_sample", "step_ms_p50", "step_ms_p95", "samples_per_s")
+TRAIN_FIGURES = ("tokens_per_sample", "step_ms_p50", "step_ms_p95", "step_ms_mean", "samples_per_s")
 
 
 @pytest.mark.slow  # an end-to-end run: about 10 s on a shared 2-core CPU
@@ -65,7 +66,36 @@ def test_train_bench_covers_cached_encoders_and_checkpointing(tmp_path):
     for row in report["results"]:
         assert row["status"] == "ok" and row["batch_size"] == 2
         assert all(row[key] > 0 for key in TRAIN_FIGURES), row
+        assert row["samples_per_s"] == pytest.approx(row["batch_size"] / row["step_ms_mean"] * 1000)
     assert report["trainable_parameters"] > 0
+
+
+def bench_header_fields() -> dict:
+    return {
+        "environment": {"device": "test CPU", "cpu_cores": 2, "torch": "t", "transformers": "tf", "peft": "p",
+                        "open_clip": "o"},
+        "model": {"weights": "tiny", "source": "s", "dtype": "float32", "attn_implementation": "sdpa",
+                  "views": ["CAM_FRONT"], "frame_size": [28, 28], "image_tokens_per_view": 4, "prompt_tokens": 9},
+    }
+
+
+def test_train_table_prints_the_mean_step_its_samples_per_second_come_from():
+    """Issue 28: "step p50 167.5 ms" stood beside "21.72 samples/s" (4 / 0.1842 s, the mean step): now the mean
+    stands in the table too, and a line says which figure the rate comes from."""
+    from clip_vlm_core.bench.report import format_train_report
+
+    row = {"batch_size": 4, "cached_encoders": False, "gradient_checkpointing": False, "status": "ok",
+           "tokens_per_sample": 129, "step_ms_p50": 167.5, "step_ms_p95": 260.0, "step_ms_mean": 184.2,
+           "samples_per_s": 4 / 0.1842, "peak_gpu_memory_mib": None}
+    report = {**bench_header_fields(), "trainable_parameters": 10, "vision_attention": "sdpa",
+              "settings": {"caption_tokens": 48, "warmup": 1, "iters": 3}, "results": [row]}
+    text = format_train_report(report)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("batch"))
+    cells = dict(zip(re.split(r"\s{2,}", header.strip()), lines[-1].split(), strict=False))
+    assert cells["step p50 ms"] == "167.5" and cells["step mean ms"] == "184.2" and cells["samples/s"] == "21.72"
+    assert float(cells["samples/s"]) == pytest.approx(4 / float(cells["step mean ms"]) * 1000, abs=0.01)
+    assert "samples/s = batch / step mean" in text
 
 
 def test_full_size_without_gpu_is_refused_unless_asked_for(capsys):

@@ -79,6 +79,9 @@ def test_fact_accuracy_scores_each_fact_and_exact_match_on_hand_written_captions
     assert result["facts"]["back.vehicle_type"] == 0.5 and result["facts"]["back.lane"] == 0.5
     assert result["exact_match"] == 0.5
     assert result["samples"] == 2
+    assert result["fact_chance"] == dict.fromkeys(FACT_KEYS, 1.0)  # both references state the same values
+    mixed = fact_accuracy([FACT_REFERENCE, wrong_back, wrong_back], [FACT_REFERENCE] * 3)
+    assert mixed["fact_chance"]["back.vehicle_type"] == 2 / 3 and mixed["fact_chance"]["front.time"] == 1.0
 
 
 def test_fact_accuracy_counts_unparseable_predictions_as_wrong():
@@ -204,6 +207,8 @@ def test_compare_writes_base_and_finetuned_blocks_and_a_report_of_every_sample(s
     html = (out / "report.html").read_text()
     assert all(r["sample_token"] in html for r in rows)
     assert html.count("data:image/jpeg;base64,") == 2 * len(rows)  # both views of every sample
+    assert f"checkpoint: {finetuned_checkpoint.resolve()} · step not recorded" in html  # a folder outside a run
+    assert metrics["finetuned"]["seconds"] > 0 and metrics["base"]["caption_seconds"] > 0
 
 
 @pytest.mark.slow  # 20-40 s on 2 shared cores

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
-from tqdm import tqdm
 
 from clip_vlm_core.atomic import replace_dir, staging_area
 from clip_vlm_core.bags import messages as m
@@ -28,6 +27,7 @@ from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, check_caption_ke
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import check_encoded, decode_image, read_image_file
 from clip_vlm_core.output_guard import guard_output
+from clip_vlm_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _write_messages(writer: Writer, plan: ScenePlan, options: BagConvertOptions)
     writer.write(tf_static, start, m.tf_message(mounts))
 
     pending_captions = list(plan.captions)
-    frames = tqdm(plan.frames, desc=plan.scene_name, unit="frame", disable=None if options.progress else True)
+    frames = progress_bar(plan.frames, desc=plan.scene_name, unit="frame", enabled=options.progress)
     for frame in frames:
         # A caption is written after the images that share its stamp, so a listener has them first.
         while pending_captions and pending_captions[0][0] < frame.stamp_ns:

@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from clip_vlm_core.bench.frames import camera_samples
 from clip_vlm_core.bench.measure import (
@@ -39,6 +38,7 @@ from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.latency import percentile
 from clip_vlm_core.model.inference import optimize_for_inference
+from clip_vlm_core.progress import progress_bar
 
 DISTINCT_ROUNDS = 4  # different frames per run, so no decoder or cache sees the same bytes twice in a row
 
@@ -67,7 +67,7 @@ def benchmark_captioning(bench: BenchModel, settings: CaptionBenchSettings) -> d
     weight_bytes = language_model_bytes(bench, lora_merged=inference["lora"].startswith("merged"))
     bound_ms = weight_bytes / (bandwidth * 1e9) * 1000
     results = []
-    for batch_size in tqdm(settings.batch_sizes, desc="caption bench", unit="batch size", disable=None):
+    for batch_size in progress_bar(settings.batch_sizes, desc="caption bench", unit="batch size"):
         row = _time_batch_size(bench, settings, batch_size)
         if row.get("decode_ms_per_token") is not None:
             row["decode_to_bound_ratio"] = row["decode_ms_per_token"] / bound_ms
@@ -190,6 +190,7 @@ def _time_batch_size(bench: BenchModel, settings: CaptionBenchSettings, batch_si
         "decode_ms_per_token": percentile([r[2] * 1000 for r in runs], 50),
         "caption_latency_ms_p50": latency_ms["p50"],
         "caption_latency_ms_p95": latency_ms["p95"],
+        "caption_latency_ms_mean": latency_ms["mean"],
         "captions_per_s": batch_size / (latency_ms["mean"] / 1000),
         "peak_gpu_memory_mib": peak_memory_mib(bench.device),
     }

@@ -21,7 +21,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from clip_vlm_core.bench.frames import camera_samples
 from clip_vlm_core.bench.measure import environment, timed
@@ -31,6 +30,7 @@ from clip_vlm_core.images import to_rgb
 from clip_vlm_core.latency import percentile
 from clip_vlm_core.model.captioner import SceneCaptioner
 from clip_vlm_core.model.checkpoint import resolve_device
+from clip_vlm_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def benchmark_preprocessing(captioner: SceneCaptioner, settings: PreprocessBench
         "captioner": lambda batch: captioner.prepare(batch, device=device, reuse_output=True),  # as caption() does
     }
     times: dict[str, list[float]] = {name: [] for name in paths}
-    for step in tqdm(range(settings.warmup + settings.iters), desc="preprocess bench", unit="round", disable=None):
+    for step in progress_bar(range(settings.warmup + settings.iters), desc="preprocess bench", unit="round"):
         batch = rounds[step % DISTINCT_ROUNDS]
         for name, make in paths.items():
             seconds, _ = timed(lambda make=make, batch=batch: make(batch), device)

@@ -14,12 +14,12 @@ import itertools
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from clip_vlm_core.bench.measure import environment, peak_memory_mib, reset_peak_memory, summary_ms, timed
 from clip_vlm_core.bench.settings import TrainBenchSettings
 from clip_vlm_core.bench.subject import BenchModel
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
+from clip_vlm_core.progress import progress_bar
 
 
 def benchmark_training(bench: BenchModel, settings: TrainBenchSettings) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def benchmark_training(bench: BenchModel, settings: TrainBenchSettings) -> dict[
     combos = list(itertools.product(settings.batch_sizes, settings.cached_encoders, settings.gradient_checkpointing))
     results = [
         _time_configuration(bench, settings, trainable, *combo)
-        for combo in tqdm(combos, desc="train bench", unit="config", disable=None)
+        for combo in progress_bar(combos, desc="train bench", unit="config")
     ]
     return {
         "benchmark": "train",
@@ -113,6 +113,9 @@ def _time_configuration(
         status="ok",
         step_ms_p50=step_ms["p50"],
         step_ms_p95=step_ms["p95"],
+        step_ms_mean=step_ms["mean"],
+        # Throughput over all the timed steps (batch x steps / their total time), so a slow step counts:
+        # it is batch / the mean step, not batch / p50 (report.THROUGHPUT_NOTE says so beside the table).
         samples_per_s=batch_size / (step_ms["mean"] / 1000),
         peak_gpu_memory_mib=peak_memory_mib(bench.device),
     )

@@ -85,8 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=3, help="samples to print per split (default %(default)s)")
     p.set_defaults(func=run_inspect)
 
-    p = verbs.add_parser("gallery", help="an HTML page of samples with their views and captions",
-                         description="Write a self-contained HTML page showing every view and the caption of N samples.",
+    p = verbs.add_parser("gallery", help="an HTML page of samples with their views, captions and questions",
+                         description="Write a self-contained HTML page of N samples: every view, laid out as on the "
+                         "car (front-left, front, front-right over back-left, back, back-right), the caption, the "
+                         "sample's split and its question-answer pairs.",
                          epilog="examples:\n  clip-vlm data gallery data/manifest --n 16 --seed 1 --out gallery.html\n"
                          "  clip-vlm data gallery data/manifest/mini_val.jsonl --token 3e8750f331d7499e9b5123e9eb70f2e2")
     p.add_argument("manifest", type=Path, help="manifest folder (or one split file)")
@@ -159,15 +161,16 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_gallery(args: argparse.Namespace) -> int:
     from clip_vlm_core.atomic import write_text
-    from clip_vlm_core.data.gallery import WRITER, choose_rows, render_gallery
-    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot, manifest_dir
+    from clip_vlm_core.data.gallery import WRITER, choose_rows, render_gallery, rows_by_split
+    from clip_vlm_core.data.manifest import manifest_dataroot, manifest_dir
     from clip_vlm_core.output_guard import guard_output
 
     dataroot = manifest_dataroot(args.manifest, args.dataroot)
     inputs = {"manifest": manifest_dir(args.manifest), "nuScenes dataroot": dataroot}
     guard_output(args.out, WRITER, inputs, args.overwrite, kind="file")
-    rows = choose_rows(load_manifest(args.manifest), args.n, args.seed, args.token)
-    page = render_gallery(rows, dataroot, f"clip-vlm gallery: {manifest_dir(args.manifest)}")
+    every_row, splits = rows_by_split(args.manifest)
+    rows = choose_rows(every_row, args.n, args.seed, args.token)
+    page = render_gallery(rows, dataroot, f"clip-vlm gallery: {manifest_dir(args.manifest)}", splits)
     write_text(args.out, page)
     print(f"wrote {len(rows)} samples to {args.out}")
     return 0

@@ -12,6 +12,7 @@ from clip_vlm_core.cli.caption import (
     decoding_from_args,
     load_captioner,
 )
+from clip_vlm_core.evaluation.qa import DEFAULT_MAX_ANSWER_TOKENS, check_answer_tokens
 from clip_vlm_core.limits import MAX_BATCH_SIZE, check_batch
 
 EPILOG = """examples:
@@ -23,13 +24,15 @@ EPILOG = """examples:
 The output folder holds captions.jsonl (sample_token, reference, prediction), metrics.json (BLEU-1..4,
 METEOR, ROUGE-L, CIDEr; per-fact accuracy on synthetic captions) and report.html (open it in a browser).
 When the manifest's rows carry question-answer pairs (`clip-vlm data build --qa`), every question is asked
-too: answers.jsonl holds each answer, and metrics.json's "qa" the exact-match accuracy (after lowercasing and
-dropping punctuation and articles) overall and per question type, beside each type's chance level (its
-commonest answer). --blank-view applies to the questions as well: the types only that view shows should
-fall to chance.
+too, each answer at most --max-answer-tokens long: answers.jsonl holds each answer, and metrics.json's "qa"
+the exact-match accuracy (after lowercasing and dropping punctuation and articles) overall and per question
+type, beside each type's chance level (its commonest answer). --blank-view applies to the questions as well:
+the types only that view shows should fall to chance.
 With --compare the same samples are captioned by the base model (fusion bypassed, LoRA off) and by the
 fine-tuned one; metrics.json then holds {"base": {...}, "finetuned": {...}}.
 METEOR and the PTB tokenizer need Java; without it METEOR is reported as null and text is tokenized in Python.
+Progress: a bar on a terminal; in a log (stderr not a terminal) a line every $CLIP_VLM_PROGRESS_SECONDS
+seconds (default 10) and at the end, counting every model's captions and answers.
 
 The manifest's images are found under the dataroot recorded in its manifest.json (an absolute path);
 when the data has moved, --dataroot says where it is now. --out is replaced when an earlier eval wrote
@@ -58,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="replace this view's images with black frames, e.g. CAM_BACK (ablation; repeatable)")
     parser.add_argument("--skip-questions", action="store_true",
                         help="caption only; do not ask the manifest rows' questions")
+    parser.add_argument("--max-answer-tokens", type=int, default=DEFAULT_MAX_ANSWER_TOKENS, metavar="N",
+                        help="longest answer to a question, in tokens (default %(default)s; captions keep "
+                        "--max-new-tokens)")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     decoding = decoding_from_args(args)
     check_batch(args.batch_size, decoding.num_beams, "--batch-size")  # before minutes of model loading
+    check_answer_tokens(args.max_answer_tokens, "--max-answer-tokens")
     inputs = {**eval_inputs(args.manifest, args.dataroot), "checkpoint": args.checkpoint}
     guard_output(args.out, WRITER, inputs, args.overwrite)  # before minutes of model loading
     manifest_dataroot(args.manifest, args.dataroot)  # so is a missing manifest or dataroot
@@ -88,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         dataroot=args.dataroot,
         questions=not args.skip_questions,
+        max_answer_tokens=args.max_answer_tokens,
+        checkpoint=args.checkpoint,
     )
     print(dumps(_headline(metrics), indent=2))
     print(f"wrote {args.out}/captions.jsonl, metrics.json, report.html")
@@ -96,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _headline(metrics: dict) -> dict:
     """The scores worth a glance on the terminal; metrics.json has everything."""
-    keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "exact_match", "samples", "seconds")
+    keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "exact_match", "samples", "caption_seconds", "answer_seconds",
+            "seconds")
 
     def headline(block: dict) -> dict:
         out = {k: block[k] for k in keys if k in block}
@@ -106,5 +116,5 @@ def _headline(metrics: dict) -> dict:
         return out
 
     if "finetuned" in metrics:
-        return {m: headline(metrics[m]) for m in ("base", "finetuned")}
-    return headline(metrics)
+        return {**{m: headline(metrics[m]) for m in ("base", "finetuned")}, "run_seconds": metrics["run_seconds"]}
+    return {**headline(metrics), "run_seconds": metrics["run_seconds"]}

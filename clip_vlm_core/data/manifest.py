@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from clip_vlm_core import __version__
 from clip_vlm_core.atomic import staged_dir
@@ -47,6 +46,7 @@ from clip_vlm_core.limits import (
 )
 from clip_vlm_core.output_guard import guard_output
 from clip_vlm_core.paths import MissingDataFile, check_relative, data_file, regular_file
+from clip_vlm_core.progress import progress_bar
 
 META_FILE = "manifest.json"
 WRITER = "clip-vlm data build"
@@ -173,7 +173,7 @@ def build_manifest(
 
     rows: dict[str, list[dict]] = {split: [] for split in VERSION_SPLITS[version]}
     sample_tokens = set()
-    for sample in tqdm(nusc.sample, desc="hashing keyframes", unit="sample", disable=not show_progress or None):
+    for sample in progress_bar(nusc.sample, desc="hashing keyframes", unit="sample", enabled=show_progress):
         sample_tokens.add(sample["token"])
         scene = nusc.get("scene", sample["scene_token"])["name"]
         if scene not in scene_split:
@@ -333,7 +333,7 @@ def verify_manifest(out_dir: str | Path, show_progress: bool = True,
     checks = Counter()
     problems = []
     rows = load_manifest(manifest_dir(out_dir))
-    for row in tqdm(rows, desc="verifying images", unit="sample", disable=not show_progress or None):
+    for row in progress_bar(rows, desc="verifying images", unit="sample", enabled=show_progress):
         for camera, view in row.views.items():
             checks["files"] += 1
             try:

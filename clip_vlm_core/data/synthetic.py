@@ -19,7 +19,6 @@ from pathlib import Path
 
 from PIL import Image
 from pyquaternion import Quaternion
-from tqdm import tqdm
 
 from clip_vlm_core.atomic import staged_dir
 from clip_vlm_core.data.scene_drawing import HEIGHT, WIDTH, draw_back, draw_front, encode_jpeg, side_view_jpeg
@@ -35,6 +34,7 @@ from clip_vlm_core.data.scene_facts import (
 from clip_vlm_core.data.scene_questions import ask_about
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.output_guard import guard_output
+from clip_vlm_core.progress import progress_bar
 
 __all__ = ["FACT_KEYS", "SceneFacts", "SyntheticDataset", "caption_corpus", "describe", "describe_back",
            "describe_front", "generate_synthetic_nuscenes", "parse_facts", "SCENE_NAMES"]
@@ -153,7 +153,7 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
             (root / "sweeps" / cam).mkdir(parents=True)
     (root / "nuinteract").mkdir()
     total = scenes * samples
-    progress = tqdm(total=total, desc="drawing synthetic keyframes", unit="sample", disable=not show_progress or None)
+    progress = progress_bar(total=total, desc="drawing synthetic keyframes", unit="sample", enabled=show_progress)
     for s in range(scenes):
         name = SCENE_NAMES[s]
         log_token = token()

@@ -7,16 +7,18 @@ metrics blur, and it is what the trainer's proof test checks.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 
 def fact_accuracy(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
-    """{"facts": {fact: accuracy}, "exact_match": rate, "samples": n} over the samples whose reference
-    parses as synthetic scene facts; {} when none does (real captions).
+    """{"facts": {fact: accuracy}, "fact_chance": {fact: share}, "exact_match": rate, "samples": n} over the
+    samples whose reference parses as synthetic scene facts; {} when none does (real captions).
 
     A fact counts as right when the prediction states the reference's value for it; exact match means
-    every fact of the reference is right.
+    every fact of the reference is right. A fact's chance is the share of its commonest true value: what
+    a model that never looks would score by always stating that value.
     """
     from clip_vlm_core.data.synthetic import parse_facts
 
@@ -24,6 +26,7 @@ def fact_accuracy(references: Sequence[str], predictions: Sequence[str]) -> dict
         raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
     right: dict[str, int] = {}
     seen: dict[str, int] = {}
+    values: dict[str, Counter] = {}
     exact = samples = 0
     for reference, prediction in zip(references, predictions, strict=True):
         truth = parse_facts(reference)
@@ -34,6 +37,7 @@ def fact_accuracy(references: Sequence[str], predictions: Sequence[str]) -> dict
         all_right = True
         for fact, value in truth.items():
             seen[fact] = seen.get(fact, 0) + 1
+            values.setdefault(fact, Counter())[value] += 1
             if guess.get(fact) == value:
                 right[fact] = right.get(fact, 0) + 1
             else:
@@ -43,6 +47,7 @@ def fact_accuracy(references: Sequence[str], predictions: Sequence[str]) -> dict
         return {}
     return {
         "facts": {fact: right.get(fact, 0) / seen[fact] for fact in sorted(seen)},
+        "fact_chance": {fact: values[fact].most_common(1)[0][1] / seen[fact] for fact in sorted(seen)},
         "exact_match": exact / samples,
         "samples": samples,
     }

@@ -14,6 +14,19 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from clip_vlm_core.errors import UserError
+from clip_vlm_core.limits import MAX_NEW_TOKENS
+
+DEFAULT_MAX_ANSWER_TOKENS = 16  # the synthetic answers are 1-3 tokens; "front-left lane, two cars" fits too
+
+
+def check_answer_tokens(max_answer_tokens: int, name: str = "max_answer_tokens") -> None:
+    """An answer's token limit within the decoder's own bounds, or one sentence saying why not."""
+    whole = isinstance(max_answer_tokens, int) and not isinstance(max_answer_tokens, bool)
+    if not whole or not 1 <= max_answer_tokens <= MAX_NEW_TOKENS:
+        raise UserError(f"{name} must be a whole number from 1 to {MAX_NEW_TOKENS}, got {max_answer_tokens!r}")
+
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
