@@ -98,6 +98,8 @@ class LoggedProgress(tqdm):
 
     def set_phase(self, phase: str) -> None:
         """Name what is being done now (in brackets after the description), without a line of its own."""
+        if self.disable:  # a disabled tqdm keeps no description
+            return
         if not hasattr(self, "_plain_desc"):
             self._plain_desc = self.desc
         self.set_description_str(f"{self._plain_desc} [{phase}]", refresh=False)
