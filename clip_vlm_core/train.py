@@ -37,10 +37,11 @@ from clip_vlm_core.atomic import staging_area
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.model.loss import sample_mean_loss, target_tokens
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
-from clip_vlm_core.output_guard import guard_output, remove_output
+from clip_vlm_core.output_guard import guard_output
 from clip_vlm_core.train_config import RunConfig
 from clip_vlm_core.train_setup import (
     WRITER,
+    FreshStart,
     apply_recipe_rates,
     build_captioner,
     datasets,
@@ -99,7 +100,15 @@ def run_training(
     session at that step as an interruption would (latest/ saved, schedule unchanged). `overwrite`
     empties an existing run folder first; `recipe` (the YAML read) is protected as an input. Returns a
     summary (best_val_loss None before any validation)."""
-    run = _set_up(config, resume, overwrite, recipe)
+    run_dir = Path(config.run_dir)
+    # A fresh start that fails before its first step takes back what it wrote (FreshStart).
+    start = FreshStart(run_dir) if not continues_run(run_dir, resume) else None
+    try:
+        run = _set_up(config, resume, overwrite, recipe, start)
+    except BaseException:
+        if start is not None:
+            start.undo()
+        raise
     o, state, accelerator = config.optim, run.state, run.accelerator
     stop = _StopRequest()
     progress = _progress(o.max_steps, state.step, accelerator, show_progress)
@@ -119,6 +128,8 @@ def run_training(
                     continue  # accumulating: the optimizer step comes with the last micro-batch
                 run.scheduler.step()
                 state.step += 1
+                if start is not None:
+                    start.done()  # under way: the run folder is this run's now
                 progress.update(1)
                 # After the step: log, validate (keeping best/), save latest/, in that order.
                 if state.step % o.log_every == 0 or state.step == o.max_steps:
@@ -138,6 +149,10 @@ def run_training(
                 state.batches_into_epoch = 0
         if stop.requested and saved_step != state.step:
             save_latest(run.run_dir, run.captioner, run.optimizer, run.scheduler, state, accelerator)
+    except BaseException:
+        if start is not None:
+            start.undo()  # nothing happens once the first step is done
+        raise
     finally:
         progress.close()
         stop.restore()
@@ -148,7 +163,8 @@ def run_training(
 
 # -- setup ----------------------------------------------------------------------------------------
 
-def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str | Path | None) -> _Run:
+def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str | Path | None,
+            start: FreshStart | None) -> _Run:
     """Everything before the first step, in the order that keeps the user's files safe: refusals first,
     then the run folder, the model, the data, the optimizer, and what a resumed run brings back."""
     from accelerate import Accelerator
@@ -173,8 +189,8 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
     changed = check_resume_recipe(config, latest) if latest is not None else {}
     set_seed(o.seed)
     if accelerator.is_main_process:
-        if overwrite and not continuing and run_dir.exists():
-            remove_output(run_dir)
+        if start is not None:  # from here until the first step, a failure takes back what was written
+            start.begin(overwrite)
         if latest is None:
             write_run_record(run_dir, config)
         else:  # a resumed run records itself once latest/ has been read whole; a folder it cannot write stops it now
