@@ -121,6 +121,9 @@ def run_training(
             if state.batches_into_epoch:
                 loader = accelerator.skip_first_batches(loader, state.batches_into_epoch)
             for batch in loader:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("process %d/%d step %d trains on rows %s", accelerator.process_index + 1,
+                              accelerator.num_processes, state.step + 1, " ".join(_row_digests(batch)))
                 loss, grad_norm = _train_step(run, batch)
                 state.batches_into_epoch += 1
                 meter.samples += batch["input_ids"].shape[0] * accelerator.num_processes
@@ -184,6 +187,11 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
         log_with="tensorboard",
         project_dir=str(run_dir),
     )
+    if accelerator.is_main_process:
+        log.info("%d process(es) on %s (%s); global batch %d samples per step = %d per process x %d "
+                 "accumulation step(s) x %d process(es)", accelerator.num_processes, accelerator.device.type,
+                 accelerator.distributed_type.value, o.batch_size * o.grad_accum_steps * accelerator.num_processes,
+                 o.batch_size, o.grad_accum_steps, accelerator.num_processes)
     latest = resume_dir(run_dir, resume)
     # A recipe that changes the model is refused before anything is written or loaded.
     changed = check_resume_recipe(config, latest) if latest is not None else {}
@@ -226,6 +234,16 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
     accelerator.init_trackers("tensorboard")
     return _Run(config, run_dir, accelerator, captioner, model, optimizer, scheduler, train_set, val_set, collate,
                 state, [p for p in model.parameters() if p.requires_grad])
+
+
+def _row_digests(batch: dict[str, Any]) -> list[str]:
+    """A short digest of each row's tokens (padding left out): which items a process trains on, for -v."""
+    import hashlib
+
+    rows = []
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+        rows.append(hashlib.sha1(ids[mask.bool()].cpu().numpy().tobytes()).hexdigest()[:8])
+    return rows
 
 
 # -- one step ---------------------------------------------------------------------------------------

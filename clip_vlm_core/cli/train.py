@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         config.data.dataroot = args.dataroot
     if args.resume is None:
         check_base_models_available(config)  # a hub id that cannot be had: said at once
+    from clip_vlm_core.train_launch import relaunch_if_accelerate_lost_processes
+
+    relaunch_if_accelerate_lost_processes()  # accelerate launch --num_processes N means N processes
     from clip_vlm_core.train import run_training
 
     summary = run_training(config, resume=args.resume, show_progress=not args.no_progress, overwrite=args.overwrite,
