@@ -35,7 +35,7 @@ import torch
 
 from clip_vlm_core.atomic import staging_area
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.model.loss import sample_mean_loss, target_tokens
+from clip_vlm_core.model.loss import IGNORE_INDEX, sample_mean_loss, target_tokens, token_mean_loss
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
 from clip_vlm_core.output_guard import guard_output
 from clip_vlm_core.train_config import RunConfig
@@ -112,7 +112,7 @@ def run_training(
     o, state, accelerator = config.optim, run.state, run.accelerator
     stop = _StopRequest()
     progress = _progress(o.max_steps, state.step, accelerator, show_progress)
-    meter = _Throughput()
+    meter, losses = _Throughput(), _LossWindow()
     saved_step = state.step
     try:
         while state.step < o.max_steps and not stop.requested:
@@ -125,6 +125,7 @@ def run_training(
                     log.debug("process %d/%d step %d trains on rows %s", accelerator.process_index + 1,
                               accelerator.num_processes, state.step + 1, " ".join(_row_digests(batch)))
                 loss, grad_norm = _train_step(run, batch)
+                losses.add(loss)
                 state.batches_into_epoch += 1
                 meter.samples += batch["input_ids"].shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
@@ -136,7 +137,7 @@ def run_training(
                 progress.update(1)
                 # After the step: log, validate (keeping best/), save latest/, in that order.
                 if state.step % o.log_every == 0 or state.step == o.max_steps:
-                    _log_step(run, loss, grad_norm, meter, progress)
+                    _log_step(run, losses.mean(), grad_norm, meter, progress)
                 if state.step % o.eval_every == 0 or state.step == o.max_steps:
                     if _evaluate_and_keep_best(run):
                         stop.requested = stop.requested or "early stopping"
@@ -187,11 +188,6 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
         log_with="tensorboard",
         project_dir=str(run_dir),
     )
-    if accelerator.is_main_process:
-        log.info("%d process(es) on %s (%s); global batch %d samples per step = %d per process x %d "
-                 "accumulation step(s) x %d process(es)", accelerator.num_processes, accelerator.device.type,
-                 accelerator.distributed_type.value, o.batch_size * o.grad_accum_steps * accelerator.num_processes,
-                 o.batch_size, o.grad_accum_steps, accelerator.num_processes)
     latest = resume_dir(run_dir, resume)
     # A recipe that changes the model is refused before anything is written or loaded.
     changed = check_resume_recipe(config, latest) if latest is not None else {}
@@ -206,6 +202,11 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
                 pass
     accelerator.wait_for_everyone()
 
+    if accelerator.is_main_process:
+        log.info("%d process(es) on %s (%s); global batch %d samples per step = %d per process x %d "
+                 "accumulation step(s) x %d process(es)", accelerator.num_processes, accelerator.device.type,
+                 accelerator.distributed_type.value, o.batch_size * o.grad_accum_steps * accelerator.num_processes,
+                 o.batch_size, o.grad_accum_steps, accelerator.num_processes)
     captioner = build_captioner(config, run_dir, latest, accelerator)
     # Qwen's frozen vision tower attends over all its windows in one flash call on a GPU (here and when
     # the encoder cache is built); elsewhere this changes nothing.
@@ -234,6 +235,11 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
     accelerator.init_trackers("tensorboard")
     return _Run(config, run_dir, accelerator, captioner, model, optimizer, scheduler, train_set, val_set, collate,
                 state, [p for p in model.parameters() if p.requires_grad])
+
+
+def target_items(labels: torch.Tensor) -> int:
+    """How many rows have target tokens (a per-sample validation mean weighs each batch by it)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).any(dim=1).sum())
 
 
 def _row_digests(batch: dict[str, Any]) -> list[str]:
@@ -282,8 +288,28 @@ class _Throughput:
         return rate
 
 
+@dataclass
+class _LossWindow:
+    """The training loss of every micro-batch since the last log line: train/loss is their mean, not the
+    last one's (which swings with what that batch held)."""
+
+    total: torch.Tensor | None = None
+    count: int = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        loss = loss.detach().double()
+        self.total = loss if self.total is None else self.total + loss
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        """The mean since the last call (the same count on every process, so a gather's mean is the mean)."""
+        mean, self.total, self.count = self.total / max(self.count, 1), None, 0
+        return mean
+
+
 def _log_step(run: _Run, loss: torch.Tensor, grad_norm: torch.Tensor | None, meter: _Throughput, progress) -> None:
-    """The step's figures to tensorboard, the history and the progress bar (or the log, without one)."""
+    """The step's figures to tensorboard, the history and the progress bar (or the log, without one); `loss` is
+    this process's mean training loss since the last log."""
     accelerator, state = run.accelerator, run.state
     rates = learning_rates(run.optimizer)
     metrics = {
@@ -302,9 +328,14 @@ def _log_step(run: _Run, loss: torch.Tensor, grad_norm: torch.Tensor | None, met
                  metrics["train/samples_per_s"])
 
 
+WEIGHTINGS = ("sample", "token")  # optim.loss_weighting's values: validation measures both
+
+
 @torch.no_grad()
-def validation_loss(model, dataset, collate, config: RunConfig, accelerator) -> float:
-    """The mean loss over every target token of the validation items, across processes."""
+def validation_losses(model, dataset, collate, config: RunConfig, accelerator) -> dict[str, float]:
+    """The validation items' loss both ways, across processes: "token", the mean over every target token;
+    "sample", each item's mean over its tokens, averaged over items. The training objective
+    (optim.loss_weighting) is the one that picks best/ and stops early; the other is logged beside it."""
     from torch.utils.data import DataLoader
 
     loader = accelerator.prepare_data_loader(
@@ -312,25 +343,37 @@ def validation_loss(model, dataset, collate, config: RunConfig, accelerator) -> 
                    generator=torch.Generator().manual_seed(0))  # leaves the global RNG (dropout) alone
     )
     model.eval()
-    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    sums = {w: torch.zeros((), device=accelerator.device, dtype=torch.float64) for w in WEIGHTINGS}
+    counts = {w: torch.zeros((), device=accelerator.device, dtype=torch.float64) for w in WEIGHTINGS}
     for batch in loader:
-        tokens = target_tokens(batch["labels"])
-        total += model(**batch).loss.float() * tokens
-        count += tokens
-    total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
-    return (total / count.clamp(min=1)).item()
+        out = model(**batch)
+        tokens, items = target_tokens(batch["labels"]), target_items(batch["labels"])
+        sums["token"] += token_mean_loss(out.logits, batch["labels"]).double() * tokens
+        counts["token"] += tokens
+        if items:
+            sums["sample"] += sample_mean_loss(out.logits, batch["labels"]).double() * items
+            counts["sample"] += items
+    losses = {}
+    for weighting in WEIGHTINGS:
+        total, count = accelerator.reduce(sums[weighting], "sum"), accelerator.reduce(counts[weighting], "sum")
+        losses[weighting] = (total / count.clamp(min=1)).item()
+    return losses
 
 
 def _evaluate_and_keep_best(run: _Run) -> bool:
-    """Validate, keep best/, and say whether patience ran out."""
+    """Validate, keep best/ (by the training objective), and say whether patience ran out."""
     if run.val_set is None or not len(run.val_set):
         return False
     accelerator, state = run.accelerator, run.state
-    val = validation_loss(run.model, run.val_set, run.collate, run.config, accelerator)
-    accelerator.log({"val/loss": val}, step=state.step)
+    objective = run.config.optim.loss_weighting
+    losses = validation_losses(run.model, run.val_set, run.collate, run.config, accelerator)
+    val = losses[objective]
+    accelerator.log({"val/loss": val, **{f"val/loss_{w}": losses[w] for w in WEIGHTINGS}}, step=state.step)
     if accelerator.is_main_process:
-        log.info("step %d validation loss %.4f (best %.4f)", state.step, val, min(val, state.best_val_loss))
-    state.history.append({"step": state.step, "val_loss": val})
+        other = next(w for w in WEIGHTINGS if w != objective)
+        log.info("step %d validation loss %.4f (per %s, the training objective; best %.4f); per %s %.4f",
+                 state.step, val, objective, min(val, state.best_val_loss), other, losses[other])
+    state.history.append({"step": state.step, "val_loss": val, **{f"val_loss_{w}": losses[w] for w in WEIGHTINGS}})
     if val < state.best_val_loss:
         state.best_val_loss, state.evals_without_improvement = val, 0
         if accelerator.is_main_process:
