@@ -9,7 +9,8 @@ Run folder:
     config.yaml         the resolved recipe          run_info.json   git commit, seed, versions
     base/               tiny base models (init: tiny)  data/          synthetic data (if asked)
     latest/             everything needed to resume  best/          inference checkpoint (lowest val loss)
-    tensorboard/        loss, learning rate, grad norm, samples/s
+    tensorboard/        loss, learning rate, grad norm, samples/s; validation loss both ways, sample captions,
+                        question accuracy, and the recipe as hparams (train_samples.py)
 
 A fresh run refuses an existing non-empty run folder unless `overwrite` (then it is emptied first),
 and never empties one that is or holds an input (recipe, manifests, dataroot, init checkpoint, base
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from clip_vlm_core.model.loss import IGNORE_INDEX, sample_mean_loss, target_toke
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
 from clip_vlm_core.output_guard import guard_output
 from clip_vlm_core.train_config import RunConfig
+from clip_vlm_core.train_samples import hparams, log_samples
 from clip_vlm_core.train_setup import (
     WRITER,
     FreshStart,
@@ -62,6 +65,7 @@ from clip_vlm_core.train_state import (
     resume_dir,
     save_latest,
 )
+from clip_vlm_core.train_threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +99,27 @@ def run_training(
     stop_after: int | None = None,
     overwrite: bool = False,
     recipe: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train per `config`; `resume` is a latest/ folder or "latest" (this run's). `stop_after` ends the
     session at that step as an interruption would (latest/ saved, schedule unchanged). `overwrite`
-    empties an existing run folder first; `recipe` (the YAML read) is protected as an input. Returns a
+    empties an existing run folder first; `recipe` (the YAML read) is protected as an input; `threads` sets
+    torch's threads (default: chosen by clip_vlm_core.train_threads). Returns a
     summary (best_val_loss None before any validation)."""
+    threads_before = torch.get_num_threads()  # put back after the run (a caller's process goes on)
+    try:
+        return _run(config, resume, show_progress, stop_after, overwrite, recipe, threads)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(config: RunConfig, resume: str | None, show_progress: bool, stop_after: int | None, overwrite: bool,
+         recipe: str | Path | None, threads: int | None) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     # A fresh start that fails before its first step takes back what it wrote (FreshStart).
     start = FreshStart(run_dir) if not continues_run(run_dir, resume) else None
     try:
-        run = _set_up(config, resume, overwrite, recipe, start)
+        run = _set_up(config, resume, overwrite, recipe, start, threads)
     except BaseException:
         if start is not None:
             start.undo()
@@ -168,7 +183,7 @@ def run_training(
 # -- setup ----------------------------------------------------------------------------------------
 
 def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str | Path | None,
-            start: FreshStart | None) -> _Run:
+            start: FreshStart | None, threads: int | None = None) -> _Run:
     """Everything before the first step, in the order that keeps the user's files safe: refusals first,
     then the run folder, the model, the data, the optimizer, and what a resumed run brings back."""
     from accelerate import Accelerator
@@ -202,6 +217,7 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
                 pass
     accelerator.wait_for_everyone()
 
+    set_torch_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if accelerator.is_main_process:
         log.info("%d process(es) on %s (%s); global batch %d samples per step = %d per process x %d "
                  "accumulation step(s) x %d process(es)", accelerator.num_processes, accelerator.device.type,
@@ -232,7 +248,7 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
                 log.info("resuming with changed settings: %s", differences(changed))
         log.info("resuming from %s at step %d", latest, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.init_trackers("tensorboard")
+    accelerator.init_trackers("tensorboard", config=hparams(config))  # the recipe, as TensorBoard's hparams
     return _Run(config, run_dir, accelerator, captioner, model, optimizer, scheduler, train_set, val_set, collate,
                 state, [p for p in model.parameters() if p.requires_grad])
 
@@ -374,6 +390,7 @@ def _evaluate_and_keep_best(run: _Run) -> bool:
         log.info("step %d validation loss %.4f (per %s, the training objective; best %.4f); per %s %.4f",
                  state.step, val, objective, min(val, state.best_val_loss), other, losses[other])
     state.history.append({"step": state.step, "val_loss": val, **{f"val_loss_{w}": losses[w] for w in WEIGHTINGS}})
+    log_samples(run, state.step)  # captions and question accuracy, to TensorBoard
     if val < state.best_val_loss:
         state.best_val_loss, state.evals_without_improvement = val, 0
         if accelerator.is_main_process:
