@@ -133,6 +133,17 @@ def replace_dir(staged: Path, target: Path) -> None:
     _remove(old)
 
 
+def set_aside(target: str | Path) -> Path:
+    """Rename `target` to a hidden `.NAME.old-HOST-PID-X` beside it and return that path: put back with a
+    rename, or deleted once what replaces it stands. Should the process die meanwhile, the next sweep of the
+    folder (or `restore_interrupted`) puts it back if nothing took its place."""
+    target = Path(target).absolute()
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{_HOST}-{os.getpid()}-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    return old
+
+
 def fsync_tree(root: Path) -> None:
     """Flush every file below `root` (links are left alone) and every folder's entries to the disk."""
     for folder, _, files in os.walk(root):

@@ -9,7 +9,8 @@ Run folder:
     config.yaml         the resolved recipe          run_info.json   git commit, seed, versions
     base/               tiny base models (init: tiny)  data/          synthetic data (if asked)
     latest/             everything needed to resume  best/          inference checkpoint (lowest val loss)
-    tensorboard/        loss, learning rate, grad norm, samples/s
+    tensorboard/        loss, learning rate, grad norm, samples/s; validation loss both ways, sample captions,
+                        question accuracy, and the recipe as hparams (train_samples.py)
 
 A fresh run refuses an existing non-empty run folder unless `overwrite` (then it is emptied first),
 and never empties one that is or holds an input (recipe, manifests, dataroot, init checkpoint, base
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -35,12 +37,14 @@ import torch
 
 from clip_vlm_core.atomic import staging_area
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.model.loss import sample_mean_loss, target_tokens
+from clip_vlm_core.model.loss import IGNORE_INDEX, sample_mean_loss, target_tokens, token_mean_loss
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
-from clip_vlm_core.output_guard import guard_output, remove_output
+from clip_vlm_core.output_guard import guard_output
 from clip_vlm_core.train_config import RunConfig
+from clip_vlm_core.train_samples import hparams, log_samples
 from clip_vlm_core.train_setup import (
     WRITER,
+    FreshStart,
     apply_recipe_rates,
     build_captioner,
     datasets,
@@ -61,6 +65,7 @@ from clip_vlm_core.train_state import (
     resume_dir,
     save_latest,
 )
+from clip_vlm_core.train_threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +99,35 @@ def run_training(
     stop_after: int | None = None,
     overwrite: bool = False,
     recipe: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train per `config`; `resume` is a latest/ folder or "latest" (this run's). `stop_after` ends the
     session at that step as an interruption would (latest/ saved, schedule unchanged). `overwrite`
-    empties an existing run folder first; `recipe` (the YAML read) is protected as an input. Returns a
+    empties an existing run folder first; `recipe` (the YAML read) is protected as an input; `threads` sets
+    torch's threads (default: chosen by clip_vlm_core.train_threads). Returns a
     summary (best_val_loss None before any validation)."""
-    run = _set_up(config, resume, overwrite, recipe)
+    threads_before = torch.get_num_threads()  # put back after the run (a caller's process goes on)
+    try:
+        return _run(config, resume, show_progress, stop_after, overwrite, recipe, threads)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(config: RunConfig, resume: str | None, show_progress: bool, stop_after: int | None, overwrite: bool,
+         recipe: str | Path | None, threads: int | None) -> dict[str, Any]:
+    run_dir = Path(config.run_dir)
+    # A fresh start that fails before its first step takes back what it wrote (FreshStart).
+    start = FreshStart(run_dir) if not continues_run(run_dir, resume) else None
+    try:
+        run = _set_up(config, resume, overwrite, recipe, start, threads)
+    except BaseException:
+        if start is not None:
+            start.undo()
+        raise
     o, state, accelerator = config.optim, run.state, run.accelerator
     stop = _StopRequest()
     progress = _progress(o.max_steps, state.step, accelerator, show_progress)
-    meter = _Throughput()
+    meter, losses = _Throughput(), _LossWindow()
     saved_step = state.step
     try:
         while state.step < o.max_steps and not stop.requested:
@@ -112,17 +136,23 @@ def run_training(
             if state.batches_into_epoch:
                 loader = accelerator.skip_first_batches(loader, state.batches_into_epoch)
             for batch in loader:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("process %d/%d step %d trains on rows %s", accelerator.process_index + 1,
+                              accelerator.num_processes, state.step + 1, " ".join(_row_digests(batch)))
                 loss, grad_norm = _train_step(run, batch)
+                losses.add(loss)
                 state.batches_into_epoch += 1
                 meter.samples += batch["input_ids"].shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue  # accumulating: the optimizer step comes with the last micro-batch
                 run.scheduler.step()
                 state.step += 1
+                if start is not None:
+                    start.done()  # under way: the run folder is this run's now
                 progress.update(1)
                 # After the step: log, validate (keeping best/), save latest/, in that order.
                 if state.step % o.log_every == 0 or state.step == o.max_steps:
-                    _log_step(run, loss, grad_norm, meter, progress)
+                    _log_step(run, losses.mean(), grad_norm, meter, progress)
                 if state.step % o.eval_every == 0 or state.step == o.max_steps:
                     if _evaluate_and_keep_best(run):
                         stop.requested = stop.requested or "early stopping"
@@ -138,6 +168,10 @@ def run_training(
                 state.batches_into_epoch = 0
         if stop.requested and saved_step != state.step:
             save_latest(run.run_dir, run.captioner, run.optimizer, run.scheduler, state, accelerator)
+    except BaseException:
+        if start is not None:
+            start.undo()  # nothing happens once the first step is done
+        raise
     finally:
         progress.close()
         stop.restore()
@@ -148,7 +182,8 @@ def run_training(
 
 # -- setup ----------------------------------------------------------------------------------------
 
-def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str | Path | None) -> _Run:
+def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str | Path | None,
+            start: FreshStart | None, threads: int | None = None) -> _Run:
     """Everything before the first step, in the order that keeps the user's files safe: refusals first,
     then the run folder, the model, the data, the optimizer, and what a resumed run brings back."""
     from accelerate import Accelerator
@@ -173,8 +208,8 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
     changed = check_resume_recipe(config, latest) if latest is not None else {}
     set_seed(o.seed)
     if accelerator.is_main_process:
-        if overwrite and not continuing and run_dir.exists():
-            remove_output(run_dir)
+        if start is not None:  # from here until the first step, a failure takes back what was written
+            start.begin(overwrite)
         if latest is None:
             write_run_record(run_dir, config)
         else:  # a resumed run records itself once latest/ has been read whole; a folder it cannot write stops it now
@@ -182,6 +217,12 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
                 pass
     accelerator.wait_for_everyone()
 
+    set_torch_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if accelerator.is_main_process:
+        log.info("%d process(es) on %s (%s); global batch %d samples per step = %d per process x %d "
+                 "accumulation step(s) x %d process(es)", accelerator.num_processes, accelerator.device.type,
+                 accelerator.distributed_type.value, o.batch_size * o.grad_accum_steps * accelerator.num_processes,
+                 o.batch_size, o.grad_accum_steps, accelerator.num_processes)
     captioner = build_captioner(config, run_dir, latest, accelerator)
     # Qwen's frozen vision tower attends over all its windows in one flash call on a GPU (here and when
     # the encoder cache is built); elsewhere this changes nothing.
@@ -207,9 +248,24 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
                 log.info("resuming with changed settings: %s", differences(changed))
         log.info("resuming from %s at step %d", latest, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.init_trackers("tensorboard")
+    accelerator.init_trackers("tensorboard", config=hparams(config))  # the recipe, as TensorBoard's hparams
     return _Run(config, run_dir, accelerator, captioner, model, optimizer, scheduler, train_set, val_set, collate,
                 state, [p for p in model.parameters() if p.requires_grad])
+
+
+def target_items(labels: torch.Tensor) -> int:
+    """How many rows have target tokens (a per-sample validation mean weighs each batch by it)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).any(dim=1).sum())
+
+
+def _row_digests(batch: dict[str, Any]) -> list[str]:
+    """A short digest of each row's tokens (padding left out): which items a process trains on, for -v."""
+    import hashlib
+
+    rows = []
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+        rows.append(hashlib.sha1(ids[mask.bool()].cpu().numpy().tobytes()).hexdigest()[:8])
+    return rows
 
 
 # -- one step ---------------------------------------------------------------------------------------
@@ -248,8 +304,28 @@ class _Throughput:
         return rate
 
 
+@dataclass
+class _LossWindow:
+    """The training loss of every micro-batch since the last log line: train/loss is their mean, not the
+    last one's (which swings with what that batch held)."""
+
+    total: torch.Tensor | None = None
+    count: int = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        loss = loss.detach().double()
+        self.total = loss if self.total is None else self.total + loss
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        """The mean since the last call (the same count on every process, so a gather's mean is the mean)."""
+        mean, self.total, self.count = self.total / max(self.count, 1), None, 0
+        return mean
+
+
 def _log_step(run: _Run, loss: torch.Tensor, grad_norm: torch.Tensor | None, meter: _Throughput, progress) -> None:
-    """The step's figures to tensorboard, the history and the progress bar (or the log, without one)."""
+    """The step's figures to tensorboard, the history and the progress bar (or the log, without one); `loss` is
+    this process's mean training loss since the last log."""
     accelerator, state = run.accelerator, run.state
     rates = learning_rates(run.optimizer)
     metrics = {
@@ -268,9 +344,14 @@ def _log_step(run: _Run, loss: torch.Tensor, grad_norm: torch.Tensor | None, met
                  metrics["train/samples_per_s"])
 
 
+WEIGHTINGS = ("sample", "token")  # optim.loss_weighting's values: validation measures both
+
+
 @torch.no_grad()
-def validation_loss(model, dataset, collate, config: RunConfig, accelerator) -> float:
-    """The mean loss over every target token of the validation items, across processes."""
+def validation_losses(model, dataset, collate, config: RunConfig, accelerator) -> dict[str, float]:
+    """The validation items' loss both ways, across processes: "token", the mean over every target token;
+    "sample", each item's mean over its tokens, averaged over items. The training objective
+    (optim.loss_weighting) is the one that picks best/ and stops early; the other is logged beside it."""
     from torch.utils.data import DataLoader
 
     loader = accelerator.prepare_data_loader(
@@ -278,25 +359,38 @@ def validation_loss(model, dataset, collate, config: RunConfig, accelerator) -> 
                    generator=torch.Generator().manual_seed(0))  # leaves the global RNG (dropout) alone
     )
     model.eval()
-    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    sums = {w: torch.zeros((), device=accelerator.device, dtype=torch.float64) for w in WEIGHTINGS}
+    counts = {w: torch.zeros((), device=accelerator.device, dtype=torch.float64) for w in WEIGHTINGS}
     for batch in loader:
-        tokens = target_tokens(batch["labels"])
-        total += model(**batch).loss.float() * tokens
-        count += tokens
-    total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
-    return (total / count.clamp(min=1)).item()
+        out = model(**batch)
+        tokens, items = target_tokens(batch["labels"]), target_items(batch["labels"])
+        sums["token"] += token_mean_loss(out.logits, batch["labels"]).double() * tokens
+        counts["token"] += tokens
+        if items:
+            sums["sample"] += sample_mean_loss(out.logits, batch["labels"]).double() * items
+            counts["sample"] += items
+    losses = {}
+    for weighting in WEIGHTINGS:
+        total, count = accelerator.reduce(sums[weighting], "sum"), accelerator.reduce(counts[weighting], "sum")
+        losses[weighting] = (total / count.clamp(min=1)).item()
+    return losses
 
 
 def _evaluate_and_keep_best(run: _Run) -> bool:
-    """Validate, keep best/, and say whether patience ran out."""
+    """Validate, keep best/ (by the training objective), and say whether patience ran out."""
     if run.val_set is None or not len(run.val_set):
         return False
     accelerator, state = run.accelerator, run.state
-    val = validation_loss(run.model, run.val_set, run.collate, run.config, accelerator)
-    accelerator.log({"val/loss": val}, step=state.step)
+    objective = run.config.optim.loss_weighting
+    losses = validation_losses(run.model, run.val_set, run.collate, run.config, accelerator)
+    val = losses[objective]
+    accelerator.log({"val/loss": val, **{f"val/loss_{w}": losses[w] for w in WEIGHTINGS}}, step=state.step)
     if accelerator.is_main_process:
-        log.info("step %d validation loss %.4f (best %.4f)", state.step, val, min(val, state.best_val_loss))
-    state.history.append({"step": state.step, "val_loss": val})
+        other = next(w for w in WEIGHTINGS if w != objective)
+        log.info("step %d validation loss %.4f (per %s, the training objective; best %.4f); per %s %.4f",
+                 state.step, val, objective, min(val, state.best_val_loss), other, losses[other])
+    state.history.append({"step": state.step, "val_loss": val, **{f"val_loss_{w}": losses[w] for w in WEIGHTINGS}})
+    log_samples(run, state.step)  # captions and question accuracy, to TensorBoard
     if val < state.best_val_loss:
         state.best_val_loss, state.evals_without_improvement = val, 0
         if accelerator.is_main_process:

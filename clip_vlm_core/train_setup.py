@@ -13,10 +13,10 @@ from typing import Any
 import torch
 import yaml
 
-from clip_vlm_core.atomic import write_text
+from clip_vlm_core.atomic import set_aside, write_text
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.jsonout import dumps
-from clip_vlm_core.output_guard import write_marker
+from clip_vlm_core.output_guard import remove_output, write_marker
 from clip_vlm_core.train_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,52 @@ def run_inputs(config: RunConfig, recipe: str | Path | None, resume: str | None)
             except UserError:
                 pass  # told in its own words when the data is loaded
     return inputs
+
+
+class FreshStart:
+    """A fresh run's folder until its first step: a start that fails before then (a recipe or data error
+    found while loading, Ctrl-C while caching) leaves the folder as it found it, so that the same command
+    can be retried without --overwrite. `begin` (main process, once the guard has allowed the folder) notes
+    what was there and, for --overwrite, sets the previous run aside instead of deleting it; `undo` removes
+    what this start wrote and puts that back; `done` (after the first step) deletes the previous run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.armed = False
+        self.existed = False  # an empty folder the user made: left as an empty folder
+        self.aside: Path | None = None  # the run --overwrite replaces, until the first step
+
+    def begin(self, overwrite: bool) -> None:
+        self.existed = self.run_dir.is_dir()
+        if overwrite and self.existed and any(self.run_dir.iterdir()):
+            try:
+                self.aside = set_aside(self.run_dir)
+            except OSError as exc:
+                raise UserError(f"cannot replace run_dir {self.run_dir}: {exc.strerror or exc}") from None
+            self.existed = False
+        self.armed = True
+
+    def done(self) -> None:
+        if self.armed and self.aside is not None:
+            remove_output(self.aside)
+        self.armed = False
+
+    def undo(self) -> None:
+        if not self.armed:
+            return
+        self.armed = False
+        try:
+            if self.existed:
+                for entry in list(self.run_dir.iterdir()):
+                    remove_output(entry)
+            else:
+                remove_output(self.run_dir)
+            if self.aside is not None:
+                self.aside.rename(self.run_dir)
+        except (OSError, UserError) as exc:  # the start's own error is the one to read
+            log.warning("could not remove what the failed start wrote in %s: %s", self.run_dir, exc)
+            return
+        log.info("the start failed before the first step: %s is as it was before", self.run_dir)
 
 
 def write_run_record(run_dir: Path, config: RunConfig) -> None:

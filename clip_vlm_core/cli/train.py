@@ -12,6 +12,8 @@ EPILOG = """examples:
   clip-vlm train --config training/configs/synthetic-tiny.yaml --resume latest
   accelerate launch --num_processes 2 -m clip_vlm_core train --config training/configs/nuinteract-front-back.yaml
   torchrun --nproc_per_node 8 -m clip_vlm_core train --config training/configs/nuinteract-front-back.yaml
+  (several machines: accelerate's --num_machines/--machine_rank/--main_process_ip, or torchrun's --nnodes
+  and --rdzv_endpoint; README, "Several processes and machines")
 
 Overrides are section.key=value with sections captioner, data, optim (values parsed as YAML), or run_dir=DIR.
 The run folder gets config.yaml, run_info.json, latest/ (resumable), best/ (loadable by --checkpoint),
@@ -21,7 +23,8 @@ A fresh run refuses an existing non-empty run folder (--resume latest continues 
 it first, never when it is or holds the recipe, a manifest, the dataroot or a checkpoint read).
 A manifest's images are found under the dataroot recorded in its manifest.json; when the data moved,
 --dataroot DIR (or data.dataroot=DIR) says where it is now. The summary line is JSON: best_val_loss is
-null before any validation."""
+null before any validation (scored by the training objective, optim.loss_weighting). A start that fails
+before its first step leaves the run folder as it was: run the same command again."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="empty an existing run folder first and start afresh (never one holding an input)")
     parser.add_argument("--dataroot", default=None, metavar="DIR",
                         help="where the manifests' images are now, if they moved (same as data.dataroot=DIR)")
+    parser.add_argument("--threads", type=_positive, default=None, metavar="N",
+                        help="torch threads per process (default: this machine's cores divided by the training "
+                        "processes on it, no more than other work leaves idle; OMP_NUM_THREADS=N also sets it)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
     parser.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of threads, at least 1, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
         config.data.dataroot = args.dataroot
     if args.resume is None:
         check_base_models_available(config)  # a hub id that cannot be had: said at once
+    from clip_vlm_core.train_launch import relaunch_if_accelerate_lost_processes
+
+    relaunch_if_accelerate_lost_processes()  # accelerate launch --num_processes N means N processes
     from clip_vlm_core.train import run_training
 
     summary = run_training(config, resume=args.resume, show_progress=not args.no_progress, overwrite=args.overwrite,
-                           recipe=args.config)
+                           recipe=args.config, threads=args.threads)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not per DDP process
         print(dumps(summary))
     return 130 if summary["stopped_by"] in ("SIGINT", "SIGTERM") else 0
