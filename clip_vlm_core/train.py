@@ -17,9 +17,9 @@ and never empties one that is or holds an input (recipe, manifests, dataroot, in
 models); `--resume latest` continues in it. Checkpoints are written through staging folders, so a full
 disk or a read-only folder ends the run in one sentence with the earlier checkpoints intact.
 
-Where the rest is: what a run is made of (captioner, data, parameter groups) in train_setup.py, latest/
-(save, resume, the recipe check) in train_state.py, the loss in model/loss.py, the memory plan in
-train_memory.py.
+Where the rest is: what a run is made of (captioner, data, parameter groups) in train_setup.py, validation
+(the loss both ways) in train_validation.py, latest/ (save, resume, the recipe check) in train_state.py, the
+loss in model/loss.py, the memory plan in train_memory.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 from clip_vlm_core.atomic import staging_area
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.model.loss import IGNORE_INDEX, sample_mean_loss, target_tokens, token_mean_loss
+from clip_vlm_core.model.loss import sample_mean_loss
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
 from clip_vlm_core.output_guard import guard_output
 from clip_vlm_core.train_config import RunConfig
@@ -66,6 +66,7 @@ from clip_vlm_core.train_state import (
     save_latest,
 )
 from clip_vlm_core.train_threads import set_torch_threads
+from clip_vlm_core.train_validation import WEIGHTINGS, validation_losses
 
 log = logging.getLogger(__name__)
 
@@ -253,11 +254,6 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
                 state, [p for p in model.parameters() if p.requires_grad])
 
 
-def target_items(labels: torch.Tensor) -> int:
-    """How many rows have target tokens (a per-sample validation mean weighs each batch by it)."""
-    return int((labels[:, 1:] != IGNORE_INDEX).any(dim=1).sum())
-
-
 def _row_digests(batch: dict[str, Any]) -> list[str]:
     """A short digest of each row's tokens (padding left out): which items a process trains on, for -v."""
     import hashlib
@@ -342,38 +338,6 @@ def _log_step(run: _Run, loss: torch.Tensor, grad_norm: torch.Tensor | None, met
         log.info("step %d/%d loss %.4f lr %.2e grad-norm %.3f %.1f samples/s", state.step, run.config.optim.max_steps,
                  metrics["train/loss"], metrics["train/lr_connector"], metrics["train/grad_norm"],
                  metrics["train/samples_per_s"])
-
-
-WEIGHTINGS = ("sample", "token")  # optim.loss_weighting's values: validation measures both
-
-
-@torch.no_grad()
-def validation_losses(model, dataset, collate, config: RunConfig, accelerator) -> dict[str, float]:
-    """The validation items' loss both ways, across processes: "token", the mean over every target token;
-    "sample", each item's mean over its tokens, averaged over items. The training objective
-    (optim.loss_weighting) is the one that picks best/ and stops early; the other is logged beside it."""
-    from torch.utils.data import DataLoader
-
-    loader = accelerator.prepare_data_loader(
-        DataLoader(dataset, batch_size=config.optim.batch_size, collate_fn=collate, shuffle=False,
-                   generator=torch.Generator().manual_seed(0))  # leaves the global RNG (dropout) alone
-    )
-    model.eval()
-    sums = {w: torch.zeros((), device=accelerator.device, dtype=torch.float64) for w in WEIGHTINGS}
-    counts = {w: torch.zeros((), device=accelerator.device, dtype=torch.float64) for w in WEIGHTINGS}
-    for batch in loader:
-        out = model(**batch)
-        tokens, items = target_tokens(batch["labels"]), target_items(batch["labels"])
-        sums["token"] += token_mean_loss(out.logits, batch["labels"]).double() * tokens
-        counts["token"] += tokens
-        if items:
-            sums["sample"] += sample_mean_loss(out.logits, batch["labels"]).double() * items
-            counts["sample"] += items
-    losses = {}
-    for weighting in WEIGHTINGS:
-        total, count = accelerator.reduce(sums[weighting], "sum"), accelerator.reduce(counts[weighting], "sum")
-        losses[weighting] = (total / count.clamp(min=1)).item()
-    return losses
 
 
 def _evaluate_and_keep_best(run: _Run) -> bool:

@@ -46,8 +46,8 @@ def test_validation_losses_are_the_per_item_and_per_token_means(synthetic_manife
     from accelerate import Accelerator
 
     from clip_vlm_core.model.loss import sample_mean_loss, target_tokens
-    from clip_vlm_core.train import validation_losses
     from clip_vlm_core.train_setup import build_captioner, datasets
+    from clip_vlm_core.train_validation import validation_losses
 
     config = load_run_config(RECIPE, tiny_overrides(synthetic_manifest, tmp_path / "v", batch_size=3))
     accelerator = Accelerator(cpu=True)

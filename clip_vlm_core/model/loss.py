@@ -49,3 +49,8 @@ def sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 def target_tokens(labels: torch.Tensor) -> torch.Tensor:
     """How many tokens the loss is taken over (a validation mean weighs each batch by it)."""
     return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def target_items(labels: torch.Tensor) -> int:
+    """How many rows have target tokens (a per-sample validation mean weighs each batch by it)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).any(dim=1).sum())
