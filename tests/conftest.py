@@ -36,14 +36,29 @@ def synthetic_nuscenes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_manifest(synthetic_nuscenes, tmp_path_factory) -> Path:
-    """The manifest folder of `synthetic_nuscenes` (CAM_FRONT + CAM_BACK)."""
+def manifest_of(synthetic_nuscenes, tmp_path_factory):
+    """`manifest_of(views, qa_file)`: the manifest folder of `synthetic_nuscenes` for these camera views, with the
+    questions of <root>/`qa_file` if given; built once per (views, qa_file) for the session. Read-only."""
     from clip_vlm_core.data.manifest import build_manifest
 
-    out = tmp_path_factory.mktemp("manifest") / "manifest"
-    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK"],
-                   out, show_progress=False)
-    return out
+    built: dict[tuple, Path] = {}
+
+    def make(views=("CAM_FRONT", "CAM_BACK"), qa_file: str | None = None) -> Path:
+        key = (tuple(views), qa_file)
+        if key not in built:
+            out = tmp_path_factory.mktemp("manifest") / "manifest"
+            build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", list(views), out,
+                           show_progress=False, qa=[synthetic_nuscenes / qa_file] if qa_file else ())
+            built[key] = out
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(manifest_of) -> Path:
+    """The manifest folder of `synthetic_nuscenes` (CAM_FRONT + CAM_BACK)."""
+    return manifest_of()
 
 
 @pytest.fixture(scope="session")

@@ -110,14 +110,10 @@ def test_the_cache_key_follows_the_base_weights_and_the_pixel_budget_not_the_fol
 
 # -- question-answer items ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def qa_dataset(synthetic_nuscenes, captioner, tmp_path_factory):
+def qa_dataset(manifest_of, captioner):
     """The training split with the synthetic world's questions: 4 keyframes x (1 caption + every type x
     TRAINING_QUESTIONS_PER_TYPE questions)."""
-    from clip_vlm_core.data.manifest import build_manifest
-
-    out = tmp_path_factory.mktemp("qa") / "manifest"
-    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK"], out,
-                   show_progress=False, qa=[synthetic_nuscenes / "qa.jsonl"])
+    out = manifest_of(qa_file="qa.jsonl")
     return CaptionDataset(load_manifest(out / "mini_train.jsonl"), read_manifest_meta(out)["dataroot"], captioner.views)
 
 

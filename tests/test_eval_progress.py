@@ -113,13 +113,8 @@ def test_a_bad_answer_token_limit_is_one_sentence_before_the_model_loads(tmp_pat
 
 # -- eval end to end --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def qa_split(synthetic_nuscenes, tmp_path_factory) -> Path:
-    from clip_vlm_core.data.manifest import build_manifest
-
-    out = tmp_path_factory.mktemp("qa") / "manifest"
-    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK"],
-                   out, show_progress=False, qa=[synthetic_nuscenes / "qa_heldout.jsonl"])
-    return out / "mini_val.jsonl"
+def qa_split(manifest_of) -> Path:
+    return manifest_of(qa_file="qa_heldout.jsonl") / "mini_val.jsonl"
 
 
 def read_jsonl(path: Path) -> list[dict]:

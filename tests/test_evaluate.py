@@ -104,14 +104,9 @@ SAMPLE_EVAL_FLAGS = ["--max-new-tokens", "24", "--batch-size", "4", "--device", 
 
 
 @pytest.fixture(scope="module")
-def manifests(synthetic_nuscenes, synthetic_manifest, tmp_path_factory):
+def manifests(synthetic_manifest, manifest_of):
     """Manifests of the shared synthetic tree: both views (the shared one), and the front view alone."""
-    from clip_vlm_core.data.manifest import build_manifest
-
-    front = tmp_path_factory.mktemp("manifests") / "front"
-    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT"], front,
-                   show_progress=False)
-    return {"both": synthetic_manifest, "front": front}
+    return {"both": synthetic_manifest, "front": manifest_of(["CAM_FRONT"])}
 
 
 @pytest.fixture(scope="module")

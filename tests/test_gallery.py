@@ -38,13 +38,8 @@ def test_views_are_placed_as_on_the_car_without_empty_rows_or_columns(views, exp
 
 
 @pytest.fixture(scope="module")
-def six_view_manifest(synthetic_nuscenes, tmp_path_factory) -> Path:
-    from clip_vlm_core.data.manifest import build_manifest
-
-    out = tmp_path_factory.mktemp("six") / "manifest"
-    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", SIX, out, show_progress=False,
-                   qa=[synthetic_nuscenes / "qa_heldout.jsonl"])
-    return out
+def six_view_manifest(manifest_of) -> Path:
+    return manifest_of(SIX, "qa_heldout.jsonl")
 
 
 def test_a_six_camera_gallery_shows_two_rows_of_three_and_every_question_with_its_split(six_view_manifest, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clip_vlm_core.cli import main
-from clip_vlm_core.data.manifest import build_manifest, load_manifest, read_manifest_meta
+from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta
 from clip_vlm_core.data.mixing import CaptionQAMix
 from clip_vlm_core.data.scene_questions import LEAD_INS, QUESTION_TYPE_NAMES, QUESTION_TYPES, base_phrasing
 from clip_vlm_core.errors import UserError
@@ -29,11 +29,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def qa_manifest(synthetic_nuscenes, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("qa") / "manifest"
-    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", CAMS, out, show_progress=False,
-                   qa=[synthetic_nuscenes / "qa_heldout.jsonl"])
-    return out
+def qa_manifest(manifest_of) -> Path:
+    return manifest_of(CAMS, "qa_heldout.jsonl")
 
 
 # -- the synthetic world's questions -------------------------------------------------------------------

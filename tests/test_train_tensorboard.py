@@ -15,15 +15,11 @@ from clip_vlm_core.train_config import load_run_config
 
 
 @pytest.fixture(scope="module")
-def qa_manifest(synthetic_nuscenes, tmp_path_factory) -> Path:
+def qa_manifest(manifest_of) -> Path:
     """The synthetic manifest with its questions (qa.jsonl)."""
-    from clip_vlm_core.data.manifest import build_manifest
     from clip_vlm_core.data.synthetic import QA_FILE
 
-    out = tmp_path_factory.mktemp("qa_manifest") / "manifest"
-    build_manifest(synthetic_nuscenes, "v1.0-mini", synthetic_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK"], out,
-                   qa=[synthetic_nuscenes / QA_FILE], show_progress=False)
-    return out
+    return manifest_of(qa_file=QA_FILE)
 
 
 def _events(run_dir: Path):
