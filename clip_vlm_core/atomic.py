@@ -121,9 +121,7 @@ def replace_dir(staged: Path, target: Path) -> None:
         staged.rename(target)
         _fsync(target.parent, folder=True)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{_HOST}-{os.getpid()}-", dir=target.parent))
-    old.rmdir()
-    target.rename(old)
+    old = set_aside(target)
     try:
         staged.rename(target)
     except OSError:
