@@ -69,7 +69,7 @@ def _generate(run, base, index: int, max_new_tokens: int) -> tuple[str, str, str
 
 def log_samples(run, step: int) -> dict[str, float]:
     """Captions and question accuracy to TensorBoard (main process); returns the accuracy scalars logged."""
-    from clip_vlm_core.evaluation.qa import answers_match
+    from clip_vlm_core.evaluation.qa import answers_match, qa_accuracy
 
     if not run.accelerator.is_main_process or run.val_set is None or not len(run.val_set):
         return {}
@@ -87,13 +87,13 @@ def log_samples(run, step: int) -> dict[str, float]:
     writer.add_text("samples/captions", text, step)
     metrics = {}
     if answers:
-        right = [answers_match(ref, got) for _, _, ref, got in answers]
-        metrics["val/question_accuracy"] = sum(right) / len(right)
-        for kind in sorted({a[0] for a in answers}):
-            hits = [r for (k, *_), r in zip(answers, right, strict=True) if k == kind]
-            metrics[f"val/question_accuracy/{kind}"] = sum(hits) / len(hits)
-        shown = "\n\n".join(f"{'✓' if r else '✗'} *{q}* — reference: {ref}; model: {got}"
-                            for (_, q, ref, got), r in zip(answers[:CAPTIONS_SHOWN * 2], right, strict=False))
+        kinds, _, references, predictions = zip(*answers, strict=True)
+        score = qa_accuracy(kinds, references, predictions)  # as `clip-vlm eval` scores them
+        metrics["val/question_accuracy"] = score["accuracy"]
+        for kind, figures in score["per_type"].items():
+            metrics[f"val/question_accuracy/{kind}"] = figures["accuracy"]
+        shown = "\n\n".join(f"{'✓' if answers_match(ref, got) else '✗'} *{q}* — reference: {ref}; model: {got}"
+                            for _, q, ref, got in answers[:CAPTIONS_SHOWN * 2])
         writer.add_text("samples/answers", shown, step)
         run.accelerator.log(metrics, step=step)
         log.info("step %d validation questions: %.1f %% right (%d answered)", step,
