@@ -35,10 +35,10 @@ import pyarrow as pa
 from clip_vlm_core.bags.reader import open_bag
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.errors import UserError
-from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.label.keys import KEY_HEX, bag_identity, pair_key, settings_id
 from clip_vlm_core.label.pairs import DEFAULT_TOPIC_TEMPLATE, BagPair, PairingReport, bag_pairs, camera_topics
 from clip_vlm_core.label.store import SCHEMA
+from clip_vlm_core.stream.worker import decode_in_place, is_out_of_memory
 
 log = logging.getLogger(__name__)
 OUTPUT_SCHEMA = SCHEMA.append(pa.field("report", pa.string()))
@@ -171,15 +171,10 @@ class BagLabeller:
         """Per pair, (caption, answers) or why it failed."""
         samples: list[dict[str, Any]] = [dict(zip(views, pair.images, strict=True)) for pair in pairs]
         results: list[Any] = [None] * len(pairs)
-        encoded = [(i, v) for i, sample in enumerate(samples) for v, image in sample.items()
-                   if isinstance(image, EncodedImage)]
-        if encoded:  # as the node's worker: the batch's frames decoded in one call on the model's device
-            decoded = self.captioner.decode_frames([samples[i][v] for i, v in encoded])
-            for (i, v), image in zip(encoded, decoded, strict=True):
-                if isinstance(image, Exception):
-                    results[i] = f"{v} frame stamped {pairs[i].stamps_ns[views.index(v)]} ns: {image}"
-                else:
-                    samples[i][v] = image
+        # As the node's worker: the batch's frames decoded in one call on the model's device.
+        for i, errors in decode_in_place(self.captioner, samples).items():
+            v, error = errors[-1]
+            results[i] = f"{v} frame stamped {pairs[i].stamps_ns[views.index(v)]} ns: {error}"
         good = [i for i in range(len(pairs)) if results[i] is None]
         for i, result in zip(good, self._generate([samples[i] for i in good]), strict=True):
             results[i] = result
@@ -196,7 +191,7 @@ class BagLabeller:
         except Exception as exc:  # split the batch: one bad pair must not cost the others
             if len(samples) == 1:
                 return [f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"]
-            if _out_of_memory(exc):
+            if is_out_of_memory(exc):
                 half = len(samples) // 2
                 return self._generate(samples[:half]) + self._generate(samples[half:])
             return [result for sample in samples for result in self._generate([sample])]
@@ -209,12 +204,6 @@ class _BagContext:
     bag_id: str
     start_ns: int
     views: tuple[str, ...]
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def _where(device: Any) -> str:

@@ -197,15 +197,8 @@ class CaptionWorker:
         wrong is counted in `ledger`. Returns how many results were delivered."""
         try:
             samples = [dict(pair.images) for pair in pairs]  # still-encoded frames are decoded in place
-            encoded = [(n, view) for n, sample in enumerate(samples) for view, image in sample.items()
-                       if isinstance(image, EncodedImage)]
-            decoded = self.captioner.decode_frames([samples[n][view] for n, view in encoded]) if encoded else []
-            bad: dict[int, list[tuple[str, str]]] = {}  # by item: (view, why) of each frame that would not decode
-            for (n, view), image in zip(encoded, decoded, strict=True):
-                if isinstance(image, Exception):
-                    bad.setdefault(n, []).append((view, str(image)))
-                else:
-                    samples[n][view] = image
+            bad = {n: [(view, str(error)) for view, error in errors]  # by item: (view, why) of each frame
+                   for n, errors in decode_in_place(self.captioner, samples).items()}
             if bad:
                 ledger.frames_bad(bad)
                 keep = [n for n in range(len(items)) if n not in bad]
@@ -257,7 +250,7 @@ class _CaptionLedger:
                          key="pair_frame_bad")
 
     def inference_failed(self, exc: Exception, count: int) -> None:
-        if _is_out_of_memory(exc) and self.worker.batch_limit > 1:
+        if is_out_of_memory(exc) and self.worker.batch_limit > 1:
             self.worker.batch_limit = max(1, self.worker.batch_limit // 2)
             self.stats.batch_halvings += 1
         error = f"{type(exc).__name__}: {exc}"[:300]
@@ -307,6 +300,22 @@ def _moving_average(average: float, sample: float) -> float:
     return sample if not average else 0.5 * average + 0.5 * sample
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def decode_in_place(captioner: Any, samples: list[dict[str, Any]]) -> dict[int, list[tuple[str, Exception]]]:
+    """Decode the samples' still-encoded frames in one `captioner.decode_frames` call (on the model's device),
+    in place; return, by sample, (view, error) of each frame that would not decode (that view stays encoded)."""
+    encoded = [(n, view) for n, sample in enumerate(samples) for view, image in sample.items()
+               if isinstance(image, EncodedImage)]
+    bad: dict[int, list[tuple[str, Exception]]] = {}
+    if encoded:
+        decoded = captioner.decode_frames([samples[n][view] for n, view in encoded])
+        for (n, view), image in zip(encoded, decoded, strict=True):
+            if isinstance(image, Exception):
+                bad.setdefault(n, []).append((view, image))
+            else:
+                samples[n][view] = image
+    return bad
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
     # torch.cuda.OutOfMemoryError, named without importing torch here
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
