@@ -80,4 +80,22 @@ def plan_memory(config, captioner, train_set, accelerator) -> bool:
         size = captioner.processor.image_processor.size
         log.info(pixel_budget_line(size.get("shortest_edge"), size.get("longest_edge"), shape))
         log.info(checkpointing_line(estimate, o.batch_size, shape.tokens, on, why))
+        for line in total_memory_lines(config, captioner, shape.tokens, on, accelerator.device.type == "cuda"):
+            log.info(line)
     return on
+
+
+def total_memory_lines(config, captioner, tokens: int, checkpointing: bool, on_gpu: bool) -> list[str]:
+    """The whole estimate (clip_vlm_core.memory_estimate) at the recipe's batch and this sample's tokens,
+    with the activations the other checkpointing setting would take."""
+    from clip_vlm_core.memory_estimate import activation_bytes, estimate_memory, gib
+
+    o, c = config.optim, config.captioner
+    text = captioner.model.base_qwen.config.text_config
+    element = 2 if on_gpu else 4  # bf16 autocast on a GPU; fp32 on a CPU
+    estimate = estimate_memory(captioner.model, text, quantize=c.quantize, optimizer=o.optimizer, batch=o.batch_size,
+                               tokens=tokens, checkpointing=checkpointing, lora_r=c.lora_r,
+                               activation_element_bytes=element, encoders_released=config.data.cache_encoders)
+    other = activation_bytes(text, tokens, o.batch_size, c.lora_r, element, not checkpointing)
+    return [*estimate.lines(),
+            f"  (activations with gradient checkpointing {'off' if checkpointing else 'on'}: {gib(other)})"]
