@@ -8,8 +8,8 @@
     optimizer    AdamW's two fp32 moments (8 bytes a parameter); bitsandbytes' AdamW8bit two 8-bit
                  moments (2 bytes; tensors under 4,096 elements keep fp32 moments, as bitsandbytes does)
     activations  what backward needs, per token and decoder layer, counted from the layer's tensors
-                 (ACTIVATION_TERMS); with gradient checkpointing one hidden state per layer plus one
-                 layer's recompute
+                 (ACTIVATION_TERMS), plus one layer's gradients in backward; with gradient
+                 checkpointing one hidden state per layer plus one layer recomputed and its gradients
 
 The estimate works on a model on any device, the meta device included (nothing allocated), quantized or
 not: `quantize` says how the language model's linear layers are (or would be) stored. `clip-vlm bench
@@ -30,15 +30,14 @@ ADAMW8BIT_MIN_SIZE = 4096  # bitsandbytes' min_8bit_size: smaller tensors keep 3
 GIB = 2**30
 
 # Elements a decoder layer keeps for backward, per token, in units of its widths (D hidden, K the keys'
-# and values' width, I the MLP's, r LoRA's rank). Counted: the two RMSNorms (fp32 copies of the input,
-# its square, the normalised and scaled outputs: ~8 D), q, k, v and the rotary embedding's products and
-# halves (~6 D + 4 K), SDPA's output and the attention output (2 D), the residuals (2 D), LoRA's dropout
-# copies of its seven projections' inputs (6 D + I) and rank-r products (7 r), the MLP's gate, up,
-# activation and product (4 I): 24 D + 4 K + 5 I + 7 r. Measured against it: ~8 MiB per token for
-# Qwen2.5-VL-3B in bf16 (36 layers: 116 K elements per token and layer, the formula 122 K) and the CPU
-# runs of `clip-vlm bench memory` (README: "Memory"), where autograd's temporaries add more: D is
-# counted at 32.
-ACTIVATION_TERMS = {"D": 32, "K": 4, "I": 5, "r": 7}
+# and values' width, I the MLP's, r LoRA's rank): the two RMSNorms' inputs and outputs (4 D), q, k, v
+# before and after the rotary embedding (2 D + 4 K), the attention output and SDPA's saved output (2 D),
+# the residual (D); LoRA's dropout copies of its seven projections' inputs (5 D + I, counted once per
+# shared input) and rank-r products (7 r); the MLP's gate, up, activation and product (4 I).
+ACTIVATION_TERMS = {"D": 14, "K": 4, "I": 5, "r": 7}
+# Under bf16 autocast Qwen's RMSNorm computes in fp32: each of a layer's two norms also keeps an fp32 copy
+# of its input and of its normalised output (on a CPU in fp32 these are the tensors already counted).
+NORM_FP32_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -140,11 +139,15 @@ def activation_bytes(text_config, tokens: int, batch: int, lora_r: int, element_
     kv = width // text_config.num_attention_heads * text_config.num_key_value_heads
     widths = {"D": width, "K": kv, "I": text_config.intermediate_size, "r": lora_r}
     per_layer = sum(ACTIVATION_TERMS[k] * widths[k] for k in ACTIVATION_TERMS) * element_bytes * tokens * batch
+    if element_bytes < 4:
+        per_layer += NORM_FP32_COPIES * width * 4 * tokens * batch
     layers = text_config.num_hidden_layers
     embeddings = width * element_bytes * tokens * batch * 2  # the input embeddings and the final norm
-    if checkpointing:  # each layer's input kept; one layer's activations alive while it is recomputed
-        return layers * width * element_bytes * tokens * batch + per_layer + embeddings
-    return layers * per_layer + embeddings
+    # Backward holds, beside what is kept, one layer's worth of gradients of its activations at a time; with
+    # checkpointing it keeps each layer's input and recomputes one layer at a time (its activations + those).
+    if checkpointing:
+        return layers * width * element_bytes * tokens * batch + 2 * per_layer + embeddings
+    return (layers + 1) * per_layer + embeddings
 
 
 def estimate_memory(model: nn.Module, text_config, *, quantize: str = "none", optimizer: str = "adamw",

@@ -192,7 +192,11 @@ def test_qlora_recipe_is_the_front_back_recipe_with_a_4bit_base():
 
 def test_memory_estimate_counts_4bit_weights_at_half_a_byte_and_8bit_adam_at_two():
     from clip_vlm_core.memory_estimate import NF4_BYTES, estimate_memory
-    from clip_vlm_core.model.full_size import full_size_captioner_config, full_size_parameter_counts, qwen25_vl_3b_config
+    from clip_vlm_core.model.full_size import (
+        full_size_captioner_config,
+        full_size_parameter_counts,
+        qwen25_vl_3b_config,
+    )
 
     config = full_size_captioner_config()
     with torch.device("meta"):

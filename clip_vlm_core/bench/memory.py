@@ -3,12 +3,12 @@
 Each size runs in a child process of its own: imports, one warm-up step of a one-layer model (torch's
 allocator, thread pools, autograd engine: the process's fixed cost), then the baseline (VmRSS), a peak
 reset (/proc/self/clear_refs, where the kernel allows it; else the peak since the process started), and
-the run: the random model built from its config (fp32, as training on a CPU holds it), then `steps`
+the run (glibc told to return large freed blocks: see measure()): the random model built from its config (fp32, as training on a CPU holds it), then `steps`
 training steps (forward, backward, AdamW) at the batch and tokens asked. Measured: the peak resident set
 (VmHWM) less the baseline. Estimated: memory_estimate.estimate_memory for the same model and step.
 
-Sizes: "tiny" (the suite's tiny language model widened to 256, ~20 MB of weights) and "1gb" (Qwen2.5-VL-3B's
-widths, vocabulary and MLP with 2 decoder layers: ~1.5 GB of fp32 weights). The vision tower is kept small
+Sizes: "tiny" (a 4-layer language model of width 256, ~21 MB of weights) and "1gb" (Qwen2.5-VL-3B's
+widths, vocabulary and MLP with 2 decoder layers: ~1.9 GB of fp32 weights). The vision tower is kept small
 in both (its forward is frozen and leaves nothing for backward); OpenCLIP is the suite's tiny one.
 """
 
@@ -85,11 +85,11 @@ def _reset_peak() -> bool:
 
 
 def _build(size: str, config, torch):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
     from clip_vlm_core.model.checkpoint import assemble_model
     from clip_vlm_core.model.clip_encoder import ClipViewEncoder
     from clip_vlm_core.model.tiny import build_tiny_clip
-
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)
     qwen = Qwen2_5_VLForConditionalGeneration._from_config(_qwen_config(size), dtype=torch.float32,
@@ -136,7 +136,7 @@ def measure_in_this_process(run: MemoryRun) -> dict[str, Any]:
     if run.checkpointing:
         model.base_qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.base_qwen.enable_input_require_grads()
-    side = int(round((run.image_tokens ** 0.5))) * 28
+    side = int(round(run.image_tokens ** 0.5)) * 28
     inputs = token_id_inputs(model, 2, (side, side), torch.device("cpu"))(run.batch, run.caption_tokens)
     optimizer = make_optimizer([{"params": [p for p in model.parameters() if p.requires_grad]}], Optim)
     for _ in range(run.steps):
@@ -156,7 +156,11 @@ def measure(run: MemoryRun, timeout: float = 900) -> dict[str, Any]:
     """One size measured in a fresh child process (its peak is its own)."""
     code = ("import json, sys; from clip_vlm_core.bench.memory import MemoryRun, measure_in_this_process; "
             "print('RESULT ' + json.dumps(measure_in_this_process(MemoryRun(**json.loads(sys.argv[1])))))")
-    env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    # glibc hands blocks of 64 KiB and more back to the system when they are freed: the resident set then
+    # follows the live tensors, as a GPU allocator's peak counter does. With glibc's default (a threshold
+    # that rises as blocks are freed) freed activations stay resident and the peak reads up to ~1.2-1.8x
+    # higher on small models (README, "Memory").
+    env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(run))], capture_output=True, text=True,
                           timeout=timeout, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

@@ -1,5 +1,5 @@
-"""`clip-vlm bench caption|train|preprocess`: captioning latency/throughput, training throughput, and
-the cost of turning JPEG bytes into model inputs."""
+"""`clip-vlm bench caption|train|preprocess|memory`: captioning latency/throughput, training throughput,
+the cost of turning JPEG bytes into model inputs, and the memory estimate against measured memory."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ EPILOG = """examples:
   clip-vlm bench train --batch-sizes 8 16 --out bench-train.json
   clip-vlm bench caption --tiny --batch-sizes 1 2 --max-new-tokens 4 --iters 2 --warmup 1
   clip-vlm bench preprocess --device cpu --out bench-preprocess.json
+  clip-vlm bench memory --sizes tiny 1gb --batch 2
 
 Without --tiny the full-size model is timed (Qwen2.5-VL-3B + OpenCLIP ViT-L-14, two views): from
 --checkpoint, else from the local hub cache, else with RANDOM weights of the right shapes (the report
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training steps with and without cached encoder outputs and gradient checkpointing.",
         epilog=EPILOG,
     )
-    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess", required=True)
+    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess|memory", required=True)
 
     c = CaptionBenchSettings()
     caption = _benchmark(kinds, "caption", c, "time to first token, decode time per token, caption latency, "
@@ -105,6 +106,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preprocess.add_argument("--iters", type=int, default=p.iters, metavar="N", help="timed rounds (default: %(default)s)")
     preprocess.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
     preprocess.set_defaults(func=run_preprocess)
+
+    from clip_vlm_core.bench.memory import SIZES, MemoryRun
+
+    m = MemoryRun()
+    memory = kinds.add_parser(
+        "memory", help="the training memory estimate against the peak measured on this CPU",
+        description="Build a random model of each size in a child process, run training steps (forward, backward, "
+        "AdamW), and print the estimate (clip_vlm_core.memory_estimate) beside the measured peak resident memory "
+        "over the process's baseline after imports.", epilog=EPILOG)
+    memory.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES),
+                        help="tiny: ~20 MB of weights; 1gb: Qwen2.5-VL-3B's widths and vocabulary, 2 layers, "
+                        "~1.9 GB in fp32 (default: both)")
+    memory.add_argument("--batch", type=int, default=m.batch, metavar="N", help="samples per step (default: %(default)s)")
+    memory.add_argument("--caption-tokens", type=int, default=m.caption_tokens, metavar="N",
+                        help="labelled tokens per sample (default: %(default)s)")
+    memory.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    memory.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default=m.optimizer,
+                        help="the optimizer of the steps (default: %(default)s)")
+    memory.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
+    memory.set_defaults(func=run_memory)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -177,6 +198,33 @@ def run_preprocess(args: argparse.Namespace) -> int:
     report["command"] = command_line(args)
     report["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(format_preprocess_report(report))
+    if args.out:
+        write_json(report, args.out)
+        print(f"report written to {args.out}")
+    return 0
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from clip_vlm_core.bench.measure import environment
+    from clip_vlm_core.bench.memory import MemoryRun, format_memory_report, measure
+    from clip_vlm_core.bench.report import write_json
+    from clip_vlm_core.errors import UserError
+    from clip_vlm_core.limits import MAX_BATCH_SIZE
+
+    if not 1 <= args.batch <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch must be 1 to {MAX_BATCH_SIZE}, got {args.batch}")
+    if not 1 <= args.caption_tokens <= 4096:
+        raise UserError(f"--caption-tokens must be 1 to 4096, got {args.caption_tokens}")
+    import torch
+
+    results = [measure(MemoryRun(size=size, batch=args.batch, caption_tokens=args.caption_tokens,
+                                 checkpointing=args.checkpointing, optimizer=args.optimizer)) for size in args.sizes]
+    report = {"benchmark": "memory", "environment": environment(torch.device("cpu")), "results": results,
+              "command": command_line(args), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    print(format_memory_report(results))
+    env = report['environment']
+    print(f"machine: {env['device']}, {env['cpu_cores']} cores; measured: peak resident memory (VmHWM) over the "
+          f"baseline after imports, in a child process per size")
     if args.out:
         write_json(report, args.out)
         print(f"report written to {args.out}")
