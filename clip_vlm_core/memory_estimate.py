@@ -164,3 +164,53 @@ def estimate_memory(model: nn.Module, text_config, *, quantize: str = "none", op
         batch=batch,
         tokens=tokens,
     )
+
+
+# -- the README's table ----------------------------------------------------------------------------------
+
+TABLE_VISUAL_TOKENS = 480  # per view at nuinteract-front-back.yaml's max_pixels (a 1600x900 frame: 840x448)
+TABLE_TEXT_TOKENS = 80  # the prompt's text, view labels and a caption
+
+
+def full_size_table(batches: tuple[int, ...] = (1, 4, 8)) -> list[dict]:
+    """Qwen2.5-VL-3B + ViT-L-14, two views at 480 visual tokens each, the recipes' cached encoders: bf16 LoRA
+    with AdamW against QLoRA (nf4) with AdamW8bit, at each batch, checkpointing off and on (meta device)."""
+    from clip_vlm_core.model.full_size import assemble_random, full_size_captioner_config, qwen25_vl_3b_config
+
+    config = full_size_captioner_config()
+    with torch.device("meta"):
+        model = assemble_random(config, trainable=True, dtype=torch.bfloat16)
+    text = qwen25_vl_3b_config().text_config
+    tokens = 2 * TABLE_VISUAL_TOKENS + TABLE_TEXT_TOKENS
+    rows = []
+    for recipe, quantize, optimizer in (("bf16 LoRA", "none", "adamw"), ("QLoRA nf4", "nf4", "adamw8bit")):
+        for batch in batches:
+            for checkpointing in (False, True):
+                estimate = estimate_memory(model, text, quantize=quantize, optimizer=optimizer, batch=batch,
+                                           tokens=tokens, checkpointing=checkpointing, lora_r=config.lora_r,
+                                           activation_element_bytes=2, encoders_released=True)
+                rows.append({"recipe": recipe, "batch": batch, "checkpointing": checkpointing, "tokens": tokens,
+                             "estimate": estimate})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| recipe | batch | checkpointing | weights | trainable + grads | optimizer | activations | total |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        e = row["estimate"]
+        cells = [e.weight_bytes, e.trainable, e.optimizer, e.activations, e.total]
+        lines.append(f"| {row['recipe']} | {row['batch']} | {'on' if row['checkpointing'] else 'off'} | "
+                     + " | ".join(f"{c / GIB:.2f} GiB" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    rows = full_size_table()
+    print(f"Qwen2.5-VL-3B + OpenCLIP ViT-L-14, two views x {TABLE_VISUAL_TOKENS} visual tokens + {TABLE_TEXT_TOKENS} "
+          f"text = {rows[0]['tokens']:,} tokens a sample, encoders released (cache), activations in bf16")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

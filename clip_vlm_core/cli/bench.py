@@ -48,7 +48,7 @@ def _benchmark(kinds: argparse._SubParsersAction, name: str, settings, help: str
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from clip_vlm_core.bench.settings import CaptionBenchSettings, PreprocessBenchSettings, TrainBenchSettings
-    from clip_vlm_core.config import DECODERS, VISION_ATTENTIONS
+    from clip_vlm_core.config import DECODERS, QUANTIZE_MODES, VISION_ATTENTIONS
 
     parser = subparsers.add_parser(
         "bench",
@@ -84,6 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--caption-tokens", "--max-new-tokens", dest="caption_tokens", type=int, metavar="N",
                        default=t.caption_tokens,
                        help="length of the labelled caption in each sample (default: %(default)s)")
+    train.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
+                       help="the frozen language model in 4 bits (nf4: QLoRA) or 8 bits (int8), through bitsandbytes "
+                       "(default: %(default)s)")
+    train.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default=t.optimizer,
+                       help="AdamW's moments in fp32, or bitsandbytes' 8-bit AdamW (default: %(default)s)")
 
     p = PreprocessBenchSettings()
     preprocess = kinds.add_parser(
@@ -160,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     training = args.benchmark == "train"
     if training:
         settings = TrainBenchSettings(batch_sizes=args.batch_sizes, caption_tokens=args.caption_tokens,
-                                            warmup=args.warmup, iters=args.iters)
+                                      warmup=args.warmup, iters=args.iters, optimizer=args.optimizer)
     else:
         settings = CaptionBenchSettings(batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
                                         warmup=args.warmup, iters=args.iters, static_cache=args.compile,
@@ -171,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no GPU here, and the full-size model on CPU needs ~17 GB and hours: "
                         "pass --tiny, or --device cpu to insist")
     model = load_bench_model(tiny=args.tiny, checkpoint=args.checkpoint, device=args.device,
-                                   dtype=args.dtype, trainable=training, max_pixels=args.max_pixels)
+                                   dtype=args.dtype, trainable=training, max_pixels=args.max_pixels,
+                                   quantize=getattr(args, "quantize", None))
     if training:
         report = benchmark_training(model, settings)
         text = format_train_report(report)
