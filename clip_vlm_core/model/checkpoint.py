@@ -13,7 +13,6 @@ clip_vlm_core.model.model_refs. Every weight file is checked from its header bef
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -45,9 +44,6 @@ from clip_vlm_core.model.model_refs import (
 
 # PEFT 0.21 asks transformers 5 a deprecated question on every adapter load; users cannot act on it.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-# bitsandbytes (which PEFT imports) says on CPUs with AVX-512 bf16 that an optional kernel package is missing;
-# its own CPU path runs instead (clip_vlm_core.model.quantize).
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 CONFIG_FILE = "clip_vlm_config.json"
 CONNECTOR_FILE = "connector.safetensors"

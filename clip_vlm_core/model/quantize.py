@@ -22,7 +22,6 @@ the 4-bit weights, so the merged model is close to, not bit-equal with, the quan
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -33,24 +32,10 @@ from clip_vlm_core.errors import UserError
 __all__ = ["QUANTIZE_MODES", "import_bitsandbytes", "quantize_language_model", "quantized_layers"]
 
 
-@contextmanager
-def _quiet_bitsandbytes():
-    """bitsandbytes 0.50 warns on import, on CPUs with AVX-512 bf16, that an optional kernel package
-    (`kernels`) is missing; its own CPU path runs instead, and a user can do nothing about the line."""
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def import_bitsandbytes():
     """bitsandbytes, or one sentence saying how to get it."""
     try:
-        with _quiet_bitsandbytes():
-            import bitsandbytes
+        import bitsandbytes  # its import warning is silenced in clip_vlm_core/__init__.py
         # LLM.int8() layers say on every call that fp32 inputs are cast to fp16 for their matmul (on a CPU,
         # every call): by design, and nothing a user can change.
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
@@ -100,8 +85,7 @@ def _quantized(bnb, linear: nn.Linear, mode: str, compute_dtype: torch.dtype, de
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4")
     else:
         layer.weight = bnb.nn.Int8Params(weight.to(torch.float16), requires_grad=False, has_fp16_weights=False)
-    with _quiet_bitsandbytes():
-        layer.weight = layer.weight.to(device)  # quantizes here, on the device it will run on
+    layer.weight = layer.weight.to(device)  # quantizes here, on the device it will run on
     if bias is not None:
         layer.bias = nn.Parameter(bias.data.to(device=device, dtype=compute_dtype), requires_grad=False)
     return layer
