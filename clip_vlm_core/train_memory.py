@@ -81,8 +81,8 @@ def plan_memory(config, captioner, train_set, accelerator) -> bool:
 
 
 def total_memory_lines(config, captioner, tokens: int, checkpointing: bool, on_gpu: bool) -> list[str]:
-    """The whole estimate (clip_vlm_core.memory_estimate) at the recipe's batch and this sample's tokens,
-    with the activations the other checkpointing setting would take."""
+    """The whole estimate (clip_vlm_core.memory_estimate) at the recipe's batch and this sample's tokens;
+    with checkpointing off, also its activations with it on (the line before gives them without)."""
     from clip_vlm_core.memory_estimate import activation_bytes, estimate_memory, gib
 
     o, c = config.optim, config.captioner
@@ -91,6 +91,7 @@ def total_memory_lines(config, captioner, tokens: int, checkpointing: bool, on_g
     estimate = estimate_memory(captioner.model, text, quantize=c.quantize, optimizer=o.optimizer, batch=o.batch_size,
                                tokens=tokens, checkpointing=checkpointing, lora_r=c.lora_r,
                                activation_element_bytes=element, encoders_released=config.data.cache_encoders)
-    other = activation_bytes(text, tokens, o.batch_size, c.lora_r, element, not checkpointing)
-    return [*estimate.lines(),
-            f"  (activations with gradient checkpointing {'off' if checkpointing else 'on'}: {gib(other)})"]
+    if checkpointing:
+        return estimate.lines()
+    with_checkpointing = activation_bytes(text, tokens, o.batch_size, c.lora_r, element, True)
+    return [*estimate.lines(), f"  (activations with gradient checkpointing on: {gib(with_checkpointing)})"]

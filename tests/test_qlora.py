@@ -77,14 +77,16 @@ def test_unknown_optimizer_is_one_sentence(synthetic_manifest, tmp_path, value, 
 
 
 def test_tiny_recipe_trains_with_a_4bit_base_and_its_checkpoint_captions(synthetic_manifest, tmp_path, caplog):
-    """The suite's QLoRA run: nf4 base, 8-bit AdamW, encoder cache; the loss falls, best/ loads quantized
-    (as trained) and merged into a full-precision base, and both caption."""
+    """The suite's QLoRA run: nf4 base, 8-bit AdamW, encoder cache, stopped and resumed; the loss falls,
+    best/ loads quantized (as trained) and merged into a full-precision base, and both caption."""
     run_dir = tmp_path / "qlora"
     config = load_run_config(CONFIGS / "synthetic-tiny.yaml", _overrides(
         synthetic_manifest, run_dir, "captioner.quantize=nf4", "optim.optimizer=adamw8bit"))
     with caplog.at_level(logging.INFO, logger="clip_vlm_core"):
-        summary = run_training(config, show_progress=False)
-    assert summary["step"] == 8
+        first = run_training(config, show_progress=False, stop_after=4)
+    assert first["step"] == 4
+    # latest/ holds AdamW8bit's uint8 state and the LoRA of a 4-bit base: its checks accept them on resume
+    assert run_training(config, resume="latest", show_progress=False)["step"] == 8
     history = json.loads((run_dir / "latest" / "trainer_state.json").read_text())["history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 8 and min(losses[-3:]) < losses[0], losses
@@ -218,3 +220,39 @@ def test_memory_estimate_counts_4bit_weights_at_half_a_byte_and_8bit_adam_at_two
                   if type(m) is torch.nn.Linear and ".lora_" not in n)
     assert qlora.weights["nf4"] == pytest.approx(linears * NF4_BYTES)
     assert qlora.total < 12 * 2**30 < bf16.total
+
+
+@pytest.mark.parametrize("quantize", [None, "nf4", "none"])
+def test_caption_cli_runs_a_qlora_checkpoint_quantized_or_on_a_full_precision_base(tiny_base, tmp_path, capsys,
+                                                                                   quantize):
+    config = dataclasses.replace(tiny_captioner_config(tiny_base), quantize="nf4")
+    checkpoint = SceneCaptioner.build(config, device="cpu", trainable=True).save_pretrained(tmp_path / "ck")
+    views = []
+    for view, image in _frames(3).items():
+        image.save(tmp_path / f"{view}.jpg")
+        views += ["--view", f"{view}={tmp_path / f'{view}.jpg'}"]
+    flags = [] if quantize is None else ["--quantize", quantize]
+    code = main(["caption", "--checkpoint", str(checkpoint), "--base-models-root", str(tiny_base["qwen"].parent),
+                 "--device", "cpu", "--max-new-tokens", "4", *views, *flags])
+    assert code == 0 and capsys.readouterr().out.strip()
+
+
+def test_caption_cli_refuses_an_unknown_quantize_in_one_sentence(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["caption", "--view", "CAM_FRONT=x.jpg", "--quantize", "fp4"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "--quantize: invalid choice: 'fp4'" in err
+
+
+def test_a_command_whose_library_is_missing_says_so_and_the_others_still_run():
+    """The GPU machine has no rosbags: `clip-vlm bench` must still run there, and `clip-vlm bag` say why not."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['rosbags'] = None; from clip_vlm_core.cli import main; "
+            "print('bench', main(['bench', 'memory', '--batch', '0'])); print('bag', main(['bag', 'info', 'x']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bench 2" in done.stdout and "bag 2" in done.stdout
+    assert "clip-vlm bench: error: --batch must be 1 to" in done.stderr
+    assert "clip-vlm bag: error: this command needs the Python package 'rosbags', which is not installed" in done.stderr
