@@ -11,7 +11,8 @@ from clip_vlm_core.bench.memory import MemoryRun, measure
 from clip_vlm_core.cli import main
 
 
-@pytest.mark.parametrize("batch, checkpointing", [(2, False), (4, True)])
+@pytest.mark.slow  # ~15 s each; the command's test below holds the tiny case at batch 2 in `make test`
+@pytest.mark.parametrize("batch, checkpointing", [(8, False), (4, True)])
 def test_tiny_estimate_is_within_20_percent_of_the_measured_peak(batch, checkpointing):
     result = measure(MemoryRun(size="tiny", batch=batch, checkpointing=checkpointing, steps=2))
     measured, estimated = result["measured_bytes"], result["estimate_bytes"]
@@ -26,14 +27,15 @@ def test_1gb_estimate_is_within_20_percent_of_the_measured_peak():
     assert result["estimate_bytes"] == pytest.approx(result["measured_bytes"], rel=0.2), result
 
 
-def test_bench_memory_prints_both_and_writes_the_report(tmp_path, capsys):
+def test_bench_memory_prints_both_and_the_tiny_estimate_is_within_20_percent(tmp_path, capsys):
     out = tmp_path / "memory.json"
-    assert main(["bench", "memory", "--sizes", "tiny", "--batch", "1", "--out", str(out)]) == 0
+    assert main(["bench", "memory", "--sizes", "tiny", "--batch", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "estimate MiB" in text and "measured MiB" in text and "cores" in text
     report = json.loads(out.read_text())
     (row,) = report["results"]
-    assert row["run"]["size"] == "tiny" and row["measured_bytes"] > 0 and row["estimate_bytes"] > 0
+    assert row["run"]["size"] == "tiny" and row["measured_bytes"] > 20 * 2**20
+    assert row["estimate_bytes"] == pytest.approx(row["measured_bytes"], rel=0.2), row
 
 
 @pytest.mark.parametrize("args, message", [

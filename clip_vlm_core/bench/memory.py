@@ -159,7 +159,7 @@ def measure(run: MemoryRun, timeout: float = 900) -> dict[str, Any]:
     # glibc hands blocks of 64 KiB and more back to the system when they are freed: the resident set then
     # follows the live tensors, as a GPU allocator's peak counter does. With glibc's default (a threshold
     # that rises as blocks are freed) freed activations stay resident and the peak reads up to ~1.2-1.8x
-    # higher on small models (README, "Memory").
+    # higher on small models (README, "Fine-tuning on a 12 GB GPU").
     env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(run))], capture_output=True, text=True,
                           timeout=timeout, env=env)
