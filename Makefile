@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # and load the other venv's libraries. Each run here starts without it.
 unexport _ROS_WHEELS_BOOTSTRAP_COMPLETE
 
-.PHONY: all venv venv-jazzy demo test test-slow test-all test-jazzy test-fast lint clean embedded-model
+.PHONY: all venv venv-jazzy demo test test-slow test-all test-jazzy test-fast lint clean embedded-model rehearse-gpu
 
 all: venv
 
@@ -102,5 +102,18 @@ embedded-model: $(STAMP)
 	$(BIN)/clip-vlm train --config training/configs/synthetic-tiny.yaml $(POLISH)
 	$(BIN)/python -m clip_vlm_core.model.embedded runs/synthetic-tiny-polish
 
+# One-off, not part of `make test`: scripts/bench-gpu.sh rehearsed on this CPU (tiny model) in a venv with the GPU
+# machine's versions (torch 2.11, transformers 5.17, numpy 2, its other packages; ~5 GiB: PyPI's torch brings
+# CUDA's libraries), with the wheels it lacks installed as they are there (scripts/fetch-gpu-wheels.sh).
+REHEARSAL_VENV ?= .venv-gpu-rehearsal
+GPU_MACHINE_PACKAGES := "torch==2.11.*" "torchvision==0.26.*" "transformers==5.17.*" "numpy>=2,<3" peft accelerate \
+	opencv-python-headless timm pillow jinja2 pyyaml tqdm psutil safetensors tensorboard pytest pytest-timeout
+rehearse-gpu:
+	@test -x $(REHEARSAL_VENV)/bin/python || $(PYTHON) -m venv $(REHEARSAL_VENV)
+	$(REHEARSAL_VENV)/bin/python -m pip install --quiet $(GPU_MACHINE_PACKAGES)
+	scripts/fetch-gpu-wheels.sh
+	PYTHON=$(REHEARSAL_VENV)/bin/python CLIP_VLM_WHEEL_SITE=$(abspath $(REHEARSAL_VENV))/carried \
+		scripts/bench-gpu.sh --rehearse out/gpu-rehearsal   # its whole output: out/gpu-rehearsal/bench-gpu.log
+
 clean:
-	rm -rf $(VENV) $(VENV_JAZZY) .pytest_cache
+	rm -rf $(VENV) $(VENV_JAZZY) $(REHEARSAL_VENV) .pytest_cache

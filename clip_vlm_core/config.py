@@ -31,6 +31,8 @@ DEFAULT_VIEWS = ("CAM_FRONT", "CAM_BACK")
 # Inference settings (clip_vlm_core.model.inference); here so the CLI offers them without importing torch.
 DECODERS = ("auto", "static", "transformers")
 VISION_ATTENTIONS = ("auto", "varlen", "sdpa")
+# The frozen language model's weights (clip_vlm_core.model.quantize): as loaded, 4-bit NF4 (QLoRA) or LLM.int8().
+QUANTIZE_MODES = ("none", "nf4", "int8")
 NUSCENES_CAMERAS = (
     "CAM_FRONT",
     "CAM_FRONT_LEFT",
@@ -76,6 +78,9 @@ class CaptionerConfig:
     lora_alpha: int = bounded(32, 1, 4096, why="LoRA's scale is alpha / r")
     lora_dropout: float = bounded(0.05, 0.0, 1.0, high_open=True, why=_DROPOUT)
     lora_targets: str = LANGUAGE_MODEL_LORA_TARGETS
+    # The frozen language model in 4 bits (nf4: QLoRA) or 8 bits (int8) through bitsandbytes; vision tower,
+    # CLIP and connector stay in full precision (clip_vlm_core.model.quantize).
+    quantize: str = one_of("none", QUANTIZE_MODES)
 
     def __post_init__(self) -> None:
         if not isinstance(self.views, list | tuple):

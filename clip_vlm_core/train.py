@@ -50,7 +50,9 @@ from clip_vlm_core.train_setup import (
     datasets,
     epoch_loader,
     learning_rates,
+    make_optimizer,
     parameter_groups,
+    release_frozen_encoders,
     run_inputs,
     validation_mix,
     write_run_record,
@@ -237,7 +239,7 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
     if plan_memory(config, captioner, train_set, accelerator):
         model.base_qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.base_qwen.enable_input_require_grads()
-    optimizer = torch.optim.AdamW(parameter_groups(model, o), betas=(0.9, 0.999))
+    optimizer = make_optimizer(parameter_groups(model, o), o)
     scheduler = get_cosine_schedule_with_warmup(optimizer, o.warmup_steps, o.max_steps)
     state = TrainerState()
     if latest is not None:
@@ -249,6 +251,10 @@ def _set_up(config: RunConfig, resume: str | None, overwrite: bool, recipe: str 
                 log.info("resuming with changed settings: %s", differences(changed))
         log.info("resuming from %s at step %d", latest, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if config.data.cache_encoders:  # every step reads the cache: the frozen encoders need not stay loaded
+        freed = release_frozen_encoders(captioner.model)
+        if accelerator.is_main_process:
+            log.info("encoder cache complete: vision tower and OpenCLIP released (%.1f MiB)", freed / 2**20)
     accelerator.init_trackers("tensorboard", config=hparams(config))  # the recipe, as TensorBoard's hparams
     return _Run(config, run_dir, accelerator, captioner, model, optimizer, scheduler, train_set, val_set, collate,
                 state, [p for p in model.parameters() if p.requires_grad])

@@ -80,6 +80,8 @@ class OptimConfig:
     # "token": the loss averages over target tokens, so a 40-token caption outweighs a 2-token answer
     # twenty times; "sample": each item's mean token loss, averaged over the batch's items.
     loss_weighting: str = one_of("token", ("token", "sample"))
+    # "adamw8bit": bitsandbytes' 8-bit AdamW, 2 bytes of state per trainable parameter instead of 8.
+    optimizer: str = one_of("adamw", ("adamw", "adamw8bit"))
 
 
 @dataclass

@@ -3,8 +3,10 @@ view it gives, and an estimate of the activation memory that decides gradient ch
 
 At Qwen's own budget a 1600x900 frame keeps 1596x896 pixels, 1,824 visual tokens: two views and a
 caption make ~3,700-token samples. The activations a backward pass needs grow with every token: ~8 MiB
-per token measured for Qwen2.5-VL-3B with LoRA in bf16, so ~29 GiB per sample at that budget. Gradient
-checkpointing keeps one tensor per layer instead and recomputes the rest (~30 % more compute).
+per token measured for Qwen2.5-VL-3B with LoRA in bf16 (clip_vlm_core.memory_estimate counts ~7 MiB from
+the layers' tensors), so ~26-29 GiB per sample at that budget. Gradient checkpointing keeps one tensor per
+layer instead and recomputes the rest (~30 % more compute). The whole estimate (weights by storage,
+trainable parameters and optimizer state, activations) is logged beside it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,6 @@ import logging
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
-
-# ~8 MiB of activations per token measured for Qwen2.5-VL-3B (36 layers, width 2,048) with LoRA in bf16:
-# the estimate scales it by depth, width and element size for other models.
-BYTES_PER_TOKEN_LAYER_WIDTH = 8 * 2**20 / (36 * 2048)
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,6 @@ def sample_shape(tokens: int, image_grid_thw, views: tuple[str, ...], patch: int
     for view, (t, h, w) in zip(views, image_grid_thw.tolist(), strict=True):
         shapes[view] = ViewShape(width=w * patch, height=h * patch, tokens=t * h * w // merge**2)
     return SampleShape(tokens=tokens, views=shapes)
-
-
-def activation_bytes(tokens: int, batch: int, layers: int, width: int, element_bytes: int = 2) -> float:
-    """Activation memory of one forward + backward without gradient checkpointing (an estimate)."""
-    return BYTES_PER_TOKEN_LAYER_WIDTH * layers * width * element_bytes / 2 * tokens * batch
 
 
 def pixel_budget_line(min_pixels: int | None, max_pixels: int | None, shape: SampleShape) -> str:
@@ -69,8 +62,10 @@ def plan_memory(config, captioner, train_set, accelerator) -> bool:
     vision, text = qwen.config.vision_config, qwen.config.text_config
     shape = sample_shape(int(item["input_ids"].shape[-1]), item["image_grid_thw"], captioner.views,
                          vision.patch_size, vision.spatial_merge_size)
-    element = next(qwen.parameters()).element_size()
-    estimate = activation_bytes(shape.tokens, o.batch_size, text.num_hidden_layers, text.hidden_size, element)
+    from clip_vlm_core.memory_estimate import activation_bytes
+
+    element = 2 if accelerator.device.type == "cuda" else 4  # bf16 autocast on a GPU; fp32 on a CPU
+    estimate = activation_bytes(text, shape.tokens, o.batch_size, config.captioner.lora_r, element, False)
     on = o.gradient_checkpointing
     if on is None:
         on, why = accelerator.device.type == "cuda", "auto: on a GPU" if accelerator.device.type == "cuda" else "auto: no GPU"
@@ -80,4 +75,23 @@ def plan_memory(config, captioner, train_set, accelerator) -> bool:
         size = captioner.processor.image_processor.size
         log.info(pixel_budget_line(size.get("shortest_edge"), size.get("longest_edge"), shape))
         log.info(checkpointing_line(estimate, o.batch_size, shape.tokens, on, why))
+        for line in total_memory_lines(config, captioner, shape.tokens, on, accelerator.device.type == "cuda"):
+            log.info(line)
     return on
+
+
+def total_memory_lines(config, captioner, tokens: int, checkpointing: bool, on_gpu: bool) -> list[str]:
+    """The whole estimate (clip_vlm_core.memory_estimate) at the recipe's batch and this sample's tokens;
+    with checkpointing off, also its activations with it on (the line before gives them without)."""
+    from clip_vlm_core.memory_estimate import activation_bytes, estimate_memory, gib
+
+    o, c = config.optim, config.captioner
+    text = captioner.model.base_qwen.config.text_config
+    element = 2 if on_gpu else 4  # bf16 autocast on a GPU; fp32 on a CPU
+    estimate = estimate_memory(captioner.model, text, quantize=c.quantize, optimizer=o.optimizer, batch=o.batch_size,
+                               tokens=tokens, checkpointing=checkpointing, lora_r=c.lora_r,
+                               activation_element_bytes=element, encoders_released=config.data.cache_encoders)
+    if checkpointing:
+        return estimate.lines()
+    with_checkpointing = activation_bytes(text, tokens, o.batch_size, c.lora_r, element, True)
+    return [*estimate.lines(), f"  (activations with gradient checkpointing on: {gib(with_checkpointing)})"]

@@ -208,6 +208,37 @@ def parameter_groups(model, o) -> list[dict[str, Any]]:
     return groups
 
 
+def make_optimizer(groups: list[dict[str, Any]], o) -> torch.optim.Optimizer:
+    """AdamW over the parameter groups: torch's (fp32 moments, 8 bytes per trainable parameter), or with
+    `optim.optimizer: adamw8bit` bitsandbytes' AdamW8bit (block-wise 8-bit moments, 2 bytes; tensors under
+    4,096 elements keep fp32 moments, as bitsandbytes does)."""
+    if o.optimizer == "adamw8bit":
+        from clip_vlm_core.model.quantize import import_bitsandbytes
+
+        return import_bitsandbytes().optim.AdamW8bit(groups, betas=(0.9, 0.999))
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999))
+
+
+def release_frozen_encoders(model) -> int:
+    """Once the encoder cache holds every sample, training steps read the frozen encoders' outputs from it:
+    Qwen's vision tower and OpenCLIP are dropped from memory (their parameters become meta tensors, which
+    hold no storage; buffers, a few kB, stay for data-parallel's buffer sync). Returns the bytes freed.
+    Sample captions for TensorBoard come from the cache too (train_samples); a later caption of raw images
+    on this model would fail loudly on the meta tensors, never run silently."""
+    freed = 0
+    for encoder in (model.base_qwen.model.visual, model.clip):
+        for module in encoder.modules():
+            for name, param in list(module._parameters.items()):
+                if param is None or param.device.type == "meta":
+                    continue
+                freed += param.numel() * param.element_size()
+                module._parameters[name] = torch.nn.Parameter(torch.empty_like(param, device="meta"),
+                                                              requires_grad=False)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return freed
+
+
 def apply_recipe_rates(optimizer, scheduler, groups: list[dict[str, Any]]) -> None:
     """A loaded optimizer and scheduler bring back the saved learning rates and weight decay: the
     recipe's (unchanged, or changed on resume) take their place, at the schedule's current step. Groups

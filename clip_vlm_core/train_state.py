@@ -75,7 +75,7 @@ class TrainerState:
 
 # Recipe settings that make the model a checkpoint holds: a resumed run keeps them (its checkpoint carries
 # them), so a recipe that changes one is refused rather than silently ignored.
-MODEL_SETTINGS = ("captioner.", "optim.init")
+MODEL_SETTINGS = ("captioner.", "optim.init", "optim.optimizer")  # the optimizer: its saved state's form
 SHAPE_SETTINGS = ("qwen_model", "clip_model", "clip_pretrained", "clip_tokens", "views", "connector_layers",
                   "connector_heads", "lora_r", "lora_alpha", "lora_targets", "init")
 
@@ -92,6 +92,9 @@ def check_resume_recipe(config: RunConfig, resume_dir: Path) -> dict[str, tuple[
         raise UserError(f"cannot resume {resume_dir}: its recipe {saved_path} is not a mapping of sections")
     saved = _flatten(saved)
     current = _flatten(yaml.safe_load(yaml.safe_dump(config.to_dict())))
+    # A setting added since the run was saved (captioner.quantize, optim.optimizer, ...) had its default then.
+    defaults = _flatten(yaml.safe_load(yaml.safe_dump(RunConfig().to_dict())))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     changed = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
                if k != "run_dir" and saved.get(k) != current.get(k)}
     refused = {k: v for k, v in changed.items() if k.startswith(MODEL_SETTINGS)}

@@ -217,15 +217,24 @@ def test_full_size_parameter_count_is_qwen25_vl_3b_plus_vit_l_14_and_only_connec
 
 
 def test_every_bench_step_of_the_gpu_script_parses():
-    """scripts/bench-gpu.sh runs on a GPU machine no test here reaches: its commands must at least parse."""
+    """scripts/bench-gpu.sh runs on a GPU machine no test here reaches: its commands must at least parse, with
+    the settings of the GPU run and of the CPU rehearsal (its two `model=(...)` lines) alike."""
+    import re
     import shlex
     from pathlib import Path
 
     from clip_vlm_core.cli import build_parser
 
     script = (Path(__file__).resolve().parent.parent / "scripts" / "bench-gpu.sh").read_text().replace("\\\n", " ")
-    steps = [line.split(" bench ", 1)[1] for line in script.splitlines() if line.startswith("step ") and " bench " in line]
+    steps = [line.split('"${bench[@]}" ', 1)[1] for line in script.splitlines()
+             if line.lstrip().startswith("step ") and '"${bench[@]}" ' in line]
     assert {"preprocess", "caption", "train"} <= {shlex.split(step)[0] for step in steps}
-    for step in steps:
-        args = build_parser().parse_args(["bench", *shlex.split(step.replace('"$out"', "out"))])
-        assert args.func is not None
+    modes = [dict(re.findall(r"(\w+)=\(([^)]*)\)", line)) for line in script.splitlines()
+             if line.lstrip().startswith("model=(")]
+    assert len(modes) == 2  # the rehearsal's and the GPU's
+    for arrays in modes:
+        for step in steps:
+            for name, value in arrays.items():
+                step = step.replace(f'"${{{name}[@]}}"', value)
+            args = build_parser().parse_args(["bench", *shlex.split(step.replace('"$out"', "out"))])
+            assert args.func is not None

@@ -23,6 +23,11 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _quantized(model: dict[str, Any]) -> str:
+    counts = {k: v for k, v in (model.get("quantized_layers") or {}).items() if v}
+    return ", ".join(f"{v} {k} layers" for k, v in counts.items()) or "not quantized"
+
+
 def _cell(value: Any, digits: int = 1) -> str:
     if value is None:
         return NOT_AVAILABLE
@@ -104,7 +109,9 @@ def format_train_report(report: dict[str, Any]) -> str:
                      _cell(r.get("step_ms_mean")), _cell(r["samples_per_s"], 2), _cell(r["peak_gpu_memory_mib"], 0)])
     return "\n".join([
         format_header(report),
-        f"forward + backward + AdamW on {report['trainable_parameters']:,} trainable parameters (connector + LoRA), "
+        f"language model {_quantized(report['model'])}; forward + backward + "
+        f"{'AdamW8bit' if settings.get('optimizer') == 'adamw8bit' else 'AdamW'} on "
+        f"{report['trainable_parameters']:,} trainable parameters (connector + LoRA), "
         f"{settings['caption_tokens']} caption tokens, {settings['warmup']} warm-up + {settings['iters']} timed steps",
         f"vision attention: {report.get('vision_attention', 'n/a')}; logits only over caption positions",
         THROUGHPUT_NOTE.format(rate="samples/s", what="step"),

@@ -41,6 +41,7 @@ class TrainBenchSettings:
     cached_encoders: tuple[bool, ...] = (False, True)
     gradient_checkpointing: tuple[bool, ...] = (False, True)
     learning_rate: float = 1e-5
+    optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
 
     def __post_init__(self) -> None:
         self.batch_sizes = _checked_batch_sizes(self.batch_sizes)

@@ -12,6 +12,7 @@ Three kinds of weights, named in every report:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,11 +84,18 @@ class BenchModel:
             "source": self.source,
             "views": list(self.views),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "quantized_layers": _quantized_layer_counts(self.model),
             "attn_implementation": self.model.base_qwen.config._attn_implementation,
             "frame_size": list(self.frame_size),
             "image_tokens_per_view": image_tokens[0],
             "prompt_tokens": int(probe["input_ids"].shape[1]),
         }
+
+
+def _quantized_layer_counts(model) -> dict[str, int]:
+    from clip_vlm_core.model.quantize import quantized_layers
+
+    return quantized_layers(model)
 
 
 def frame_size(max_pixels: int | None = None) -> tuple[int, int]:
@@ -108,25 +116,30 @@ def load_bench_model(
     dtype: str | None = None,
     trainable: bool = False,
     max_pixels: int | None = None,
+    quantize: str | None = None,
 ) -> BenchModel:
-    """The captioner to time: tiny, a given checkpoint, the cached pretrained model, or random weights."""
+    """The captioner to time: tiny, a given checkpoint, the cached pretrained model, or random weights;
+    `quantize` (none, nf4, int8) loads its language model so (clip_vlm_core.model.quantize)."""
     resolved = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved)
     size = frame_size(max_pixels)
     if tiny:
-        captioner = SceneCaptioner.from_pretrained(None, resolved, resolved_dtype, trainable=trainable)
+        captioner = SceneCaptioner.from_pretrained(None, resolved, resolved_dtype, trainable=trainable,
+                                                   quantize=quantize)
         source = "embedded default model (tiny Qwen2.5-VL + tiny OpenCLIP)"
         return _from_captioner(captioner, "tiny", source, size, max_pixels)
     if checkpoint:
-        captioner = SceneCaptioner.from_pretrained(checkpoint, resolved, resolved_dtype, trainable=trainable)
+        captioner = SceneCaptioner.from_pretrained(checkpoint, resolved, resolved_dtype, trainable=trainable,
+                                                   quantize=quantize)
         return _from_captioner(captioner, "pretrained", checkpoint, size, max_pixels)
-    captioner, why_not = _cached_full_size(resolved, resolved_dtype, trainable)
+    captioner, why_not = _cached_full_size(resolved, resolved_dtype, trainable, quantize)
     if captioner is not None:
         source = f"{QWEN25_VL_3B_ID} from the local hub cache"
         return _from_captioner(captioner, "pretrained", source, size, max_pixels)
     log.warning("no pretrained weights (%s): timing the full-size architecture with RANDOM weights", why_not)
     # With LoRA adapters, as a fine-tuned checkpoint has them: inference is timed with what it would run.
-    model = build_full_size_model(resolved, resolved_dtype, trainable, lora=True)
+    config = dataclasses.replace(full_size_captioner_config(), quantize=quantize or "none")
+    model = build_full_size_model(resolved, resolved_dtype, trainable, config=config, lora=True)
     return BenchModel(
         model=model,
         device=resolved,
@@ -142,7 +155,8 @@ def load_bench_model(
     )
 
 
-def _cached_full_size(device: torch.device, dtype: torch.dtype, trainable: bool) -> tuple[SceneCaptioner | None, str]:
+def _cached_full_size(device: torch.device, dtype: torch.dtype, trainable: bool,
+                      quantize: str | None = None) -> tuple[SceneCaptioner | None, str]:
     """The pretrained full-size captioner if its weights are on this machine; never downloads."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -150,7 +164,7 @@ def _cached_full_size(device: torch.device, dtype: torch.dtype, trainable: bool)
         return None, f"{QWEN25_VL_3B_ID} is not in the local hub cache"
     try:
         captioner = SceneCaptioner.build(
-            full_size_captioner_config(), device, dtype, local_files_only=True, trainable=trainable
+            full_size_captioner_config(), device, dtype, local_files_only=True, trainable=trainable, quantize=quantize
         )
     except UserError as exc:
         return None, str(exc)

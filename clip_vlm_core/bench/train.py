@@ -20,6 +20,7 @@ from clip_vlm_core.bench.settings import TrainBenchSettings
 from clip_vlm_core.bench.subject import BenchModel
 from clip_vlm_core.model.vision_attention import enable_varlen_vision_attention
 from clip_vlm_core.progress import progress_bar
+from clip_vlm_core.train_setup import make_optimizer
 
 
 def benchmark_training(bench: BenchModel, settings: TrainBenchSettings) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def _time_configuration(
         if cached:
             inputs = cache_encoder_outputs(bench, inputs)
         # A fresh optimizer per configuration, so each peak memory includes the AdamW state it would have.
-        optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
+        optimizer = make_optimizer([{"params": trainable, "lr": settings.learning_rate}], settings)
         seconds = _time_steps(bench, inputs, optimizer, settings)
     except torch.cuda.OutOfMemoryError:
         row["status"] = "out of memory"

@@ -45,9 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name == f"clip_vlm_core.cli.{name}":
                 continue
-            raise
+            if not exc.name or exc.name.startswith("clip_vlm_core"):
+                raise
+            # A library only this command needs is not installed (a GPU machine without rosbags, say): the
+            # other commands still work, and this one says what it lacks when it is run.
+            _register_missing(subparsers, name, exc.name.split(".")[0])
+            continue
         module.register(subparsers)
     return parser
+
+
+def _register_missing(subparsers: argparse._SubParsersAction, name: str, package: str) -> None:
+    def refuse(args: argparse.Namespace) -> int:
+        raise UserError(f"this command needs the Python package {package!r}, which is not installed here "
+                        f"(pip install -e . installs every dependency)")
+
+    parser = subparsers.add_parser(name, help=f"(unavailable: needs {package})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=refuse)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""`clip-vlm bench caption|train|preprocess`: captioning latency/throughput, training throughput, and
-the cost of turning JPEG bytes into model inputs."""
+"""`clip-vlm bench caption|train|preprocess|memory`: captioning latency/throughput, training throughput,
+the cost of turning JPEG bytes into model inputs, and the memory estimate against measured memory."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ EPILOG = """examples:
   clip-vlm bench train --batch-sizes 8 16 --out bench-train.json
   clip-vlm bench caption --tiny --batch-sizes 1 2 --max-new-tokens 4 --iters 2 --warmup 1
   clip-vlm bench preprocess --device cpu --out bench-preprocess.json
+  clip-vlm bench memory --sizes tiny 1gb --batch 2
 
 Without --tiny the full-size model is timed (Qwen2.5-VL-3B + OpenCLIP ViT-L-14, two views): from
 --checkpoint, else from the local hub cache, else with RANDOM weights of the right shapes (the report
@@ -47,7 +48,7 @@ def _benchmark(kinds: argparse._SubParsersAction, name: str, settings, help: str
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from clip_vlm_core.bench.settings import CaptionBenchSettings, PreprocessBenchSettings, TrainBenchSettings
-    from clip_vlm_core.config import DECODERS, VISION_ATTENTIONS
+    from clip_vlm_core.config import DECODERS, QUANTIZE_MODES, VISION_ATTENTIONS
 
     parser = subparsers.add_parser(
         "bench",
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training steps with and without cached encoder outputs and gradient checkpointing.",
         epilog=EPILOG,
     )
-    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess", required=True)
+    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess|memory", required=True)
 
     c = CaptionBenchSettings()
     caption = _benchmark(kinds, "caption", c, "time to first token, decode time per token, caption latency, "
@@ -83,6 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--caption-tokens", "--max-new-tokens", dest="caption_tokens", type=int, metavar="N",
                        default=t.caption_tokens,
                        help="length of the labelled caption in each sample (default: %(default)s)")
+    train.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
+                       help="the frozen language model in 4 bits (nf4: QLoRA) or 8 bits (int8), through bitsandbytes "
+                       "(default: %(default)s)")
+    train.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default=t.optimizer,
+                       help="AdamW's moments in fp32, or bitsandbytes' 8-bit AdamW (default: %(default)s)")
 
     p = PreprocessBenchSettings()
     preprocess = kinds.add_parser(
@@ -105,6 +111,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preprocess.add_argument("--iters", type=int, default=p.iters, metavar="N", help="timed rounds (default: %(default)s)")
     preprocess.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
     preprocess.set_defaults(func=run_preprocess)
+
+    from clip_vlm_core.bench.memory import SIZES, MemoryRun
+
+    m = MemoryRun()
+    memory = kinds.add_parser(
+        "memory", help="the training memory estimate against the peak measured on this CPU",
+        description="Build a random model of each size in a child process, run training steps (forward, backward, "
+        "AdamW), and print the estimate (clip_vlm_core.memory_estimate) beside the measured peak resident memory "
+        "over the process's baseline after imports.", epilog=EPILOG)
+    memory.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES),
+                        help="tiny: ~20 MB of weights; 1gb: Qwen2.5-VL-3B's widths and vocabulary, 2 layers, "
+                        "~1.9 GB in fp32 (default: both)")
+    memory.add_argument("--batch", type=int, default=m.batch, metavar="N", help="samples per step (default: %(default)s)")
+    memory.add_argument("--caption-tokens", type=int, default=m.caption_tokens, metavar="N",
+                        help="labelled tokens per sample (default: %(default)s)")
+    memory.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    memory.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default=m.optimizer,
+                        help="the optimizer of the steps (default: %(default)s)")
+    memory.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
+    memory.set_defaults(func=run_memory)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -139,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     training = args.benchmark == "train"
     if training:
         settings = TrainBenchSettings(batch_sizes=args.batch_sizes, caption_tokens=args.caption_tokens,
-                                            warmup=args.warmup, iters=args.iters)
+                                      warmup=args.warmup, iters=args.iters, optimizer=args.optimizer)
     else:
         settings = CaptionBenchSettings(batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
                                         warmup=args.warmup, iters=args.iters, static_cache=args.compile,
@@ -150,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no GPU here, and the full-size model on CPU needs ~17 GB and hours: "
                         "pass --tiny, or --device cpu to insist")
     model = load_bench_model(tiny=args.tiny, checkpoint=args.checkpoint, device=args.device,
-                                   dtype=args.dtype, trainable=training, max_pixels=args.max_pixels)
+                                   dtype=args.dtype, trainable=training, max_pixels=args.max_pixels,
+                                   quantize=getattr(args, "quantize", None))
     if training:
         report = benchmark_training(model, settings)
         text = format_train_report(report)
@@ -177,6 +204,33 @@ def run_preprocess(args: argparse.Namespace) -> int:
     report["command"] = command_line(args)
     report["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(format_preprocess_report(report))
+    if args.out:
+        write_json(report, args.out)
+        print(f"report written to {args.out}")
+    return 0
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from clip_vlm_core.bench.measure import environment
+    from clip_vlm_core.bench.memory import MemoryRun, format_memory_report, measure
+    from clip_vlm_core.bench.report import write_json
+    from clip_vlm_core.errors import UserError
+    from clip_vlm_core.limits import MAX_BATCH_SIZE
+
+    if not 1 <= args.batch <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch must be 1 to {MAX_BATCH_SIZE}, got {args.batch}")
+    if not 1 <= args.caption_tokens <= 4096:
+        raise UserError(f"--caption-tokens must be 1 to 4096, got {args.caption_tokens}")
+    import torch
+
+    results = [measure(MemoryRun(size=size, batch=args.batch, caption_tokens=args.caption_tokens,
+                                 checkpointing=args.checkpointing, optimizer=args.optimizer)) for size in args.sizes]
+    report = {"benchmark": "memory", "environment": environment(torch.device("cpu")), "results": results,
+              "command": command_line(args), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    print(format_memory_report(results))
+    env = report['environment']
+    print(f"machine: {env['device']}, {env['cpu_cores']} cores; measured: peak resident memory (VmHWM) over the "
+          f"baseline after imports, in a child process per size")
     if args.out:
         write_json(report, args.out)
         print(f"report written to {args.out}")

@@ -61,6 +61,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "else the folder holding the checkpoint); folders elsewhere are refused")
 
 
+def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    """--quantize for the commands that load one captioner (caption, ask, eval)."""
+    from clip_vlm_core.config import QUANTIZE_MODES
+
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=None,
+                        help="the language model in 4 bits (nf4), 8 bits (int8) or as stored (none), through "
+                        "bitsandbytes; none runs a QLoRA checkpoint on a full-precision base, its adapters merged on "
+                        "a GPU (default: the checkpoint's own)")
+
+
 def scene_command(subparsers: argparse._SubParsersAction, name: str, help: str, description: str, epilog: str,
                   logged: str, run) -> argparse.ArgumentParser:
     """A command about one scene (caption, ask): its --view images, --log of what it `logged`, the model and
@@ -72,6 +82,7 @@ def scene_command(subparsers: argparse._SubParsersAction, name: str, help: str, 
                         help=f"append {logged}, with the settings, to this JSONL file (a new file, or an earlier "
                         "caption/ask log; never an input)")
     add_model_arguments(parser)
+    add_quantize_argument(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -98,7 +109,8 @@ def load_captioner(args: argparse.Namespace):
     from clip_vlm_core.model import SceneCaptioner
 
     return SceneCaptioner.from_pretrained(args.checkpoint, args.device, args.dtype, args.local_files_only,
-                                          base_models_root=args.base_models_root)
+                                          base_models_root=args.base_models_root,
+                                          quantize=getattr(args, "quantize", None))
 
 
 LOG_FIELDS = ("time", "model", "views", "decoding")  # what log_fields() starts every record with

@@ -9,6 +9,7 @@ from pathlib import Path
 from clip_vlm_core.cli.caption import (
     add_decoding_arguments,
     add_model_arguments,
+    add_quantize_argument,
     decoding_from_args,
     load_captioner,
 )
@@ -65,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="longest answer to a question, in tokens (default %(default)s; captions keep "
                         "--max-new-tokens)")
     add_model_arguments(parser)
+    add_quantize_argument(parser)
     add_decoding_arguments(parser)
     parser.set_defaults(func=run)
 

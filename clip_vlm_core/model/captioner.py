@@ -72,9 +72,13 @@ class SceneCaptioner:
         adapter_dir: Path | None = None,
         trainable: bool = False,
         name: str | None = None,
+        quantize: str | None = None,
     ) -> SceneCaptioner:
-        """Assemble frozen Qwen + frozen CLIP + connector (+ LoRA when trainable or given an adapter)."""
+        """Assemble frozen Qwen + frozen CLIP + connector (+ LoRA when trainable or given an adapter).
+        `quantize` (none, nf4, int8) replaces the config's `quantize` (clip_vlm_core.model.quantize)."""
         device = resolve_device(device)
+        if quantize is not None:
+            config = dataclasses.replace(config, quantize=quantize)
         parts = CheckpointParts(config, base_dir, connector_file, adapter_dir, name)
         model, processor, config = build_model(parts, device, resolve_dtype(dtype, device), local_files_only,
                                                base_models_root, trainable)
@@ -89,6 +93,7 @@ class SceneCaptioner:
         local_files_only: bool = False,
         trainable: bool = False,
         base_models_root: str | Path | None = None,
+        quantize: str | None = None,
     ) -> SceneCaptioner:
         """Load a clip-vlm checkpoint folder, or a bare Qwen2.5-VL (hub id or folder) with an untrained
         connector, which captions exactly like that base model. No path: the embedded default model.
@@ -96,12 +101,16 @@ class SceneCaptioner:
         an error, never a hub id).
 
         Base models named by a folder in the checkpoint's config must lie inside `base_models_root`
-        (default: $CLIP_VLM_BASE_MODELS, else the folder that holds the checkpoint)."""
+        (default: $CLIP_VLM_BASE_MODELS, else the folder that holds the checkpoint).
+
+        `quantize` loads the language model otherwise than the checkpoint's config says: a QLoRA (nf4)
+        checkpoint with "none" runs on a full-precision base, where optimize_for_inference(merge_lora=True)
+        merges its adapters into the bf16 weights (clip_vlm_core.model.quantize)."""
         parts = open_checkpoint(path)
         return cls.build(parts.config, device, dtype, local_files_only, base_dir=parts.base_dir,
                          base_models_root=Path(base_models_root) if base_models_root else None,
                          connector_file=parts.connector_file, adapter_dir=parts.adapter_dir, trainable=trainable,
-                         name=parts.name)
+                         name=parts.name, quantize=quantize)
 
     def save_pretrained(self, out_dir: str | Path, base_models_relative_to: Path | None = None) -> Path:
         """Write the checkpoint folder atomically (model/checkpoint.py)."""

@@ -148,6 +148,10 @@ def build_model(parts: CheckpointParts, device: torch.device, dtype: torch.dtype
         raise UserError(f"cannot load Qwen2.5-VL from {qwen_ref.value!r}: {exc}") from None
     processor.tokenizer.padding_side = "left"  # generation appends on the right
     qwen.requires_grad_(False)
+    if config.quantize != "none":  # before LoRA, so that PEFT puts its k-bit LoRA layers on the quantized ones
+        from clip_vlm_core.model.quantize import quantize_language_model
+
+        quantize_language_model(qwen, config.quantize, dtype, device)
 
     clip = ClipViewEncoder(load_open_clip(clip_ref, config.clip_pretrained, local_files_only), config.clip_tokens)
     model = assemble_model(qwen, clip, config, trainable, parts.connector_file, parts.adapter_dir)

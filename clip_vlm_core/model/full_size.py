@@ -119,6 +119,11 @@ def assemble_random(
     )
     qwen.generation_config.update(**QWEN25_VL_3B_GENERATION)  # decodes as the released model would
     qwen.requires_grad_(False)
+    device = torch.get_default_device()
+    if config.quantize != "none" and device.type != "meta":  # as SceneCaptioner.build does, before LoRA
+        from clip_vlm_core.model.quantize import quantize_language_model
+
+        quantize_language_model(qwen, config.quantize, dtype or torch.float32, device)
     # open_clip moves its model to `device` (cpu by default), which would undo a meta/cuda context; and
     # it warns that no pretrained weights were loaded, which here is the point.
     logging.disable(logging.WARNING)
