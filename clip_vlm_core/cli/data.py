@@ -28,11 +28,18 @@ out of the dataroot (absolute, '..', a symlink out) or names a folder, FIFO or d
 OUT is replaced when an earlier 'data build' wrote it (it holds a .clip-vlm-output marker), or with
 --overwrite; never when it is, holds, or lies inside the dataroot or the captions folder."""
 
-SYNTH_EPILOG = """example:
+SYNTH_EPILOG = """examples:
   clip-vlm data synth --out data/synthetic --scenes 2 --samples-per-scene 20 --sweeps 5 --seed 0
+  clip-vlm data synth --out data/surround --cameras all --scenes 4 --samples-per-scene 20
 
 Writes a nuScenes v1.0-mini tree (all 13 tables, six cameras at 1600x900, keyframes at 2 Hz) with procedurally
-drawn front/back scenes whose facts are known, NuInteract-format captions in OUT/nuinteract/, the ground
+drawn scenes whose facts are known. --cameras front-back (the default): front and back scenes drawn keyframe by
+keyframe, the four side cameras an empty road side, sweeps repeating their keyframe. --cameras all: every
+camera shows content, and a scene's keyframes and sweeps (5 between keyframes by default, ~12 Hz) are the frames
+of one continuous drive: vehicles approach, pull away, cut in, overtake us beside the car, the light changes;
+facts and questions add the motion of the vehicles ahead and behind (front.motion, back.motion: approaching,
+pulling away, steady, none) and what each side camera shows (front_left.vehicle_type, back_right.vehicle_colour,
+...). Written: NuInteract-format captions in OUT/nuinteract/, the ground
 truth in OUT/synthetic_facts.json, and questions with their answers in OUT/qa.jsonl (training phrasings) and
 OUT/qa_heldout.jsonl (phrasings kept for evaluation), for `data build --qa`. Scene names come from the
 devkit's mini splits, so two or more scenes give both a train and a val split. An existing non-empty OUT
@@ -48,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder to create")
     p.add_argument("--scenes", type=int, default=2, help="number of scenes, 1-10 (default %(default)s)")
     p.add_argument("--samples-per-scene", type=int, default=8, help="keyframes per scene (default %(default)s)")
-    p.add_argument("--sweeps", type=int, default=0, help="camera frames between keyframes (default %(default)s; 5 ~ 12 Hz)")
+    p.add_argument("--cameras", choices=("front-back", "all"), default="front-back",
+                   help="front-back: scenes in CAM_FRONT/CAM_BACK only, drawn keyframe by keyframe; all: a continuous "
+                   "drive seen by all six cameras (default %(default)s)")
+    p.add_argument("--sweeps", type=int, default=None,
+                   help="camera frames between keyframes (default 0, or 5 with --cameras all; 5 ~ 12 Hz)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--captions-out", type=Path, default=None, help="NuInteract folder (default OUT/nuinteract)")
     p.add_argument("--overwrite", action="store_true",
@@ -108,7 +119,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
 
     d = generate_synthetic_nuscenes(args.out, args.scenes, args.samples_per_scene, args.sweeps, args.seed,
-                                    args.captions_out, overwrite=args.overwrite)
+                                    args.captions_out, overwrite=args.overwrite, cameras=args.cameras)
     print(f"wrote {len(d.sample_tokens)} keyframes in {len(d.scene_names)} scenes ({', '.join(d.scene_names)}) "
           f"to {d.root}; captions in {d.captions}")
     return 0
