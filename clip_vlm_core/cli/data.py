@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from clip_vlm_core.config import DEFAULT_VIEWS
+from clip_vlm_core.data.history import DEFAULT_HISTORY_STRIDE_S
 from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS
 
 BUILD_EPILOG = """examples:
@@ -14,12 +15,19 @@ BUILD_EPILOG = """examples:
       --cameras CAM_FRONT CAM_BACK --out data/manifest
   clip-vlm data build --dataroot data/synthetic --captions data/synthetic/nuinteract \
       --qa data/synthetic/qa.jsonl --out data/synthetic-manifest
+  clip-vlm data build --dataroot data/surround --captions data/surround/nuinteract --cameras CAM_FRONT \
+      CAM_FRONT_LEFT CAM_FRONT_RIGHT CAM_BACK CAM_BACK_LEFT CAM_BACK_RIGHT --history 3 --out data/surround-manifest
   clip-vlm data verify data/manifest
   clip-vlm data gallery data/manifest --n 16 --out gallery.html
 
 Writes OUT/<split>.jsonl (mini_train/mini_val, train/val) with one row per keyframe (sample token, scene,
 timestamp, per view: path, sha256, width, height; the caption; with --qa, the keyframe's question-answer
-pairs as "qa") and OUT/manifest.json. A --qa file holds one JSON object per line: token (sample token),
+pairs as "qa"; with --history K, per view its K past frames as "history", oldest first, each with path,
+sha256, width, height and offset_s, its time minus the current frame's) and OUT/manifest.json. Past frame j
+is the view's frame nearest to j * --history-stride seconds before the current one, within half a stride; a
+past frame there is none of (the scene's first frames, a stride finer than the frames) is null in the row
+and counted in the summary, never fatal. With more than two --cameras and no --caption-keys, the target
+names each camera's own caption in --cameras order: "Front: ... Front left: ...". A --qa file holds one JSON object per line: token (sample token),
 question, answer, and optionally type (accuracy is reported per type). Keyframes without a caption,
 captions for unknown samples, missing or corrupt images and images over the size limits
 (8192x8192 pixels, 32 MiB) are skipped and reported (or fatal with --strict). An image path that leads
@@ -71,8 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="v1.0-mini", help="v1.0-mini, v1.0-trainval or v1.0-test (default %(default)s)")
     p.add_argument("--captions", type=Path, required=True, help="NuInteract folder of JSON files")
     p.add_argument("--cameras", nargs="+", default=list(DEFAULT_VIEWS), help="views per sample (default %(default)s)")
-    p.add_argument("--caption-keys", nargs="+", default=list(DEFAULT_CAPTION_KEYS),
-                   help="NuInteract caption keys joined into the target (default %(default)s)")
+    p.add_argument("--caption-keys", nargs="+", default=None,
+                   help=f"NuInteract caption keys joined into the target (default {' '.join(DEFAULT_CAPTION_KEYS)}; with "
+                   "more than two --cameras, each camera's own caption, named: 'Front: ... Front left: ...')")
+    p.add_argument("--history", type=int, default=0, metavar="K",
+                   help="add each view's K previous frames from its sample_data chain (sweeps where present), oldest "
+                   "first, with their time offsets (default %(default)s: none)")
+    p.add_argument("--history-stride", type=float, default=DEFAULT_HISTORY_STRIDE_S, metavar="S",
+                   help="seconds between past frames (default %(default)s, the keyframe interval; 0.1 needs sweeps)")
     p.add_argument("--out", type=Path, required=True, help="manifest folder to write")
     p.add_argument("--qa", nargs="+", type=Path, default=[], metavar="FILE.jsonl",
                    help="question-answer pairs keyed by sample token (token, question, answer[, type]) to add")
@@ -129,7 +143,8 @@ def run_build(args: argparse.Namespace) -> int:
     from clip_vlm_core.data.manifest import build_manifest
 
     report = build_manifest(args.dataroot, args.version, args.captions, args.cameras, args.out,
-                            args.caption_keys, args.strict, overwrite=args.overwrite, qa=args.qa)
+                            args.caption_keys, args.strict, overwrite=args.overwrite, qa=args.qa,
+                            history=args.history, history_stride_s=args.history_stride)
     print(report.summary())
     print(f"manifest written to {args.out}")
     return 0
