@@ -150,7 +150,9 @@ def datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
             continue
         dataroot = manifest_dataroot(path, config.data.dataroot or None)  # data.dataroot: the data moved
         datasets.append(CaptionDataset(load_manifest(path), dataroot, captioner.views,
-                                       questions=config.data.qa_per_caption > 0))
+                                       questions=config.data.qa_per_caption > 0,
+                                       context_views=captioner.config.context_views,
+                                       history_frames=captioner.config.history_frames))
     if not len(datasets[0]):
         raise UserError(f"the training manifest {train_path} has no samples")
     if not config.data.cache_encoders:

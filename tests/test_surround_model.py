@@ -195,3 +195,57 @@ def test_a_sample_that_does_not_fit_the_model_is_one_clear_error(surround, chang
 def test_bad_surround_settings_are_refused(settings, fragment):
     with pytest.raises(UserError, match=fragment):
         CaptionerConfig(**settings)
+
+
+# -- training batches from a six-camera manifest with a history ------------------------------------------------
+@pytest.fixture(scope="module")
+def surround_rows(surround_nuscenes, tmp_path_factory):
+    from clip_vlm_core.data.manifest import build_manifest, load_manifest
+
+    out = tmp_path_factory.mktemp("surround-manifest") / "m"
+    build_manifest(surround_nuscenes, "v1.0-mini", surround_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK", *SIDES],
+                   out, show_progress=False, qa=[surround_nuscenes / "qa_heldout.jsonl"], history=3)
+    return load_manifest(out / "mini_train.jsonl"), surround_nuscenes
+
+
+@pytest.fixture(scope="module")
+def trainable_surround(tiny_base):
+    config = dataclasses.replace(tiny_captioner_config(tiny_base), context_views=SIDES, history_frames=2)
+    return SceneCaptioner.build(config, device="cpu", trainable=True)
+
+
+def test_a_row_gives_its_context_views_and_newest_past_frames(surround_rows, trainable_surround):
+    from clip_vlm_core.data.dataset import CaptionDataset
+
+    rows, root = surround_rows
+    config = trainable_surround.config
+    dataset = CaptionDataset(rows, root, config.views, context_views=config.context_views, history_frames=2)
+    sample = dataset.images(3)  # the 4th keyframe of its scene: a full history
+    assert set(sample) == {"CAM_FRONT", "CAM_BACK", *SIDES, HISTORY}
+    assert all(len(frames) == 2 and all(f is not None for f in frames) for frames in sample[HISTORY].values())
+    newest = Image.open(root / rows[3].history["CAM_FRONT"][-1].path).convert("RGB")
+    assert np.array_equal(np.asarray(sample[HISTORY]["CAM_FRONT"][-1]), np.asarray(newest))
+    assert sample[HISTORY]["CAM_BACK"] and dataset.images(0)[HISTORY]["CAM_BACK"] == [None, None]  # scene start
+    with pytest.raises(UserError, match="build the manifest with --history 4"):
+        CaptionDataset(rows, root, config.views, context_views=config.context_views, history_frames=4)
+
+
+def test_cached_and_raw_surround_batches_give_the_same_loss(surround_rows, trainable_surround, tmp_path):
+    from clip_vlm_core.data.dataset import CachedEncoderDataset, CaptionDataset, RawCollator, collate_cached
+
+    rows, root = surround_rows
+    captioner, config = trainable_surround, trainable_surround.config
+    dataset = CaptionDataset(rows[:3], root, config.views, context_views=config.context_views, history_frames=2)
+    cached = CachedEncoderDataset(dataset, captioner, tmp_path / "cache", show_progress=False)
+    indices = [0, 2, 4]  # captions and a question; keyframes with no, part of and a full history
+    raw = RawCollator(captioner)([dataset[i] for i in indices])
+    fast = collate_cached([cached[i] for i in indices], captioner.processor.tokenizer.pad_token_id)
+    assert torch.equal(raw["clip_absent"], fast["clip_absent"]) and raw["clip_absent"].shape == (3, 6, 3)
+    for key in ("input_ids", "labels", "image_grid_thw"):
+        assert torch.equal(raw[key], fast[key]), key
+    with torch.no_grad():
+        captioner.model.connector.gate.fill_(1.0)
+        try:
+            torch.testing.assert_close(captioner.model(**raw).loss, captioner.model(**fast).loss)
+        finally:
+            captioner.model.connector.gate.zero_()
