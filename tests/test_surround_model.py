@@ -249,3 +249,62 @@ def test_cached_and_raw_surround_batches_give_the_same_loss(surround_rows, train
             torch.testing.assert_close(captioner.model(**raw).loss, captioner.model(**fast).loss)
         finally:
             captioner.model.connector.gate.zero_()
+
+
+# -- evaluation ablations: --blank-history, --blank-view of a side camera ------------------------------------------
+@pytest.fixture(scope="module")
+def surround_eval(surround_nuscenes, tiny_base, tmp_path_factory):
+    """A surround manifest (history 2, held-out questions) and a tiny surround checkpoint with its gate open."""
+    from clip_vlm_core.data.manifest import build_manifest
+
+    out = tmp_path_factory.mktemp("surround-eval") / "m"
+    build_manifest(surround_nuscenes, "v1.0-mini", surround_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK", *SIDES],
+                   out, show_progress=False, qa=[surround_nuscenes / "qa_heldout.jsonl"], history=2)
+    config = dataclasses.replace(tiny_captioner_config(tiny_base), context_views=SIDES, history_frames=2)
+    torch.manual_seed(1)
+    captioner = SceneCaptioner.build(config, device="cpu")
+    with torch.no_grad():
+        captioner.model.connector.gate.fill_(2.0)
+    checkpoint = tiny_base["qwen"].parent.parent / "surround"
+    captioner.save_pretrained(checkpoint, base_models_relative_to=checkpoint)
+    return out / "mini_val.jsonl", checkpoint, captioner
+
+
+def test_blanking_the_history_blackens_every_past_frame_and_nothing_else(surround_eval):
+    from clip_vlm_core.data.manifest import manifest_dataroot
+    from clip_vlm_core.evaluate import _images_for, _load_samples
+
+    split, _, captioner = surround_eval
+    views = ("CAM_FRONT", "CAM_BACK", *SIDES)
+    sample = _load_samples(split, views, None, manifest_dataroot(split), history_frames=2)[-1]  # a full history
+    plain, blanked = _images_for(sample, ()), _images_for(sample, (), blank_history=True)
+    side = _images_for(sample, ("CAM_BACK_LEFT",))
+    for view in views:
+        assert np.asarray(blanked[view]).any() and np.array_equal(np.asarray(blanked[view]), np.asarray(plain[view]))
+        assert all(frame is not None and np.asarray(frame).any() for frame in plain[HISTORY][view])
+        assert all(not np.asarray(frame).any() and frame.size == (1600, 900) for frame in blanked[HISTORY][view])
+    assert not np.asarray(side["CAM_BACK_LEFT"]).any() and not any(np.asarray(f).any() for f in side[HISTORY]["CAM_BACK_LEFT"])
+    assert np.asarray(side["CAM_FRONT_LEFT"]).any()
+
+
+@pytest.mark.parametrize("ablation", [["--blank-history"], ["--blank-view", "CAM_FRONT_LEFT"]])
+def test_eval_cli_runs_the_ablations_of_a_surround_model_and_records_them(surround_eval, tiny_base, tmp_path, ablation):
+    from clip_vlm_core.cli import main
+
+    split, checkpoint, _ = surround_eval
+    common = ["eval", "--manifest", str(split), "--checkpoint", str(checkpoint), "--max-new-tokens", "4",
+              "--skip-questions", "--base-models-root", str(tiny_base["qwen"].parent.parent)]
+    assert main([*common, *ablation, "--out", str(tmp_path / "ablated")]) == 0
+    metrics = json.loads((tmp_path / "ablated" / "metrics.json").read_text())
+    assert metrics["blank_history"] == (ablation == ["--blank-history"]) and metrics["samples"] == 6
+    assert metrics["blank_views"] == ([] if ablation == ["--blank-history"] else ["CAM_FRONT_LEFT"])
+    report = (tmp_path / "ablated" / "report.html").read_text()
+    assert ("past frames blanked to black" in report) == (ablation == ["--blank-history"])
+
+
+def test_blanking_a_history_the_model_does_not_have_is_one_clear_error(embedded_captioner, synthetic_manifest, tmp_path):
+    from clip_vlm_core.evaluate import evaluate_manifest
+
+    with pytest.raises(UserError, match="cannot blank the history: this model takes no past frames"):
+        evaluate_manifest(synthetic_manifest / "mini_val.jsonl", embedded_captioner, tmp_path / "e", blank_history=True)
+    assert not (tmp_path / "e").exists()
