@@ -176,14 +176,19 @@ def _manifests(config: RunConfig, run_dir: Path, accelerator) -> tuple[str, str 
 
     data = run_dir / "data"
     manifests = data / "manifest"
+    c = config.captioner
+    # A model with context views or a history learns the six-camera drive (motion needs one), its manifest
+    # holding every view it reads and their past frames at its stride.
+    surround = bool(c.context_views or c.history_frames)
     if accelerator.is_main_process and not (manifests / "manifest.json").exists():
         tree = data / "nuscenes"
         if not (tree / "v1.0-mini").exists():
-            generate_synthetic_nuscenes(tree, scenes=d.synthetic_scenes,
-                                        samples_per_scene=d.synthetic_samples_per_scene, seed=d.synthetic_seed)
+            generate_synthetic_nuscenes(tree, scenes=d.synthetic_scenes, samples_per_scene=d.synthetic_samples_per_scene,
+                                        seed=d.synthetic_seed, sweeps=None, cameras="all" if surround else "front-back")
         build_manifest(dataroot=tree, version="v1.0-mini", captions=tree / "nuinteract",
-                       cameras=list(config.captioner.views), out=manifests,
-                       qa=[tree / QA_FILE] if d.qa_per_caption > 0 else [])
+                       cameras=[*c.views, *c.context_views], out=manifests,
+                       qa=[tree / QA_FILE] if d.qa_per_caption > 0 else [], history=c.history_frames,
+                       history_stride_s=c.history_stride_s)
     accelerator.wait_for_everyone()
     return str(manifests / "mini_train.jsonl"), str(manifests / "mini_val.jsonl")
 

@@ -287,6 +287,7 @@ def test_blanking_the_history_blackens_every_past_frame_and_nothing_else(surroun
     assert np.asarray(side["CAM_FRONT_LEFT"]).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ablation", [["--blank-history"], ["--blank-view", "CAM_FRONT_LEFT"]])
 def test_eval_cli_runs_the_ablations_of_a_surround_model_and_records_them(surround_eval, tiny_base, tmp_path, ablation):
     from clip_vlm_core.cli import main
@@ -308,3 +309,27 @@ def test_blanking_a_history_the_model_does_not_have_is_one_clear_error(embedded_
     with pytest.raises(UserError, match="cannot blank the history: this model takes no past frames"):
         evaluate_manifest(synthetic_manifest / "mini_val.jsonl", embedded_captioner, tmp_path / "e", blank_history=True)
     assert not (tmp_path / "e").exists()
+
+
+# -- the tiny surround recipe, end to end ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_tiny_surround_recipe_trains_on_its_own_six_camera_drive_and_saves_a_checkpoint_that_loads(tmp_path):
+    from clip_vlm_core.data.manifest import load_manifest, read_manifest_meta
+    from clip_vlm_core.train import run_training
+    from clip_vlm_core.train_config import load_run_config
+
+    recipe = Path(__file__).resolve().parents[1] / "training/configs/synthetic-tiny-surround.yaml"
+    run_dir = tmp_path / "run"
+    overrides = [f"run_dir={run_dir}", "data.synthetic_scenes=2", "data.synthetic_samples_per_scene=3",
+                 "optim.max_steps=2", "optim.batch_size=2", "optim.eval_every=2", "optim.save_every=2",
+                 "optim.warmup_steps=0", "data.qa_per_caption=0.5"]
+    run_training(load_run_config(recipe, overrides), show_progress=False)
+    meta = read_manifest_meta(run_dir / "data" / "manifest")
+    assert meta["cameras"] == ["CAM_FRONT", "CAM_BACK", *SIDES] and meta["history"]["frames"] == 3
+    row = load_manifest(run_dir / "data" / "manifest" / "mini_train.jsonl")[2]
+    assert row.caption.startswith("Front: ") and "The vehicle ahead " in row.caption and "Front left: " in row.caption
+    assert {pair.type for pair in row.qa} >= {"front.motion", "back.motion", "back_left.vehicle_type"}
+    best = next(p for p in (run_dir / "best", run_dir / "latest") if p.is_dir())
+    loaded = SceneCaptioner.from_pretrained(best, device="cpu", base_models_root=run_dir)
+    assert (loaded.config.context_views, loaded.config.history_frames) == (SIDES, 3)
+    assert loaded.model.connector.time_embedding.shape[0] == 4
