@@ -333,3 +333,25 @@ def test_the_tiny_surround_recipe_trains_on_its_own_six_camera_drive_and_saves_a
     loaded = SceneCaptioner.from_pretrained(best, device="cpu", base_models_root=run_dir)
     assert (loaded.config.context_views, loaded.config.history_frames) == (SIDES, 3)
     assert loaded.model.connector.time_embedding.shape[0] == 4
+
+
+# -- the cost of seeing more -----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_surround_times_each_layout_stage_by_stage_and_counts_the_full_size_cost(tmp_path, capsys):
+    from clip_vlm_core.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "surround", "--history", "2", "--iters", "1", "--warmup", "0", "--max-new-tokens", "2",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    measured, full = report["measured_ms"], report["full_size"]
+    assert list(measured) == ["2 views", "2 views + history 2", "2 + 4 context", "2 + 4 context + history 2"]
+    assert [row["clip_frames"] for row in measured.values()] == [2, 6, 6, 18]
+    assert all(row[stage] > 0 for row in measured.values() for stage in ("decode", "encoders", "generation"))
+    assert measured["2 views"]["ratio"] == 1.0 and report["environment"]["cpu_cores"] >= 1
+    # Full size: context views and past frames add CLIP tokens only; the language model's prompt stays.
+    assert full["2 + 4 context + history 2"]["prompt_tokens"] == full["2 views"]["prompt_tokens"] == 1020
+    assert full["6 full views"]["qwen_visual_tokens"] == 2880 and full["2 + 4 context + history 2"]["clip_memory_tokens"] == 18
+    assert full["2 views + history 2"]["ratio_cached"] == pytest.approx(1.0, abs=0.001)
+    assert full["2 + 4 context"]["ratio"] < 1.1 < full["6 full views"]["ratio"]
+    assert "full size (Qwen2.5-VL-3B" in capsys.readouterr().out
