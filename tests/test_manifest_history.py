@@ -132,6 +132,12 @@ def test_more_than_two_cameras_name_each_views_caption_in_camera_order(history_m
     assert json.loads((out / "manifest.json").read_text())["caption_format"] == "named views"
 
 
+def test_inspect_says_the_history(history_manifest, capsys):
+    out, _ = history_manifest
+    assert main(["data", "inspect", str(out), "--samples", "0"]) == 0
+    assert "history: 3 past frames per view every 0.5 s; 72 of 216 missing" in capsys.readouterr().out
+
+
 def test_chosen_caption_keys_and_two_cameras_keep_the_joint_target(surround_nuscenes, tmp_path):
     build_manifest(surround_nuscenes, "v1.0-mini", surround_nuscenes / "nuinteract", SIX, tmp_path / "a",
                    caption_keys=["FRONT", "BACK"], show_progress=False)

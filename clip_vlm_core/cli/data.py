@@ -172,6 +172,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"nuScenes {meta['nuscenes_version']} at {meta['dataroot']}; cameras {', '.join(meta['cameras'])}")
     for reason, n in meta.get("skipped", {}).items():
         print(f"skipped while building: {n} ({reason})")
+    history = meta.get("history")
+    if history:
+        missing = sum(history.get("missing", {}).values())
+        print(f"history: {history['frames']} past frames per view every {history['stride_s']} s; {missing} of "
+              f"{history.get('past_frames', '?')} missing")
     for file in split_files(args.manifest):
         rows = load_manifest(file)
         words = [len(r.caption.split()) for r in rows] or [0]
