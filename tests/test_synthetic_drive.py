@@ -192,3 +192,12 @@ def test_synth_cli_writes_the_six_camera_drive_and_refuses_an_unknown_world(tmp_
     assert "--cameras" in capsys.readouterr().err and not (tmp_path / "u").exists()
     with pytest.raises(UserError, match="--cameras must be one of front-back, all"):
         generate_synthetic_nuscenes(tmp_path / "v", cameras="surround", show_progress=False)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_drive_shows_many_vehicles_ahead_while_the_gap_moves_on_continuously(seed):
+    drive = Drive(random.Random(seed), 20.0)
+    ahead = [(f.front_type, f.front_colour, f.front_lane) for f in (drive.facts(k * KEYFRAME_S) for k in range(40))]
+    assert len(set(ahead)) >= 5  # a learner needs variety: another vehicle takes the place every few seconds
+    gaps = [drive.moment(k * 0.05).place(FRONT)[1] for k in range(400)]
+    assert max(abs(b - a) for a, b in zip(gaps, gaps[1:], strict=False)) <= 8.0 * 0.05 + 1e-9  # never a jump

@@ -8,10 +8,10 @@ a slot changes what it does only at a *turn*, just after each keyframe's cameras
 leave its range): so the frames a short history shows before a keyframe move as the keyframe's facts say.
 
 What happens at a turn: a vehicle ahead or behind speeds towards us or away or keeps its distance
-(`front.motion`, `back.motion`: approaching / pulling away / steady; none when nothing is behind); a new
-vehicle cuts in ahead at the same gap (first keeping its distance: a history frame showed another vehicle
-there, of the same size); the vehicle behind turns off or one appears (keeping its distance at first);
-a side vehicle drifts forward or back along its frame, turns off, or one appears. A vehicle passing us on
+(`front.motion`, `back.motion`: approaching / pulling away / steady; none when nothing is behind); another
+vehicle takes a vehicle's place on the same course (a cut-in ahead at the same gap and speed: what a short
+history shows of the gap stays true); the vehicle behind turns off or one appears (keeping its distance at
+first); a side vehicle drifts forward or back along its frame, turns off, or one appears. A vehicle passing us on
 the left or right overtakes: reaching the front edge of a back side camera's frame it enters the front
 side camera's frame at its rear edge, when that one is empty. The traffic light turns red, green, off.
 
@@ -38,6 +38,10 @@ ALONG_RANGE = (-0.9, 0.9)  # a side vehicle from the rear to the front edge of i
 ALONG_SPEEDS = (-0.5, 0.0, 0.5)  # frame widths per second
 P_TURN = 0.35  # chance that a slot changes what it does at a turn it may
 P_BEHIND, P_SIDE = 0.7, 0.5  # chance that a vehicle appears where none is, at a turn
+# Chance that another vehicle takes a vehicle's place at a turn, on the same course (a cut-in ahead; one
+# behind or beside us replaced): a vehicle stays ~1.5 s on average, so that a drive shows many types,
+# colours and lanes, as the two-camera world's independent keyframes do, while motion stays continuous.
+P_SWAP = 0.3
 LIGHT_NEXT = {NONE: ("red", "green"), "red": ("green",), "green": (NONE, "red")}
 FRONT, BACK = "front", "back"
 SLOTS = (FRONT, BACK, *SIDE_VIEWS.values())
@@ -96,6 +100,10 @@ class Drive:
                 held[slot] = held[slot] + 1 if after is None else 1
                 if after is not None:
                     self.segments[slot].append(after)
+                now = self.segments[slot][-1]
+                if now.vehicle is not None and now.start < turn and rng.random() < P_SWAP:
+                    # Another vehicle takes its place, on the same course: what moves stays as it was.
+                    self.segments[slot].append(Segment(turn, self._vehicle(), now.at(turn), now.speed))
             if held["light"] >= MIN_HOLD_TURNS + 2 and rng.random() < P_TURN:
                 self.lights.append((turn, rng.choice(LIGHT_NEXT[self.lights[-1][1]])))
                 held["light"] = 0
@@ -150,8 +158,6 @@ class Drive:
             return Segment(t, None)
         if slot != FRONT and rng.random() < (0.5 if leaving else 0.25):
             return Segment(t, None)  # turns off, or passes out of the side camera's view
-        if slot == FRONT and not leaving and rng.random() < 0.25:
-            return Segment(t, self._vehicle(), pos, 0.0)  # cuts in at the same gap
         fits = [s for s in speeds if lo <= pos + s * KEYFRAME_S * MIN_HOLD_TURNS <= hi and s != now.speed]
         return Segment(t, now.vehicle, pos, rng.choice(fits or [0.0]))
 
