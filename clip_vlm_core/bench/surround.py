@@ -2,7 +2,8 @@
 
 Four layouts of the same model (its architecture as given; weights do not change the cost): the two full
 views alone, with K past frames per view, with the four side cameras as context views, and with both. Each
-caption starts from 1600x900 JPEG bytes of every frame it reads and is forced to exactly `max_new_tokens`:
+caption starts from 1600x900 JPEG bytes of every frame it reads and is forced to exactly `max_new_tokens`;
+the layouts take turns, one caption each, so that a busy machine's slow spells fall on all of them:
 
     decode       JPEG bytes -> uint8 tensors (every frame the caption reads)
     prepare      resize and normalise for both encoders, the prompt's token ids
@@ -47,18 +48,26 @@ def benchmark_surround(config: CaptionerConfig, history: int = 3, iters: int = 5
     architecture, plus each layout's total as a ratio of the two views'."""
     from clip_vlm_core.model import SceneCaptioner
 
+    captioners = {name: SceneCaptioner.build(dataclasses.replace(config, context_views=context, history_frames=frames),
+                                             device=device)
+                  for name, (context, frames) in layouts(history).items()}
+    # Interleaved, a caption of each layout in turn: a busy machine's slow spells fall on every layout alike.
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in captioners}
+    for seed in range(warmup + iters):
+        for name, captioner in captioners.items():
+            times = _one_caption(captioner, seed, max_new_tokens)
+            if seed >= warmup:
+                runs[name].append(times)
     results: dict[str, Any] = {}
-    for name, (context, frames) in layouts(history).items():
-        layout = dataclasses.replace(config, context_views=context, history_frames=frames)
-        captioner = SceneCaptioner.build(layout, device=device)
-        runs = [_one_caption(captioner, seed, max_new_tokens) for seed in range(warmup + iters)][warmup:]
-        stages = {stage: statistics.median(run[stage] for run in runs) for stage in (*STAGES, "decode_current",
-                                                                                      "clip_past")}
+    for name, captioner in captioners.items():
+        stages = {stage: statistics.median(run[stage] for run in runs[name])
+                  for stage in (*STAGES, "decode_current", "clip_past")}
         total = sum(stages[s] for s in STAGES)
         cached = total - (stages["decode"] - stages["decode_current"]) - stages["clip_past"]
+        layout = captioner.config
         results[name] = {**{s: round(stages[s], 1) for s in STAGES}, "total": round(total, 1),
                          "total_cached": round(cached, 1),
-                         "clip_frames": (len(layout.views) + len(context)) * (frames + 1)}
+                         "clip_frames": (len(layout.views) + len(layout.context_views)) * (layout.history_frames + 1)}
     base = results["2 views"]["total"]
     for result in results.values():
         result["ratio"] = round(result["total"] / base, 3)
