@@ -106,6 +106,12 @@ def evaluate_manifest(
         raise UserError(f"cannot blank view(s) {unknown}: this model reads {list(views + context)}")
     if blank_history and not history_frames:
         raise UserError("cannot blank the history: this model takes no past frames (captioner.history_frames is 0)")
+    if history_frames:
+        from clip_vlm_core.data.history import check_manifest_history
+        from clip_vlm_core.data.manifest import read_manifest_meta
+
+        check_manifest_history(read_manifest_meta(manifest_path), manifest_path, history_frames,
+                               captioner.config.history_stride_s)
     samples = _load_samples(manifest_path, views + context, limit, manifest_dataroot(manifest_path, dataroot),
                             history_frames)
     if not questions:

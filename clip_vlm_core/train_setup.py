@@ -140,7 +140,8 @@ def datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
     from functools import partial
 
     from clip_vlm_core.data.dataset import CachedEncoderDataset, CaptionDataset, RawCollator, collate_cached
-    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot
+    from clip_vlm_core.data.history import check_manifest_history
+    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot, read_manifest_meta
 
     train_path, val_path = _manifests(config, run_dir, accelerator)
     datasets = []
@@ -149,6 +150,8 @@ def datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
             datasets.append(None)
             continue
         dataroot = manifest_dataroot(path, config.data.dataroot or None)  # data.dataroot: the data moved
+        check_manifest_history(read_manifest_meta(path), path, captioner.config.history_frames,
+                               captioner.config.history_stride_s)
         datasets.append(CaptionDataset(load_manifest(path), dataroot, captioner.views,
                                        questions=config.data.qa_per_caption > 0,
                                        context_views=captioner.config.context_views,

@@ -355,3 +355,18 @@ def test_bench_surround_times_each_layout_stage_by_stage_and_counts_the_full_siz
     assert full["2 views + history 2"]["ratio_cached"] == pytest.approx(1.0, abs=0.001)
     assert full["2 + 4 context"]["ratio"] < 1.1 < full["6 full views"]["ratio"]
     assert "full size (Qwen2.5-VL-3B" in capsys.readouterr().out
+
+
+def test_a_manifest_whose_history_the_model_cannot_use_is_refused_before_any_caption(surround, surround_nuscenes,
+                                                                                       synthetic_manifest, tmp_path):
+    from clip_vlm_core.data.manifest import build_manifest
+    from clip_vlm_core.evaluate import evaluate_manifest
+
+    with pytest.raises(UserError, match="takes 2 past frame\\(s\\) per view but manifest .* holds 0; build it with "
+                                        "--history 2 --history-stride 0.5"):
+        evaluate_manifest(synthetic_manifest / "mini_val.jsonl", surround, tmp_path / "a")
+    build_manifest(surround_nuscenes, "v1.0-mini", surround_nuscenes / "nuinteract", ["CAM_FRONT", "CAM_BACK", *SIDES],
+                   tmp_path / "m", show_progress=False, history=2, history_stride_s=1.0)
+    with pytest.raises(UserError, match="holds past frames 1 s apart but the model's are 0.5 s apart"):
+        evaluate_manifest(tmp_path / "m" / "mini_val.jsonl", surround, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

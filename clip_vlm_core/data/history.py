@@ -67,3 +67,18 @@ def chain_before(get: Callable[[str, str], dict], sample_data: dict, span_s: flo
         record = get("sample_data", record["prev"])
         earlier.append((record["token"], record["timestamp"]))
     return earlier
+
+
+def check_manifest_history(meta: dict, manifest: object, frames: int, stride_s: float) -> None:
+    """Refuse a manifest (its manifest.json `meta`) whose history a model taking `frames` past frames every
+    `stride_s` seconds cannot use: too few frames, or frames another stride apart."""
+    if not frames:
+        return
+    held = (meta.get("history") or {}).get("frames", 0)
+    if held < frames:
+        raise UserError(f"the model takes {frames} past frame(s) per view but manifest {manifest} holds {held}; "
+                        f"build it with --history {frames} --history-stride {stride_s:g}")
+    built = float(meta["history"].get("stride_s", DEFAULT_HISTORY_STRIDE_S))
+    if abs(built - stride_s) > 1e-6:
+        raise UserError(f"manifest {manifest} holds past frames {built:g} s apart but the model's are {stride_s:g} s "
+                        f"apart (captioner.history_stride_s); build it with --history-stride {stride_s:g}")
