@@ -150,8 +150,9 @@ def datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
             datasets.append(None)
             continue
         dataroot = manifest_dataroot(path, config.data.dataroot or None)  # data.dataroot: the data moved
-        check_manifest_history(read_manifest_meta(path), path, captioner.config.history_frames,
-                               captioner.config.history_stride_s)
+        if captioner.config.history_frames:  # past frames the model can use: enough, at its stride
+            check_manifest_history(read_manifest_meta(path), path, captioner.config.history_frames,
+                                   captioner.config.history_stride_s)
         datasets.append(CaptionDataset(load_manifest(path), dataroot, captioner.views,
                                        questions=config.data.qa_per_caption > 0,
                                        context_views=captioner.config.context_views,
