@@ -81,19 +81,24 @@ class CaptionerConfig:
     # The frozen language model in 4 bits (nf4: QLoRA) or 8 bits (int8) through bitsandbytes; vision tower,
     # CLIP and connector stay in full precision (clip_vlm_core.model.quantize).
     quantize: str = one_of("none", QUANTIZE_MODES)
+    # Seeing more for little: CLIP tokens only, no Qwen tokens (model/connector.py). `context_views`: views
+    # whose CLIP token joins the connector's memory beside the full views' (e.g. the four side cameras);
+    # `history_frames`: each view's previous frames, `history_stride_s` apart, in the memory too. Neither:
+    # the model is exactly the one without them (same tensors, same outputs).
+    context_views: tuple[str, ...] = ()
+    history_frames: int = bounded(0, 0, 16, why="past frames per view; Alpamayo sees 4, video captioners 8")
+    history_stride_s: float = bounded(0.5, 0.0, 10.0, low_open=True,
+                                      why="seconds between past frames: nuScenes' keyframes are 0.5 s apart")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.views, list | tuple):
-            raise UserError(f"captioner.views must be a list of camera names, got {self.views!r}")
-        self.views = tuple(self.views)
+        self.views = _view_names(self.views, "captioner.views")
         if not self.views:
             raise UserError("the captioner needs at least one camera view")
-        for view in self.views:  # view names are written into the prompt ("CAM_FRONT: ")
-            if not isinstance(view, str) or not VIEW_NAME.fullmatch(view):
-                raise UserError(f"captioner.views holds {view!r}; a camera name is 1 to 64 letters, digits, '_' "
-                                f"or '-', e.g. CAM_FRONT")
-        if len(set(self.views)) != len(self.views):
-            raise UserError(f"camera views must be distinct, got {list(self.views)}")
+        self.context_views = _view_names(self.context_views, "captioner.context_views")
+        both = sorted(set(self.views) & set(self.context_views))
+        if both:
+            raise UserError(f"captioner.context_views {both} are full views already (captioner.views); a view is one "
+                            f"or the other")
         check_fields(self, "captioner.")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"captioner.min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
@@ -104,6 +109,19 @@ class CaptionerConfig:
             re.compile(self.lora_targets)
         except re.error as exc:
             raise UserError(f"captioner.lora_targets is not a valid regular expression ({exc})") from None
+
+
+def _view_names(names: Any, field_name: str) -> tuple[str, ...]:
+    """Camera names as a tuple, each valid in a prompt ("CAM_FRONT: ") and none twice."""
+    if not isinstance(names, list | tuple):
+        raise UserError(f"{field_name} must be a list of camera names, got {names!r}")
+    for view in names:
+        if not isinstance(view, str) or not VIEW_NAME.fullmatch(view):
+            raise UserError(f"{field_name} holds {view!r}; a camera name is 1 to 64 letters, digits, '_' "
+                            f"or '-', e.g. CAM_FRONT")
+    if len(set(names)) != len(names):
+        raise UserError(f"camera views must be distinct, got {list(names)}")
+    return tuple(names)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@
 
 `compare=True` captions each batch twice with the same loaded model: once as the base model (fusion gate
 bypassed, LoRA adapters off) and once as the fine-tuned one, so both see exactly the same inputs.
+
+Ablations: `blank_views` replaces those views' frames (full or context views, their past frames too) with
+black ones of the same size; `blank_history` every past frame of every view, so facts that need motion
+should fall to chance while facts of the present stay.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class _Sample:
     reference: str
     images: dict[str, Path]
     qa: tuple = ()  # the row's QAPairs
+    history: dict[str, list[Path | None]] = dataclasses.field(default_factory=dict)  # per view, oldest first
 
 
 def evaluate_manifest(
@@ -66,6 +71,7 @@ def evaluate_manifest(
     limit: int | None = None,
     blank_views: Sequence[str] = (),
     decoding: DecodingConfig | None = None,
+    blank_history: bool = False,
     overwrite: bool = False,
     scorer: CaptionScorer | None = None,
     dataroot: str | Path | None = None,
@@ -94,10 +100,20 @@ def evaluate_manifest(
         raise UserError(f"limit must be at least 1, got {limit}")
     guard_output(out_dir, WRITER, eval_inputs(manifest_path, dataroot), overwrite)
     views = tuple(captioner.views)
-    unknown = sorted(set(blank_views) - set(views))
+    context, history_frames = tuple(captioner.config.context_views), captioner.config.history_frames
+    unknown = sorted(set(blank_views) - set(views) - set(context))
     if unknown:
-        raise UserError(f"cannot blank view(s) {unknown}: this model reads {list(views)}")
-    samples = _load_samples(manifest_path, views, limit, manifest_dataroot(manifest_path, dataroot))
+        raise UserError(f"cannot blank view(s) {unknown}: this model reads {list(views + context)}")
+    if blank_history and not history_frames:
+        raise UserError("cannot blank the history: this model takes no past frames (captioner.history_frames is 0)")
+    if history_frames:
+        from clip_vlm_core.data.history import check_manifest_history
+        from clip_vlm_core.data.manifest import read_manifest_meta
+
+        check_manifest_history(read_manifest_meta(manifest_path), manifest_path, history_frames,
+                               captioner.config.history_stride_s)
+    samples = _load_samples(manifest_path, views + context, limit, manifest_dataroot(manifest_path, dataroot),
+                            history_frames)
     if not questions:
         samples = [dataclasses.replace(s, qa=()) for s in samples]
     # Every setting resolved (the base model's EOS ids and repetition penalty included): metrics.json
@@ -119,7 +135,7 @@ def evaluate_manifest(
     # One count over all the work (every model's captions and answers), so the time left is honest.
     progress = progress_bar(total=len(predictions) * (len(samples) + questions_asked), desc="eval", unit="outputs")
     for n, batch in enumerate(_batches(samples, batch_size)):
-        images = [_images_for(s, blank_views) for s in batch]
+        images = [_images_for(s, blank_views, blank_history) for s in batch]
         if n == 0:  # first-call set-up would otherwise be billed to whichever model runs first
             captioner.caption(images[:1], decoding=settings.with_overrides(max_new_tokens=1))
         thumbnails += [{v: thumbnail_data_uri(img[v], THUMBNAIL_WIDTH) for v in views} for img in images]
@@ -161,6 +177,7 @@ def evaluate_manifest(
         "checkpoint": _checkpoint(checkpoint, captioner.model_name),
         "views": list(views),
         "blank_views": list(blank_views),
+        **({"blank_history": blank_history} if history_frames else {}),
         "decoding": dataclasses.asdict(settings),
         "max_answer_tokens": max_answer_tokens,
         "samples": len(samples),
@@ -196,8 +213,10 @@ def eval_inputs(manifest_path: str | Path, dataroot: str | Path | None = None) -
             "nuScenes dataroot": root}
 
 
-def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None, dataroot: Path) -> list[_Sample]:
-    """Manifest rows as samples, after checking the model's views and every image file (inside the dataroot)."""
+def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None, dataroot: Path,
+                  history_frames: int = 0) -> list[_Sample]:
+    """Manifest rows as samples, after checking the model's views (full and context), its past frames and every
+    image file (inside the dataroot)."""
     from clip_vlm_core.data.manifest import load_manifest
 
     rows = load_manifest(manifest_path)  # a split file, or a manifest folder for all its splits
@@ -213,7 +232,15 @@ def _load_samples(manifest_path: Path, views: tuple[str, ...], limit: int | None
                 f"(no {missing}); evaluate with a checkpoint trained on these views"
             )
         images = {v: row.image_path(v, dataroot) for v in views}  # each a regular file inside the dataroot
-        samples.append(_Sample(row.sample_token, row.caption, images, row.qa))
+        history = {}
+        if history_frames:
+            held = min(len(row.history.get(v, ())) for v in views)
+            if held < history_frames:
+                raise UserError(f"the model takes {history_frames} past frame(s) per view but manifest {manifest_path} "
+                                f"rows hold {held}; build it with --history {history_frames}")
+            history = {v: [None if row.history[v][i] is None else row.past_image_path(v, i, dataroot)
+                           for i in range(len(row.history[v]) - history_frames, len(row.history[v]))] for v in views}
+        samples.append(_Sample(row.sample_token, row.caption, images, row.qa, history))
     return samples
 
 
@@ -222,10 +249,20 @@ def _batches(samples: list[_Sample], size: int) -> Iterator[list[_Sample]]:
         yield samples[start : start + size]
 
 
-def _images_for(sample: _Sample, blank_views: Sequence[str]) -> dict[str, Image.Image]:
+def _images_for(sample: _Sample, blank_views: Sequence[str], blank_history: bool = False) -> dict[str, Any]:
+    """The sample as the captioner takes it (model/inputs.py), the ablations applied. They keep each frame's
+    size, so only the content changes, not the number of visual tokens; a missing past frame stays missing."""
+    def blank(image: Image.Image) -> Image.Image:
+        return Image.new("RGB", image.size)
+
     images = {view: load_image(path) for view, path in sample.images.items()}
-    # The ablation keeps the frame's size so only the content changes, not the number of visual tokens.
-    return {v: Image.new("RGB", img.size) if v in blank_views else img for v, img in images.items()}
+    out: dict[str, Any] = {v: blank(img) if v in blank_views else img for v, img in images.items()}
+    if sample.history:
+        from clip_vlm_core.model.inputs import HISTORY
+
+        out[HISTORY] = {v: [None if path is None else blank(load_image(path)) if blank_history or v in blank_views
+                            else load_image(path) for path in paths] for v, paths in sample.history.items()}
+    return out
 
 
 def _model_metrics(scorer: CaptionScorer, references: list[str], predictions: list[str], caption_seconds: float,

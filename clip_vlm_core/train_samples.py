@@ -59,7 +59,9 @@ def _generate(run, base, index: int, max_new_tokens: int) -> tuple[str, str, str
     visual = [item[k].to(captioner.device) for k in sorted((k for k in item if k.startswith("visual_")),
                                                           key=lambda k: int(k.split("_", 1)[1]))]
     grid = item["image_grid_thw"].to(captioner.device)
-    mm = model.encoder_outputs(grid, visual_embeds=visual, clip_tokens=item["clip_tokens"].to(captioner.device))
+    absent = item["clip_absent"].to(captioner.device) if "clip_absent" in item else None
+    mm = model.encoder_outputs(grid, visual_embeds=visual, clip_tokens=item["clip_tokens"].to(captioner.device),
+                               clip_absent=absent)
     out = model.qwen.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), image_grid_thw=grid,
                               mm_token_type_ids=item["mm_token_type_ids"][:first].to(captioner.device)[None],
                               mm_encoder_outputs=mm, pad_token_id=tokenizer.pad_token_id, **decoding.generate_kwargs())

@@ -140,7 +140,8 @@ def datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
     from functools import partial
 
     from clip_vlm_core.data.dataset import CachedEncoderDataset, CaptionDataset, RawCollator, collate_cached
-    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot
+    from clip_vlm_core.data.history import check_manifest_history
+    from clip_vlm_core.data.manifest import load_manifest, manifest_dataroot, read_manifest_meta
 
     train_path, val_path = _manifests(config, run_dir, accelerator)
     datasets = []
@@ -149,8 +150,13 @@ def datasets(config: RunConfig, run_dir: Path, captioner, accelerator):
             datasets.append(None)
             continue
         dataroot = manifest_dataroot(path, config.data.dataroot or None)  # data.dataroot: the data moved
+        if captioner.config.history_frames:  # past frames the model can use: enough, at its stride
+            check_manifest_history(read_manifest_meta(path), path, captioner.config.history_frames,
+                                   captioner.config.history_stride_s)
         datasets.append(CaptionDataset(load_manifest(path), dataroot, captioner.views,
-                                       questions=config.data.qa_per_caption > 0))
+                                       questions=config.data.qa_per_caption > 0,
+                                       context_views=captioner.config.context_views,
+                                       history_frames=captioner.config.history_frames))
     if not len(datasets[0]):
         raise UserError(f"the training manifest {train_path} has no samples")
     if not config.data.cache_encoders:
@@ -174,14 +180,19 @@ def _manifests(config: RunConfig, run_dir: Path, accelerator) -> tuple[str, str 
 
     data = run_dir / "data"
     manifests = data / "manifest"
+    c = config.captioner
+    # A model with context views or a history learns the six-camera drive (motion needs one), its manifest
+    # holding every view it reads and their past frames at its stride.
+    surround = bool(c.context_views or c.history_frames)
     if accelerator.is_main_process and not (manifests / "manifest.json").exists():
         tree = data / "nuscenes"
         if not (tree / "v1.0-mini").exists():
-            generate_synthetic_nuscenes(tree, scenes=d.synthetic_scenes,
-                                        samples_per_scene=d.synthetic_samples_per_scene, seed=d.synthetic_seed)
+            generate_synthetic_nuscenes(tree, scenes=d.synthetic_scenes, samples_per_scene=d.synthetic_samples_per_scene,
+                                        seed=d.synthetic_seed, sweeps=None, cameras="all" if surround else "front-back")
         build_manifest(dataroot=tree, version="v1.0-mini", captions=tree / "nuinteract",
-                       cameras=list(config.captioner.views), out=manifests,
-                       qa=[tree / QA_FILE] if d.qa_per_caption > 0 else [])
+                       cameras=[*c.views, *c.context_views], out=manifests,
+                       qa=[tree / QA_FILE] if d.qa_per_caption > 0 else [], history=c.history_frames,
+                       history_stride_s=c.history_stride_s)
     accelerator.wait_for_everyone()
     return str(manifests / "mini_train.jsonl"), str(manifests / "mini_val.jsonl")
 

@@ -76,8 +76,9 @@ class TrainerState:
 # Recipe settings that make the model a checkpoint holds: a resumed run keeps them (its checkpoint carries
 # them), so a recipe that changes one is refused rather than silently ignored.
 MODEL_SETTINGS = ("captioner.", "optim.init", "optim.optimizer")  # the optimizer: its saved state's form
-SHAPE_SETTINGS = ("qwen_model", "clip_model", "clip_pretrained", "clip_tokens", "views", "connector_layers",
-                  "connector_heads", "lora_r", "lora_alpha", "lora_targets", "init")
+SHAPE_SETTINGS = ("qwen_model", "clip_model", "clip_pretrained", "clip_tokens", "views", "context_views",
+                  "history_frames", "connector_layers", "connector_heads", "lora_r", "lora_alpha", "lora_targets",
+                  "init")
 
 
 def check_resume_recipe(config: RunConfig, resume_dir: Path) -> dict[str, tuple[Any, Any]]:

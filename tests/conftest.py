@@ -36,6 +36,18 @@ def synthetic_nuscenes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def surround_nuscenes(tmp_path_factory) -> Path:
+    """The six-camera drive world (`data synth --cameras all`): 2 scenes x 6 keyframes, 2 sweeps between
+    keyframes, seed 0; captions in <root>/nuinteract."""
+    from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
+
+    root = tmp_path_factory.mktemp("surround") / "nuscenes"
+    generate_synthetic_nuscenes(root, scenes=2, samples_per_scene=6, sweeps=2, seed=0, show_progress=False,
+                                cameras="all")
+    return root
+
+
+@pytest.fixture(scope="session")
 def manifest_of(synthetic_nuscenes, tmp_path_factory):
     """`manifest_of(views, qa_file)`: the manifest folder of `synthetic_nuscenes` for these camera views, with the
     questions of <root>/`qa_file` if given; built once per (views, qa_file) for the session. Read-only."""

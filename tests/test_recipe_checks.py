@@ -88,14 +88,15 @@ def test_every_numeric_recipe_field_declares_its_bounds():
                 assert "bound" in f.metadata, f"{section}.{f.name} has no bounded(...) declaration"
 
 
-def test_both_shipped_recipes_and_the_embedded_models_second_stage_pass_the_checks():
+def test_the_shipped_recipes_and_the_embedded_models_second_stage_pass_the_checks():
     import re
 
     from clip_vlm_core.model.checkpoint import default_model_path
 
     recipes = sorted((REPO / "training" / "configs").glob("*.yaml"))
     assert {r.name for r in recipes} == {"synthetic-tiny.yaml", "nuinteract-front-back.yaml",
-                                         "nuinteract-front-back-qlora.yaml"}
+                                         "nuinteract-front-back-qlora.yaml", "synthetic-tiny-surround.yaml",
+                                         "nuinteract-surround-history.yaml"}
     for recipe in recipes:
         load_run_config(recipe, ["data.train_manifest=x.jsonl"])
     # `make embedded-model`'s second stage: the tiny recipe plus the Makefile's POLISH overrides, starting

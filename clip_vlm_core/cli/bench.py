@@ -1,5 +1,6 @@
-"""`clip-vlm bench caption|train|preprocess|memory`: captioning latency/throughput, training throughput,
-the cost of turning JPEG bytes into model inputs, and the memory estimate against measured memory."""
+"""`clip-vlm bench caption|train|preprocess|memory|surround`: captioning latency/throughput, training
+throughput, the cost of turning JPEG bytes into model inputs, the memory estimate against measured memory,
+and what a history and context views cost."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ EPILOG = """examples:
   clip-vlm bench caption --tiny --batch-sizes 1 2 --max-new-tokens 4 --iters 2 --warmup 1
   clip-vlm bench preprocess --device cpu --out bench-preprocess.json
   clip-vlm bench memory --sizes tiny 1gb --batch 2
+  clip-vlm bench surround --history 3 --iters 5 --out bench-surround.json
 
 Without --tiny the full-size model is timed (Qwen2.5-VL-3B + OpenCLIP ViT-L-14, two views): from
 --checkpoint, else from the local hub cache, else with RANDOM weights of the right shapes (the report
@@ -57,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training steps with and without cached encoder outputs and gradient checkpointing.",
         epilog=EPILOG,
     )
-    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess|memory", required=True)
+    kinds = parser.add_subparsers(dest="benchmark", metavar="caption|train|preprocess|memory|surround", required=True)
 
     c = CaptionBenchSettings()
     caption = _benchmark(kinds, "caption", c, "time to first token, decode time per token, caption latency, "
@@ -131,6 +133,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the optimizer of the steps (default: %(default)s)")
     memory.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
     memory.set_defaults(func=run_memory)
+
+    surround = kinds.add_parser(
+        "surround", help="what a history per view and context views cost, stage by stage, beside two views",
+        description="Caption with the tiny architecture in four layouts (2 views; + a history of K frames per "
+        "view; 2 full + 4 context views; both), from 1600x900 JPEG bytes of every frame read, and time decode, "
+        "prepare, encoders, connector and generation; 'cached' keeps past frames' CLIP tokens from earlier "
+        "captions, as the node does. Then the full-size model's tokens and FLOPs per caption for 2 views, 6 full "
+        "views and 2 + 4 context, each with and without the history, counted from its shapes.", epilog=EPILOG)
+    surround.add_argument("--history", type=int, default=3, metavar="K", help="past frames per view (default: %(default)s)")
+    surround.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
+                          help="tokens generated per caption, exactly (default: %(default)s)")
+    surround.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed captions first (default: %(default)s)")
+    surround.add_argument("--iters", type=int, default=5, metavar="N", help="timed captions per layout (default: %(default)s)")
+    surround.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
+    surround.set_defaults(func=run_surround)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -231,6 +248,45 @@ def run_memory(args: argparse.Namespace) -> int:
     env = report['environment']
     print(f"machine: {env['device']}, {env['cpu_cores']} cores; measured: peak resident memory (VmHWM) over the "
           f"baseline after imports, in a child process per size")
+    if args.out:
+        write_json(report, args.out)
+        print(f"report written to {args.out}")
+    return 0
+
+
+def run_surround(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from clip_vlm_core.bench.measure import environment
+    from clip_vlm_core.bench.report import write_json
+    from clip_vlm_core.bench.surround import STAGES, benchmark_surround, full_size_arithmetic
+    from clip_vlm_core.config import CaptionerConfig
+    from clip_vlm_core.errors import UserError
+    from clip_vlm_core.model.tiny import save_tiny_base_models, tiny_captioner_config
+
+    CaptionerConfig(history_frames=args.history)  # its bounds, said before any model is built
+    if args.iters < 1 or args.warmup < 0 or args.max_new_tokens < 1:
+        raise UserError("--iters and --max-new-tokens must be at least 1, --warmup at least 0")
+    with tempfile.TemporaryDirectory(prefix="clip-vlm-bench-") as folder:
+        config = tiny_captioner_config(save_tiny_base_models(Path(folder) / "base", seed=0))
+        measured = benchmark_surround(config, args.history, args.iters, args.warmup, args.max_new_tokens)
+    arithmetic = full_size_arithmetic(args.history)
+    env = environment(torch.device("cpu"))
+    print(f"tiny architecture on {env.get('device', 'cpu')}, {args.max_new_tokens} new tokens, median of "
+          f"{args.iters} captions (ms)")
+    print(f"{'layout':<32}{''.join(f'{s:>12}' for s in STAGES)}{'total':>10}{'ratio':>8}{'cached':>10}{'ratio':>8}")
+    for name, row in measured.items():
+        print(f"{name:<32}{''.join(f'{row[s]:>12.1f}' for s in STAGES)}{row['total']:>10.1f}{row['ratio']:>8.2f}"
+              f"{row['total_cached']:>10.1f}{row['ratio_cached']:>8.2f}")
+    print("\nfull size (Qwen2.5-VL-3B + ViT-L/14 pooled, 480 visual tokens a view), per caption")
+    print(f"{'layout':<32}{'Qwen tokens':>12}{'CLIP tokens':>12}{'GFLOPs':>10}{'ratio':>8}{'cached':>10}{'ratio':>8}")
+    for name, row in arithmetic.items():
+        print(f"{name:<32}{row['qwen_visual_tokens']:>12}{row['clip_memory_tokens']:>12}{row['total_gflops']:>10.0f}"
+              f"{row['ratio']:>8.3f}{row['total_gflops_cached']:>10.0f}{row['ratio_cached']:>8.3f}")
+    report = {"measured_ms": measured, "full_size": arithmetic, "environment": env, "command": command_line(args),
+              "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if args.out:
         write_json(report, args.out)
         print(f"report written to {args.out}")

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from clip_vlm_core.config import DEFAULT_VIEWS
+from clip_vlm_core.data.history import DEFAULT_HISTORY_STRIDE_S
 from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS
 
 BUILD_EPILOG = """examples:
@@ -14,12 +15,19 @@ BUILD_EPILOG = """examples:
       --cameras CAM_FRONT CAM_BACK --out data/manifest
   clip-vlm data build --dataroot data/synthetic --captions data/synthetic/nuinteract \
       --qa data/synthetic/qa.jsonl --out data/synthetic-manifest
+  clip-vlm data build --dataroot data/surround --captions data/surround/nuinteract --cameras CAM_FRONT \
+      CAM_FRONT_LEFT CAM_FRONT_RIGHT CAM_BACK CAM_BACK_LEFT CAM_BACK_RIGHT --history 3 --out data/surround-manifest
   clip-vlm data verify data/manifest
   clip-vlm data gallery data/manifest --n 16 --out gallery.html
 
 Writes OUT/<split>.jsonl (mini_train/mini_val, train/val) with one row per keyframe (sample token, scene,
 timestamp, per view: path, sha256, width, height; the caption; with --qa, the keyframe's question-answer
-pairs as "qa") and OUT/manifest.json. A --qa file holds one JSON object per line: token (sample token),
+pairs as "qa"; with --history K, per view its K past frames as "history", oldest first, each with path,
+sha256, width, height and offset_s, its time minus the current frame's) and OUT/manifest.json. Past frame j
+is the view's frame nearest to j * --history-stride seconds before the current one, within half a stride; a
+past frame there is none of (the scene's first frames, a stride finer than the frames) is null in the row
+and counted in the summary, never fatal. With more than two --cameras and no --caption-keys, the target
+names each camera's own caption in --cameras order: "Front: ... Front left: ...". A --qa file holds one JSON object per line: token (sample token),
 question, answer, and optionally type (accuracy is reported per type). Keyframes without a caption,
 captions for unknown samples, missing or corrupt images and images over the size limits
 (8192x8192 pixels, 32 MiB) are skipped and reported (or fatal with --strict). An image path that leads
@@ -28,11 +36,18 @@ out of the dataroot (absolute, '..', a symlink out) or names a folder, FIFO or d
 OUT is replaced when an earlier 'data build' wrote it (it holds a .clip-vlm-output marker), or with
 --overwrite; never when it is, holds, or lies inside the dataroot or the captions folder."""
 
-SYNTH_EPILOG = """example:
+SYNTH_EPILOG = """examples:
   clip-vlm data synth --out data/synthetic --scenes 2 --samples-per-scene 20 --sweeps 5 --seed 0
+  clip-vlm data synth --out data/surround --cameras all --scenes 4 --samples-per-scene 20
 
 Writes a nuScenes v1.0-mini tree (all 13 tables, six cameras at 1600x900, keyframes at 2 Hz) with procedurally
-drawn front/back scenes whose facts are known, NuInteract-format captions in OUT/nuinteract/, the ground
+drawn scenes whose facts are known. --cameras front-back (the default): front and back scenes drawn keyframe by
+keyframe, the four side cameras an empty road side, sweeps repeating their keyframe. --cameras all: every
+camera shows content, and a scene's keyframes and sweeps (5 between keyframes by default, ~12 Hz) are the frames
+of one continuous drive: vehicles approach, pull away, cut in, overtake us beside the car, the light changes;
+facts and questions add the motion of the vehicles ahead and behind (front.motion, back.motion: approaching,
+pulling away, steady, none) and what each side camera shows (front_left.vehicle_type, back_right.vehicle_colour,
+...). Written: NuInteract-format captions in OUT/nuinteract/, the ground
 truth in OUT/synthetic_facts.json, and questions with their answers in OUT/qa.jsonl (training phrasings) and
 OUT/qa_heldout.jsonl (phrasings kept for evaluation), for `data build --qa`. Scene names come from the
 devkit's mini splits, so two or more scenes give both a train and a val split. An existing non-empty OUT
@@ -48,7 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder to create")
     p.add_argument("--scenes", type=int, default=2, help="number of scenes, 1-10 (default %(default)s)")
     p.add_argument("--samples-per-scene", type=int, default=8, help="keyframes per scene (default %(default)s)")
-    p.add_argument("--sweeps", type=int, default=0, help="camera frames between keyframes (default %(default)s; 5 ~ 12 Hz)")
+    p.add_argument("--cameras", choices=("front-back", "all"), default="front-back",
+                   help="front-back: scenes in CAM_FRONT/CAM_BACK only, drawn keyframe by keyframe; all: a continuous "
+                   "drive seen by all six cameras (default %(default)s)")
+    p.add_argument("--sweeps", type=int, default=None,
+                   help="camera frames between keyframes (default 0, or 5 with --cameras all; 5 ~ 12 Hz)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--captions-out", type=Path, default=None, help="NuInteract folder (default OUT/nuinteract)")
     p.add_argument("--overwrite", action="store_true",
@@ -60,8 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="v1.0-mini", help="v1.0-mini, v1.0-trainval or v1.0-test (default %(default)s)")
     p.add_argument("--captions", type=Path, required=True, help="NuInteract folder of JSON files")
     p.add_argument("--cameras", nargs="+", default=list(DEFAULT_VIEWS), help="views per sample (default %(default)s)")
-    p.add_argument("--caption-keys", nargs="+", default=list(DEFAULT_CAPTION_KEYS),
-                   help="NuInteract caption keys joined into the target (default %(default)s)")
+    p.add_argument("--caption-keys", nargs="+", default=None,
+                   help=f"NuInteract caption keys joined into the target (default {' '.join(DEFAULT_CAPTION_KEYS)}; with "
+                   "more than two --cameras, each camera's own caption, named: 'Front: ... Front left: ...')")
+    p.add_argument("--history", type=int, default=0, metavar="K",
+                   help="add each view's K previous frames from its sample_data chain (sweeps where present), oldest "
+                   "first, with their time offsets (default %(default)s: none)")
+    p.add_argument("--history-stride", type=float, default=DEFAULT_HISTORY_STRIDE_S, metavar="S",
+                   help="seconds between past frames (default %(default)s, the keyframe interval; 0.1 needs sweeps)")
     p.add_argument("--out", type=Path, required=True, help="manifest folder to write")
     p.add_argument("--qa", nargs="+", type=Path, default=[], metavar="FILE.jsonl",
                    help="question-answer pairs keyed by sample token (token, question, answer[, type]) to add")
@@ -108,7 +133,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from clip_vlm_core.data.synthetic import generate_synthetic_nuscenes
 
     d = generate_synthetic_nuscenes(args.out, args.scenes, args.samples_per_scene, args.sweeps, args.seed,
-                                    args.captions_out, overwrite=args.overwrite)
+                                    args.captions_out, overwrite=args.overwrite, cameras=args.cameras)
     print(f"wrote {len(d.sample_tokens)} keyframes in {len(d.scene_names)} scenes ({', '.join(d.scene_names)}) "
           f"to {d.root}; captions in {d.captions}")
     return 0
@@ -118,7 +143,8 @@ def run_build(args: argparse.Namespace) -> int:
     from clip_vlm_core.data.manifest import build_manifest
 
     report = build_manifest(args.dataroot, args.version, args.captions, args.cameras, args.out,
-                            args.caption_keys, args.strict, overwrite=args.overwrite, qa=args.qa)
+                            args.caption_keys, args.strict, overwrite=args.overwrite, qa=args.qa,
+                            history=args.history, history_stride_s=args.history_stride)
     print(report.summary())
     print(f"manifest written to {args.out}")
     return 0
@@ -146,6 +172,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"nuScenes {meta['nuscenes_version']} at {meta['dataroot']}; cameras {', '.join(meta['cameras'])}")
     for reason, n in meta.get("skipped", {}).items():
         print(f"skipped while building: {n} ({reason})")
+    history = meta.get("history")
+    if history:
+        missing = sum(history.get("missing", {}).values())
+        print(f"history: {history['frames']} past frames per view every {history['stride_s']} s; {missing} of "
+              f"{history.get('past_frames', '?')} missing")
     for file in split_files(args.manifest):
         rows = load_manifest(file)
         words = [len(r.caption.split()) for r in rows] or [0]

@@ -28,7 +28,9 @@ When the manifest's rows carry question-answer pairs (`clip-vlm data build --qa`
 too, each answer at most --max-answer-tokens long: answers.jsonl holds each answer, and metrics.json's "qa"
 the exact-match accuracy (after lowercasing and dropping punctuation and articles) overall and per question
 type, beside each type's chance level (its commonest answer). --blank-view applies to the questions as well:
-the types only that view shows should fall to chance.
+the types only that view shows should fall to chance. It takes any view the model reads, context views (e.g.
+CAM_FRONT_LEFT of a surround model) too, and blanks its past frames with it; --blank-history blanks every
+view's past frames (a model with captioner.history_frames; the manifest built with --history).
 With --compare the same samples are captioned by the base model (fusion bypassed, LoRA off) and by the
 fine-tuned one; metrics.json then holds {"base": {...}, "finetuned": {...}}.
 METEOR and the PTB tokenizer need Java; without it METEOR is reported as null and text is tokenized in Python.
@@ -60,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (default: all)")
     parser.add_argument("--blank-view", action="append", default=[], metavar="CAMERA",
                         help="replace this view's images with black frames, e.g. CAM_BACK (ablation; repeatable)")
+    parser.add_argument("--blank-history", action="store_true",
+                        help="replace every view's past frames with black frames (ablation, for a model with a history: "
+                        "motion facts should fall to chance, the present's should not)")
     parser.add_argument("--skip-questions", action="store_true",
                         help="caption only; do not ask the manifest rows' questions")
     parser.add_argument("--max-answer-tokens", type=int, default=DEFAULT_MAX_ANSWER_TOKENS, metavar="N",
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
         blank_views=tuple(args.blank_view),
+        blank_history=args.blank_history,
         decoding=decoding,
         overwrite=args.overwrite,
         dataroot=args.dataroot,

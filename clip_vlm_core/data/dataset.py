@@ -9,6 +9,10 @@ Two modes give the same batches:
 - cached: the frozen encoders' outputs (Qwen visual tokens per view, CLIP tokens) are computed once per
   keyframe, and every item's tokenized prompt + target beside them, in one safetensors file per keyframe,
   so training never runs the frozen vision towers again.
+
+A model that sees more (context views, a history) gets them from the row: the context views' images, and
+each view's newest `history_frames` past frames (model/inputs.py's HISTORY; a missing one stays None and
+is masked). The manifest must hold at least that many (`data build --history K`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm import tqdm
 
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import load_image
+from clip_vlm_core.model.inputs import HISTORY
 from clip_vlm_core.model.loss import IGNORE_INDEX
 
 
@@ -41,14 +46,21 @@ class CaptionDataset(Dataset):
     """Rows of (view image paths, caption[, question-answer pairs]); items are {"sample_token",
     "images": {view: PIL}, "instruction": str | None, "target": str}, every caption first."""
 
-    def __init__(self, rows: Sequence[Any], dataroot: Path, views: Sequence[str], questions: bool = True) -> None:
+    def __init__(self, rows: Sequence[Any], dataroot: Path, views: Sequence[str], questions: bool = True,
+                 context_views: Sequence[str] = (), history_frames: int = 0) -> None:
         self.rows = list(rows)
         self.dataroot = Path(dataroot)
         self.views = tuple(views)
+        self.context_views = tuple(context_views)
+        self.history_frames = history_frames
         for row in self.rows[:1]:
-            missing = [v for v in self.views if v not in row.views]
+            missing = [v for v in self.views + self.context_views if v not in row.views]
             if missing:
                 raise UserError(f"manifest rows have no view(s) {missing}; they have {sorted(row.views)}")
+            held = min(len(getattr(row, "history", {}).get(v, ())) for v in self.views + self.context_views)
+            if held < history_frames:
+                raise UserError(f"manifest rows hold {held} past frame(s) per view but the model takes {history_frames}: "
+                                f"build the manifest with --history {history_frames} and the model's --history-stride")
         self.items = [TrainingItem(r, None, row.caption) for r, row in enumerate(self.rows)]
         if questions:
             self.items += [TrainingItem(r, pair.question, pair.answer, pair.type)
@@ -69,7 +81,17 @@ class CaptionDataset(Dataset):
 
     def images(self, row: int) -> dict[str, Any]:
         # image_path keeps the row's path inside the dataroot (a regular file); load_image, within the limits.
-        return {view: load_image(self.rows[row].image_path(view, self.dataroot)) for view in self.views}
+        record = self.rows[row]
+        sample = {view: load_image(record.image_path(view, self.dataroot)) for view in self.views + self.context_views}
+        if self.history_frames:  # each view's newest past frames, oldest first
+            sample[HISTORY] = {}
+            for view in self.views + self.context_views:
+                frames = record.history[view]
+                first = len(frames) - self.history_frames
+                sample[HISTORY][view] = [None if frames[i] is None else
+                                         load_image(record.past_image_path(view, i, self.dataroot))
+                                         for i in range(first, len(frames))]
+        return sample
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -125,6 +147,7 @@ class CachedEncoderDataset(Dataset):
         tensors = {
             "image_grid_thw": inputs["image_grid_thw"],
             "clip_tokens": model.clip(inputs["clip_pixels"]),
+            **({"clip_absent": inputs["clip_absent"]} if "clip_absent" in inputs else {}),
             **{f"visual_{v}": t for v, t in enumerate(visual)},
             **_token_tensors(inputs, 0),
         }
@@ -164,8 +187,11 @@ def _item_tokens(captioner, images: dict[str, Any], items: list[TrainingItem], g
     it resizes them to (a fixed point of its resize): the same grid at a fraction of the cost. Checked: a
     different grid falls back to the full images."""
     patch = captioner.processor.image_processor.patch_size
-    small = {view: image.resize((int(g[2]) * patch, int(g[1]) * patch))
-             for (view, image), g in zip(images.items(), grid, strict=True)}
+    small = {view: images[view].resize((int(g[2]) * patch, int(g[1]) * patch))
+             for view, g in zip(captioner.views, grid, strict=True)}
+    # Context views and past frames give CLIP tokens only: no prompt token depends on them.
+    small |= {view: images[view].resize((28, 28)) for view in captioner.config.context_views}
+    images = {view: image for view, image in images.items() if view != HISTORY}
     batch_of = lambda views: [views] * len(items)  # noqa: E731
     kwargs = {"targets": [i.target for i in items], "instructions": [i.instruction for i in items]}
     tokens = captioner.prepare(batch_of(small), **kwargs)
@@ -195,6 +221,7 @@ def collate_cached(items: list[dict[str, torch.Tensor]], pad_token_id: int) -> d
         "image_grid_thw": torch.cat([i["image_grid_thw"] for i in items]),
         "visual_embeds": visual,
         "clip_tokens": torch.cat([i["clip_tokens"] for i in items]),
+        **({"clip_absent": torch.cat([i["clip_absent"] for i in items])} if "clip_absent" in items[0] else {}),
     }
 
 
@@ -231,6 +258,9 @@ def encoder_cache_key(captioner) -> str:
         "views": list(c.views), "prompt": c.prompt, "label_views": c.label_views,
         "instruction_first": c.instruction_first,
     }
+    if c.context_views or c.history_frames:  # what the CLIP tokens stored are of (absent: today's keys stay)
+        parts |= {"context_views": list(c.context_views), "history_frames": c.history_frames,
+                  "history_stride_s": c.history_stride_s}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -2,6 +2,9 @@
 
     OUT/mini_train.jsonl, OUT/mini_val.jsonl   rows: sample_token, scene, timestamp, views, caption
                                                (+ qa: [{question, answer, type}], with --qa)
+                                               (+ history: {camera: [past frame or null, ...]}, with
+                                                --history K: K past frames per view, oldest first, each
+                                                {path, sha256, width, height, offset_s}; see data.history)
     OUT/manifest.json                          version, dataroot, caption source, counts, skips, time
 
 `verify` re-hashes every image, so a manifest says exactly which pixels a model was trained on.
@@ -21,16 +24,25 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from clip_vlm_core import __version__
 from clip_vlm_core.atomic import staged_dir
+from clip_vlm_core.data.history import (
+    DEFAULT_HISTORY_STRIDE_S,
+    PastFrame,
+    chain_before,
+    check_history,
+    pick_past,
+)
 from clip_vlm_core.data.nuinteract import (
     DEFAULT_CAPTION_KEYS,
     check_caption_keys,
     load_nuinteract,
+    named_caption,
     target_caption,
 )
 from clip_vlm_core.data.qa import QAPair, load_qa_files
@@ -71,10 +83,17 @@ class ManifestRow:
     views: dict[str, ViewRecord]
     caption: str
     qa: tuple[QAPair, ...] = ()  # questions about this keyframe, with their answers
+    # Per view, its past frames oldest first (None where missing); empty when built without --history.
+    history: dict[str, tuple[PastFrame | None, ...]] = field(default_factory=dict)
 
     def image_path(self, camera: str, dataroot: str | Path) -> Path:
         """The view's image file, checked to be a regular file inside the dataroot."""
         return data_file(dataroot, self.views[camera].path, f"sample {self.sample_token} {camera} image")
+
+    def past_image_path(self, camera: str, index: int, dataroot: str | Path) -> Path:
+        """The file of the view's past frame `index` (0 = oldest), checked as `image_path`'s."""
+        frame = self.history[camera][index]
+        return data_file(dataroot, frame.path, f"sample {self.sample_token} {camera} past frame {index}")
 
 
 # Skipped items are counted; only the first few of each reason are kept to name them.
@@ -87,11 +106,19 @@ class BuildReport:
     skipped: dict[str, list[str]]  # reason -> offending tokens / paths (the first SKIP_EXAMPLES)
     qa_counts: dict[str, int] = field(default_factory=dict)  # question-answer pairs per split
     skipped_counts: dict[str, int] = field(default_factory=dict)  # reason -> how many (all of them)
+    history_frames: int = 0  # past frames asked for per view (--history)
+    history_slots: int = 0  # past frames asked for in all rows written
+    history_missing: dict[str, int] = field(default_factory=dict)  # reason -> past frames missing (null in rows)
 
     def summary(self) -> str:
         lines = [f"{split}: {n} samples" + (f", {self.qa_counts[split]} question-answer pairs"
                                              if self.qa_counts.get(split) else "")
                  for split, n in self.counts.items()]
+        if self.history_frames:
+            missing = sum(self.history_missing.values())
+            why = "; ".join(f"{reason}: {n}" for reason, n in self.history_missing.items())
+            lines.append(f"history: {self.history_frames} past frames per view, {missing} of {self.history_slots} "
+                         f"missing" + (f" ({why})" if why else ""))
         for reason, items in self.skipped.items():
             count = self.skipped_counts.get(reason, len(items))
             lines.append(f"skipped {count} ({reason}), e.g. {', '.join(items[:3])}")
@@ -129,19 +156,27 @@ def build_manifest(
     captions: str | Path,
     cameras: Sequence[str],
     out: str | Path,
-    caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS,
+    caption_keys: Sequence[str] | None = None,
     strict: bool = False,
     show_progress: bool = True,
     overwrite: bool = False,
     qa: Sequence[str | Path] = (),
+    history: int = 0,
+    history_stride_s: float = DEFAULT_HISTORY_STRIDE_S,
 ) -> BuildReport:
     """Write one JSONL per split plus manifest.json, atomically. An existing OUT is replaced on success
     when an earlier build wrote it (or with `overwrite`), and never when it is or holds an input.
 
     `qa`: JSONL files of question-answer pairs keyed by sample token (see data.qa); each row carries its
-    keyframe's pairs as `qa`."""
+    keyframe's pairs as `qa`. `caption_keys` None: FRONT BACK for up to two cameras; for more, each view's
+    own caption, named (nuinteract.named_caption). `history`: past frames per view every `history_stride_s`
+    seconds (data.history); a missing one is null in the row and counted, never fatal."""
     from nuscenes.utils.splits import create_splits_scenes
 
+    check_history(history, history_stride_s)
+    named = caption_keys is None and len(cameras) > 2
+    if caption_keys is None:
+        caption_keys = list(cameras) if named else DEFAULT_CAPTION_KEYS
     if version not in VERSION_SPLITS:
         raise UserError(f"unknown nuScenes version {version!r}; known: {sorted(VERSION_SPLITS)}")
     inputs = {"nuScenes dataroot": dataroot, "NuInteract captions folder": captions,
@@ -172,6 +207,7 @@ def build_manifest(
             skipped[reason].append(what)
 
     rows: dict[str, list[dict]] = {split: [] for split in VERSION_SPLITS[version]}
+    past = _PastFrames(nusc, dataroot, history, history_stride_s)
     sample_tokens = set()
     for sample in progress_bar(nusc.sample, desc="hashing keyframes", unit="sample", enabled=show_progress):
         sample_tokens.add(sample["token"])
@@ -179,7 +215,10 @@ def build_manifest(
         if scene not in scene_split:
             skip(f"scene in no {version} split", f"{scene}/{sample['token']}")
             continue
-        caption = target_caption(records, sample["token"], caption_keys)
+        if named:
+            caption = named_caption(records[sample["token"]], cameras) if sample["token"] in records else None
+        else:
+            caption = target_caption(records, sample["token"], caption_keys)
         if caption is None:
             skip("keyframe without caption", sample["token"])
             continue
@@ -203,6 +242,9 @@ def build_manifest(
                    "views": {c: asdict(v) for c, v in views.items()}, "caption": caption}
             if sample["token"] in qa_pairs:
                 row["qa"] = [pair.as_dict() for pair in qa_pairs[sample["token"]]]
+            if history:
+                row["history"] = {cam: [asdict(f) if f else None for f in past.frames(sample["data"][cam])]
+                                  for cam in cameras}
             rows[scene_split[scene]].append(row)
     for token in sorted(set(records) - sample_tokens):
         skip("caption for an unknown sample token", token)
@@ -211,13 +253,50 @@ def build_manifest(
 
     counts = {split: len(r) for split, r in rows.items()}
     qa_counts = {split: sum(len(row.get("qa", ())) for row in r) for split, r in rows.items()}
+    slots = sum(counts.values()) * len(cameras) * history
+    history_meta = {"history": {"frames": history, "stride_s": history_stride_s, "past_frames": slots,
+                                "missing": dict(past.missing)}} if history else {}
     meta = {"nuscenes_version": version, "dataroot": str(dataroot), "captions": str(Path(captions).resolve()),
             "qa": [str(Path(f).resolve()) for f in qa], "qa_counts": qa_counts,
             "cameras": list(cameras), "caption_keys": list(caption_keys), "counts": counts,
+            **({"caption_format": "named views"} if named else {}), **history_meta,
             "skipped": dict(skipped_counts),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tool_version": __version__}
     _write_atomically(out, rows, meta)
-    return BuildReport(counts, dict(skipped), qa_counts, dict(skipped_counts))
+    return BuildReport(counts, dict(skipped), qa_counts, dict(skipped_counts), history, slots, dict(past.missing))
+
+
+class _PastFrames:
+    """The past frames of a view's current frame, each file checked and hashed once per build (a frame is
+    the history of several rows). A missing or unreadable past frame is None, counted by reason, and
+    never skips the row; a path out of the dataroot is refused as every path of the tables is."""
+
+    def __init__(self, nusc, dataroot: Path, frames: int, stride_s: float) -> None:
+        self._nusc, self._dataroot, self._frames, self._stride_s = nusc, dataroot, frames, stride_s
+        self._records: dict[str, ViewRecord | None] = {}
+        self.missing: Counter[str] = Counter()
+
+    def frames(self, sd_token: str) -> list[PastFrame | None]:
+        sd = self._nusc.get("sample_data", sd_token)
+        earlier = chain_before(self._nusc.get, sd, (self._frames + 1) * self._stride_s)
+        out: list[PastFrame | None] = []
+        for token, why in pick_past(earlier, sd["timestamp"], self._frames, self._stride_s):
+            record = self._record(token) if token else None
+            if token and record is None:
+                why = "past frame image missing, corrupt or over the limits"
+            if record is None:
+                self.missing[why] += 1
+                out.append(None)
+                continue
+            offset = (self._nusc.get("sample_data", token)["timestamp"] - sd["timestamp"]) / 1e6
+            out.append(PastFrame(record.path, record.sha256, record.width, record.height, round(offset, 6)))
+        return out
+
+    def _record(self, token: str) -> ViewRecord | None:
+        if token not in self._records:
+            self._records[token] = _view_record(self._dataroot, self._nusc.get("sample_data", token),
+                                                lambda reason, what, count=1: None)
+        return self._records[token]
 
 
 def _view_record(dataroot: Path, sample_data: dict, skip) -> ViewRecord | None:
@@ -311,9 +390,23 @@ def _row(raw: object, where: str) -> ManifestRow:
         if not isinstance(raw["sample_token"], str) or not isinstance(raw["scene"], str):
             raise TypeError("sample_token and scene must be strings")
         caption = check_caption(raw["caption"], f"{where}: the caption")
-        return ManifestRow(raw["sample_token"], raw["scene"], int(raw["timestamp"]), views, caption, qa)
+        history = {cam: tuple(_past_frame(frame, f"{where}: {cam} past frame {i}") for i, frame in enumerate(frames))
+                   for cam, frames in raw.get("history", {}).items()}
+        if set(history) - set(views) or len({len(frames) for frames in history.values()}) > 1:
+            raise ValueError("history must hold as many past frames for each of the row's views")
+        return ManifestRow(raw["sample_token"], raw["scene"], int(raw["timestamp"]), views, caption, qa, history)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{where} is not a valid row ({type(exc).__name__}: {exc})") from None
+
+
+def _past_frame(raw: object, where: str) -> PastFrame | None:
+    if raw is None:
+        return None
+    frame = PastFrame(**raw)
+    check_relative(frame.path, where)
+    if not isinstance(frame.offset_s, (int, float)) or isinstance(frame.offset_s, bool) or not frame.offset_s < 0:
+        raise ValueError(f"{where}: offset_s must be a negative number of seconds")
+    return frame
 
 
 def manifest_dataroot(manifest: str | Path, dataroot: str | Path | None = None) -> Path:
@@ -334,10 +427,13 @@ def verify_manifest(out_dir: str | Path, show_progress: bool = True,
     problems = []
     rows = load_manifest(manifest_dir(out_dir))
     for row in progress_bar(rows, desc="verifying images", unit="sample", enabled=show_progress):
-        for camera, view in row.views.items():
+        files = [(view, partial(row.image_path, camera, root)) for camera, view in row.views.items()]
+        files += [(frame, partial(row.past_image_path, camera, i, root))
+                  for camera, frames in row.history.items() for i, frame in enumerate(frames) if frame is not None]
+        for view, locate in files:
             checks["files"] += 1
             try:
-                path = row.image_path(camera, root)
+                path = locate()
             except MissingDataFile:
                 problems.append(f"missing: {root / view.path}")
                 continue

@@ -6,7 +6,8 @@ read them here, so the same folder gives the same caption for a keyframe in ever
 A record is {token (sample token), prev, next, frame_idx, scene_token, cam_path, gpt_prompt,
 gemini_caption}; `gemini_caption` (`gpt_caption` in some releases) maps each camera plus the joint
 FRONT and BACK descriptions to text. The target caption joins the chosen keys, FRONT then BACK by
-default. Every `.json` file of the folder is read whatever it is called (one file per scene, by scene
+default; with more than two cameras and no keys chosen, it names each view's own caption in the cameras'
+order ("Front: ... Front left: ...", `named_caption`), so that a model learns which camera saw what. Every `.json` file of the folder is read whatever it is called (one file per scene, by scene
 token, in chunks such as part0.json, or one file for all scenes): records are found by sample token.
 """
 
@@ -75,6 +76,24 @@ def target_caption(records: Mapping[str, dict], sample_token: str,
     """The target caption of one keyframe, or None when it has no record or lacks a chosen key."""
     record = records.get(sample_token)
     return joint_caption(record, keys) if record is not None else None
+
+
+def view_label(camera: str) -> str:
+    """How a target names a camera's caption: CAM_FRONT_LEFT -> "Front left"."""
+    name = camera.removeprefix("CAM_").replace("_", " ").strip().lower()
+    return name[:1].upper() + name[1:]
+
+
+def named_caption(record: dict, cameras: Sequence[str]) -> str | None:
+    """The target of a record over several cameras: each camera's own caption (under its channel name)
+    after its label, in the cameras' order: "Front: ... Front left: ..."; None if any is missing."""
+    captions = record_captions(record)
+    if captions is None:
+        return None
+    parts = [captions.get(camera) for camera in cameras]
+    if any(not isinstance(p, str) or not p.strip() for p in parts):
+        return None
+    return " ".join(f"{view_label(camera)}: {p.strip()}" for camera, p in zip(cameras, parts, strict=True))
 
 
 def joint_caption(record: dict, keys: Sequence[str] = DEFAULT_CAPTION_KEYS) -> str | None:

@@ -2,7 +2,10 @@
 
 A front frame shows the sky (day or night), the road with three lanes, one vehicle ahead (type and
 colour, in a lane) and maybe a traffic light; a back frame shows the road behind and maybe a vehicle.
-Shapes are large blocks of saturated colour so the facts survive the tiny model's ~168x84 input.
+In the drive world (data.drive) a vehicle ahead or behind is drawn at its distance (smaller and nearer the
+horizon when far), and a side frame shows the next lane and maybe a vehicle in profile, placed along the
+frame by how far ahead of us it is. Shapes are large blocks of saturated colour so the facts survive the
+tiny model's ~168x84 input.
 """
 
 from __future__ import annotations
@@ -55,29 +58,39 @@ def _background(time: str) -> Image.Image:
 
 def _vehicle(draw: ImageDraw.ImageDraw, vtype: str, colour: str, lane: str, rng: random.Random) -> None:
     """A vehicle seen from behind (front view) or ahead (back view), its bottom on the road."""
-    fill = RGB[colour]
-    outline = (190, 190, 190) if colour == "black" else (0, 0, 0)  # chrome trim keeps black visible at night
     cx = LANE_CENTRE[lane] * WIDTH + rng.uniform(-30, 30)
     bottom = HEIGHT * 0.86 + rng.uniform(-20, 20)
+    _vehicle_at(draw, vtype, colour, cx, bottom)
+
+
+def _vehicle_at(draw: ImageDraw.ImageDraw, vtype: str, colour: str, cx: float, bottom: float,
+                scale: float = 1.0) -> None:
+    """A vehicle seen from behind or ahead, centred at `cx` with its wheels at `bottom`, `scale` times the
+    size of one at the reference distance."""
+    fill = RGB[colour]
+    outline = (190, 190, 190) if colour == "black" else (0, 0, 0)  # chrome trim keeps black visible at night
     # Types differ first of all in outline (wide and low, tall and narrow, long), which survives downscaling.
     width, height = {"car": (380, 150), "truck": (280, 560), "bus": (700, 300)}[vtype]
+    width, height = width * scale, height * scale
     left, right, top = cx - width / 2, cx + width / 2, bottom - height
-    draw.rectangle([left, top, right, bottom], fill=fill, outline=outline, width=6)
+    line = max(2, round(6 * scale))
+    draw.rectangle([left, top, right, bottom], fill=fill, outline=outline, width=line)
     # Each type also carries a large accent in a colour no vehicle has (cyan glass, an orange cargo box,
     # a magenta window band): a local cue that survives the tiny model's patching, like a real
     # type's distinctive parts.
     if vtype == "car":  # a narrower cabin on top with wide cyan glass
-        draw.rectangle([left + 40, top - 120, right - 40, top], fill=fill, outline=outline, width=6)
-        draw.rectangle([left + 60, top - 100, right - 60, top - 10], fill=ACCENT["car"])
+        draw.rectangle([left + 40 * scale, top - 120 * scale, right - 40 * scale, top], fill=fill, outline=outline,
+                       width=line)
+        draw.rectangle([left + 60 * scale, top - 100 * scale, right - 60 * scale, top - 10 * scale], fill=ACCENT["car"])
     elif vtype == "truck":  # a tall cargo box whose upper half is orange
-        draw.rectangle([left + 12, top + 12, right - 12, top + height // 2], fill=ACCENT["truck"])
+        draw.rectangle([left + 12 * scale, top + 12 * scale, right - 12 * scale, top + height // 2], fill=ACCENT["truck"])
     else:  # bus: a band of magenta windows along the whole side
-        draw.rectangle([left + 20, top + 30, right - 20, top + 150], fill=ACCENT["bus"])
+        draw.rectangle([left + 20 * scale, top + 30 * scale, right - 20 * scale, top + 150 * scale], fill=ACCENT["bus"])
         for k in range(1, 6):
-            x = left + 20 + k * (width - 40) / 6
-            draw.line([(x, top + 30), (x, top + 150)], fill=outline, width=8)
-    for x in (left + 20, right - 80):  # wheels
-        draw.rectangle([x, bottom - 10, x + 60, bottom + 25], fill=(10, 10, 10))
+            x = left + 20 * scale + k * (width - 40 * scale) / 6
+            draw.line([(x, top + 30 * scale), (x, top + 150 * scale)], fill=outline, width=max(2, round(8 * scale)))
+    for x in (left + 20 * scale, right - 80 * scale):  # wheels
+        draw.rectangle([x, bottom - 10 * scale, x + 60 * scale, bottom + 25 * scale], fill=(10, 10, 10))
 
 
 def _traffic_light(draw: ImageDraw.ImageDraw, state: str) -> None:
@@ -106,14 +119,78 @@ def draw_back(facts: SceneFacts, rng: random.Random) -> Image.Image:
     return image
 
 
+# The drive world: a vehicle GAP_REF metres away is drawn as large as the two-camera world's vehicles; one
+# twice as far, half as large and its wheels halfway nearer the horizon.
+GAP_REF = 18.0
+MAX_SCALE = 1.25  # at 14 m: its wheels still above the frame's bottom edge
+SIDE_BOTTOM = HEIGHT * 0.9
+# Side vehicles in profile: (length, height) at their full size, with the same accent per type.
+PROFILE = {"car": (760, 170), "truck": (620, 470), "bus": (1150, 330)}
+
+
+def _distance_scale(gap: float) -> float:
+    return min(MAX_SCALE, GAP_REF / max(gap, 1e-3))
+
+
+def draw_drive_view(time: str, vehicle: tuple[str, str, str] | None, gap: float, light: str | None) -> Image.Image:
+    """The front (with `light`) or back camera of the drive world: `vehicle` (type, colour, lane) `gap` metres
+    away along the road, or None."""
+    image = _background(time).copy()
+    draw = ImageDraw.Draw(image)
+    if vehicle is not None:
+        vtype, colour, lane = vehicle
+        scale = _distance_scale(gap)
+        vanish = WIDTH / 2
+        cx = vanish + (LANE_CENTRE[lane] * WIDTH - vanish) * scale  # lanes meet at the vanishing point
+        bottom = HORIZON + (HEIGHT * 0.86 - HORIZON) * scale
+        _vehicle_at(draw, vtype, colour, cx, bottom, scale)
+    if light is not None and light != NONE:
+        _traffic_light(draw, light)
+    return image
+
+
+def draw_side_view(time: str, vehicle: tuple[str, str] | None, along: float, forward_right: bool) -> Image.Image:
+    """A side camera of the drive world: the next lane, and `vehicle` (type, colour) in profile or None.
+    `along` in [-1, 1] places it from the frame's rear edge to its front edge; the front of the car is to the
+    right of the frame for the left cameras (`forward_right`), to the left for the right ones."""
+    image = _side_background(time).copy()
+    if vehicle is None:
+        return image
+    vtype, colour = vehicle
+    draw = ImageDraw.Draw(image)
+    fill = RGB[colour]
+    outline = (190, 190, 190) if colour == "black" else (0, 0, 0)
+    length, height = PROFILE[vtype]
+    cx = WIDTH / 2 + (1 if forward_right else -1) * along * WIDTH * 0.3
+    left, right, top = cx - length / 2, cx + length / 2, SIDE_BOTTOM - height
+    draw.rectangle([left, top, right, SIDE_BOTTOM], fill=fill, outline=outline, width=6)
+    if vtype == "car":  # a cabin with cyan windows
+        draw.rectangle([left + 150, top - 130, right - 150, top], fill=fill, outline=outline, width=6)
+        draw.rectangle([left + 175, top - 110, right - 175, top - 10], fill=ACCENT["car"])
+    elif vtype == "truck":  # an orange cargo box over most of its length
+        box = (left + 12, right - 180) if forward_right else (left + 180, right - 12)
+        draw.rectangle([box[0], top + 12, box[1], top + height // 2], fill=ACCENT["truck"])
+    else:  # a long band of magenta windows
+        draw.rectangle([left + 30, top + 40, right - 30, top + 170], fill=ACCENT["bus"])
+    for x in (left + 90, right - 190):
+        draw.ellipse([x, SIDE_BOTTOM - 50, x + 100, SIDE_BOTTOM + 50], fill=(10, 10, 10))
+    return image
+
+
 @lru_cache(maxsize=8)
-def side_view_jpeg(time: str) -> bytes:
-    """The four side cameras show an empty road side; one encoded frame per time of day is enough."""
+def _side_background(time: str) -> Image.Image:
     image = Image.new("RGB", (WIDTH, HEIGHT), SKY[time])
     draw = ImageDraw.Draw(image)
     draw.rectangle([0, HORIZON, WIDTH, HEIGHT], fill=GROUND[time])
     draw.polygon([(0, HEIGHT), (WIDTH, HORIZON + 60), (WIDTH, HEIGHT)], fill=ROAD[time])
-    return encode_jpeg(image)
+    return image
+
+
+@lru_cache(maxsize=8)
+def side_view_jpeg(time: str) -> bytes:
+    """In the two-camera world the four side cameras show an empty road side; one encoded frame per time of
+    day is enough."""
+    return encode_jpeg(_side_background(time))
 
 
 def encode_jpeg(image: Image.Image, quality: int = 85) -> bytes:

@@ -1,7 +1,11 @@
 """What a synthetic scene shows, and the templated captions that state it (and parse back).
 
-Every fact is drawn independently per keyframe, front and back apart, so a model can only get the
-back-view facts right by reading the back camera.
+Two worlds. The two-camera one (`SceneFacts.draw`): every fact is drawn independently per keyframe, front
+and back apart, so a model can only get the back-view facts right by reading the back camera. The
+six-camera drive (data.drive): the facts of a moment of one continuous drive, which add how the vehicles
+ahead and behind move (`front.motion`, `back.motion`) and what each side camera shows
+(`front_left.vehicle_type`, ...). Their sentences are new ones, so a caption of the two-camera world
+parses to exactly the facts it did.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ COLOURS = ("red", "blue", "green", "yellow", "white", "black")
 LANES = ("left", "ego", "right")
 LIGHTS = ("red", "green", "none")
 NONE = "none"
+# How the vehicle ahead or behind moves relative to us (the drive world only): its gap shrinks, grows, or
+# stays; "none" when nothing is there.
+MOTIONS = ("approaching", "pulling away", "steady", NONE)
+# The four side cameras by the name their facts and questions use, in the order captions state them.
+SIDE_VIEWS = {"CAM_FRONT_LEFT": "front_left", "CAM_FRONT_RIGHT": "front_right",
+              "CAM_BACK_LEFT": "back_left", "CAM_BACK_RIGHT": "back_right"}
 
 FACT_KEYS = (
     "front.time",
@@ -27,6 +37,9 @@ FACT_KEYS = (
     "back.vehicle_colour",
     "back.lane",
 )
+MOTION_FACT_KEYS = ("front.motion", "back.motion")
+SIDE_FACT_KEYS = tuple(f"{side}.{fact}" for side in SIDE_VIEWS.values() for fact in ("vehicle_type", "vehicle_colour"))
+DRIVE_FACT_KEYS = FACT_KEYS + MOTION_FACT_KEYS + SIDE_FACT_KEYS  # every fact of a drive world keyframe
 
 _LANE_TEXT = {"left": "the left lane", "ego": "our lane", "right": "the right lane"}
 _LANE_FROM_TEXT = {v: k for k, v in _LANE_TEXT.items()}
@@ -42,6 +55,16 @@ class SceneFacts:
     back_type: str  # "none" when nothing is behind
     back_colour: str
     back_lane: str
+    # The drive world only ("" / () in the two-camera world, whose facts, captions and questions stay as
+    # they were): the motion of the vehicle ahead and behind (MOTIONS), and (type, colour) per side camera
+    # in SIDE_VIEWS order, (NONE, NONE) for an empty one.
+    front_motion: str = ""
+    back_motion: str = ""
+    sides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_drive(self) -> bool:
+        return bool(self.front_motion)
 
     @classmethod
     def draw(cls, rng: random.Random) -> SceneFacts:
@@ -58,26 +81,52 @@ class SceneFacts:
         )
 
     def as_dict(self) -> dict[str, str]:
-        return dict(zip(FACT_KEYS, (self.time, self.front_type, self.front_colour, self.front_lane, self.light,
-                                    self.back_type, self.back_colour, self.back_lane), strict=True))
+        facts = dict(zip(FACT_KEYS, (self.time, self.front_type, self.front_colour, self.front_lane, self.light,
+                                     self.back_type, self.back_colour, self.back_lane), strict=True))
+        if self.is_drive:
+            facts.update({"front.motion": self.front_motion, "back.motion": self.back_motion})
+            facts.update(zip(SIDE_FACT_KEYS, (value for side in self.sides for value in side), strict=True))
+        return facts
+
+    def side(self, view: str) -> tuple[str, str]:
+        """(type, colour) of what side view `view` ("front_left", ...) shows; (NONE, NONE) when empty."""
+        return self.sides[list(SIDE_VIEWS.values()).index(view)]
+
+
+_MOTION_TEXT = {"approaching": "is approaching", "pulling away": "is pulling away", "steady": "keeps its distance"}
+_MOTION_FROM_TEXT = {v: k for k, v in _MOTION_TEXT.items()}
+_SIDE_TEXT = {side: side.replace("_", " ") for side in SIDE_VIEWS.values()}  # "front left"
 
 
 def describe_front(facts: SceneFacts) -> str:
     time = "It is daytime." if facts.time == "day" else "It is night."
     vehicle = f"A {facts.front_colour} {facts.front_type} is ahead in {_LANE_TEXT[facts.front_lane]}."
+    if facts.is_drive:
+        vehicle += f" The vehicle ahead {_MOTION_TEXT[facts.front_motion]}."
     light = "There is no traffic light." if facts.light == NONE else f"The traffic light is {facts.light}."
     return f"{time} {vehicle} {light}"
 
 
 def describe_back(facts: SceneFacts) -> str:
     if facts.back_type == NONE:
-        return "Nothing is behind."
-    return f"Behind, a {facts.back_colour} {facts.back_type} follows in {_LANE_TEXT[facts.back_lane]}."
+        return "Nothing is behind us." if facts.is_drive else "Nothing is behind."
+    follows = f"Behind, a {facts.back_colour} {facts.back_type} follows in {_LANE_TEXT[facts.back_lane]}."
+    return f"{follows} The vehicle behind {_MOTION_TEXT[facts.back_motion]}." if facts.is_drive else follows
+
+
+def describe_side(facts: SceneFacts, view: str) -> str:
+    """What side view `view` ("front_left", ...) shows, in one sentence that names the view."""
+    vtype, colour = facts.side(view)
+    if vtype == NONE:
+        return f"Nothing is at the {_SIDE_TEXT[view]}."
+    return f"At the {_SIDE_TEXT[view]}, a {colour} {vtype} drives beside us."
 
 
 def describe(facts: SceneFacts) -> str:
-    """The joint caption, FRONT then BACK, as NuInteract's joint target is built."""
-    return f"{describe_front(facts)} {describe_back(facts)}"
+    """The joint caption, FRONT then BACK, as NuInteract's joint target is built (then the side views, in the
+    drive world)."""
+    sides = [describe_side(facts, view) for view in SIDE_VIEWS.values()] if facts.is_drive else []
+    return " ".join([describe_front(facts), describe_back(facts), *sides])
 
 
 _WORD = r"([a-z]+)"
@@ -92,6 +141,19 @@ _PATTERNS = (
      lambda m: {"back.vehicle_colour": m[1], "back.vehicle_type": m[2], "back.lane": _LANE_FROM_TEXT[m[3]]}),
     (re.compile(r"Nothing is behind\."), lambda m: {"back.vehicle_type": NONE, "back.vehicle_colour": NONE,
                                                     "back.lane": NONE}),
+    # The drive world's sentences (none of them matches a two-camera caption).
+    (re.compile(r"The vehicle ahead (is approaching|is pulling away|keeps its distance)\."),
+     lambda m: {"front.motion": _MOTION_FROM_TEXT[m[1]]}),
+    (re.compile(r"The vehicle behind (is approaching|is pulling away|keeps its distance)\."),
+     lambda m: {"back.motion": _MOTION_FROM_TEXT[m[1]]}),
+    (re.compile(r"Nothing is behind us\."), lambda m: {"back.vehicle_type": NONE, "back.vehicle_colour": NONE,
+                                                       "back.lane": NONE, "back.motion": NONE}),
+    *((re.compile(rf"At the {text}, a {_WORD} {_WORD} drives beside us\."),
+       lambda m, side=side: {f"{side}.vehicle_colour": m[1], f"{side}.vehicle_type": m[2]})
+      for side, text in _SIDE_TEXT.items()),
+    *((re.compile(rf"Nothing is at the {text}\."),
+       lambda m, side=side: {f"{side}.vehicle_type": NONE, f"{side}.vehicle_colour": NONE})
+      for side, text in _SIDE_TEXT.items()),
 )
 
 
@@ -115,4 +177,17 @@ def caption_corpus() -> list[str]:
         facts = SceneFacts(TIMES[i % 2], vtype, colour, lane, LIGHTS[i % 3], vtype, colour, lane)
         corpus.append(describe(facts))
     corpus.append(describe(SceneFacts("day", "car", "red", "ego", "none", NONE, NONE, NONE)))
+    return corpus
+
+
+def drive_caption_corpus() -> list[str]:
+    """The drive world's captions, every motion and side sentence included. Kept apart from
+    `caption_corpus`, which the tiny tokenizer's merges are learnt from: adding to it would change the
+    tokenizer of every tiny base built from now on (a surround model's base would learn these)."""
+    corpus = []
+    for i, (vtype, colour) in enumerate((t, c) for t in VEHICLE_TYPES for c in COLOURS):
+        motion = MOTIONS[i % 3]
+        sides = tuple((vtype, colour) if (i + k) % 2 else (NONE, NONE) for k in range(len(SIDE_VIEWS)))
+        corpus.append(describe(SceneFacts(TIMES[i % 2], vtype, colour, LANES[i % 3], LIGHTS[i % 3], vtype, colour,
+                                          LANES[(i + 1) % 3], motion, MOTIONS[(i + 1) % 3], sides)))
     return corpus

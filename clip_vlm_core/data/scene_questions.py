@@ -21,6 +21,11 @@ whether anything follows. A model trained on types that never overlap learns to 
 template ("Tell me the colour of ... ahead" meant the vehicle; "is there" meant yes or no) and answers a
 new sentence as the type whose template it resembles; overlapping wording leaves it only the words that
 differ ("signal", "vehicle", "bus") to decide by.
+
+The drive world (data.drive, `data synth --cameras all`) adds types of its own (DRIVE_QUESTION_TYPES): the
+motion of the vehicle ahead and behind ("front.motion", "back.motion") and what each side camera shows
+("front_left.vehicle_type", "back_right.vehicle_colour", ...), phrased and held out the same way. They are
+asked only about drive keyframes; QUESTION_TYPES stays the two-camera world's set.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from dataclasses import dataclass
 from clip_vlm_core.data.scene_facts import (
     COLOURS,
     LIGHTS,
+    MOTIONS,
     NONE,
+    SIDE_VIEWS,
     TIMES,
     VEHICLE_TYPES,
     SceneFacts,
@@ -127,8 +134,31 @@ QUESTION_TYPES: tuple[QuestionType, ...] = (
         VEHICLE_TYPES, WHERE_ANSWERS, held_out_frames=(6, 7),
     ),
 )
-TYPES_BY_NAME = {t.name: t for t in QUESTION_TYPES}
-QUESTION_TYPE_NAMES = tuple(TYPES_BY_NAME)
+QUESTION_TYPE_NAMES = tuple(t.name for t in QUESTION_TYPES)
+
+# Said of a side camera as "ahead"/"behind" are of the front and back ones.
+SIDE_SAID = {side: (f"at the {a} {b}", f"{'ahead' if a == 'front' else 'behind'} on our {b}", f"to the {a} {b} of us",
+                    f"beside us at the {a} {b}")
+             for side in SIDE_VIEWS.values() for a, b in [side.split("_")]}
+_MOTION_FRAMES = ("Is the vehicle {x} approaching or pulling away?", "How is the vehicle {x} moving?",
+                  "Is the vehicle {x} getting closer or further away?", "What is the vehicle {x} doing?",
+                  "Tell me how the vehicle {x} moves.", "Describe the motion of the vehicle {x}.")
+
+
+def _side_fact(side: str, index: int) -> Callable[[SceneFacts, str], str]:
+    return lambda f, _: f.side(side)[index]
+
+
+DRIVE_QUESTION_TYPES: tuple[QuestionType, ...] = (
+    QuestionType("front.motion", lambda f, _: f.front_motion, _MOTION_FRAMES, AHEAD, MOTIONS),
+    QuestionType("back.motion", lambda f, _: f.back_motion, _MOTION_FRAMES, BEHIND, MOTIONS),
+    *(QuestionType(f"{side}.vehicle_type", _side_fact(side, 0), _TYPE_FRAMES, SIDE_SAID[side], (*VEHICLE_TYPES, NONE))
+      for side in SIDE_VIEWS.values()),
+    *(QuestionType(f"{side}.vehicle_colour", _side_fact(side, 1), _COLOUR_FRAMES, SIDE_SAID[side], (*COLOURS, NONE))
+      for side in SIDE_VIEWS.values()),
+)
+TYPES_BY_NAME = {t.name: t for t in QUESTION_TYPES + DRIVE_QUESTION_TYPES}
+DRIVE_QUESTION_TYPE_NAMES = tuple(t.name for t in DRIVE_QUESTION_TYPES)
 
 
 @dataclass(frozen=True)
@@ -164,7 +194,7 @@ def ask_about(facts: SceneFacts, rng: random.Random, held_out: bool = False, per
     that names a vehicle names any of the three types, so "none" is as possible an answer as the vehicles
     the scene shows."""
     questions = []
-    for qtype in QUESTION_TYPES:
+    for qtype in QUESTION_TYPES + (DRIVE_QUESTION_TYPES if facts.is_drive else ()):
         for question, filler in _spread_over_fillers(qtype.phrasings(held_out), per_type, rng):
             asked = question if held_out else vary(question, rng)
             questions.append(SceneQuestion(qtype.name, asked, qtype.answer(facts, filler)))
@@ -185,14 +215,15 @@ def _spread_over_fillers(phrasings: list[tuple[str, str]], n: int, rng: random.R
     return drawn[:n]
 
 
-def question_corpus() -> list[str]:
+def question_corpus(types: tuple[QuestionType, ...] = QUESTION_TYPES) -> list[str]:
     """Every training phrasing and every answer (for the tiny tokenizer's merges; held-out phrasings are
-    left out, as text the model never trained on)."""
-    corpus = [question for t in QUESTION_TYPES for question, _ in t.phrasings()]
+    left out, as text the model never trained on). The two-camera types by default: the tokenizer of every
+    tiny base built stays as it was."""
+    corpus = [question for t in types for question, _ in t.phrasings()]
     corpus += [question.lower() for question in corpus] + list(LEAD_INS)
-    corpus += [a for t in QUESTION_TYPES for a in t.answers]
+    corpus += [a for t in types for a in t.answers]
     return list(dict.fromkeys(corpus))
 
 
-__all__ = ["LEAD_INS", "QUESTION_TYPES", "QUESTION_TYPE_NAMES", "SceneQuestion", "TYPES_BY_NAME", "ask_about",
+__all__ = ["DRIVE_QUESTION_TYPES", "DRIVE_QUESTION_TYPE_NAMES", "LEAD_INS", "QUESTION_TYPES", "QUESTION_TYPE_NAMES", "SceneQuestion", "TYPES_BY_NAME", "ask_about",
            "base_phrasing", "question_corpus", "vary"]

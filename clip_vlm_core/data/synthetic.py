@@ -4,8 +4,12 @@ All 13 tables, a map, six cameras with realistic calibration at 1600x900, keyfra
 optional sweeps between them, ego poses, prev/next chains and real-format tokens and file names;
 plus a NuInteract-format caption folder, the ground-truth facts of every keyframe, and questions about
 every keyframe with their answers (qa.jsonl in training phrasings, qa_heldout.jsonl in held-out ones; see
-scene_questions). CAM_FRONT and CAM_BACK show procedurally drawn scenes (see scene_facts /
-scene_drawing); the other cameras an empty road side. Deterministic for a seed.
+scene_questions). Deterministic for a seed.
+
+Two worlds (`cameras`). "front-back" (the default): CAM_FRONT and CAM_BACK show procedurally drawn scenes
+(see scene_facts / scene_drawing), each keyframe drawn on its own; the other cameras an empty road side;
+sweeps repeat their keyframe. "all": every camera shows content and a scene's keyframes and sweeps are the
+frames of one continuous drive (see drive), whose facts add motion and the side views.
 """
 
 from __future__ import annotations
@@ -21,14 +25,26 @@ from PIL import Image
 from pyquaternion import Quaternion
 
 from clip_vlm_core.atomic import staged_dir
-from clip_vlm_core.data.scene_drawing import HEIGHT, WIDTH, draw_back, draw_front, encode_jpeg, side_view_jpeg
+from clip_vlm_core.data.drive import FRONT, Drive, Moment
+from clip_vlm_core.data.scene_drawing import (
+    HEIGHT,
+    WIDTH,
+    draw_back,
+    draw_drive_view,
+    draw_front,
+    draw_side_view,
+    encode_jpeg,
+    side_view_jpeg,
+)
 from clip_vlm_core.data.scene_facts import (
     FACT_KEYS,
+    SIDE_VIEWS,
     SceneFacts,
     caption_corpus,
     describe,
     describe_back,
     describe_front,
+    describe_side,
     parse_facts,
 )
 from clip_vlm_core.data.scene_questions import ask_about
@@ -67,6 +83,8 @@ SPEED_MPS = 8.0
 # Optical frame (z forward, x right, y down) into the vehicle frame (x forward, y left, z up).
 _OPTICAL_TO_VEHICLE = Quaternion(0.5, -0.5, 0.5, -0.5)
 WRITER = "clip-vlm data synth"
+WORLDS = ("front-back", "all")  # `--cameras`: which cameras show content (see the module's text)
+DRIVE_SWEEPS = 5  # sweeps between keyframes by default in the drive world: ~12 Hz, as nuScenes' cameras
 
 
 @dataclass
@@ -90,14 +108,20 @@ def generate_synthetic_nuscenes(
     out: str | Path,
     scenes: int = 2,
     samples_per_scene: int = 8,
-    sweeps: int = 0,
+    sweeps: int | None = 0,
     seed: int = 0,
     captions_out: str | Path | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    cameras: str = "front-back",
 ) -> SyntheticDataset:
-    """Write the tree to `out` (captions to `captions_out`, default `out/nuinteract`), atomically."""
+    """Write the tree to `out` (captions to `captions_out`, default `out/nuinteract`), atomically.
+    `cameras`: "front-back" or "all" (the six-camera drive); `sweeps` None: 0, or DRIVE_SWEEPS for "all"."""
     out = Path(out)
+    if cameras not in WORLDS:
+        raise UserError(f"--cameras must be one of {', '.join(WORLDS)}, not {cameras!r}")
+    if sweeps is None:
+        sweeps = DRIVE_SWEEPS if cameras == "all" else 0
     if not 1 <= scenes <= len(SCENE_NAMES):
         raise UserError(f"--scenes must be between 1 and {len(SCENE_NAMES)} (the devkit's mini scene names)")
     if samples_per_scene < 1 or sweeps < 0:
@@ -110,7 +134,7 @@ def generate_synthetic_nuscenes(
     if not inside:
         guard_output(captions, WRITER, overwrite=overwrite, flag="--captions-out")
     with staged_dir(out, WRITER) as tmp:
-        result = _write_tree(tmp, scenes, samples_per_scene, sweeps, seed, show_progress)
+        result = _write_tree(tmp, scenes, samples_per_scene, sweeps, seed, show_progress, cameras == "all")
         if inside and captions != out.absolute() / "nuinteract":
             (tmp / captions.relative_to(out.absolute())).parent.mkdir(parents=True, exist_ok=True)
             (tmp / "nuinteract").rename(tmp / captions.relative_to(out.absolute()))
@@ -123,7 +147,8 @@ def generate_synthetic_nuscenes(
     return result
 
 
-def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, show_progress: bool) -> SyntheticDataset:
+def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, show_progress: bool,
+                drive: bool) -> SyntheticDataset:
     token = _Tokens(seed)
     rng = random.Random(f"scenes-{seed}")
     # Apart, so the scenes of a seed stay as they were, and the held-out questions whatever the training ones.
@@ -167,22 +192,32 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
         sample_tokens = [token() for _ in range(samples)]
         records = []
         last_sd: dict[str, dict | None] = dict.fromkeys(CAMERA_MOUNTS)
+        # Its own generator per scene: the two-camera world's draws stay as they were.
+        world = Drive(random.Random(f"drive-{seed}-{s}"), samples * KEYFRAME_US / 1e6) if drive else None
         for k, sample_token in enumerate(sample_tokens):
             t = t0 + k * KEYFRAME_US
             tables["sample"].append({"token": sample_token, "timestamp": t, "scene_token": scene_token,
                                      "prev": sample_tokens[k - 1] if k else "",
                                      "next": sample_tokens[k + 1] if k + 1 < samples else ""})
-            facts = SceneFacts.draw(rng)
-            frames = {"CAM_FRONT": encode_jpeg(draw_front(facts, rng)), "CAM_BACK": encode_jpeg(draw_back(facts, rng))}
+            if world is None:
+                facts = SceneFacts.draw(rng)
+                frames = {"CAM_FRONT": encode_jpeg(draw_front(facts, rng)), "CAM_BACK": encode_jpeg(draw_back(facts, rng))}
+            else:
+                facts = world.facts((t - t0) / 1e6)
             cam_paths = {}
             for cam, (_, _, offset) in CAMERA_MOUNTS.items():
-                jpeg = frames.get(cam) or side_view_jpeg(facts.time)
+                if world is None:
+                    jpeg = frames.get(cam) or side_view_jpeg(facts.time)
+                else:  # every camera at the instant it fires
+                    jpeg = encode_jpeg(camera_frame(world.moment((t + offset - t0) / 1e6), cam))
                 sd = _sample_data(tables, token, root, cam, calib[cam]["token"], sample_token, t + offset, True, jpeg)
                 _link(last_sd, cam, sd)
                 cam_paths[cam] = sd["filename"]
                 if sweeps and k + 1 < samples:
                     for j in range(1, sweeps + 1):  # frames between this keyframe and the next
                         ts = t + offset + j * KEYFRAME_US // (sweeps + 1)
+                        if world is not None:
+                            jpeg = encode_jpeg(camera_frame(world.moment((ts - t0) / 1e6), cam))
                         swd = _sample_data(tables, token, root, cam, calib[cam]["token"], sample_token, ts, False, jpeg)
                         _link(last_sd, cam, swd)
             dataset.sample_tokens.append(sample_token)
@@ -207,6 +242,16 @@ def _write_tree(root: Path, scenes: int, samples: int, sweeps: int, seed: int, s
     for qa_file, lines in qa_lines.items():
         (root / qa_file).write_text("\n".join(lines) + "\n")
     return dataset
+
+
+def camera_frame(moment: Moment, camera: str) -> Image.Image:
+    """What `camera` sees of the drive at `moment`."""
+    if camera in SIDE_VIEWS:
+        vehicle, along = moment.place(SIDE_VIEWS[camera])
+        return draw_side_view(moment.time, vehicle and vehicle[:2], along, camera.endswith("_LEFT"))
+    slot = FRONT if camera == "CAM_FRONT" else "back"
+    vehicle, gap = moment.place(slot)
+    return draw_drive_view(moment.time, vehicle, gap, moment.light if slot == FRONT else None)
 
 
 def _calibration(token: str, sensor_token: str, cam: str) -> dict:
@@ -242,9 +287,10 @@ def _link(last: dict, cam: str, record: dict) -> None:
 def _nuinteract_record(token: str, tokens: list[str], k: int, scene_token: str, cam_paths: dict,
                        facts: SceneFacts) -> dict:
     side = "The road side is empty."
-    caption = {cam: side for cam in CAMERA_MOUNTS}
+    caption = {cam: describe_side(facts, view) if facts.is_drive else side for cam, view in SIDE_VIEWS.items()}
     caption.update(CAM_FRONT=describe_front(facts), CAM_BACK=describe_back(facts),
                    FRONT=describe_front(facts), BACK=describe_back(facts))
+    caption = {cam: caption[cam] for cam in (*CAMERA_MOUNTS, "FRONT", "BACK")}  # the order it always had
     return {"token": token, "prev": tokens[k - 1] if k else "", "next": tokens[k + 1] if k + 1 < len(tokens) else "",
             "frame_idx": k, "scene_token": scene_token, "cam_path": cam_paths,
             "gpt_prompt": "Describe the scene around the ego vehicle, camera by camera.",

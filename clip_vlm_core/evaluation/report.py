@@ -179,6 +179,8 @@ def render_report(
         facts.append(f"run: {summary['run_seconds']:.1f} s in all (images, every model's captions and answers, scoring)")
     if summary.get("blank_views"):
         facts.append(f"views blanked to black (ablation): {', '.join(summary['blank_views'])}")
+    if summary.get("blank_history"):
+        facts.append("past frames blanked to black (ablation)")
     by_sample: dict[str, list[Mapping[str, Any]]] = {}
     for answer in answers:
         by_sample.setdefault(answer["sample_token"], []).append(answer)

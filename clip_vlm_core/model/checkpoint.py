@@ -184,10 +184,11 @@ def assemble_model(
     connector = FusionConnector(
         clip_dim=clip.token_dim,
         hidden_size=width,
-        num_views=len(config.views),
+        num_views=len(config.views) + len(config.context_views),
         num_layers=config.connector_layers,
         num_heads=config.connector_heads,
         dropout=config.connector_dropout,
+        num_frames=config.history_frames + 1,
     )
     if connector_file is not None:  # read only once its header matches the connector the config builds
         connector.load_state_dict(load_connector_state(connector_file, connector))

@@ -53,17 +53,33 @@ class MultiViewCaptionModel(nn.Module):
         out = self.base_qwen.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return list(out.pooler_output)
 
-    def fuse(self, visual: list[torch.Tensor], clip_tokens: torch.Tensor) -> list[torch.Tensor]:
-        """Per-image Qwen tokens + [B*V, T, C] CLIP tokens -> fused per-image tokens (same shapes)."""
+    @property
+    def sees_more(self) -> bool:
+        """Whether the connector's memory holds more than the full views' current frames (context views or a
+        history): CLIP inputs then come per (view, frame), full views then context views, oldest frame first."""
+        return self.connector.num_views != self.num_views or self.connector.num_frames > 1
+
+    def fuse(self, visual: list[torch.Tensor], clip_tokens: torch.Tensor,
+             clip_absent: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per-image Qwen tokens + [B*V, T, C] CLIP tokens -> fused per-image tokens (same shapes).
+
+        With context views or a history (`sees_more`), [B*V'*F, T, C] CLIP tokens: per sample, per view of the
+        V' (full, then context), its F frames oldest first; `clip_absent` [B, V', F] marks missing frames."""
         if not self.fusion_enabled:
             return visual
         views = self.num_views
-        if len(visual) != clip_tokens.shape[0] or len(visual) % views:
-            raise ValueError(f"got {len(visual)} images and {clip_tokens.shape[0]} CLIP inputs for {views} views")
+        clip_views, frames = self.connector.num_views, self.connector.num_frames
+        if len(visual) % views or clip_tokens.shape[0] != len(visual) * clip_views * frames // views:
+            raise ValueError(f"got {len(visual)} images and {clip_tokens.shape[0]} CLIP inputs for {views} views "
+                             f"({clip_views} with CLIP tokens, {frames} frame(s) each)")
         batch = len(visual) // views
         per_sample = [torch.cat(visual[b * views : (b + 1) * views]) for b in range(batch)]
-        clip_tokens = clip_tokens.reshape(batch, views, *clip_tokens.shape[1:])
-        fused = self.connector(per_sample, clip_tokens)
+        if self.sees_more:
+            clip_tokens = clip_tokens.reshape(batch, clip_views, frames, *clip_tokens.shape[1:])
+            fused = self.connector(per_sample, clip_tokens, clip_absent)
+        else:
+            clip_tokens = clip_tokens.reshape(batch, views, *clip_tokens.shape[1:])
+            fused = self.connector(per_sample, clip_tokens)
         out: list[torch.Tensor] = []
         for b, sample in enumerate(fused):
             out.extend(torch.split(sample, [v.shape[0] for v in visual[b * views : (b + 1) * views]]))
@@ -76,17 +92,20 @@ class MultiViewCaptionModel(nn.Module):
         clip_pixels: torch.Tensor | None = None,
         visual_embeds: list[torch.Tensor] | None = None,
         clip_tokens: torch.Tensor | None = None,
+        clip_absent: torch.Tensor | None = None,
     ) -> dict[str, BaseModelOutputWithPooling]:
         """Fused image features in the form Qwen's forward/generate accept as `mm_encoder_outputs`.
 
         Either raw inputs (pixel_values, clip_pixels) or the frozen encoders' cached outputs
         (visual_embeds, clip_tokens) may be given; training from a cache never recomputes them.
+        `clip_absent`: the missing frames, with context views or a history (see `fuse`).
         """
         if visual_embeds is None:
             visual_embeds = self.encode_visual(pixel_values, image_grid_thw)
         if clip_tokens is None and self.fusion_enabled:
             clip_tokens = self.clip(clip_pixels)
-        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(self.fuse(list(visual_embeds), clip_tokens)))}
+        fused = self.fuse(list(visual_embeds), clip_tokens, clip_absent)
+        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(fused))}
 
     # -- language model -------------------------------------------------------------------------
     def forward(
@@ -100,8 +119,9 @@ class MultiViewCaptionModel(nn.Module):
         visual_embeds: list[torch.Tensor] | None = None,
         clip_tokens: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
+        clip_absent: torch.Tensor | None = None,
     ):
-        mm = self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels, visual_embeds, clip_tokens)
+        mm = self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels, visual_embeds, clip_tokens, clip_absent)
         inputs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -135,6 +155,7 @@ class MultiViewCaptionModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         clip_pixels: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
+        clip_absent: torch.Tensor | None = None,
         **generate_options: Any,
     ) -> torch.Tensor:
         """Standard `generate()` (KV cache, greedy or beam search) as `decoding` says; returns only the new tokens.
@@ -146,7 +167,8 @@ class MultiViewCaptionModel(nn.Module):
         """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "image_grid_thw": image_grid_thw,
                   "mm_token_type_ids": mm_token_type_ids, "pad_token_id": pad_token_id,
-                  "mm_encoder_outputs": self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels)}
+                  "mm_encoder_outputs": self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels,
+                                                             clip_absent=clip_absent)}
         greedy = None
         if self.fast_decoder is not None and not generate_options:
             greedy = greedy_decoding(decoding, self.base_qwen.generation_config)

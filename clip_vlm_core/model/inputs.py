@@ -5,6 +5,12 @@ tensor without a copy where it can be (or kept encoded and decoded in one batch 
 resized and normalised as tensor operations (model/preprocess.py), and the chat prompt's token ids are
 assembled around each image's visual tokens (model/prompt_ids.py). With target captions, `labels` cover
 the caption tokens only.
+
+A model that sees more (CaptionerConfig.context_views, history_frames) also takes, per sample, each context
+view's image under its name and the past frames of every view under HISTORY: {view: [oldest, ..., newest]},
+history_frames entries a view, None where a frame is missing (not yet seen; a view without an entry has
+none). Those frames get CLIP pixels only (`clip_pixels` per sample, per view of views + context_views, per
+frame oldest first, the current one last) and `clip_absent` marks the missing ones.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from clip_vlm_core.model.preprocess import ImagePreprocessor, QwenPixelSpec
 from clip_vlm_core.model.prompt_ids import PromptTokens
 
 Sample = Mapping[str, ImageLike | torch.Tensor]
+HISTORY = "@history"  # a sample's past frames ('@' is in no camera name)
 # One view's image on its way in: a [3, H, W] uint8 RGB tensor, or still encoded (decoded in a batch).
 ViewImage = torch.Tensor | EncodedImage
 
@@ -68,7 +75,7 @@ class ModelInputs:
             raise UserError("the batch is empty: give at least one sample of {view: image}")
         out = []
         for i, sample in enumerate(batch):
-            unknown = sorted(set(sample) - set(self.views))
+            unknown = sorted(set(sample) - set(self.views) - set(self.config.context_views) - {HISTORY})
             if unknown:
                 raise UserError(f"sample {i} has unknown view(s) {unknown}; this model reads {list(self.views)}")
             missing = [v for v in self.views if v not in sample]
@@ -95,7 +102,37 @@ class ModelInputs:
         if targets is not None:
             inputs["labels"] = self.labels(inputs["input_ids"], targets)
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-        return inputs | self.pixels(flat, device, reuse_output=reuse_output)
+        pixels = self.pixels(flat, device, reuse_output=reuse_output)
+        if self.config.context_views or self.config.history_frames:
+            pixels["clip_pixels"], pixels["clip_absent"] = self._clip_memory(batch, pixels["clip_pixels"], device)
+        return inputs | pixels
+
+    def _clip_memory(self, batch: Sequence[Sample], current: torch.Tensor, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP pixels of every (view, frame) of each sample, and which frames are missing ([B, V', F])."""
+        views, context = self.views, self.config.context_views
+        frames = self.config.history_frames + 1
+        slots: list[int | ViewImage | None] = []  # an int: that full view's current frame, already in `current`
+        for i, sample in enumerate(batch):
+            history = _history_of(sample, (*views, *context), frames - 1, i)
+            for v, view in enumerate((*views, *context)):
+                slots += history[view]
+                if view in views:
+                    slots.append(i * len(views) + v)
+                else:
+                    if view not in sample:
+                        raise UserError(f"sample {i} has no image for context view {view}; this model reads "
+                                        f"{list(context)} beside {list(views)}")
+                    slots.append(_as_view_image(sample[view], f"sample {i} view {view}"))
+        extra = [k for k, slot in enumerate(slots) if slot is not None and not isinstance(slot, int)]
+        decoded = self._decoded([slots[k] for k in extra], device, what="a context view or past frame")
+        clip = torch.zeros((len(slots), *current.shape[1:]), dtype=current.dtype, device=device)
+        if extra:
+            clip[extra] = self.pixels.clip_only(decoded, device)
+        own = [k for k, slot in enumerate(slots) if isinstance(slot, int)]
+        clip[own] = current[[slots[k] for k in own]]
+        absent = torch.tensor([slot is None for slot in slots], device=device).reshape(len(batch), -1, frames)
+        return clip, absent
 
     def labels(self, input_ids: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
         """Left padding puts each caption (and its end token) at the end of its row: label just those.
@@ -115,7 +152,7 @@ class ModelInputs:
             labels[row, -len(ids) :] = span
         return labels
 
-    def _decoded(self, images: list[ViewImage], device: torch.device) -> list[torch.Tensor]:
+    def _decoded(self, images: list[ViewImage], device: torch.device, what: str | None = None) -> list[torch.Tensor]:
         encoded = [i for i, image in enumerate(images) if isinstance(image, EncodedImage)]
         if not encoded:
             return images  # type: ignore[return-value]
@@ -124,9 +161,29 @@ class ModelInputs:
         for i, image in zip(encoded, decoded, strict=True):
             if isinstance(image, ImageDecodeError):
                 views = len(self.views)
-                raise UserError(f"sample {i // views} view {self.views[i % views]}: {image}")
+                raise UserError(f"{what}: {image}" if what else f"sample {i // views} view {self.views[i % views]}: {image}")
             out[i] = image
         return out  # type: ignore[return-value]
+
+
+def _history_of(sample: Sample, views: Sequence[str], frames: int, index: int) -> dict[str, list[ViewImage | None]]:
+    """Each view's `frames` past frames in the sample, oldest first (None where missing): a view without an
+    entry, or a sample without HISTORY, has none yet."""
+    given = sample.get(HISTORY) or {}
+    if not isinstance(given, Mapping):
+        raise UserError(f"sample {index} {HISTORY} must map views to lists of past frames, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(views))
+    if unknown:
+        raise UserError(f"sample {index} has past frames for unknown view(s) {unknown}; this model reads {list(views)}")
+    out = {}
+    for view in views:
+        past = given.get(view, [None] * frames)
+        if isinstance(past, str | bytes) or not isinstance(past, Sequence) or len(past) != frames:
+            raise UserError(f"sample {index} view {view} must have {frames} past frame(s), oldest first (None where "
+                            f"missing), got {len(past) if isinstance(past, Sequence) else type(past).__name__}")
+        out[view] = [None if frame is None else _as_view_image(frame, f"sample {index} view {view} past frame {j}")
+                     for j, frame in enumerate(past)]
+    return out
 
 
 def _one_per_sample(count: int, instructions: Sequence[str | None] | None) -> list[str | None]:

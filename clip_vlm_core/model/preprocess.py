@@ -139,6 +139,17 @@ class ImagePreprocessor:
             "clip_pixels": clip_pixels if single else torch.stack(clip),
         }
 
+    def clip_only(self, images: Sequence[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+        """[n, 3, S, S] `clip_pixels` alone, for frames that have no Qwen tokens (context views, past frames)."""
+        device = torch.device(device)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault((int(image.shape[1]), int(image.shape[2])), []).append(index)
+        out = torch.empty((len(images), 3, self.clip.size, self.clip.size), dtype=torch.float32, device=device)
+        for indices in groups.values():
+            out[indices] = self._clip(self._stack_channels_last([images[i] for i in indices], device))
+        return out
+
     def _qwen(self, batch: torch.Tensor, height: int, width: int, reuse: bool) -> tuple[torch.Tensor, list[int]]:
         """[n, 3, H, W] uint8 -> ([n x gh x gw, 3 x T x P x P] float32, [1, gh, gw])."""
         spec = self.qwen
