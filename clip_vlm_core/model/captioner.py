@@ -34,9 +34,10 @@ from clip_vlm_core.model.checkpoint import (
 )
 from clip_vlm_core.model.fusion import MultiViewCaptionModel
 from clip_vlm_core.model.image_decode import ImageDecodeError, decode_images
-from clip_vlm_core.model.inputs import ModelInputs, Sample, ViewImage
+from clip_vlm_core.model.inputs import HISTORY, ClipTokens, ModelInputs, Sample, ViewImage
 
-__all__ = ["SceneCaptioner", "Sample", "ViewImage", "default_model_path", "resolve_device", "resolve_dtype"]
+__all__ = ["HISTORY", "ClipTokens", "SceneCaptioner", "Sample", "ViewImage", "default_model_path", "resolve_device",
+           "resolve_dtype"]
 
 
 class SceneCaptioner:
@@ -230,6 +231,22 @@ class SceneCaptioner:
         texts = [check_question(q, f"question {i + 1}" if len(questions) > 1 else "the question")
                  for i, q in enumerate(questions)]
         return self.caption(batch, instructions=texts, decoding=decoding, **overrides)
+
+    @property
+    def clip_views(self) -> tuple[str, ...]:
+        """The views whose CLIP tokens the model reads: its full views, then its context views."""
+        return (*self.config.views, *self.config.context_views)
+
+    def last_clip_tokens(self) -> list[dict[str, ClipTokens]]:
+        """Per sample of the last caption()/ask() call, each view's current-frame CLIP tokens (`clip_views`),
+        to be given again as a past frame (HISTORY) without encoding it again. Empty for a model without
+        context views or a history (it keeps nothing), and after a call that failed or ran in base-model mode."""
+        tokens, self.model.last_clip_tokens = self.model.last_clip_tokens, None
+        if tokens is None:
+            return []
+        views, frames = self.clip_views, self.config.history_frames + 1
+        per_sample = tokens.reshape(-1, len(views), frames, *tokens.shape[1:])
+        return [{view: ClipTokens(sample[v, -1].clone()) for v, view in enumerate(views)} for sample in per_sample]
 
     def parameter_counts(self) -> dict[str, int]:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)

@@ -40,6 +40,8 @@ class MultiViewCaptionModel(nn.Module):
         self.num_views = num_views
         self.fusion_enabled = True
         self.fast_decoder: StaticGreedyDecoder | None = None  # see enable_fast_decoding()
+        self.clip_frames_encoded = 0  # (view, frame) inputs the CLIP encoder has run on, for a node's diagnostics
+        self.last_clip_tokens: torch.Tensor | None = None  # with `sees_more`: the last call's memory (see fuse)
 
     @property
     def base_qwen(self) -> nn.Module:
@@ -93,17 +95,26 @@ class MultiViewCaptionModel(nn.Module):
         visual_embeds: list[torch.Tensor] | None = None,
         clip_tokens: torch.Tensor | None = None,
         clip_absent: torch.Tensor | None = None,
+        clip_cached: torch.Tensor | None = None,
+        clip_cached_at: torch.Tensor | None = None,
     ) -> dict[str, BaseModelOutputWithPooling]:
         """Fused image features in the form Qwen's forward/generate accept as `mm_encoder_outputs`.
 
         Either raw inputs (pixel_values, clip_pixels) or the frozen encoders' cached outputs
         (visual_embeds, clip_tokens) may be given; training from a cache never recomputes them.
-        `clip_absent`: the missing frames, with context views or a history (see `fuse`).
+        `clip_absent`: the missing frames, with context views or a history (see `fuse`). `clip_cached` [M, T, C]:
+        CLIP tokens kept from earlier calls for the memory's slots `clip_cached_at` [M] (past frames a node
+        already encoded); `clip_pixels` then holds the other slots only, and only those are encoded.
         """
         if visual_embeds is None:
             visual_embeds = self.encode_visual(pixel_values, image_grid_thw)
         if clip_tokens is None and self.fusion_enabled:
             clip_tokens = self.clip(clip_pixels)
+            self.clip_frames_encoded += int(clip_pixels.shape[0])
+            if clip_cached is not None:
+                clip_tokens = _with_cached(clip_tokens, clip_cached, clip_cached_at)
+        if self.sees_more:
+            self.last_clip_tokens = clip_tokens
         fused = self.fuse(list(visual_embeds), clip_tokens, clip_absent)
         return {"image": BaseModelOutputWithPooling(pooler_output=tuple(fused))}
 
@@ -120,8 +131,11 @@ class MultiViewCaptionModel(nn.Module):
         clip_tokens: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
         clip_absent: torch.Tensor | None = None,
+        clip_cached: torch.Tensor | None = None,
+        clip_cached_at: torch.Tensor | None = None,
     ):
-        mm = self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels, visual_embeds, clip_tokens, clip_absent)
+        mm = self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels, visual_embeds, clip_tokens, clip_absent,
+                                  clip_cached, clip_cached_at)
         inputs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -156,6 +170,8 @@ class MultiViewCaptionModel(nn.Module):
         clip_pixels: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
         clip_absent: torch.Tensor | None = None,
+        clip_cached: torch.Tensor | None = None,
+        clip_cached_at: torch.Tensor | None = None,
         **generate_options: Any,
     ) -> torch.Tensor:
         """Standard `generate()` (KV cache, greedy or beam search) as `decoding` says; returns only the new tokens.
@@ -168,7 +184,8 @@ class MultiViewCaptionModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "image_grid_thw": image_grid_thw,
                   "mm_token_type_ids": mm_token_type_ids, "pad_token_id": pad_token_id,
                   "mm_encoder_outputs": self.encoder_outputs(image_grid_thw, pixel_values, clip_pixels,
-                                                             clip_absent=clip_absent)}
+                                                             clip_absent=clip_absent, clip_cached=clip_cached,
+                                                             clip_cached_at=clip_cached_at)}
         greedy = None
         if self.fast_decoder is not None and not generate_options:
             greedy = greedy_decoding(decoding, self.base_qwen.generation_config)
@@ -208,3 +225,14 @@ class MultiViewCaptionModel(nn.Module):
             self.fusion_enabled = previous
             if self.fast_decoder is not None:
                 self.fast_decoder.reset()
+
+
+def _with_cached(encoded: torch.Tensor, cached: torch.Tensor, cached_at: torch.Tensor) -> torch.Tensor:
+    """The memory's CLIP tokens in slot order: `cached` at the slots `cached_at`, `encoded` in the others."""
+    total = encoded.shape[0] + cached.shape[0]
+    out = encoded.new_empty((total, *encoded.shape[1:]))
+    is_cached = torch.zeros(total, dtype=torch.bool, device=encoded.device)
+    is_cached[cached_at] = True
+    out[~is_cached] = encoded
+    out[cached_at] = cached.to(device=encoded.device, dtype=encoded.dtype)
+    return out

@@ -10,13 +10,17 @@ A model that sees more (CaptionerConfig.context_views, history_frames) also take
 view's image under its name and the past frames of every view under HISTORY: {view: [oldest, ..., newest]},
 history_frames entries a view, None where a frame is missing (not yet seen; a view without an entry has
 none). Those frames get CLIP pixels only (`clip_pixels` per sample, per view of views + context_views, per
-frame oldest first, the current one last) and `clip_absent` marks the missing ones.
+frame oldest first, the current one last) and `clip_absent` marks the missing ones. A past frame may also be
+given as its `ClipTokens`, kept from an earlier call (the node's history, clip_vlm_core.stream.history): it is
+not encoded again, its tokens go in as `clip_cached` at the slots `clip_cached_at` name, and `clip_pixels`
+then holds the other slots only.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +39,14 @@ Sample = Mapping[str, ImageLike | torch.Tensor]
 HISTORY = "@history"  # a sample's past frames ('@' is in no camera name)
 # One view's image on its way in: a [3, H, W] uint8 RGB tensor, or still encoded (decoded in a batch).
 ViewImage = torch.Tensor | EncodedImage
+
+
+@dataclass(frozen=True)
+class ClipTokens:
+    """One frame's CLIP tokens ([T, C], as the model's CLIP encoder gave them), kept to be reused as a past
+    frame without encoding that frame again (SceneCaptioner.last_clip_tokens gives them)."""
+
+    tokens: torch.Tensor
 
 
 class ModelInputs:
@@ -104,12 +116,13 @@ class ModelInputs:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         pixels = self.pixels(flat, device, reuse_output=reuse_output)
         if self.config.context_views or self.config.history_frames:
-            pixels["clip_pixels"], pixels["clip_absent"] = self._clip_memory(batch, pixels["clip_pixels"], device)
+            pixels |= self._clip_memory(batch, pixels["clip_pixels"], device)
         return inputs | pixels
 
     def _clip_memory(self, batch: Sequence[Sample], current: torch.Tensor, device: torch.device
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIP pixels of every (view, frame) of each sample, and which frames are missing ([B, V', F])."""
+                     ) -> dict[str, torch.Tensor]:
+        """CLIP pixels of every (view, frame) of each sample, and which frames are missing ([B, V', F]); past
+        frames given as ClipTokens are left out of the pixels and given as `clip_cached` at `clip_cached_at`."""
         views, context = self.views, self.config.context_views
         frames = self.config.history_frames + 1
         slots: list[int | ViewImage | None] = []  # an int: that full view's current frame, already in `current`
@@ -124,6 +137,13 @@ class ModelInputs:
                         raise UserError(f"sample {i} has no image for context view {view}; this model reads "
                                         f"{list(context)} beside {list(views)}")
                     slots.append(_as_view_image(sample[view], f"sample {i} view {view}"))
+        absent = torch.tensor([slot is None for slot in slots], device=device).reshape(len(batch), -1, frames)
+        cached_at = [k for k, slot in enumerate(slots) if isinstance(slot, ClipTokens)]
+        out: dict[str, torch.Tensor] = {}
+        if cached_at:
+            out["clip_cached"] = torch.stack([slots[k].tokens for k in cached_at]).to(device)
+            out["clip_cached_at"] = torch.tensor(cached_at, dtype=torch.long, device=device)
+            slots = [slot for slot in slots if not isinstance(slot, ClipTokens)]
         extra = [k for k, slot in enumerate(slots) if slot is not None and not isinstance(slot, int)]
         decoded = self._decoded([slots[k] for k in extra], device, what="a context view or past frame")
         clip = torch.zeros((len(slots), *current.shape[1:]), dtype=current.dtype, device=device)
@@ -131,8 +151,7 @@ class ModelInputs:
             clip[extra] = self.pixels.clip_only(decoded, device)
         own = [k for k, slot in enumerate(slots) if isinstance(slot, int)]
         clip[own] = current[[slots[k] for k in own]]
-        absent = torch.tensor([slot is None for slot in slots], device=device).reshape(len(batch), -1, frames)
-        return clip, absent
+        return out | {"clip_pixels": clip, "clip_absent": absent}
 
     def labels(self, input_ids: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
         """Left padding puts each caption (and its end token) at the end of its row: label just those.
@@ -181,7 +200,8 @@ def _history_of(sample: Sample, views: Sequence[str], frames: int, index: int) -
         if isinstance(past, str | bytes) or not isinstance(past, Sequence) or len(past) != frames:
             raise UserError(f"sample {index} view {view} must have {frames} past frame(s), oldest first (None where "
                             f"missing), got {len(past) if isinstance(past, Sequence) else type(past).__name__}")
-        out[view] = [None if frame is None else _as_view_image(frame, f"sample {index} view {view} past frame {j}")
+        out[view] = [frame if frame is None or isinstance(frame, ClipTokens)
+                     else _as_view_image(frame, f"sample {index} view {view} past frame {j}")
                      for j, frame in enumerate(past)]
     return out
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clip_vlm_core.config import DEFAULT_VIEWS, DecodingConfig
+from clip_vlm_core.config import DEFAULT_VIEWS, NUSCENES_CAMERAS, DecodingConfig
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.limits import MAX_BATCH_SIZE, bound_of, check_batch
 from clip_vlm_core.stream.batching import POLICIES
@@ -27,6 +27,8 @@ _TOPIC = re.compile(r"^(/|~/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$"
 # Pairs waiting under policy all: a decoded 1600x900 pair is 8.6 MB, so 256 pairs hold 2.2 GB (100,000
 # would be 860 GB); at a camera's 12 Hz that is 21 s of backlog, at 2 Hz keyframes two minutes.
 MAX_QUEUE_SIZE = 256
+# Views the node subscribes to, at most: a car's surround rig (nuScenes' six cameras).
+MAX_VIEWS = len(NUSCENES_CAMERAS)
 # Messages held per image subscription: a raw 1600x900 frame is 4.3 MB, so 100 hold 430 MB per view.
 MAX_QOS_DEPTH = 100
 
@@ -53,7 +55,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("base_models_root", "", "a folder the checkpoint's local base models may lie in; '' = "
                   "$CLIP_VLM_BASE_MODELS, else the folder holding the checkpoint"),
     ParameterSpec("device", "", "'' (auto: cuda when available), cpu, cuda or cuda:N"),
-    ParameterSpec("views", list(DEFAULT_VIEWS), "camera views to subscribe to, in the model's order"),
+    ParameterSpec("views", list(DEFAULT_VIEWS), f"camera views to subscribe to (at most {MAX_VIEWS}): the model's "
+                  "views, then its context views if it has any, all paired by stamp"),
     ParameterSpec("image_transport", "compressed", "compressed (sensor_msgs/CompressedImage) or raw (sensor_msgs/Image)",
                   choices=IMAGE_TRANSPORTS),
     ParameterSpec("topic_template", "{view}/image_raw",
@@ -165,6 +168,8 @@ def validate_parameters(values: Mapping[str, Any]) -> CaptionNodeConfig:
             raise UserError(f"parameter views has {view!r}, which is not a valid view name (letters, digits, _)")
     if len(set(views)) != len(views):
         raise UserError(f"parameter views names a view twice: {views}")
+    if len(views) > MAX_VIEWS:
+        raise UserError(f"parameter views names {len(views)} views; the node subscribes to at most {MAX_VIEWS}")
     if not _DEVICE.match(checked["device"]):
         raise UserError(f"parameter device={checked['device']!r} is unknown: use '', cpu, cuda or cuda:N")
     template = checked["topic_template"]

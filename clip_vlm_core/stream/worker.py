@@ -27,6 +27,9 @@ they would have alone, questions at no less than a turn per caption. A caption t
 question turn keeps its place in the rate's schedule, so at rates the worker has time for, a flood does
 not slow captions at all.
 
+With a `history` (clip_vlm_core.stream.history), each sample gets its views' past frames as CLIP tokens kept
+from earlier captions, and the tokens of its own frames are kept for later ones: every frame is encoded once.
+
 Everything it reports goes through `log` (a `ThrottledLog`; the node's writes to its rclpy logger).
 """
 
@@ -41,11 +44,13 @@ from typing import Any, Protocol
 from clip_vlm_core.config import DecodingConfig
 from clip_vlm_core.images import EncodedImage
 from clip_vlm_core.stream.batching import PairQueue
+from clip_vlm_core.stream.history import HistoryMemory
 from clip_vlm_core.stream.logs import PythonLogSink, ThrottledLog
 from clip_vlm_core.stream.pairing import FramePair
 from clip_vlm_core.stream.questions import Question, QuestionQueue
 from clip_vlm_core.stream.stats import StreamStats
 
+HISTORY = "@history"  # a sample's past frames (clip_vlm_core.model.inputs.HISTORY, named without importing torch)
 WAIT_SLICE_S = 0.05  # how long one wait for a pair lasts before the stop flag is looked at again
 
 
@@ -57,6 +62,10 @@ class Captioner(Protocol):
 
     def decode_frames(self, images: Sequence[EncodedImage]) -> list[Any]:
         """Each encoded frame decoded for this captioner, or the exception that stopped it."""
+        ...
+
+    def last_clip_tokens(self) -> list[Mapping[str, Any]]:
+        """Per sample of the last call, each view's CLIP tokens (used only with a history)."""
         ...
 
 
@@ -79,8 +88,10 @@ class CaptionWorker:
         questions: QuestionQueue | None = None,
         answer: Answer | None = None,
         log: ThrottledLog | None = None,
+        history: HistoryMemory | None = None,
     ) -> None:
         self.captioner = captioner
+        self.history = history
         self.queue = queue
         self.stats = stats
         self.publish = publish
@@ -206,10 +217,18 @@ class CaptionWorker:
                 questions = None if questions is None else [questions[n] for n in keep]
             if not items:
                 return 0
+            if self.history is not None:
+                kept = [pair for n, pair in enumerate(pairs) if n not in bad]
+                for sample, pair in zip(samples, kept, strict=True):
+                    sample[HISTORY] = self.history.past_for(pair.stamp_ns)
             if questions is None:
                 texts = self.captioner.caption(samples, decoding=self.decoding)
             else:
                 texts = self.captioner.ask(samples, questions, decoding=self.decoding)
+            if self.history is not None:
+                tokens = self.captioner.last_clip_tokens()  # [] when the model kept none: nothing to keep
+                for pair, own in zip(kept, tokens if len(tokens) == len(kept) else [], strict=False):
+                    self.history.keep(pair.stamp_ns, own)
         except Exception as exc:  # a failed batch must not stop the stream; it is counted and logged
             ledger.inference_failed(exc, len(items))
             return 0

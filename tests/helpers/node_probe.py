@@ -4,7 +4,8 @@
     node_probe.py --namespace /car1 ...   # a node started in namespace car1 (/diagnostics stays global)
 
 Plan steps (run in order):
-  pairs        count, rate, width, height: front/back pairs with equal stamps (wall clock)
+  pairs        count, rate, width, height: front/back pairs with equal stamps (wall clock); skew_ms: the
+               i-th view's stamp i*skew_ms later; skip: views left out
   pairs_until  frames, rate, width, height, timeout: pairs until the node's /diagnostics say it has taken
                `frames` frames in all (the views' .received summed): on a loaded machine some never reach it
   front_only   seconds, rate: only CAM_FRONT, so CAM_BACK goes silent
@@ -13,7 +14,8 @@ Plan steps (run in order):
                corrupt_body (a JPEG whose header reads but whose body is garbage)
   backwards    seconds: later stamps are this much older (a bag looping)
   wait_captions count, timeout: until that many captions arrived since the probe started
-  wait_diagnostics key, value, timeout: until the node's diagnostics show key == value
+  wait_diagnostics key, value, timeout: until the node's diagnostics show key == value (what they were then
+               is kept in the result's snapshots: level, message, values)
   wait_at_rest  timeout: until nothing is queued or in flight and pairs_made has not moved for 1.5 s
   sleep        seconds
   file_pair    front, back: these JPEG files as one pair (compressed transport)
@@ -23,6 +25,7 @@ Plan steps (run in order):
 The result holds every marker (stamp, text, receive time), the captions, the answers, the last
 diagnostics, and what the node logged on /rosout ([level, text], read from this process).
 
+--views CAM_FRONT,CAM_BACK,...: the camera views to publish (default front and back).
 --camera-reliability / --question-reliability best_effort publish as a sensor-data camera driver or a
 best-effort `ros2 topic pub` would.
 """
@@ -72,6 +75,7 @@ class Probe(Node):
         self.offset_ns = 0
         self.sent_pairs: list[int] = []
         self.waits: list[float] = []  # seconds each wait_diagnostics step took
+        self.snapshots: list[dict] = []  # the diagnostics each wait_diagnostics step ended on
         self._encoded: dict[tuple, bytes] = {}
         self.marker_topic = f"{ns}/scene_caption/marker"
         self.create_subscription(Marker, self.marker_topic, self._on_marker, RELIABLE)
@@ -163,9 +167,12 @@ class Probe(Node):
         kind = step["kind"]
         if kind == "pairs":
             period = 1.0 / step.get("rate", 10.0)
+            skew_ns, skip = int(step.get("skew_ms", 0) * 1e6), step.get("skip", [])
             for i in range(step["count"]):
                 stamp, header = self.stamp()
-                for view in VIEWS:
+                for n, view in enumerate(v for v in VIEWS if v not in skip):
+                    ns = stamp + n * skew_ns
+                    header = Header(stamp=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000), frame_id="cam")
                     self.pubs[view].publish(self.image_msg(header, step.get("width", 320), step.get("height", 180),
                                                            (i * 37) % 256))
                 self.sent_pairs.append(stamp)
@@ -235,6 +242,8 @@ class Probe(Node):
             while self.diagnostics.get(step["key"]) != str(step["value"]) and time.monotonic() < end:
                 self.spin_for(0.05)
             self.waits.append(round(time.monotonic() - start, 3))
+            self.snapshots.append({"level": self.diagnostics_level, "message": self.diagnostics_message,
+                                   "values": dict(self.diagnostics)})
         elif kind == "wait_at_rest":
             self.wait_at_rest(step.get("timeout", 20.0))
         else:
@@ -257,6 +266,7 @@ class Probe(Node):
 
 
 def main() -> int:
+    global VIEWS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", required=True, help="JSON list of steps")
     parser.add_argument("--out", required=True)
@@ -265,9 +275,11 @@ def main() -> int:
     parser.add_argument("--namespace", default="", help="the node's namespace, e.g. /car1")
     parser.add_argument("--camera-reliability", choices=tuple(RELIABILITIES), default="reliable")
     parser.add_argument("--question-reliability", choices=tuple(RELIABILITIES), default="reliable")
+    parser.add_argument("--views", default="CAM_FRONT,CAM_BACK", help="camera views to publish, comma-separated")
     parser.add_argument("--cameras-unheard", action="store_true",
                         help="do not wait for the node to match the camera publishers (it is not meant to)")
     args = parser.parse_args()
+    VIEWS = tuple(args.views.split(","))
     rclpy.init()
     probe = Probe(args.transport, args.namespace, args.camera_reliability, args.question_reliability)
     try:
@@ -286,6 +298,7 @@ def main() -> int:
             "diagnostics_level": probe.diagnostics_level,
             "diagnostics_message": probe.diagnostics_message,
             "waits": probe.waits,
+            "snapshots": probe.snapshots,
             "questions_sent": probe.questions_sent,
             "rosout": probe.rosout,
         }

@@ -53,6 +53,7 @@ from clip_vlm_core.stream import (
 from clip_vlm_core.stream.config import SPECS, replace_parameter
 from clip_vlm_core.stream.drawing import draw_caption
 from clip_vlm_core.stream.frames import black_jpeg, decode_compressed
+from clip_vlm_core.stream.history import HistoryMemory
 from clip_vlm_core.stream.logs import ThrottledLog
 
 STOP_TIMEOUT_S = 1.5  # SIGINT must end the process within 2 s, even mid-inference
@@ -93,6 +94,7 @@ class Captioning:
         decoding = self.captioner.decoding_in_effect(self.config.decoding())  # the model's EOS ids, penalty
         logger.info("decoding: " + ", ".join(f"{k} {v}" for k, v in vars(decoding).items()))
         self.stats = StreamStats(self.config.views)
+        self._clip_frames_at_start = self.captioner.model.clip_frames_encoded  # after the warm-up caption
         self.questions = QuestionQueue(self.config.question_queue_size)
 
         node = self.node
@@ -136,6 +138,10 @@ class Captioning:
                                   view_timeout_ns=int(config.view_timeout_s * 1e9),
                                   caption_missing_views=config.caption_missing_views, started_ns=time.monotonic_ns())
         self.queue = PairQueue(config.policy, config.queue_size, int(config.max_age_ms * 1e6))
+        model = self.captioner.config
+        # A model with a history reads each view's past frames: their CLIP tokens, kept from earlier captions.
+        self.history = (HistoryMemory(self.captioner.clip_views, model.history_frames, model.history_stride_s)
+                        if model.history_frames else None)
         self._resets_seen = 0
         self._freshest_pair = None
         self.worker = CaptionWorker(
@@ -143,6 +149,7 @@ class Captioning:
             newest_stamp_ns=lambda: self.pairer.newest_stamp_ns,
             source_clock_ns=lambda: self.node.get_clock().now().nanoseconds,
             decoding=config.decoding(), questions=self.questions, answer=self._publish_answer, log=self.log,
+            history=self.history,
         )
         for topic_input in self.inputs.values():
             topic_input.start()
@@ -291,7 +298,14 @@ class Captioning:
         hint = self.stats.source_clock_hint(bool(self.node.get_parameter("use_sim_time").value))
         if hint:
             extra.append(("source_clock_hint", hint))
+        history_warning = None
+        if self.history is not None:
+            values, history_warning = self.history.report()
+            extra += [*values, ("clip_frames_encoded", str(self.captioner.model.clip_frames_encoded
+                                                           - self._clip_frames_at_start))]
         report = self.stats.report(silent, extra)
+        if history_warning is not None and report.level == "OK":
+            report.level, report.message = "WARN", history_warning
         if silent:
             reasons = [self.inputs[v].follower.incompatible_reason for v in silent if self.inputs[v].follower.incompatible_reason]
             if reasons:
@@ -342,15 +356,17 @@ def _load_captioner(config: CaptionNodeConfig):
 
     captioner = SceneCaptioner.from_pretrained(config.model or None, device=config.device or None,
                                                base_models_root=config.base_models_root or None)
-    if set(config.views) != set(captioner.views):
-        raise UserError(
-            f"parameter views={list(config.views)} does not match the views the model reads {list(captioner.views)}"
-        )
+    if set(config.views) != set(captioner.clip_views):
+        context = (f" and its context views {list(captioner.config.context_views)}" if captioner.config.context_views
+                   else "")
+        raise UserError(f"parameter views={list(config.views)} does not match the views the model reads "
+                        f"{list(captioner.views)}{context}")
     if config.prompt:
         captioner = captioner.with_prompt(config.prompt)
     if config.fast_inference:
         captioner.optimize_for_inference()
     # One caption at start-up, from JPEG bytes as frames arrive, so the first real frame does not pay
     # for lazy initialisation (on a GPU, nvJPEG's too).
-    captioner.caption([dict.fromkeys(captioner.views, black_jpeg(64, 64))], decoding=DecodingConfig(max_new_tokens=2))
+    captioner.caption([dict.fromkeys(captioner.clip_views, black_jpeg(64, 64))], decoding=DecodingConfig(max_new_tokens=2))
+    captioner.last_clip_tokens()  # the warm-up's frames are no one's past
     return captioner
