@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from clip_vlm_core.data.history import DEFAULT_HISTORY_STRIDE_S, MAX_HISTORY_FRAMES, MAX_HISTORY_STRIDE_S
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.limits import (
     MAX_EOS_TOKEN_IDS,
@@ -86,8 +87,8 @@ class CaptionerConfig:
     # `history_frames`: each view's previous frames, `history_stride_s` apart, in the memory too. Neither:
     # the model is exactly the one without them (same tensors, same outputs).
     context_views: tuple[str, ...] = ()
-    history_frames: int = bounded(0, 0, 16, why="past frames per view; Alpamayo sees 4, video captioners 8")
-    history_stride_s: float = bounded(0.5, 0.0, 10.0, low_open=True,
+    history_frames: int = bounded(0, 0, MAX_HISTORY_FRAMES, why="past frames per view; Alpamayo sees 4, video captioners 8")
+    history_stride_s: float = bounded(DEFAULT_HISTORY_STRIDE_S, 0.0, MAX_HISTORY_STRIDE_S, low_open=True,
                                       why="seconds between past frames: nuScenes' keyframes are 0.5 s apart")
 
     def __post_init__(self) -> None:
