@@ -193,7 +193,7 @@ def evaluate_manifest(
 
 
 def _checkpoint(checkpoint: str | Path | None, model_name: str) -> dict[str, Any] | None:
-    if checkpoint is None and model_name != "embedded-default":
+    if checkpoint is None and not model_name.startswith("embedded-"):
         return None  # a captioner built in code: only its name is known
     return describe_checkpoint(checkpoint, model_name)
 

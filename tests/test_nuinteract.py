@@ -88,6 +88,32 @@ def test_caption_keys_choose_the_same_caption_in_build_and_bag(synthetic_nuscene
     assert all(caption.startswith(("Behind", "Nothing is behind")) for caption in targets)
 
 
+@pytest.mark.parametrize("cameras", [
+    ["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"],
+    ["CAM_BACK", "CAM_FRONT", "CAM_BACK_LEFT"],
+    ["CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK"],
+])
+def test_bag_ground_truth_over_more_than_two_cameras_is_the_named_target_data_build_writes(surround_nuscenes, tmp_path,
+                                                                                          cameras):
+    from clip_vlm_core.data.nuinteract import view_label
+    from clip_vlm_core.data.scene_facts import parse_facts
+
+    captions = surround_nuscenes / "nuinteract"
+    assert main(["data", "build", "--dataroot", str(surround_nuscenes), "--captions", str(captions), "--cameras",
+                 *cameras, "--out", str(tmp_path / "m")]) == 0
+    assert main(["bag", "convert", "--dataroot", str(surround_nuscenes), "--scene", SCENE, "--captions", str(captions),
+                 "--cameras", *cameras, "--out", str(tmp_path / "bags")]) == 0
+    targets = {row.caption for row in load_manifest(tmp_path / "m") if row.scene == SCENE}
+    said = bag_captions(tmp_path / "bags" / SCENE)
+    assert len(said) == 6 and set(said.values()) == targets
+    truth = json.loads((surround_nuscenes / "synthetic_facts.json").read_text())
+    for text in said.values():  # each camera's caption under its name, in --cameras order
+        positions = [text.index(view_label(camera) + ": ") for camera in cameras]
+        assert positions == sorted(positions) and positions[0] == 0
+        facts = parse_facts(text)
+        assert facts and any(f.items() >= facts.items() for f in truth.values())  # the keyframe's own facts
+
+
 def test_a_keyframe_without_caption_is_skipped_on_the_topic_and_counted(nusc, synthetic_nuscenes, released, tmp_path,
                                                                         capsys):
     stamps = keyframe_stamps(nusc, SCENE)

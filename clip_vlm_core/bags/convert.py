@@ -23,7 +23,7 @@ from clip_vlm_core.atomic import replace_dir, staging_area
 from clip_vlm_core.bags import messages as m
 from clip_vlm_core.bags.scene_plan import CameraFrame, ScenePlan, check_cameras, plan_scene
 from clip_vlm_core.config import DEFAULT_VIEWS
-from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, check_caption_keys, load_nuinteract
+from clip_vlm_core.data.nuinteract import caption_rule, check_caption_keys, load_nuinteract
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import check_encoded, decode_image, read_image_file
 from clip_vlm_core.output_guard import guard_output
@@ -45,21 +45,28 @@ class BagConvertOptions:
     raw: bool = False  # decoded rgb8 Image instead of the dataset's JPEG bytes
     storage: str = "mcap"
     captions: Path | None = None  # NuInteract folder of .json files (any names): adds /scene_caption_gt
-    caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS  # joined into the caption, as in `data build`
+    # Joined into the caption, as in `data build`; None: its rule (nuinteract.caption_rule): FRONT BACK for up
+    # to two cameras, each camera's own caption, named ("Front: ... Front left: ..."), for more.
+    caption_keys: Sequence[str] | None = None
     overwrite: bool = False
     progress: bool = True
     caption_records: dict[str, dict] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)
-        self.caption_keys = tuple(self.caption_keys)
+        self.caption_keys = None if self.caption_keys is None else tuple(self.caption_keys)
         check_cameras(self.cameras)
         if self.storage not in STORAGES:
             raise UserError(f"unknown bag storage {self.storage!r}; choose mcap or sqlite3")
         if self.captions is not None:  # read once, for every scene converted with these options
             self.captions = Path(self.captions)
             self.caption_records = load_nuinteract(self.captions)
-            check_caption_keys(self.caption_records, self.caption_keys, self.captions)
+            check_caption_keys(self.caption_records, self.keys_read, self.captions)
+
+    @property
+    def keys_read(self) -> list[str]:
+        """The caption keys each keyframe's /scene_caption_gt reads (nuinteract.caption_rule)."""
+        return caption_rule(self.cameras, self.caption_keys)[0]
 
 
 def image_topic(camera: str, raw: bool) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_vlm_core.config import NUSCENES_CAMERAS
-from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS, target_caption
+from clip_vlm_core.data.nuinteract import caption_rule, keyframe_caption
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.paths import data_file
 
@@ -98,10 +98,11 @@ def plan_scene(
     cameras: tuple[str, ...],
     sweeps: bool = False,
     captions: Mapping[str, dict] | None = None,
-    caption_keys: Sequence[str] = DEFAULT_CAPTION_KEYS,
+    caption_keys: Sequence[str] | None = None,
     captions_source: str | Path = "the given records",
 ) -> ScenePlan:
-    """What goes into the bag; `captions` are NuInteract records by sample token (load_nuinteract)."""
+    """What goes into the bag; `captions` are NuInteract records by sample token (load_nuinteract), each
+    keyframe's caption as `data build`'s target over the same cameras (nuinteract.caption_rule)."""
     check_cameras(cameras)
     scene = find_scene(nusc, scene_name)
     samples = _scene_samples(nusc, scene)
@@ -117,7 +118,7 @@ def plan_scene(
     frames.sort(key=lambda f: (f.stamp_ns, f.camera))
     plan = ScenePlan(scene_name, frames, mounts)
     if captions is not None:
-        _add_keyframe_captions(plan, nusc, samples, captions, caption_keys, captions_source)
+        _add_keyframe_captions(plan, nusc, samples, captions, *caption_rule(cameras, caption_keys), captions_source)
     return plan
 
 
@@ -172,13 +173,13 @@ def _mount(nusc: Any, camera: str, record: dict) -> CameraMount:
 
 
 def _add_keyframe_captions(plan: ScenePlan, nusc: Any, samples: list[dict], captions: Mapping[str, dict],
-                           keys: Sequence[str], source: str | Path) -> None:
+                           keys: Sequence[str], named: bool, source: str | Path) -> None:
     """Each keyframe's target caption at its front-camera stamp; keyframes without one are listed, not fatal."""
     if not any(sample["token"] in captions for sample in samples):
         raise UserError(f"NuInteract captions in {source} have no record for any of the {len(samples)} keyframes "
                         f"of scene {plan.scene_name}; are they the captions of this nuScenes version?")
     for sample in samples:
-        text = target_caption(captions, sample["token"], keys)
+        text = keyframe_caption(captions, sample["token"], keys, named)
         if text is None:
             plan.uncaptioned.append(sample["token"])
             continue

@@ -30,8 +30,9 @@ ROS 2 Humble and later play it:
 
 --captions reads a NuInteract folder exactly as 'clip-vlm data build' does: every .json file in it,
 whatever it is called, records found by sample token, 'gemini_caption' or 'gpt_caption', the
---caption-keys joined (FRONT then BACK by default). So /scene_caption_gt at a keyframe is the caption
-'data build' trains on. A keyframe without a caption gets none (counted in the summary); a captions
+--caption-keys joined (FRONT then BACK by default; with more than two --cameras, each camera's own caption
+after its name, "Front: ... Front left: ...", as 'data build' writes targets over them). So
+/scene_caption_gt at a keyframe is the caption 'data build' trains on over the same cameras. A keyframe without a caption gets none (counted in the summary); a captions
 folder with no record for any keyframe of a scene is an error.
 
 An existing bag is replaced only with --overwrite, and never when it is or holds the dataroot or the
@@ -83,7 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_convert(verbs: argparse._SubParsersAction) -> None:
     from clip_vlm_core.config import DEFAULT_VIEWS, NUSCENES_CAMERAS
-    from clip_vlm_core.data.nuinteract import DEFAULT_CAPTION_KEYS
 
     p = verbs.add_parser("convert", help="write one rosbag2 bag per nuScenes scene", epilog=CONVERT_EPILOG,
                          description="Write one rosbag2 bag per nuScenes scene: camera images, camera info, TF and "
@@ -101,8 +101,9 @@ def _register_convert(verbs: argparse._SubParsersAction) -> None:
                    help="bag storage (default %(default)s); sqlite3 plays on a stock ROS 2 Humble, which has no MCAP plugin")
     p.add_argument("--captions", type=Path, default=None, metavar="DIR",
                    help="NuInteract folder of .json files (any names): adds /scene_caption_gt at each keyframe")
-    p.add_argument("--caption-keys", nargs="+", default=list(DEFAULT_CAPTION_KEYS), metavar="KEY",
-                   help="NuInteract caption keys joined into the caption, as in 'data build' (default %(default)s)")
+    p.add_argument("--caption-keys", nargs="+", default=None, metavar="KEY",
+                   help="NuInteract caption keys joined into the caption, as in 'data build' (default: FRONT BACK for "
+                   "up to two --cameras; for more, each camera's own caption, named: 'Front: ... Front left: ...')")
     p.add_argument("--out", type=Path, default=Path("bags"), help="folder the bags go into (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
     p.add_argument("--stats", action="store_true", help="print seconds and MB/s per scene (python -m clip_vlm_core.bags.bench for a full benchmark)")
@@ -154,7 +155,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     options = BagConvertOptions(
         cameras=tuple(args.cameras), sweeps=args.sweeps, raw=args.raw, storage=args.storage,
-        captions=args.captions, caption_keys=tuple(args.caption_keys), overwrite=args.overwrite,
+        captions=args.captions, caption_keys=args.caption_keys, overwrite=args.overwrite,
     )
     nusc = load_nuscenes(args.dataroot, args.version)
     names = [s["name"] for s in nusc.scene] if args.all else args.scene
@@ -170,7 +171,7 @@ def run_convert(args: argparse.Namespace) -> int:
             print(scene.path)
     if options.captions is not None:
         print(f"/scene_caption_gt: {captioned} keyframes captioned; {uncaptioned} without a caption in "
-              f"{options.captions} (keys {' '.join(options.caption_keys)}) skipped")
+              f"{options.captions} (keys {' '.join(options.keys_read)}) skipped")
     return 0
 
 

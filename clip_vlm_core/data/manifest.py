@@ -38,13 +38,7 @@ from clip_vlm_core.data.history import (
     check_history,
     pick_past,
 )
-from clip_vlm_core.data.nuinteract import (
-    DEFAULT_CAPTION_KEYS,
-    check_caption_keys,
-    load_nuinteract,
-    named_caption,
-    target_caption,
-)
+from clip_vlm_core.data.nuinteract import caption_rule, check_caption_keys, keyframe_caption, load_nuinteract
 from clip_vlm_core.data.qa import QAPair, load_qa_files
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import LIMITS_TEXT, MAX_IMAGE_BYTES, bytes_problem, header_size, pixels_problem
@@ -174,9 +168,7 @@ def build_manifest(
     from nuscenes.utils.splits import create_splits_scenes
 
     check_history(history, history_stride_s)
-    named = caption_keys is None and len(cameras) > 2
-    if caption_keys is None:
-        caption_keys = list(cameras) if named else DEFAULT_CAPTION_KEYS
+    caption_keys, named = caption_rule(cameras, caption_keys)
     if version not in VERSION_SPLITS:
         raise UserError(f"unknown nuScenes version {version!r}; known: {sorted(VERSION_SPLITS)}")
     inputs = {"nuScenes dataroot": dataroot, "NuInteract captions folder": captions,
@@ -215,10 +207,7 @@ def build_manifest(
         if scene not in scene_split:
             skip(f"scene in no {version} split", f"{scene}/{sample['token']}")
             continue
-        if named:
-            caption = named_caption(records[sample["token"]], cameras) if sample["token"] in records else None
-        else:
-            caption = target_caption(records, sample["token"], caption_keys)
+        caption = keyframe_caption(records, sample["token"], caption_keys, named)
         if caption is None:
             skip("keyframe without caption", sample["token"])
             continue

@@ -96,6 +96,25 @@ def named_caption(record: dict, cameras: Sequence[str]) -> str | None:
     return " ".join(f"{view_label(camera)}: {p.strip()}" for camera, p in zip(cameras, parts, strict=True))
 
 
+def caption_rule(cameras: Sequence[str], caption_keys: Sequence[str] | None = None) -> tuple[list[str], bool]:
+    """Which caption keys a keyframe's target reads over `cameras`, and whether it names them: the keys
+    given; else FRONT BACK for up to two cameras, and for more each camera's own caption, named. The one
+    rule of `data build`'s targets and `bag convert`'s /scene_caption_gt."""
+    if caption_keys is not None:
+        return list(caption_keys), False
+    if len(cameras) > 2:
+        return list(cameras), True
+    return list(DEFAULT_CAPTION_KEYS), False
+
+
+def keyframe_caption(records: Mapping[str, dict], sample_token: str, keys: Sequence[str], named: bool) -> str | None:
+    """A keyframe's target under a caption_rule: None when it has no record or lacks a key."""
+    if not named:
+        return target_caption(records, sample_token, keys)
+    record = records.get(sample_token)
+    return named_caption(record, keys) if record is not None else None
+
+
 def joint_caption(record: dict, keys: Sequence[str] = DEFAULT_CAPTION_KEYS) -> str | None:
     """The target caption of a record: the chosen keys' texts joined by a space; None if any is missing."""
     captions = record_captions(record)

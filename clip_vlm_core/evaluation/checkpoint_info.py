@@ -68,10 +68,14 @@ def _step_from_run(folder: Path) -> tuple[int | None, str]:
 def describe_checkpoint(checkpoint: str | Path | None, model_name: str = "") -> dict[str, Any]:
     """{"path": where the weights came from (absolute for a folder), "step": int or None, "step_from": how
     the step was found ("" when it was not)}."""
-    if checkpoint is None:
-        from clip_vlm_core.model.checkpoint import default_model_path
+    from clip_vlm_core.model.model_refs import EMBEDDED_MODELS, embedded_model_path, embedded_name
 
-        return {"path": str(default_model_path()), "step": None, "step_from": "", "name": model_name or "embedded-default"}
+    embedded = embedded_name(checkpoint)
+    if checkpoint is None and model_name.removeprefix("embedded-") in EMBEDDED_MODELS:
+        embedded = model_name.removeprefix("embedded-")  # a captioner loaded from the embedded model it names
+    if embedded is not None:
+        return {"path": str(embedded_model_path(embedded)), "step": None, "step_from": "",
+                "name": model_name or f"embedded-{embedded}"}
     folder = Path(checkpoint)
     if not folder.is_dir():  # a hub id
         return {"path": str(checkpoint), "step": None, "step_from": "", "name": model_name or str(checkpoint)}

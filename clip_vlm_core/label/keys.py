@@ -71,14 +71,14 @@ class ModelIdentity:
 def model_identity(checkpoint: str | None) -> ModelIdentity:
     """Who the model is, without loading it (its views come from its config). `checkpoint` is what
     `--checkpoint` says: None for the embedded model, a folder, or a hub id."""
-    from clip_vlm_core.model.model_refs import classify_ref, embedded_assets
+    from clip_vlm_core.model.model_refs import classify_ref
 
     ref = classify_ref(checkpoint, "--checkpoint")
     if ref.kind == "hub":
         return ModelIdentity(ref.value, "sha256:" + hashlib.sha256(_canonical(["hub", ref.value])).hexdigest(),
                              DEFAULT_VIEWS)
-    folder = embedded_assets() / "default_model" if ref.kind == "embedded" else Path(ref.path)
-    name = "embedded-default" if ref.kind == "embedded" else str(checkpoint)
+    folder = Path(ref.path)
+    name = f"embedded-{ref.value}" if ref.kind == "embedded" else str(checkpoint)
     if not folder.is_dir():
         raise UserError(f"checkpoint {folder} is a file, not a checkpoint folder")
     digest = hashlib.sha256(b"clip-vlm model identity 1\n")

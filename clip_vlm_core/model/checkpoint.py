@@ -100,7 +100,7 @@ def open_checkpoint(path: str | Path | None) -> CheckpointParts:
     ref = classify_ref(path, "checkpoint")
     if ref.kind == "hub":  # a bare Qwen2.5-VL from the hub
         return CheckpointParts(CaptionerConfig(qwen_model=ref.value))
-    folder = default_model_path() if ref.kind == "embedded" else ref.path
+    folder = ref.path
     if not (folder / CONFIG_FILE).exists():
         if not folder.is_dir():
             raise UserError(f"checkpoint {folder} is a file, not a checkpoint folder")
@@ -116,7 +116,7 @@ def open_checkpoint(path: str | Path | None) -> CheckpointParts:
         base_dir=folder.resolve(),
         connector_file=folder / CONNECTOR_FILE,
         adapter_dir=adapter if adapter.exists() else None,
-        name=folder.name if folder.resolve() != default_model_path() else "embedded-default",
+        name=f"embedded-{ref.value}" if ref.kind == "embedded" else folder.name,
     )
 
 

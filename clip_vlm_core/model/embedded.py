@@ -10,14 +10,21 @@ stage from its best checkpoint with the overrides the Makefile's POLISH lists), 
 
 The base models are those the checkpoint names (the first stage's base/).
 
-`make embedded-model` does both. Installing replaces the assets' `tiny_base/` and `default_model/`
-only when an earlier install wrote them (their marker file) or with --overwrite, and never when they
-are or hold the run being installed; each folder is swapped in whole, through a staging folder.
+`make embedded-model` does both, and builds the second embedded model, `embedded:surround` (six cameras
+with a 3-frame history, training/configs/synthetic-tiny-surround.yaml), installed with `--name surround`
+into `surround_model/`. Both share `tiny_base/`: a surround run must have been trained on the installed
+base models (the same seed builds the same ones; checked file by file), and installing a default model on
+other base models is refused while a surround model that needs the old ones is installed.
+
+Installing replaces the assets' `tiny_base/` and the model's folder only when an earlier install wrote them
+(their marker file) or with --overwrite, and never when they are or hold the run being installed; each
+folder is swapped in whole, through a staging folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -28,14 +35,19 @@ from clip_vlm_core.errors import UserError
 from clip_vlm_core.jsonin import read_json_object
 from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
 from clip_vlm_core.model.checkpoint import CONFIG_FILE, default_model_path
+from clip_vlm_core.model.model_refs import EMBEDDED_MODELS
 from clip_vlm_core.output_guard import guard_output
 
 ASSETS = default_model_path().parent
 WRITER = "clip-vlm embedded-model install"
 
 
-def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite: bool = False) -> Path:
-    """Copy a run's base models and best/ checkpoint into the package assets (atomically per folder)."""
+def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite: bool = False,
+                           name: str = "default") -> Path:
+    """Copy a run's best/ checkpoint into the package assets as the embedded model `name` (EMBEDDED_MODELS),
+    and for the default model its base models too (atomically per folder)."""
+    if name not in EMBEDDED_MODELS:
+        raise UserError(f"--name {name!r}: the embedded models are {', '.join(EMBEDDED_MODELS)}")
     run_dir = Path(run_dir)
     best = run_dir / "best"
     if not (best / CONFIG_FILE).exists():
@@ -46,17 +58,38 @@ def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite
             raise UserError(f"{needed} is missing: is {run_dir} a finished run of a tiny recipe (optim.init: tiny, "
                             f"or a checkpoint of one)?")
     inputs = {"run's best checkpoint": best, "run's base models": base}
-    for name in ("tiny_base", "default_model"):  # both checked before either is replaced
-        guard_output(assets / name, WRITER, inputs, overwrite, flag="asset folder")
-    with staged_dir(assets / "tiny_base", WRITER) as staged:
-        _copy_readable(base, staged)
-    with staged_dir(assets / "default_model", WRITER) as staged:
+    model_folder = EMBEDDED_MODELS[name]
+    shared_base = assets / "tiny_base"
+    if name != "default":  # trained on the installed base models, or it could not load them
+        if not _same_files(base, shared_base):
+            raise UserError(f"{run_dir}'s base models ({base}) are not the installed {shared_base}: train it with "
+                            f"the default model's seed (optim.seed), or install that run's default model first")
+    else:
+        others = [other for other in EMBEDDED_MODELS.values()
+                  if other != model_folder and (assets / other / CONFIG_FILE).exists()]
+        if others and shared_base.exists() and not _same_files(base, shared_base):
+            raise UserError(f"{run_dir}'s base models differ from the installed {shared_base}, which "
+                            f"{', '.join(others)} needs: retrain and install it too, or train with the same seed")
+    for folder in ("tiny_base", model_folder) if name == "default" else (model_folder,):  # all checked first
+        guard_output(assets / folder, WRITER, inputs, overwrite, flag="asset folder")
+    if name == "default":
+        with staged_dir(shared_base, WRITER) as staged:
+            _copy_readable(base, staged)
+    with staged_dir(assets / model_folder, WRITER) as staged:
         _copy_readable(best, staged)
         config = read_json_object(staged / CONFIG_FILE, "config", MAX_SMALL_JSON_BYTES)
         config.update(qwen_model="../tiny_base/qwen", clip_model="../tiny_base/clip")
         (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         _forget_training_paths(staged / "adapter")
-    return assets / "default_model"
+    return assets / model_folder
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same files with the same bytes (hidden ones, like markers, aside)."""
+    def listing(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).digest()
+                for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return b.is_dir() and listing(a) == listing(b)
 
 
 def _base_of(best: Path) -> Path:
@@ -94,13 +127,16 @@ def _copy_readable(src: Path, dst: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Install a trained tiny run as the embedded default model.")
-    parser.add_argument("run_dir", type=Path, help="run folder of training/configs/synthetic-tiny.yaml")
+    parser = argparse.ArgumentParser(description="Install a trained tiny run as an embedded model.")
+    parser.add_argument("run_dir", type=Path, help="run folder of training/configs/synthetic-tiny.yaml (default) or "
+                        "synthetic-tiny-surround.yaml (surround)")
+    parser.add_argument("--name", choices=sorted(EMBEDDED_MODELS), default="default",
+                        help="which embedded model: default (the default model), surround (embedded:surround)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace asset folders that an earlier install did not write")
     args = parser.parse_args(argv)
     try:
-        print(f"installed {install_embedded_model(args.run_dir, overwrite=args.overwrite)}")
+        print(f"installed {install_embedded_model(args.run_dir, overwrite=args.overwrite, name=args.name)}")
     except UserError as exc:
         print(f"clip_vlm_core.model.embedded: error: {exc}", file=sys.stderr)
         return 2

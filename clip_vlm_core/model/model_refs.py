@@ -3,7 +3,8 @@
 A value (`--checkpoint`, the node's `model`, a recipe's `captioner.qwen_model` / `clip_model` /
 `optim.init`, `--resume`, or the base models a checkpoint's config names) is, in this order:
 
-1. the embedded default model, when it is empty ('' or not given);
+1. a model shipped in the package: the embedded default model when it is empty ('' or not given) or
+   `embedded:default`, and `embedded:surround` (six cameras with a history) by name (EMBEDDED_MODELS);
 2. a local path, when it is absolute, starts with '.' or '~', or when a folder named by its first path
    component exists (next to the checkpoint for a value read from its config, else in the current
    folder). A local path must exist: `runs/x/best` with best/ gone "does not exist" and is never sent
@@ -39,8 +40,34 @@ BASE_MODELS_ENV = "CLIP_VLM_BASE_MODELS"
 
 
 def embedded_assets() -> Path:
-    """The package's model assets: the embedded default model (default_model/) and its base models."""
+    """The package's model assets: the embedded models (default_model/, surround_model/) and their base models."""
     return Path(__file__).resolve().parent.parent / "assets"
+
+
+# The models shipped in the package, named `embedded:NAME` wherever a checkpoint is accepted (the default
+# also by an empty value), and the assets folder each is installed in (by clip_vlm_core.model.embedded).
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_MODELS = {"default": "default_model", "surround": "surround_model"}
+
+
+def embedded_model_path(name: str = "default") -> Path:
+    """The assets folder of the embedded model `name` (one of EMBEDDED_MODELS)."""
+    return embedded_assets() / EMBEDDED_MODELS[name]
+
+
+def embedded_name(value: str | os.PathLike | None) -> str | None:
+    """The embedded model a value names ('default' for an empty one), or None when it names none; one
+    sentence for `embedded:` and a name the package does not ship."""
+    text = "" if value is None else os.fspath(value).strip()
+    if not text:
+        return "default"
+    if not text.startswith(EMBEDDED_PREFIX):
+        return None
+    name = text.removeprefix(EMBEDDED_PREFIX)
+    if name not in EMBEDDED_MODELS:
+        raise UserError(f"{text!r} names no embedded model: the package ships "
+                        f"{', '.join(EMBEDDED_PREFIX + n for n in EMBEDDED_MODELS)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -57,8 +84,13 @@ def classify_ref(value: str | os.PathLike | None, what: str, base: Path | None =
     """The one rule (see the module's docstring). `base`: the folder relative values are read against
     (default: the current folder); `open_clip_names`: OpenCLIP's registry names count as names."""
     text = "" if value is None else os.fspath(value)
-    if not text.strip():
-        return ModelRef("embedded", "")
+    name = embedded_name(text)
+    if name is not None:
+        path = embedded_model_path(name)
+        if not path.is_dir():
+            raise UserError(f"{what} {EMBEDDED_PREFIX}{name}: this installation has no {path} (it is built and "
+                            f"installed by `make embedded-model`)")
+        return ModelRef("embedded", name, path)
     if open_clip_names and text.startswith("local-dir:"):
         text = text.removeprefix("local-dir:")
     path = Path(text).expanduser()
