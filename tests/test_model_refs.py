@@ -64,6 +64,26 @@ def test_the_rule_names_each_kind_of_value(tmp_path, monkeypatch):
         classify_ref(HUB_ID, "checkpoint")
 
 
+def test_embedded_models_are_named_embedded_colon_name(tmp_path, monkeypatch, capsys):
+    from clip_vlm_core.model import model_refs
+
+    monkeypatch.chdir(tmp_path)
+    default = classify_ref("embedded:default", "checkpoint")
+    assert (default.kind, default.value, default.path) == ("embedded", "default", model_refs.embedded_model_path())
+    assert classify_ref("", "checkpoint") == default == classify_ref(None, "checkpoint")
+    for value in ("embedded:", "embedded:Surround", "embedded:front"):
+        with pytest.raises(UserError, match=f"'{value}' names no embedded model: the package ships embedded:default, "
+                                            f"embedded:surround"):
+            classify_ref(value, "checkpoint")
+        assert main(["caption", *VIEWS, "--checkpoint", value]) == 2
+        assert_one_sentence(capsys.readouterr().err, "caption", "names no embedded model")
+    # A package built without one of them (an assets folder missing) says so and how to build it.
+    monkeypatch.setitem(model_refs.EMBEDDED_MODELS, "missing", "no_such_model")
+    with pytest.raises(UserError, match=r"checkpoint embedded:missing: this installation has no .*no_such_model \(it "
+                                        r"is built and installed by `make embedded-model`\)"):
+        classify_ref("embedded:missing", "checkpoint")
+
+
 @pytest.mark.parametrize("value", ["runs/x/best", "runs/gone", "./best", "../nowhere/best", "/no/such/run/best",
                                    "~/no-such-clip-vlm-run", "a/b/c", "ViT-L-14"])
 def test_a_local_path_that_does_not_exist_is_said_and_never_sent_to_the_hub(tmp_path, monkeypatch, capsys,

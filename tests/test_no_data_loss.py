@@ -192,6 +192,35 @@ def test_embedded_model_install_takes_the_base_a_second_stage_checkpoint_names(t
     assert not (tmp_path / "assets2").exists()
 
 
+def test_a_second_embedded_model_installs_beside_the_default_on_its_base_models_only(tmp_path):
+    # embedded:surround shares tiny_base/ with the default model: a run on other base models is refused, and
+    # so is a default model whose base would pull the shared one from under an installed surround model.
+    from clip_vlm_core.model import SceneCaptioner
+    from clip_vlm_core.model.embedded import install_embedded_model
+    from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint
+
+    assets = tmp_path / "assets"
+    default, same, other = (tmp_path / name for name in ("default", "same", "other"))
+    save_untrained_tiny_checkpoint(default / "best", base_dir=default / "base", seed=0)
+    save_untrained_tiny_checkpoint(same / "best", base_dir=same / "base", seed=0)  # the same seed: the same bases
+    save_untrained_tiny_checkpoint(other / "best", base_dir=other / "base", seed=1)
+    with pytest.raises(UserError, match=r"base models .* are not the installed .*tiny_base"):
+        install_embedded_model(same, assets, name="surround")  # no default model (nor its base) yet
+    assert not assets.exists() or not any(assets.iterdir())
+    install_embedded_model(default, assets)
+    with pytest.raises(UserError, match=r"base models .* are not the installed .*tiny_base"):
+        install_embedded_model(other, assets, name="surround")
+    installed = install_embedded_model(same, assets, name="surround")
+    assert installed == assets / "surround_model" and not staging_left(assets)
+    assert SceneCaptioner.from_pretrained(installed, device="cpu").views == ("CAM_FRONT", "CAM_BACK")
+    before = digest(assets)
+    with pytest.raises(UserError, match="which surround_model needs"):
+        install_embedded_model(other, assets)
+    assert digest(assets) == before
+    with pytest.raises(UserError, match="--name 'side': the embedded models are default, surround"):
+        install_embedded_model(same, assets, name="side")
+
+
 def test_embedded_model_install_keeps_no_path_of_the_training_machine(tmp_path):
     from clip_vlm_core.model.embedded import install_embedded_model
     from clip_vlm_core.model.tiny import save_untrained_tiny_checkpoint
