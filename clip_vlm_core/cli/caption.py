@@ -49,8 +49,9 @@ def decoding_from_args(args: argparse.Namespace) -> DecodingConfig:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
-                        help="clip-vlm checkpoint folder, or a Qwen2.5-VL folder or hub id org/name (default: the "
-                        "embedded model); a path whose first folder exists here is local and must exist, never a "
+                        help="clip-vlm checkpoint folder, a Qwen2.5-VL folder or hub id org/name, or a shipped model: "
+                        "embedded:default (the default), embedded:surround (six cameras with a history)"
+                        "; a path whose first folder exists here is local and must exist, never a "
                         "hub id; hub ids come from the Hugging Face cache first")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")

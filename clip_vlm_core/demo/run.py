@@ -21,12 +21,18 @@ from clip_vlm_core.errors import UserError
 
 # What the demo plays: what the node subscribes to, and the truth this script times keyframes by. The player
 # waits until each has a subscriber.
-CAMERA_TOPICS = tuple(f"/{view}/image_raw/compressed" for view in DEFAULT_VIEWS)
 TRUTH_TOPIC = "/scene_caption_gt"
-PLAYED_TOPICS = (*CAMERA_TOPICS, TRUTH_TOPIC)
+# The six cameras of `make demo SURROUND=1`, in the order of embedded:surround's training target.
+SURROUND_VIEWS = ("CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 # Question types the demo asks about, in held-out phrasings (the embedded model never trained on them).
 DEMO_QUESTION_TYPES = ("front.vehicle_colour", "front.lane", "front.light", "back.follows", "both.where")
+SURROUND_QUESTION_TYPES = ("front.motion", "back.motion", "front_left.vehicle_type", "back_right.vehicle_colour",
+                           "front.light")
 STEPS = 8
+
+
+def camera_topics(views: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"/{view}/image_raw/compressed" for view in views)
 
 
 class StepFailed(Exception):
@@ -43,6 +49,11 @@ class Demo:
     rate: float
     model: str
     timeout_s: float
+    views: tuple[str, ...] = DEFAULT_VIEWS
+    max_new_tokens: int = 48  # a two-camera caption is ~40 tokens; the six-camera one ~160
+    question_types: tuple[str, ...] = DEMO_QUESTION_TYPES
+    # Pairs captioned together; with a history, 1: a pair's past frames are kept only once captioned.
+    batch_size: int = 4
     keyframes: dict[int, Keyframe] = field(default_factory=dict)  # the scene's, by stamp (ns)
     asked: list[Asked] = field(default_factory=list)
     diagnostics: dict[str, str] = field(default_factory=dict)
@@ -58,10 +69,13 @@ def _bin(name: str) -> str:
 def start_node(demo: Demo, env: dict[str, str]) -> subprocess.Popen:
     # Policy "all" captions every pair of the replay; the bag's 2018 stamps are old, so no age limit.
     # Sim time: the player publishes the bag's /clock, so the node's source latency is in bag time.
-    params = {"policy": "all", "rate_hz": 4.0, "batch_size": 4, "queue_size": 64, "max_new_tokens": 48,
+    params = {"policy": "all", "rate_hz": 4.0, "batch_size": demo.batch_size, "queue_size": 64,
+              "max_new_tokens": demo.max_new_tokens,
               "max_age_ms": 60000.0, "use_sim_time": "true"}
     if demo.model:
         params["model"] = demo.model
+    if demo.views != DEFAULT_VIEWS:
+        params["views"] = f"[{','.join(demo.views)}]"
     cmd = [_bin("caption_node"), "--ros-args"]
     for name, value in params.items():
         cmd += ["-p", f"{name}:={value}"]
@@ -86,16 +100,17 @@ def run(demo: Demo) -> int:
     step = "1/8 synthesise a nuScenes scene"
     try:
         print(f"[{step}]")
-        scene = synthesise(demo.out, demo.samples, demo.seed)
+        scene = synthesise(demo.out, demo.samples, demo.seed, demo.views)
         demo.keyframes = scene.keyframes
-        print(f"      {len(scene.keyframes)} keyframes of {scene.name} (seed {demo.seed}) in {scene.root}")
+        print(f"      {len(scene.keyframes)} keyframes of {scene.name} (seed {demo.seed}, {len(demo.views)} cameras) in "
+              f"{scene.root}")
         step = "2/8 convert it to a rosbag2 bag"
         print(f"[{step}]")
         bag = convert(scene, demo.bags, demo.out)
         print(f"      {bag}  (replay it yourself: clip-vlm bag play {bag})")
 
         step = "3/8 start caption_node"
-        print(f"[{step}]  model: {demo.model or 'embedded default'}; log: {demo.out / 'caption_node.log'}")
+        print(f"[{step}]  model: {demo.model or 'embedded:default'}; log: {demo.out / 'caption_node.log'}")
         rclpy.init()
         listener = rclpy.create_node("clip_vlm_demo")
         # When each keyframe was played: the bag's ground truth goes out with its frames, keyframe by keyframe.
@@ -122,12 +137,13 @@ def run(demo: Demo) -> int:
         print(f"      up in {time.monotonic() - started:.1f} s on {demo.diagnostics.get('device', '?')}")
 
         step = "4/8 replay the bag"
+        played = (*camera_topics(demo.views), TRUTH_TOPIC)
         print(f"[{step}]  clip-vlm bag play {bag} --rate {demo.rate} --clock --start-paused --topics "
-              f"{' '.join(PLAYED_TOPICS)}")
+              f"{' '.join(played)}")
         play_log = open(demo.out / "bag_play.log", "w")  # noqa: SIM115 - closed with the process
         player = subprocess.Popen([_bin("clip-vlm"), "bag", "play", str(bag), "--rate", str(demo.rate), "--clock",
                                    "--wait-for-subscribers", str(demo.timeout_s), "--start-paused",
-                                   "--topics", *PLAYED_TOPICS], stdin=subprocess.PIPE,
+                                   "--topics", *played], stdin=subprocess.PIPE,
                                   stdout=play_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         demo.processes.append(player)
         # The player waits until it sees the node's subscriptions, but the node may not have matched the
@@ -217,7 +233,7 @@ def ask_questions(demo: Demo, held_out: list[dict], question_pub, answers: list,
         executor.spin_once(timeout_sec=0.05)
         if time.monotonic() > matched_by:
             raise StepFailed(step, f"caption_node's /scene_question subscription not seen within {demo.timeout_s:.0f} s")
-    for kind in DEMO_QUESTION_TYPES:
+    for kind in demo.question_types:
         asked = Asked(pairs[kind]["question"], pairs[kind]["answer"])
         expected, sent = len(answers) + 1, time.monotonic()
         question_pub.publish(String(data=asked.question))
@@ -237,14 +253,16 @@ def _ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
-FIGURES = ("CAM_FRONT.received", "CAM_BACK.received", "pairs_made", "captions", "queue_depth", "pairs_in_flight",
-           "pairs_dropped_overflow", "pairs_dropped_stale", "pairs_dropped_on_error", "CAM_FRONT.dropped",
-           "CAM_BACK.dropped", "CAM_FRONT.publishers", "CAM_BACK.publishers")
+FIGURES = ("pairs_made", "captions", "queue_depth", "pairs_in_flight", "pairs_dropped_overflow", "pairs_dropped_stale",
+           "pairs_dropped_on_error")
+VIEW_FIGURES = ("received", "dropped", "publishers")
 
 
 def _node_figures(demo: Demo) -> str:
     """Where the node says the frames went, from its last /diagnostics: what a failure report needs."""
-    figures = ", ".join(f"{key} {demo.diagnostics[key]}" for key in FIGURES if key in demo.diagnostics)
+    keys = (*(f"{view}.received" for view in demo.views), *FIGURES,
+            *(f"{view}.{what}" for what in VIEW_FIGURES[1:] for view in demo.views))
+    figures = ", ".join(f"{key} {demo.diagnostics[key]}" for key in keys if key in demo.diagnostics)
     return f"the node's last figures: {figures or 'none received'}"
 
 
@@ -338,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=os.environ.get("MODEL", ""), help="Qwen2.5-VL hub id/folder or checkpoint")
     parser.add_argument("--clip", default=os.environ.get("CLIP", ""), help="OpenCLIP model name or folder")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node (default %(default)s)")
+    parser.add_argument("--surround", action="store_true", default=os.environ.get("SURROUND", "") not in ("", "0"),
+                        help="six cameras: a drive seen by all six, captioned by embedded:surround (six views with a "
+                        "3-frame history; each view's caption named); also SURROUND=1, as in `make demo SURROUND=1`")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
@@ -346,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed at step 'prepare the model': {exc}", file=sys.stderr)
         return 1
     demo = Demo(args.out, args.bags, args.samples, args.seed, args.rate, model, args.timeout)
+    if args.surround:
+        demo.model = demo.model or "embedded:surround"
+        demo.views, demo.max_new_tokens, demo.question_types = SURROUND_VIEWS, 192, SURROUND_QUESTION_TYPES
+        demo.batch_size = 1
     code = run(demo)
     print(f"demo {'finished' if code == 0 else 'FAILED'} in {time.monotonic() - started:.0f} s")
     return code

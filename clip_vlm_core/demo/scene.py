@@ -23,22 +23,28 @@ class Scene:
     questions: dict[str, list[dict]]  # sample token -> held-out question-answer pairs
 
 
-def synthesise(out: Path, samples: int, seed: int) -> Scene:
-    """One scene of `samples` keyframes (seed `seed`) in out/nuscenes, with its truth and held-out questions."""
+def synthesise(out: Path, samples: int, seed: int, views: tuple[str, ...] = DEFAULT_VIEWS) -> Scene:
+    """One scene of `samples` keyframes (seed `seed`) in out/nuscenes, with its truth and held-out questions.
+    Two views: the two-camera world; more: the six-camera drive (`data synth --cameras all`), whose truth
+    names each view's caption as the bag's /scene_caption_gt does (nuinteract.caption_rule)."""
     from nuscenes.nuscenes import NuScenes
 
-    from clip_vlm_core.data.nuinteract import load_nuinteract, target_caption
+    from clip_vlm_core.data.nuinteract import caption_rule, keyframe_caption, load_nuinteract
     from clip_vlm_core.data.synthetic import QA_HELD_OUT_FILE, generate_synthetic_nuscenes
 
+    surround = len(views) > 2
     data = generate_synthetic_nuscenes(out / "nuscenes", scenes=1, samples_per_scene=samples, seed=seed,
-                                       overwrite=True, show_progress=False)
+                                       overwrite=True, show_progress=False, cameras="all" if surround else "front-back",
+                                       sweeps=0)
     records = load_nuinteract(data.captions)  # the one reader, as the bag's /scene_caption_gt is made
+    keys, named = caption_rule(views)
     nusc = NuScenes("v1.0-mini", str(data.root), verbose=False)
     keyframes = {}
     for sample in nusc.sample:
         stamp_ns = nusc.get("sample_data", sample["data"]["CAM_FRONT"])["timestamp"] * 1000
-        images = {v: data.root / nusc.get("sample_data", sample["data"][v])["filename"] for v in DEFAULT_VIEWS}
-        keyframes[stamp_ns] = Keyframe(stamp_ns, images, target_caption(records, sample["token"]), sample["token"])
+        images = {v: data.root / nusc.get("sample_data", sample["data"][v])["filename"] for v in views}
+        truth = keyframe_caption(records, sample["token"], keys, named)
+        keyframes[stamp_ns] = Keyframe(stamp_ns, images, truth, sample["token"])
     questions: dict[str, list[dict]] = {}
     for line in (data.root / QA_HELD_OUT_FILE).read_text().splitlines():
         pair = json.loads(line)
@@ -59,7 +65,8 @@ def convert(scene: Scene, bags: Path, out: Path) -> Path:
         # The synthetic scenes borrow nuScenes' scene names: bags/scene-0061 may be a real scene's bag.
         raise UserError(f"{target} exists and was not written by an earlier demo; move it, or give the demo "
                         f"another folder with --bags DIR")
-    options = BagConvertOptions(captions=scene.root / "nuinteract", overwrite=True, progress=False)
+    views = tuple(next(iter(scene.keyframes.values())).images)
+    options = BagConvertOptions(cameras=views, captions=scene.root / "nuinteract", overwrite=True, progress=False)
     bag = convert_scene(load_nuscenes(scene.root, "v1.0-mini"), scene.name, bags, options)
     write_text(record, json.dumps({str(bag.resolve()): _fingerprint(bag)}))
     return bag

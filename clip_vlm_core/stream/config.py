@@ -51,7 +51,8 @@ class ParameterSpec:
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec("model", "", "checkpoint folder or hub id; '' = the embedded default model"),
+    ParameterSpec("model", "", "checkpoint folder, hub id, or embedded:NAME ('' = embedded:default; embedded:surround: six "
+                  "cameras with a history)"),
     ParameterSpec("base_models_root", "", "a folder the checkpoint's local base models may lie in; '' = "
                   "$CLIP_VLM_BASE_MODELS, else the folder holding the checkpoint"),
     ParameterSpec("device", "", "'' (auto: cuda when available), cpu, cuda or cuda:N"),
