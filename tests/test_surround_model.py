@@ -342,11 +342,12 @@ def test_bench_surround_times_each_layout_stage_by_stage_and_counts_the_full_siz
 
     out = tmp_path / "bench.json"
     assert main(["bench", "surround", "--history", "2", "--iters", "1", "--warmup", "0", "--max-new-tokens", "2",
-                 "--out", str(out)]) == 0
+                 "--patch", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     measured, full = report["measured_ms"], report["full_size"]
-    assert list(measured) == ["2 views", "2 views + history 2", "2 + 4 context", "2 + 4 context + history 2"]
-    assert [row["clip_frames"] for row in measured.values()] == [2, 6, 6, 18]
+    assert list(measured) == ["2 views", "2 views + history 2", "2 + 4 context", "2 + 4 context + history 2",
+                              "2 views + history 2, patch", "2 + 4 context + history 2, patch"]
+    assert [row["clip_frames"] for row in measured.values()] == [2, 6, 6, 18, 6, 18]
     assert all(row[stage] > 0 for row in measured.values() for stage in ("decode", "encoders", "generation"))
     assert measured["2 views"]["ratio"] == 1.0 and report["environment"]["cpu_cores"] >= 1
     # Full size: context views and past frames add CLIP tokens only; the language model's prompt stays.
@@ -355,6 +356,21 @@ def test_bench_surround_times_each_layout_stage_by_stage_and_counts_the_full_siz
     assert full["2 views + history 2"]["ratio_cached"] == pytest.approx(1.0, abs=0.001)
     assert full["2 + 4 context"]["ratio"] < 1.1 < full["6 full views"]["ratio"]
     assert "full size (Qwen2.5-VL-3B" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("history", [1, 3, 8])
+def test_full_size_arithmetic_counts_patch_tokens_in_the_memory_and_nowhere_else(history):
+    from clip_vlm_core.bench.surround import CLIP_TOKENS_PER_IMAGE, full_size_arithmetic
+
+    rows = full_size_arithmetic(history)
+    for layout, frames_read in (("2 views", 2 * (history + 1)), ("2 + 4 context", 6 * (history + 1))):
+        pooled, patch = rows[f"{layout} + history {history}"], rows[f"{layout} + history {history}, patch"]
+        assert pooled["clip_memory_tokens"] == frames_read
+        assert patch["clip_memory_tokens"] == frames_read * CLIP_TOKENS_PER_IMAGE
+        # The same frames through CLIP and the same prompt: only the connector's work grows.
+        assert (patch["clip_gflops"], patch["prompt_tokens"], patch["language_model_gflops"]) == \
+               (pooled["clip_gflops"], pooled["prompt_tokens"], pooled["language_model_gflops"])
+        assert patch["connector_gflops"] > pooled["connector_gflops"] and patch["ratio"] > pooled["ratio"]
 
 
 def test_a_manifest_whose_history_the_model_cannot_use_is_refused_before_any_caption(surround, surround_nuscenes,

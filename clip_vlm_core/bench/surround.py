@@ -36,21 +36,26 @@ SIDES = ("CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 STAGES = ("decode", "prepare", "encoders", "connector", "generation")
 
 
-def layouts(history: int) -> dict[str, tuple[tuple[str, ...], int]]:
-    """Name -> (context views, past frames per view)."""
-    return {"2 views": ((), 0), f"2 views + history {history}": ((), history),
-            "2 + 4 context": (SIDES, 0), f"2 + 4 context + history {history}": (SIDES, history)}
+def layouts(history: int, patch: bool = False) -> dict[str, tuple[tuple[str, ...], int, str]]:
+    """Name -> (context views, past frames per view, CLIP tokens); `patch`: the layouts with a history again,
+    with every patch token of each (view, frame) in the memory instead of one pooled token."""
+    rows = {"2 views": ((), 0, "pooled"), f"2 views + history {history}": ((), history, "pooled"),
+            "2 + 4 context": (SIDES, 0, "pooled"), f"2 + 4 context + history {history}": (SIDES, history, "pooled")}
+    if patch:
+        rows |= {f"2 views + history {history}, patch": ((), history, "patch"),
+                 f"2 + 4 context + history {history}, patch": (SIDES, history, "patch")}
+    return rows
 
 
 def benchmark_surround(config: CaptionerConfig, history: int = 3, iters: int = 5, warmup: int = 1,
-                       max_new_tokens: int = 16, device: str = "cpu") -> dict[str, Any]:
+                       max_new_tokens: int = 16, device: str = "cpu", patch: bool = False) -> dict[str, Any]:
     """{layout: {stage: median ms, "total": ms, "total_cached": ms, "clip_frames": n}} for `config`'s
-    architecture, plus each layout's total as a ratio of the two views'."""
+    architecture, plus each layout's total as a ratio of the two views' (`patch`: see `layouts`)."""
     from clip_vlm_core.model import SceneCaptioner
 
-    captioners = {name: SceneCaptioner.build(dataclasses.replace(config, context_views=context, history_frames=frames),
-                                             device=device)
-                  for name, (context, frames) in layouts(history).items()}
+    captioners = {name: SceneCaptioner.build(dataclasses.replace(config, context_views=context, history_frames=frames,
+                                                                 clip_tokens=tokens), device=device)
+                  for name, (context, frames, tokens) in layouts(history, patch).items()}
     # Interleaved, a caption of each layout in turn: a busy machine's slow spells fall on every layout alike.
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in captioners}
     for seed in range(warmup + iters):
@@ -153,32 +158,39 @@ def full_size_arithmetic(history: int = 3, tokens_per_view: int = 480, text_toke
     width = qwen25_vl_3b_config().text_config.hidden_size
     rows: dict[str, dict[str, float]] = {}
     six = ("CAM_FRONT", "CAM_BACK", *SIDES)
-    for name, views, context in (("2 views", base.views, ()), ("6 full views", six, ()),
-                                 ("2 + 4 context", base.views, SIDES)):
-        for frames in (0, history):
-            config = dataclasses.replace(base, views=views, context_views=context, history_frames=frames)
-            counts = full_size_parameter_counts(config)
-            params = {part: row["trainable"] + row["frozen"] for part, row in counts.items()}
-            visual = tokens_per_view * len(views)
-            memory = (len(views) + len(context)) * (frames + 1)
-            current = len(views) + len(context)
-            clip_flops = 2 * params["clip"] * CLIP_TOKENS_PER_IMAGE
-            flops = {
-                "qwen_vision": 2 * params["qwen_vision"] * visual * MERGE,
-                "clip": clip_flops * memory,
-                # every connector weight over the memory (its upper bound); the queries only through the
-                # cross-attention's query and output projections (2 D x D)
-                "connector": 2 * params["connector"] * memory + 2 * 2 * width * width * visual,
-                "language_model": 2 * params["qwen_language"] * (visual + text_tokens + new_tokens),
-            }
-            total = sum(flops.values())
-            rows[f"{name}{f' + history {frames}' if frames else ''}"] = {
-                "qwen_visual_tokens": visual, "clip_memory_tokens": memory,
-                "prompt_tokens": visual + text_tokens,
-                **{f"{part}_gflops": round(value / 1e9, 1) for part, value in flops.items()},
-                "total_gflops": round(total / 1e9, 1),
-                "total_gflops_cached": round((total - clip_flops * (memory - current)) / 1e9, 1),
-            }
+    layouts_ = [(name, views, context, frames, "pooled") for name, views, context in
+                (("2 views", base.views, ()), ("6 full views", six, ()), ("2 + 4 context", base.views, SIDES))
+                for frames in (0, history)]
+    # Patch tokens in the memory: every one of a frame's 257 CLIP tokens instead of its pooled one.
+    layouts_ += [("2 views", base.views, (), history, "patch"), ("2 + 4 context", base.views, SIDES, history, "patch")]
+    for name, views, context, frames, tokens in layouts_:
+        config = dataclasses.replace(base, views=views, context_views=context, history_frames=frames,
+                                     clip_tokens=tokens)
+        counts = full_size_parameter_counts(config)
+        params = {part: row["trainable"] + row["frozen"] for part, row in counts.items()}
+        visual = tokens_per_view * len(views)
+        memory = (len(views) + len(context)) * (frames + 1) * (CLIP_TOKENS_PER_IMAGE if tokens == "patch" else 1)
+        frames_read = (len(views) + len(context)) * (frames + 1)
+        current = len(views) + len(context)
+        clip_flops = 2 * params["clip"] * CLIP_TOKENS_PER_IMAGE
+        flops = {
+            "qwen_vision": 2 * params["qwen_vision"] * visual * MERGE,
+            "clip": clip_flops * frames_read,
+            # every connector weight over the memory (its upper bound); the queries only through the
+            # cross-attention's query and output projections (2 D x D); and the attention scores and sums over
+            # the memory (its self-attention, and the queries' cross-attention), which grow with patch tokens
+            "connector": 2 * params["connector"] * memory + 2 * 2 * width * width * visual
+                         + 4 * width * memory * (config.connector_layers * memory + visual),
+            "language_model": 2 * params["qwen_language"] * (visual + text_tokens + new_tokens),
+        }
+        total = sum(flops.values())
+        rows[f"{name}{f' + history {frames}' if frames else ''}{', patch' if tokens == 'patch' else ''}"] = {
+            "qwen_visual_tokens": visual, "clip_memory_tokens": memory,
+            "prompt_tokens": visual + text_tokens,
+            **{f"{part}_gflops": round(value / 1e9, 1) for part, value in flops.items()},
+            "total_gflops": round(total / 1e9, 1),
+            "total_gflops_cached": round((total - clip_flops * (frames_read - current)) / 1e9, 1),
+        }
     two = rows["2 views"]["total_gflops"]
     for row in rows.values():
         row["ratio"] = round(row["total_gflops"] / two, 3)

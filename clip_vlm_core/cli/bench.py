@@ -146,6 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="tokens generated per caption, exactly (default: %(default)s)")
     surround.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed captions first (default: %(default)s)")
     surround.add_argument("--iters", type=int, default=5, metavar="N", help="timed captions per layout (default: %(default)s)")
+    surround.add_argument("--patch", action="store_true",
+                          help="also time the layouts with a history with patch CLIP tokens (every patch of each view "
+                          "and frame in the memory) instead of one pooled token")
     surround.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the report as JSON")
     surround.set_defaults(func=run_surround)
 
@@ -271,19 +274,20 @@ def run_surround(args: argparse.Namespace) -> int:
         raise UserError("--iters and --max-new-tokens must be at least 1, --warmup at least 0")
     with tempfile.TemporaryDirectory(prefix="clip-vlm-bench-") as folder:
         config = tiny_captioner_config(save_tiny_base_models(Path(folder) / "base", seed=0))
-        measured = benchmark_surround(config, args.history, args.iters, args.warmup, args.max_new_tokens)
+        measured = benchmark_surround(config, args.history, args.iters, args.warmup, args.max_new_tokens,
+                                      patch=args.patch)
     arithmetic = full_size_arithmetic(args.history)
     env = environment(torch.device("cpu"))
     print(f"tiny architecture on {env.get('device', 'cpu')}, {args.max_new_tokens} new tokens, median of "
           f"{args.iters} captions (ms)")
-    print(f"{'layout':<32}{''.join(f'{s:>12}' for s in STAGES)}{'total':>10}{'ratio':>8}{'cached':>10}{'ratio':>8}")
+    print(f"{'layout':<40}{''.join(f'{s:>12}' for s in STAGES)}{'total':>10}{'ratio':>8}{'cached':>10}{'ratio':>8}")
     for name, row in measured.items():
-        print(f"{name:<32}{''.join(f'{row[s]:>12.1f}' for s in STAGES)}{row['total']:>10.1f}{row['ratio']:>8.2f}"
+        print(f"{name:<40}{''.join(f'{row[s]:>12.1f}' for s in STAGES)}{row['total']:>10.1f}{row['ratio']:>8.2f}"
               f"{row['total_cached']:>10.1f}{row['ratio_cached']:>8.2f}")
     print("\nfull size (Qwen2.5-VL-3B + ViT-L/14 pooled, 480 visual tokens a view), per caption")
-    print(f"{'layout':<32}{'Qwen tokens':>12}{'CLIP tokens':>12}{'GFLOPs':>10}{'ratio':>8}{'cached':>10}{'ratio':>8}")
+    print(f"{'layout':<40}{'Qwen tokens':>12}{'CLIP tokens':>12}{'GFLOPs':>10}{'ratio':>8}{'cached':>10}{'ratio':>8}")
     for name, row in arithmetic.items():
-        print(f"{name:<32}{row['qwen_visual_tokens']:>12}{row['clip_memory_tokens']:>12}{row['total_gflops']:>10.0f}"
+        print(f"{name:<40}{row['qwen_visual_tokens']:>12}{row['clip_memory_tokens']:>12}{row['total_gflops']:>10.0f}"
               f"{row['ratio']:>8.3f}{row['total_gflops_cached']:>10.0f}{row['ratio_cached']:>8.3f}")
     report = {"measured_ms": measured, "full_size": arithmetic, "environment": env, "command": command_line(args),
               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
