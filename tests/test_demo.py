@@ -3,6 +3,7 @@ questions, and a report."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -41,6 +42,35 @@ def test_demo_captions_every_keyframe_beside_eight_cpu_bound_processes(tmp_path)
     # Every frame the replay sent reached the node, and none was lost before it took them.
     assert "<td>CAM_FRONT.received</td><td>12</td>" in report and "<td>CAM_BACK.received</td><td>12</td>" in report
     assert "<td>CAM_FRONT.lost_before_taken</td><td>0</td>" in report
+
+
+@pytest.mark.slow
+def test_surround_demo_replays_six_cameras_into_embedded_surround_beside_eight_cpu_bound_processes(tmp_path):
+    """`make demo SURROUND=1`: a drive seen by six cameras, each keyframe captioned by embedded:surround with its
+    history, the truth naming each camera's caption; beside eight CPU-bound processes, as the two-camera one."""
+    load = [subprocess.Popen(CPU_BOUND) for _ in range(8)]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags",
+             str(tmp_path / "bags"), "--samples", "8", "--timeout", "180"],
+            capture_output=True, text=True, timeout=900, env={**os.environ, "SURROUND": "1"},
+        )
+    finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    assert "(seed 7, 6 cameras)" in out and "model: embedded:surround" in out and "8/8 keyframes captioned" in out
+    truths = re.findall(r"^\s+truth: +(.*)$", out, flags=re.M)
+    assert len(truths) == 8 and all(t.startswith("Front: ") and " Back right: " in t for t in truths)
+    assert len(re.findall(r"^\s+caption: ", out, flags=re.M)) == 8
+    assert len(re.findall(r"^\s+answer: .* truth: ", out, flags=re.M)) == 5
+    report = (tmp_path / "demo" / "report.html").read_text()
+    for view in ("CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"):
+        assert f"<td>{view}.received</td><td>8</td>" in report
+    # One caption at a time, each with the past frames the node kept: full from the fourth keyframe on.
+    assert "<td>history</td><td>3 of 3 past frames per view</td>" in report
 
 
 def test_demo_failure_names_the_step(tmp_path):

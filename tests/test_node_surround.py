@@ -96,6 +96,38 @@ def test_six_views_pair_by_stamp_and_the_history_fills_from_kept_clip_tokens(sur
     assert int(d["clip_frames_encoded"]) == captions * len(SIX) + missing
 
 
+@pytest.mark.slow
+def test_six_views_pair_and_keep_their_history_beside_eight_cpu_bound_processes(surround_checkpoint, tmp_path):
+    """A real car's computer is busy: beside eight CPU-bound processes every six-view set still becomes one pair,
+    each is captioned, and past frames still come from the kept CLIP tokens."""
+    import sys
+
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(8)]
+    env = ros_env()
+    proc = start_node({"model": str(surround_checkpoint), "views": list(SIX), "policy": "all", "rate_hz": 50.0,
+                       "batch_size": 1, "queue_size": 64, "max_age_ms": 60000.0, "view_timeout_s": 5.0,
+                       "max_new_tokens": 2}, env)
+    try:
+        result = run_probe(env, tmp_path, [
+            {"kind": "pairs", "count": 12, "rate": 1 / STRIDE_S, "skew_ms": 4.0},
+            {"kind": "wait_captions", "count": 12, "timeout": 150.0},
+            {"kind": "wait_at_rest", "timeout": 60.0},
+        ])
+    finally:
+        stop_node(proc)
+        for process in load:
+            process.kill()
+            process.wait()
+    assert [m["stamp_ns"] for m in result["markers"]] == result["sent_pairs"]
+    d = result["diagnostics"]
+    assert int(d["pairs_made"]) == 12 == pairs_accounted(d) == int(d["captions"])
+    assert all(count(result, f"{view}.dropped") == 0 for view in SIX)
+    assert d["history"] == f"{PAST} of {PAST} past frames per view", d
+    reused, missing = int(d["history_frames_reused"]), int(d["history_frames_missing"])
+    assert reused + missing == 12 * len(SIX) * PAST and reused >= (12 - 3) * len(SIX) * PAST
+    assert int(d["clip_frames_encoded"]) == 12 * len(SIX) + missing
+
+
 def test_a_silent_context_view_holds_back_the_pair_like_a_full_one(surround_node, tmp_path):
     _, env = surround_node
     result = run_probe(env, tmp_path, [
