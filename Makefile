@@ -96,7 +96,7 @@ lint: $(STAMP)
 # The default model (~35 min): the recipe's 8,000 steps, then 1,500 more from their best checkpoint with the
 # loss averaged over tokens again (captions weigh by their length) at a third of the learning rates, the same
 # recipe otherwise. Then embedded:surround (six cameras, a 3-frame history; ~40 min with its data and encoder
-# cache): its recipe's 4,000 steps, on the same base models (the same seed), installed beside it.
+# cache): its recipe's 2,500 steps, on the same base models (the same seed), installed beside it.
 POLISH = run_dir=runs/synthetic-tiny-polish optim.init=runs/synthetic-tiny/best optim.max_steps=1500 \
 	optim.loss_weighting=token optim.lr_connector=1e-3 optim.lr_lora=7e-4
 embedded-model: $(STAMP)

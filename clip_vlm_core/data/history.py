@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from clip_vlm_core.data.records import ViewRecord
 from clip_vlm_core.errors import UserError
 
 MAX_HISTORY_FRAMES = 16  # more than any recipe uses (Alpamayo: 4 frames, video captioners: 8)
@@ -23,11 +24,9 @@ NO_FRAME_NEAR = "no past frame within half a stride"
 
 
 @dataclass(frozen=True)
-class PastFrame:
-    path: str  # relative to the dataroot
-    sha256: str
-    width: int
-    height: int
+class PastFrame(ViewRecord):
+    """A past frame of a view: what a manifest records of any frame, and when it was taken."""
+
     offset_s: float  # its time minus the current frame's, in seconds (< 0)
 
 

@@ -40,6 +40,7 @@ from clip_vlm_core.data.history import (
 )
 from clip_vlm_core.data.nuinteract import caption_rule, check_caption_keys, keyframe_caption, load_nuinteract
 from clip_vlm_core.data.qa import QAPair, load_qa_files
+from clip_vlm_core.data.records import ViewRecord
 from clip_vlm_core.errors import UserError
 from clip_vlm_core.images import LIMITS_TEXT, MAX_IMAGE_BYTES, bytes_problem, header_size, pixels_problem
 from clip_vlm_core.jsonin import iter_json_lines, read_json_object
@@ -59,14 +60,6 @@ WRITER = "clip-vlm data build"
 OVER_LIMITS = f"image over the limits of {LIMITS_TEXT}"
 CHUNK = 1 << 20
 VERSION_SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val"), "v1.0-test": ("test",)}
-
-
-@dataclass(frozen=True)
-class ViewRecord:
-    path: str  # relative to the dataroot
-    sha256: str
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
