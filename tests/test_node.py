@@ -12,6 +12,7 @@ import ast
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -289,6 +290,38 @@ def test_sigint_stops_the_node_cleanly_within_two_seconds(all_node):
     assert "Traceback" not in output
 
 
+def test_a_second_sigint_while_shutting_down_mid_caption_still_ends_cleanly(tmp_path):
+    """Ctrl-C in a terminal under `ros2 launch` is two SIGINTs: the terminal's to the process group, then launch's
+    a moment later. Sent while the node captions, the second once landed in the shutdown's cleanup (a
+    KeyboardInterrupt there, or rclpy's C++ aborting: exit -6, 3 of 5 tries by hand under Kilted)."""
+    env = ros_env()
+    proc = start_node({"policy": "all", "rate_hz": 50.0, "batch_size": 1, "queue_size": 64, "max_age_ms": 60000.0,
+                       "max_new_tokens": 32}, env)
+    try:
+        out = tmp_path / "probe.json"
+        probe_run = subprocess.Popen(probe_command(out, [{"kind": "pairs", "count": 40, "rate": 20.0},
+                                                         {"kind": "sleep", "seconds": 30.0}]),
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:  # the node says when it captions; wait for its start-up first
+            if "captioning" in line or time.monotonic() > deadline:
+                break
+        time.sleep(3.0)  # captions under way
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(10)
+        elapsed = time.monotonic() - start
+        output = proc.stdout.read()
+    finally:
+        stop_node(proc)
+        probe_run.kill()
+        probe_run.wait()
+    assert code == 0 and elapsed < 2.5, (code, elapsed, output[-2000:])
+    assert "Traceback" not in output and "terminate called" not in output
+
+
 # -- policy latest, raw ---------------------------------------------------------------------------
 def test_latest_policy_keeps_latency_bounded_and_accounts_for_every_pair(latest_raw_node, tmp_path):
     _, env = latest_raw_node
@@ -410,6 +443,53 @@ def test_launch_file_sets_only_parameters_the_node_declares(name):
     names = parameters_set_by(path)
     assert names, "no caption_node parameters found"
     assert names <= {spec.name for spec in PARAMETERS} | RCLPY_PARAMETERS
+
+
+SIX_VIEWS = ["CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
+
+
+def config_only_checkpoint(folder: Path, views: list[str], context: list[str]) -> Path:
+    """What the launch reads of a checkpoint before the node loads it: its config's views and context views."""
+    folder.mkdir(parents=True)
+    (folder / "clip_vlm_config.json").write_text(json.dumps({"views": views, "context_views": context}))
+    return folder
+
+
+@pytest.mark.parametrize(("views", "context"), [(SIX_VIEWS[:2], SIX_VIEWS[2:]), (["CAM_FRONT"], ["CAM_BACK_LEFT"]),
+                                                (SIX_VIEWS, [])])
+def test_launch_without_views_subscribes_to_the_model_s_own_views(tmp_path, views, context):
+    """`ros2 launch clip_vlm caption.launch.py model:=embedded:surround` once took the params file's two views and
+    died after loading the model; a model whose views are known before it loads now brings them."""
+    from clip_vlm.launch_plan import caption_plan
+
+    model = config_only_checkpoint(tmp_path / "ckpt", views, context)
+    params = str(PACKAGE / "config" / "caption.yaml")
+    plan = caption_plan(params, str(model), "", "", "false", "false", "false", lambda name: False)
+    assert plan.parameters[1]["views"] == [*views, *context]  # full views first: the first is the pairing anchor
+    given = "[" + ", ".join(reversed([*views, *context])) + "]"
+    plan = caption_plan(params, str(model), "", "", "false", "false", "false", lambda name: False, views=given)
+    assert plan.parameters[1]["views"] == list(reversed([*views, *context]))
+    # The default model's views are the params file's: nothing is overridden.
+    assert "views" not in caption_plan(params, "", "", "", "false", "false", "false", lambda name: False).parameters[1]
+
+
+@pytest.mark.parametrize(("model", "views", "fragment"), [
+    ("surround", "[CAM_FRONT, CAM_BACK]", "launch argument views:=[CAM_FRONT, CAM_BACK] does not match the views "
+                                          "the model reads: CAM_FRONT, CAM_BACK, CAM_FRONT_LEFT"),
+    ("surround", "CAM_FRONT", "launch argument views:=CAM_FRONT must be a list of camera names"),
+    ("surround", "[]", "must be a list of camera names"),
+    ("embedded:side", "", "'embedded:side' names no embedded model: the package ships embedded:default, "
+                          "embedded:surround"),
+    ("", "[CAM_FRONT, CAM_SIDE]", "does not match the views the model reads: CAM_FRONT, CAM_BACK"),
+])
+def test_launch_refuses_views_the_model_does_not_read_before_anything_starts(tmp_path, model, views, fragment):
+    from clip_vlm.launch_plan import caption_plan
+
+    if model == "surround":
+        model = str(config_only_checkpoint(tmp_path / "ckpt", SIX_VIEWS[:2], SIX_VIEWS[2:]))
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        caption_plan(str(PACKAGE / "config" / "caption.yaml"), model, "", "", "false", "false", "false",
+                     lambda name: False, views=views)
 
 
 def test_installed_params_file_passes_the_nodes_validation():

@@ -92,6 +92,13 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Shutting down: a second Ctrl-C or SIGTERM must not break off the cleanup. A terminal's Ctrl-C under
+        # `ros2 launch` is two: the terminal's to the process group, then launch's own a moment later, which
+        # landed inside node.close() (a KeyboardInterrupt there, or an abort from rclpy's C++ while a
+        # subscription was being destroyed). The cleanup is bounded (the worker's join, a quarter of a
+        # second for acknowledgements), so nothing more is needed to stop it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if node is not None:
             node.close()
             node.destroy_node()

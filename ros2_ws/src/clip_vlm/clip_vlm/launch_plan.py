@@ -108,10 +108,24 @@ class CaptionPlan:
 
 
 def caption_plan(params_file: str, model: str, device: str, namespace: str, use_sim_time: str, overlay: str,
-                 lifecycle: str, installed: Callable[[str], bool]) -> CaptionPlan:
+                 lifecycle: str, installed: Callable[[str], bool], views: str = "") -> CaptionPlan:
     """Every argument of caption.launch.py checked, with the params file's values and the overrides as the
-    node will read them: a ValueError names the first argument the node would refuse, before it starts."""
+    node will read them: a ValueError names the first argument the node would refuse, before it starts.
+
+    `views` ('' = unset): the camera views as a YAML list. Unset, a model whose views are known before it
+    loads (embedded:NAME, a checkpoint folder) brings its own (full views, then context views) when the params
+    file lists others, so `model:=embedded:surround` alone subscribes to its six cameras; set, they must be
+    the model's."""
     overrides = node_overrides(model, device, use_sim_time)
+    values = params_file_values(params_file) | {k: v for k, v in overrides.items() if k in SPECS}
+    model_reads = views_of_model(values.get("model", ""))
+    if views.strip():
+        overrides["views"] = parse_views(views)
+        if model_reads is not None and set(overrides["views"]) != set(model_reads):
+            raise ValueError(f"launch argument views:={views} does not match the views the model reads: "
+                             f"{', '.join(model_reads)}")
+    elif model_reads is not None and list(values.get("views", [])) != list(model_reads):
+        overrides["views"] = list(model_reads)
     check_node_parameters(params_file, overrides)
     if not _NAMESPACE.match(namespace) or "__" in namespace:
         raise ValueError(f"launch argument namespace:={namespace} is not a valid ROS namespace (letters, digits, "
@@ -119,6 +133,40 @@ def caption_plan(params_file: str, model: str, device: str, namespace: str, use_
     start_overlay, warning = overlay_choice(overlay, installed)
     managed = is_true("lifecycle", lifecycle)
     return CaptionPlan(EXECUTABLES[managed], managed, namespace, [params_file, overrides], start_overlay, warning)
+
+
+def parse_views(text: str) -> list[str]:
+    """views:= as a launch argument: a YAML list of camera names ("[CAM_FRONT, CAM_BACK]"), or a ValueError."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"launch argument views:={text} must be a list of camera names, e.g. "
+                         f"views:='[CAM_FRONT, CAM_BACK]'")
+    return value
+
+
+def views_of_model(model: str) -> tuple[str, ...] | None:
+    """The views a model reads (its full views, then its context views), when they are known before it loads:
+    the embedded models and checkpoint folders (from their config); None for anything the node alone can
+    settle (a hub id, a bare Qwen2.5-VL folder, a value that names nothing, said by the node). An embedded
+    name the package does not have is a ValueError now."""
+    from clip_vlm_core.jsonin import read_json_object
+    from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
+    from clip_vlm_core.model.model_refs import classify_ref, embedded_name
+
+    try:
+        if embedded_name(model) is None and not (Path(str(model)).expanduser() / "clip_vlm_config.json").is_file():
+            return None
+        ref = classify_ref(model, "launch argument model:=" if model else "the embedded model")
+        config = read_json_object(ref.path / "clip_vlm_config.json", "checkpoint config", MAX_SMALL_JSON_BYTES)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    views, context = config.get("views", []), config.get("context_views", [])
+    if not isinstance(views, list) or not isinstance(context, list) or not views:
+        return None  # the node's own check says what is wrong with it
+    return tuple(str(v) for v in (*views, *context))
 
 
 def check_node_parameters(params_file: str, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
     ros2 launch clip_vlm caption.launch.py
     ros2 launch clip_vlm caption.launch.py model:=/path/to/checkpoint device:=cuda overlay:=true
+    ros2 launch clip_vlm caption.launch.py model:=embedded:surround   # six cameras with a history
     ros2 launch clip_vlm caption.launch.py params_file:=/path/to/my_caption.yaml namespace:=car1
     ros2 launch clip_vlm caption.launch.py use_sim_time:=true     # stamps judged by a replay's /clock
     ros2 launch clip_vlm caption.launch.py lifecycle:=true        # managed: configure and activate it
 
-model and device, when given, override the params file; left empty, the params file decides. The camera
+model and device, when given, override the params file; left empty, the params file decides. views, left
+empty, are the model's own (so model:=embedded:surround subscribes to its six cameras); given, they must be
+the model's. The camera
 topics are relative, so namespace:=car1 moves them too (/car1/CAM_FRONT/image_raw/compressed).
 Every argument, and the params file's values with the overrides, is checked before anything starts (by
 the node's own checks): a wrong one ends the launch naming it, with no node left behind. Without
@@ -33,7 +36,7 @@ def nodes(context):
         return LaunchConfiguration(name).perform(context)
 
     plan = caption_plan(arg("params_file"), arg("model"), arg("device"), arg("namespace"), arg("use_sim_time"),
-                        arg("overlay"), arg("lifecycle"), package_installed)
+                        arg("overlay"), arg("lifecycle"), package_installed, views=arg("views"))
     if plan.warning:
         get_logger("caption.launch").warning(plan.warning)
     node_class = LifecycleNode if plan.lifecycle else Node
@@ -66,7 +69,13 @@ def generate_launch_description():
             default_value=PathJoinSubstitution([FindPackageShare("clip_vlm"), "config", "caption.yaml"]),
             description="YAML file of caption_node parameters (/**: ros__parameters: ...)",
         ),
-        DeclareLaunchArgument("model", default_value="", description="checkpoint folder or hub id; '' = params file"),
+        DeclareLaunchArgument("model", default_value="",
+                              description="checkpoint folder, hub id or embedded:NAME (embedded:surround: six "
+                                          "cameras with a history); '' = params file"),
+        DeclareLaunchArgument("views", default_value="",
+                              description="camera views, e.g. '[CAM_FRONT, CAM_BACK]'; '' = the model's own when "
+                                          "known before it loads (embedded:NAME, a checkpoint folder), else the "
+                                          "params file's"),
         DeclareLaunchArgument("device", default_value="", description="cpu, cuda or cuda:N; '' = params file"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace for the node and its topics, camera inputs included"),
