@@ -56,6 +56,11 @@ class OptimConfig:
     # "base": start from captioner.qwen_model / clip_model with a fresh connector and LoRA;
     # "tiny": tiny random base models built from `seed` (tests, demo); or a clip-vlm checkpoint folder.
     init: str = "base"
+    # A clip-vlm checkpoint whose trained weights start this run where they fit ("" = none): its LoRA adapters,
+    # and its connector's tensors of the same shape, with the view embedding's rows of the views both models
+    # have (and the recipe's model otherwise as `init` builds it). So a model that sees more (context views, a
+    # history) starts from one that learnt its full views; both on the same base models.
+    init_weights: str = ""
     seed: int = bounded(0, 0, 2**32 - 1, why=_SEED)
     batch_size: int = bounded(8, 1, MAX_BATCH_SIZE, why="samples per step on each device")
     # An effective batch of 256 x 1,024 samples is ten times nuScenes' 28,130 training keyframes.
@@ -210,3 +215,9 @@ def _validate(config: RunConfig) -> None:
             raise UserError(f"{rule}, which does not exist") from None
         if ref.kind != "folder" or not (ref.path / "clip_vlm_config.json").is_file():
             raise UserError(rule)
+    if o.init_weights:
+        from clip_vlm_core.model.model_refs import classify_ref
+
+        ref = classify_ref(o.init_weights, "optim.init_weights")  # embedded:NAME or a folder; must exist
+        if not (ref.path / "clip_vlm_config.json").is_file():
+            raise UserError(f"optim.init_weights must be a clip-vlm checkpoint, got {o.init_weights!r}")

@@ -133,7 +133,56 @@ def build_captioner(config: RunConfig, run_dir: Path, resume_dir: Path | None, a
         return SceneCaptioner.from_pretrained(init, device=device, trainable=True)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(config.optim.seed)
-    return SceneCaptioner.build(captioner_config, device=device, dtype=dtype, trainable=True)
+    captioner = SceneCaptioner.build(captioner_config, device=device, dtype=dtype, trainable=True)
+    if config.optim.init_weights:
+        taken = load_fitting_weights(captioner, config.optim.init_weights)
+        if accelerator.is_main_process:
+            log.info("optim.init_weights %s: %s", config.optim.init_weights, taken)
+    return captioner
+
+
+def load_fitting_weights(captioner, checkpoint: str) -> str:
+    """Copy a checkpoint's trained weights into `captioner` where they fit (see OptimConfig.init_weights): its
+    LoRA tensors, its connector's tensors of the same shape, and the view embedding's rows of the views both
+    have. One sentence when nothing of it fits (another architecture or LoRA setting)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from clip_vlm_core.jsonin import read_json_object
+    from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
+    from clip_vlm_core.model.checkpoint import ADAPTER_DIR, CONFIG_FILE, CONNECTOR_FILE
+    from clip_vlm_core.model.model_refs import classify_ref
+
+    folder = classify_ref(checkpoint, "optim.init_weights").path
+    theirs = read_json_object(folder / CONFIG_FILE, "checkpoint config", MAX_SMALL_JSON_BYTES)
+    their_views = [*theirs.get("views", []), *theirs.get("context_views", [])]
+    config = captioner.config
+    our_views = [*config.views, *config.context_views]
+    connector = captioner.model.connector
+    own = connector.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, tensor in load_file(folder / CONNECTOR_FILE).items():
+            if name == "view_embedding":
+                for row, view in enumerate(their_views):
+                    if view in our_views and row < tensor.shape[0]:
+                        own[name][our_views.index(view)].copy_(tensor[row])
+                copied += 1
+            elif name in own and own[name].shape == tensor.shape:
+                own[name].copy_(tensor)
+                copied += 1
+    adapter = folder / ADAPTER_DIR / "adapter_model.safetensors"
+    lora = 0
+    if adapter.is_file():
+        shapes = {name: tensor.shape for name, tensor in get_peft_model_state_dict(captioner.model.qwen).items()}
+        fitting = {name: tensor for name, tensor in load_file(adapter).items() if shapes.get(name) == tensor.shape}
+        if fitting:
+            set_peft_model_state_dict(captioner.model.qwen, fitting)
+        lora = len(fitting)
+    if copied == 0 and lora == 0:
+        raise UserError(f"optim.init_weights {checkpoint}: none of its weights fit this recipe's model")
+    return (f"{copied} of {len(own)} connector tensors and {lora} LoRA tensors taken (views "
+            f"{', '.join(v for v in our_views if v in their_views)})")
 
 
 def datasets(config: RunConfig, run_dir: Path, captioner, accelerator):

@@ -386,3 +386,59 @@ def test_a_manifest_whose_history_the_model_cannot_use_is_refused_before_any_cap
     with pytest.raises(UserError, match="holds past frames 1 s apart but the model's are 0.5 s apart"):
         evaluate_manifest(tmp_path / "m" / "mini_val.jsonl", surround, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# -- starting a model that sees more from one that learnt its full views ------------------------------------------
+@pytest.mark.parametrize(("context", "frames"), [(SIDES, 3), ((), 2), (SIDES[:1], 0)])
+def test_init_weights_takes_a_two_view_checkpoint_s_trained_weights_where_they_fit(tiny_base, context, frames):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from clip_vlm_core.model.checkpoint import default_model_path
+    from clip_vlm_core.train_setup import load_fitting_weights
+
+    shipped = json.loads((default_model_path() / "clip_vlm_config.json").read_text())  # its LoRA and connector sizes
+    sizes = {k: shipped[k] for k in ("lora_r", "lora_alpha", "connector_layers", "connector_heads")}
+    config = dataclasses.replace(tiny_captioner_config(tiny_base), context_views=context, history_frames=frames, **sizes)
+    torch.manual_seed(0)
+    captioner = SceneCaptioner.build(config, device="cpu", trainable=True)
+    before = {k: v.clone() for k, v in captioner.model.connector.state_dict().items()}
+    said = load_fitting_weights(captioner, "embedded:default")
+    source = load_file(default_model_path() / "connector.safetensors")
+    own = captioner.model.connector.state_dict()
+    for name, tensor in source.items():
+        if name == "view_embedding":  # the full views' rows; a context view's stays as built
+            assert torch.equal(own[name][:2], tensor) and torch.equal(own[name][2:], before[name][2:])
+        else:
+            assert torch.equal(own[name], tensor), name
+    if frames:
+        assert torch.equal(own["time_embedding"], before["time_embedding"])  # the two-view model has none
+    lora = get_peft_model_state_dict(captioner.model.qwen)
+    trained = load_file(default_model_path() / "adapter" / "adapter_model.safetensors")
+    assert trained and all(torch.equal(lora[k], v) for k, v in trained.items())
+    assert f"of {len(own)} connector tensors and {len(trained)} LoRA tensors taken" in said
+
+
+def test_init_weights_that_name_nothing_or_nothing_that_fits_are_one_sentence(tmp_path, tiny_base):
+    from clip_vlm_core.train_config import load_run_config
+    from clip_vlm_core.train_setup import load_fitting_weights
+
+    recipe = Path(__file__).resolve().parents[1] / "training/configs/synthetic-tiny-surround.yaml"
+    with pytest.raises(UserError, match="optim.init_weights runs/gone does not exist"):
+        load_run_config(recipe, ["optim.init_weights=runs/gone"])
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="optim.init_weights must be a clip-vlm checkpoint"):
+        load_run_config(recipe, [f"optim.init_weights={tmp_path / 'plain'}"])
+    # Another LoRA rank and connector width: nothing fits.
+    config = dataclasses.replace(tiny_captioner_config(tiny_base), lora_r=4, connector_heads=2, connector_layers=2)
+    captioner = SceneCaptioner.build(config, device="cpu", trainable=True)
+    import safetensors.torch as st
+
+    from clip_vlm_core.model.checkpoint import default_model_path
+
+    folder = tmp_path / "other"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "clip_vlm_config.json").write_text((default_model_path() / "clip_vlm_config.json").read_text())
+    st.save_file({"proj.weight": torch.zeros(3, 3)}, folder / "connector.safetensors")
+    with pytest.raises(UserError, match="none of its weights fit this recipe's model"):
+        load_fitting_weights(captioner, str(folder))
