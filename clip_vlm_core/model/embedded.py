@@ -85,9 +85,18 @@ def install_embedded_model(run_dir: str | Path, assets: Path = ASSETS, overwrite
 
 
 def _same_files(a: Path, b: Path) -> bool:
-    """Whether two folders hold the same files with the same bytes (hidden ones, like markers, aside)."""
+    """Whether two folders hold the same base models: the same files with the same bytes (hidden ones, like
+    markers, aside), a JSON config's `transformers_version` (which transformers saved it) aside."""
+    def digest(path: Path) -> bytes:
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            config = read_json_object(path, "base model file", MAX_SMALL_JSON_BYTES)
+            config.pop("transformers_version", None)
+            data = json.dumps(config, sort_keys=True).encode()
+        return hashlib.sha256(data).digest()
+
     def listing(root: Path) -> dict[str, bytes]:
-        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).digest()
+        return {p.relative_to(root).as_posix(): digest(p)
                 for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
     return b.is_dir() and listing(a) == listing(b)
 
