@@ -159,7 +159,7 @@ def views_of_model(model: str) -> tuple[str, ...] | None:
     try:
         if embedded_name(model) is None and not (Path(str(model)).expanduser() / "clip_vlm_config.json").is_file():
             return None
-        ref = classify_ref(model, "launch argument model:=" if model else "the embedded model")
+        ref = classify_ref(model, "model")
         config = read_json_object(ref.path / "clip_vlm_config.json", "checkpoint config", MAX_SMALL_JSON_BYTES)
     except UserError as exc:
         raise ValueError(str(exc)) from None
