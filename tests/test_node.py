@@ -473,6 +473,14 @@ def test_launch_without_views_subscribes_to_the_model_s_own_views(tmp_path, view
     assert "views" not in caption_plan(params, "", "", "", "false", "false", "false", lambda name: False).parameters[1]
 
 
+def test_launch_with_the_shipped_surround_model_subscribes_to_its_six_cameras():
+    from clip_vlm.launch_plan import caption_plan
+
+    plan = caption_plan(str(PACKAGE / "config" / "caption.yaml"), "embedded:surround", "", "", "false", "false",
+                        "false", lambda name: False)
+    assert plan.parameters[1]["views"] == SIX_VIEWS and plan.parameters[1]["model"] == "embedded:surround"
+
+
 @pytest.mark.parametrize(("model", "views", "fragment"), [
     ("surround", "[CAM_FRONT, CAM_BACK]", "launch argument views:=[CAM_FRONT, CAM_BACK] does not match the views "
                                           "the model reads: CAM_FRONT, CAM_BACK, CAM_FRONT_LEFT"),
