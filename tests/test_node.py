@@ -290,6 +290,7 @@ def test_sigint_stops_the_node_cleanly_within_two_seconds(all_node):
     assert "Traceback" not in output
 
 
+@pytest.mark.slow  # ~25 s a distro; make test's budget is 15 minutes
 def test_a_second_sigint_while_shutting_down_mid_caption_still_ends_cleanly(tmp_path):
     """Ctrl-C in a terminal under `ros2 launch` is two SIGINTs: the terminal's to the process group, then launch's
     a moment later. Sent while the node captions, the second once landed in the shutdown's cleanup (a
