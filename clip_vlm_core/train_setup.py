@@ -148,14 +148,13 @@ def load_fitting_weights(captioner, checkpoint: str) -> str:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from clip_vlm_core.jsonin import read_json_object
-    from clip_vlm_core.limits import MAX_SMALL_JSON_BYTES
+    from clip_vlm_core.config import CaptionerConfig, load_json
     from clip_vlm_core.model.checkpoint import ADAPTER_DIR, CONFIG_FILE, CONNECTOR_FILE
     from clip_vlm_core.model.model_refs import classify_ref
 
     folder = classify_ref(checkpoint, "optim.init_weights").path
-    theirs = read_json_object(folder / CONFIG_FILE, "checkpoint config", MAX_SMALL_JSON_BYTES)
-    their_views = [*theirs.get("views", []), *theirs.get("context_views", [])]
+    theirs = load_json(CaptionerConfig, folder / CONFIG_FILE)  # the checkpoint config reader, bounds checked
+    their_views = [*theirs.views, *theirs.context_views]
     config = captioner.config
     our_views = [*config.views, *config.context_views]
     connector = captioner.model.connector

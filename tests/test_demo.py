@@ -9,8 +9,17 @@ import subprocess
 import sys
 
 import pytest
+from cpu_load import cpu_bound_processes
 
-CPU_BOUND = [sys.executable, "-c", "while True: pass"]
+
+def demo_beside_eight_cpu_bound_processes(tmp_path, samples: int, timeout_s: float, **env: str):
+    """`python -m clip_vlm_core.demo` into tmp_path (its --timeout 180) while eight processes spin the CPU."""
+    with cpu_bound_processes(8):
+        return subprocess.run(
+            [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags",
+             str(tmp_path / "bags"), "--samples", str(samples), "--timeout", "180"],
+            capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **env},
+        )
 
 
 @pytest.mark.slow
@@ -18,17 +27,7 @@ def test_demo_captions_every_keyframe_beside_eight_cpu_bound_processes(tmp_path)
     """Beside eight CPU-bound processes every keyframe is still captioned: the replay waits for the node's
     subscriptions (starting before they were discovered lost 1 to 4 of the 12). A real machine is busy; so is
     this one."""
-    load = [subprocess.Popen(CPU_BOUND) for _ in range(8)]
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags",
-             str(tmp_path / "bags"), "--samples", "12", "--timeout", "180"],
-            capture_output=True, text=True, timeout=600,
-        )
-    finally:
-        for proc in load:
-            proc.kill()
-            proc.wait()
+    result = demo_beside_eight_cpu_bound_processes(tmp_path, 12, 600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     for step in range(1, 9):
@@ -48,17 +47,7 @@ def test_demo_captions_every_keyframe_beside_eight_cpu_bound_processes(tmp_path)
 def test_surround_demo_replays_six_cameras_into_embedded_surround_beside_eight_cpu_bound_processes(tmp_path):
     """`make demo SURROUND=1`: a drive seen by six cameras, each keyframe captioned by embedded:surround with its
     history, the truth naming each camera's caption; beside eight CPU-bound processes, as the two-camera one."""
-    load = [subprocess.Popen(CPU_BOUND) for _ in range(8)]
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "clip_vlm_core.demo", "--out", str(tmp_path / "demo"), "--bags",
-             str(tmp_path / "bags"), "--samples", "8", "--timeout", "180"],
-            capture_output=True, text=True, timeout=900, env={**os.environ, "SURROUND": "1"},
-        )
-    finally:
-        for proc in load:
-            proc.kill()
-            proc.wait()
+    result = demo_beside_eight_cpu_bound_processes(tmp_path, 8, 900, SURROUND="1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     assert "(seed 7, 6 cameras)" in out and "model: embedded:surround" in out and "8/8 keyframes captioned" in out

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cpu_load import cpu_bound_processes
 from test_node import NODE, count, pairs_accounted, probe_command, ros_args, ros_env, start_node, stop_node
 
 from clip_vlm_core.errors import UserError
@@ -100,24 +101,19 @@ def test_six_views_pair_by_stamp_and_the_history_fills_from_kept_clip_tokens(sur
 def test_six_views_pair_and_keep_their_history_beside_eight_cpu_bound_processes(surround_checkpoint, tmp_path):
     """A real car's computer is busy: beside eight CPU-bound processes every six-view set still becomes one pair,
     each is captioned, and past frames still come from the kept CLIP tokens."""
-    import sys
-
-    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(8)]
-    env = ros_env()
-    proc = start_node({"model": str(surround_checkpoint), "views": list(SIX), "policy": "all", "rate_hz": 50.0,
-                       "batch_size": 1, "queue_size": 64, "max_age_ms": 60000.0, "view_timeout_s": 5.0,
-                       "max_new_tokens": 2}, env)
-    try:
-        result = run_probe(env, tmp_path, [
-            {"kind": "pairs", "count": 12, "rate": 1 / STRIDE_S, "skew_ms": 4.0},
-            {"kind": "wait_captions", "count": 12, "timeout": 150.0},
-            {"kind": "wait_at_rest", "timeout": 60.0},
-        ])
-    finally:
-        stop_node(proc)
-        for process in load:
-            process.kill()
-            process.wait()
+    with cpu_bound_processes(8):
+        env = ros_env()
+        proc = start_node({"model": str(surround_checkpoint), "views": list(SIX), "policy": "all", "rate_hz": 50.0,
+                           "batch_size": 1, "queue_size": 64, "max_age_ms": 60000.0, "view_timeout_s": 5.0,
+                           "max_new_tokens": 2}, env)
+        try:
+            result = run_probe(env, tmp_path, [
+                {"kind": "pairs", "count": 12, "rate": 1 / STRIDE_S, "skew_ms": 4.0},
+                {"kind": "wait_captions", "count": 12, "timeout": 150.0},
+                {"kind": "wait_at_rest", "timeout": 60.0},
+            ])
+        finally:
+            stop_node(proc)
     assert [m["stamp_ns"] for m in result["markers"]] == result["sent_pairs"]
     d = result["diagnostics"]
     assert int(d["pairs_made"]) == 12 == pairs_accounted(d) == int(d["captions"])

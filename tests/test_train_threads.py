@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from cpu_load import cpu_bound_processes
 from test_train import CONFIGS, tiny_overrides
 
 from clip_vlm_core.cli import main
@@ -38,13 +39,8 @@ def test_a_flag_or_omp_num_threads_overrides_the_choice():
 
 
 def test_cores_busy_elsewhere_sees_cpu_bound_processes():
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    try:
+    with cpu_bound_processes(2):
         busy = cores_busy_elsewhere(1.0)
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     assert 0.5 <= busy <= usable_cores() + 0.5
 
 
