@@ -216,8 +216,6 @@ def _validate(config: RunConfig) -> None:
         if ref.kind != "folder" or not (ref.path / "clip_vlm_config.json").is_file():
             raise UserError(rule)
     if o.init_weights:
-        from clip_vlm_core.model.model_refs import classify_ref
+        from clip_vlm_core.model.model_refs import local_checkpoint
 
-        ref = classify_ref(o.init_weights, "optim.init_weights")  # embedded:NAME or a folder; must exist
-        if not (ref.path / "clip_vlm_config.json").is_file():
-            raise UserError(f"optim.init_weights must be a clip-vlm checkpoint, got {o.init_weights!r}")
+        local_checkpoint(o.init_weights, "optim.init_weights")  # embedded:NAME or a checkpoint folder here

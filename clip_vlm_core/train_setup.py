@@ -150,9 +150,9 @@ def load_fitting_weights(captioner, checkpoint: str) -> str:
 
     from clip_vlm_core.config import CaptionerConfig, load_json
     from clip_vlm_core.model.checkpoint import ADAPTER_DIR, CONFIG_FILE, CONNECTOR_FILE
-    from clip_vlm_core.model.model_refs import classify_ref
+    from clip_vlm_core.model.model_refs import local_checkpoint
 
-    folder = classify_ref(checkpoint, "optim.init_weights").path
+    folder = local_checkpoint(checkpoint, "optim.init_weights")
     theirs = load_json(CaptionerConfig, folder / CONFIG_FILE)  # the checkpoint config reader, bounds checked
     their_views = [*theirs.views, *theirs.context_views]
     config = captioner.config

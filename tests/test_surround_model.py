@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -419,16 +420,26 @@ def test_init_weights_takes_a_two_view_checkpoint_s_trained_weights_where_they_f
     assert f"of {len(own)} connector tensors and {len(trained)} LoRA tensors taken" in said
 
 
-def test_init_weights_that_name_nothing_or_nothing_that_fits_are_one_sentence(tmp_path, tiny_base):
+@pytest.mark.parametrize("runs_folder", [False, True], ids=["no-runs-folder", "runs-folder"])
+def test_init_weights_that_name_nothing_or_nothing_that_fits_are_one_sentence(tmp_path, tiny_base, monkeypatch,
+                                                                               runs_folder):
     from clip_vlm_core.train_config import load_run_config
     from clip_vlm_core.train_setup import load_fitting_weights
 
     recipe = Path(__file__).resolve().parents[1] / "training/configs/synthetic-tiny-surround.yaml"
-    with pytest.raises(UserError, match="optim.init_weights runs/gone does not exist"):
-        load_run_config(recipe, ["optim.init_weights=runs/gone"])
+    # Run from a folder with and without runs/: a clean clone has none, so runs/gone reads as a hub-shaped id.
+    monkeypatch.chdir(tmp_path)
+    if runs_folder:
+        (tmp_path / "runs").mkdir()
+    for value in ("runs/gone", "./gone", "org/model", "/no/such/run"):
+        with pytest.raises(UserError, match=f"^optim.init_weights {re.escape(value)} does not exist"):
+            load_run_config(recipe, [f"optim.init_weights={value}"])
+        with pytest.raises(UserError, match=f"^optim.init_weights {re.escape(value)} does not exist"):
+            load_fitting_weights(None, value)
     (tmp_path / "plain").mkdir()
-    with pytest.raises(UserError, match="optim.init_weights must be a clip-vlm checkpoint"):
-        load_run_config(recipe, [f"optim.init_weights={tmp_path / 'plain'}"])
+    for value in (str(tmp_path / "plain"), "plain"):
+        with pytest.raises(UserError, match="optim.init_weights must be a clip-vlm checkpoint"):
+            load_run_config(recipe, [f"optim.init_weights={value}"])
     # Another LoRA rank and connector width: nothing fits.
     config = dataclasses.replace(tiny_captioner_config(tiny_base), lora_r=4, connector_heads=2, connector_layers=2)
     captioner = SceneCaptioner.build(config, device="cpu", trainable=True)

@@ -116,6 +116,20 @@ def classify_ref(value: str | os.PathLike | None, what: str, base: Path | None =
     return ModelRef("folder", text, path)
 
 
+def local_checkpoint(value: str | os.PathLike | None, what: str) -> Path:
+    """The folder of a clip-vlm checkpoint on this machine that `value` names (embedded:NAME or a folder):
+    one sentence when it names nothing here (a hub id is not a clip-vlm checkpoint) or a folder without a
+    checkpoint config."""
+    ref = classify_ref(value, what)
+    if ref.kind == "hub":
+        raise UserError(f"{what} {ref.value} does not exist here (a clip-vlm checkpoint is a local folder or "
+                        f"{EMBEDDED_PREFIX}NAME, not a hub id)")
+    if not (ref.path / "clip_vlm_config.json").is_file():
+        raise UserError(f"{what} must be a clip-vlm checkpoint (a folder with clip_vlm_config.json), "
+                        f"got {os.fspath(value)!r}")
+    return ref.path
+
+
 def _is_open_clip_name(name: str) -> bool:
     import open_clip
 
