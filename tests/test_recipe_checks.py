@@ -96,7 +96,7 @@ def test_the_shipped_recipes_and_the_embedded_models_second_stage_pass_the_check
     recipes = sorted((REPO / "training" / "configs").glob("*.yaml"))
     assert {r.name for r in recipes} == {"synthetic-tiny.yaml", "nuinteract-front-back.yaml",
                                          "nuinteract-front-back-qlora.yaml", "synthetic-tiny-surround.yaml",
-                                         "nuinteract-surround-history.yaml"}
+                                         "synthetic-tiny-history.yaml", "nuinteract-surround-history.yaml"}
     for recipe in recipes:
         load_run_config(recipe, ["data.train_manifest=x.jsonl"])
     # `make embedded-model`'s second stage: the tiny recipe plus the Makefile's POLISH overrides, starting
