@@ -92,10 +92,10 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check clip_vlm_core tests $(ROS_PKG) launch scripts
 
-# Retrain both embedded models from their recipes and seed and install them (about 75 min on 2 CPU cores).
-# The default model (~35 min): the recipe's 8,000 steps, then 1,500 more from their best checkpoint with the
+# Retrain both embedded models from their recipes and seed and install them (81 min measured end to end on 2
+# CPU cores). The default model (~47 min): the recipe's 8,000 steps, then 1,500 more from their best checkpoint with the
 # loss averaged over tokens again (captions weigh by their length) at a third of the learning rates, the same
-# recipe otherwise. Then embedded:surround (six cameras, a 3-frame history; ~40 min with its data and encoder
+# recipe otherwise. Then embedded:surround (six cameras, a 3-frame history; ~33 min with its data and encoder
 # cache): its recipe's 2,500 steps, on the same base models (the same seed), installed beside it.
 POLISH = run_dir=runs/synthetic-tiny-polish optim.init=runs/synthetic-tiny/best optim.max_steps=1500 \
 	optim.loss_weighting=token optim.lr_connector=1e-3 optim.lr_lora=7e-4
