@@ -46,3 +46,11 @@ def test_diagnostics_the_demo_and_the_benchmarks_compute_it_the_same_way():
     bench = summary_ms([ms / 1000 for ms in latencies_ms])
     assert (bench["p50"], bench["p95"]) == (pytest.approx(expected[50]), pytest.approx(expected[95]))
     assert dict(QuestionQueue(1).report())["answer_latency_p50_ms"] == "nan"
+
+
+@pytest.mark.parametrize("values", [[], [None, None], iter([None])], ids=["none", "all-unmeasured", "iterator"])
+def test_the_demo_says_not_measured_rather_than_nan_when_no_keyframe_was_timed(values):
+    from clip_vlm_core.demo.report import latency_line
+
+    assert latency_line(values, 50, 95) == "not measured"
+    assert latency_line([None, 300.0, None], 50) == "p50 300 ms"

@@ -43,6 +43,8 @@ class Asked:
 def latency_line(values: Iterable[float | None], *quantiles: int) -> str:
     """'p50 205 ms, p95 248 ms' over the values given (None: not measured), by clip_vlm_core.latency."""
     measured = [v for v in values if v is not None]
+    if not measured:
+        return "not measured"
     return ", ".join(f"p{q} {percentile(measured, q):.0f} ms" for q in quantiles)
 
 

@@ -149,7 +149,7 @@ def run(demo: Demo) -> int:
         # The player waits until it sees the node's subscriptions, but the node may not have matched the
         # player's publishers yet, and what it publishes before then is lost to the node (on a busy machine,
         # the first keyframes): the replay starts once the node says every view has matched a publisher.
-        _wait_until_matched(demo, executor, player, node, step)
+        _wait_until_matched(demo, executor, player, node, step, listener)
         player.stdin.write(b"\n")
         player.stdin.close()
 
@@ -206,12 +206,16 @@ def run(demo: Demo) -> int:
             rclpy.shutdown()
 
 
-def _wait_until_matched(demo: Demo, executor, player: subprocess.Popen, node: subprocess.Popen, step: str) -> None:
-    """Spin until the node's /diagnostics show a matched publisher on every view (`<VIEW>.publishers`)."""
+def _wait_until_matched(demo: Demo, executor, player: subprocess.Popen, node: subprocess.Popen, step: str,
+                        listener) -> None:
+    """Spin until the node's /diagnostics show a matched publisher on every view (`<VIEW>.publishers`) and this
+    script's listener sees the player's ground truth publisher (keyframes are timed by it: a run whose
+    listener saw it late measured no latency at all)."""
     views = [key for key in demo.diagnostics if key.endswith(".publishers") and not key.startswith("scene_question")]
     demo.diagnostics = {}
     deadline = time.monotonic() + 2 * demo.timeout_s  # the player waits up to timeout_s for subscribers first
-    while not (demo.diagnostics and all(int(demo.diagnostics.get(key, "0")) > 0 for key in views)):
+    while not (demo.diagnostics and all(int(demo.diagnostics.get(key, "0")) > 0 for key in views)
+               and listener.count_publishers(TRUTH_TOPIC) > 0):
         executor.spin_once(timeout_sec=0.1)
         for process, what in ((player, "bag play"), (node, "caption_node")):
             if process.poll() is not None:
