@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helper_exit import assert_helper_done
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from clip_vlm_core.bags import messages as m
@@ -67,7 +68,7 @@ def start_subscriber(env: dict[str, str], seconds: float, *specs: str) -> subpro
 
 def subscriber_counts(proc: subprocess.Popen) -> dict[str, int]:
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert_helper_done(proc.returncode, err, "the subscriber")
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -20,6 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from helper_exit import assert_helper_done
 from ros_distro import (
     RCLPY_MAJOR_DISTRO,
     ROOT,
@@ -173,7 +174,7 @@ def test_a_node_under_this_distro_and_a_probe_under_another_exchange_frames_capt
         started = time.monotonic()
         done = subprocess.run([str(venv_python(other)), *probe_command(out, plan)[1:]], env=other_env,
                               capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, f"{done.stderr[-2000:]} (after {time.monotonic() - started:.0f} s)"
+        assert_helper_done(done.returncode, f"{done.stderr} (after {time.monotonic() - started:.0f} s)", "the probe")
     finally:
         stop_node(node)
     result = json.loads(out.read_text())

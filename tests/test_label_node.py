@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helper_exit import assert_helper_done
 from intact import REPO
 from test_node import NODE, probe_command, ros_env, start_node, stop_node
 
@@ -34,7 +35,7 @@ def test_label_captions_equal_the_nodes_for_the_same_bag_and_model(scene_bags, t
                                  "/CAM_BACK/image_raw/compressed"], env=env, capture_output=True, text=True, timeout=300)
         assert played.returncode == 0, played.stderr[-2000:]
         _, probe_err = probe.communicate(timeout=300)
-        assert probe.returncode == 0, probe_err[-2000:]
+        assert_helper_done(probe.returncode, probe_err, "the probe")
     finally:
         stop_node(node)
     result = json.loads(out.read_text())

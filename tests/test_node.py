@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from clip_vlm.launch_plan import node_is_ready
+from helper_exit import assert_helper_done
 
 from clip_vlm_core.stream import PARAMETERS, validate_parameters
 
@@ -81,7 +82,7 @@ def probe_command(out: Path, plan: list[dict], transport: str = "compressed", na
 def probe(env: dict[str, str], tmp_path: Path, plan: list[dict], transport: str = "compressed") -> dict:
     out = tmp_path / f"probe-{time.monotonic_ns()}.json"
     done = subprocess.run(probe_command(out, plan, transport), env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert_helper_done(done.returncode, done.stderr, "the probe")
     return json.loads(out.read_text())
 
 
@@ -171,6 +172,7 @@ def test_a_bag_played_by_clip_vlm_bag_play_is_captioned_pair_by_pair(all_node, t
                             env=env, capture_output=True, text=True, timeout=60)
     assert played.returncode == 0, played.stderr
     out, err = listener.communicate(timeout=60)
+    assert_helper_done(listener.returncode, err, "the listener")
     assert json.loads(out.strip().splitlines()[-1]) == {"/scene_caption/marker": frames}, err
 
 

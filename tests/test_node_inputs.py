@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helper_exit import assert_helper_done
 from test_node import NODE, ROOT, count, probe_command, ros_env, start_node, stop_node
 
 pytestmark = [pytest.mark.skipif(not NODE.exists(), reason="caption_node is not installed: run `make venv`"),
@@ -27,7 +28,7 @@ ERROR = 40
 def probe(env: dict[str, str], tmp_path: Path, plan: list[dict], *options: str) -> dict:
     out = tmp_path / f"probe-{time.monotonic_ns()}.json"
     done = subprocess.run([*probe_command(out, plan), *options], env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert_helper_done(done.returncode, done.stderr, "the probe")
     return json.loads(out.read_text())
 
 

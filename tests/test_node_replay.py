@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from helper_exit import assert_helper_done
 from test_node import NODE, pairs_accounted, probe_command, ros_env, start_node, stop_node, write_camera_bag
 
 FRAMES, SPACING_NS = 8, 100_000_000  # 0.8 s of bag per loop, 10 pairs a second
@@ -49,7 +50,7 @@ def replay(tmp_path_factory) -> dict:
         player.send_signal(signal.SIGINT)
         player_out, player_err = player.communicate(timeout=30)
         _, probe_err = probe.communicate(timeout=180)
-        assert probe.returncode == 0, probe_err[-2000:]
+        assert_helper_done(probe.returncode, probe_err, "the probe")
     finally:
         for proc in (player, probe):
             if proc.poll() is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cpu_load import cpu_bound_processes
+from helper_exit import assert_helper_done
 from test_node import NODE, count, pairs_accounted, probe_command, ros_args, ros_env, start_node, stop_node
 
 from clip_vlm_core.errors import UserError
@@ -61,7 +62,7 @@ def run_probe(env: dict[str, str], tmp_path: Path, plan: list[dict], views=SIX) 
     out = tmp_path / f"probe-{time.monotonic_ns()}.json"
     command = [*probe_command(out, plan), "--views", ",".join(views)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert_helper_done(done.returncode, done.stderr, "the probe")
     return json.loads(out.read_text())
 
 

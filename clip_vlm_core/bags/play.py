@@ -43,6 +43,7 @@ from clip_vlm_core.bags.play_plan import (
 from clip_vlm_core.bags.play_qos import playback_qos, rclpy_qos
 from clip_vlm_core.bags.reader import Bag, open_bag
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.teardown import bounded_teardown
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,9 @@ def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
             summary.interrupted = True
         summary.seconds = time.monotonic() - start
     finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        with bounded_teardown():
+            node.destroy_node()
+            rclpy.shutdown(context=context)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     return summary

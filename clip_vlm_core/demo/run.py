@@ -18,6 +18,7 @@ from clip_vlm_core.config import DEFAULT_VIEWS
 from clip_vlm_core.demo.report import Asked, Keyframe, latency_line, render_report
 from clip_vlm_core.demo.scene import convert, synthesise
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.teardown import bounded_teardown
 
 # What the demo plays: what the node subscribes to, and the truth this script times keyframes by. The player
 # waits until each has a subscriber.
@@ -203,7 +204,8 @@ def run(demo: Demo) -> int:
     finally:
         _stop(demo.processes)
         if rclpy.ok():
-            rclpy.shutdown()
+            with bounded_teardown():
+                rclpy.shutdown()
 
 
 def _wait_until_matched(demo: Demo, executor, player: subprocess.Popen, node: subprocess.Popen, step: str,

@@ -33,6 +33,8 @@ from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
+from clip_vlm_core.teardown import bounded_teardown
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 VIEWS = ("CAM_FRONT", "CAM_BACK")
@@ -142,8 +144,9 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             node.kill()
             log = node.communicate()[0]
-        feeder.node.destroy_node()
-        rclpy.try_shutdown()
+        with bounded_teardown():
+            feeder.node.destroy_node()
+            rclpy.try_shutdown()
     quiet = feeder.captions_between(quiet_start, quiet_end) / (quiet_end - quiet_start)
     flooded = feeder.captions_between(flood_start, flood_end) / (flood_end - flood_start)
     keys = ("questions_received", "questions_answered", "questions_dropped", "questions_unanswerable",

@@ -32,6 +32,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from clip_vlm_core.teardown import bounded_teardown
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT = 1600, 900
@@ -212,8 +214,9 @@ def main() -> int:
         again, _ = direct_p50_ms(captioner, jpegs, args.max_new_tokens, decoded=decoded)
         print(f"captioner called directly again after the sweep: p50 {again:.1f} ms (the spread is machine load)")
     finally:
-        probe.destroy_node()
-        rclpy.try_shutdown()
+        with bounded_teardown():
+            probe.destroy_node()
+            rclpy.try_shutdown()
         node.send_signal(signal.SIGINT)
         node.wait(10)
     return 0

@@ -51,6 +51,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker
 
+from clip_vlm_core.teardown import arm_exit_watchdog
+
 VIEWS = ("CAM_FRONT", "CAM_BACK")
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 RELIABILITIES = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -305,6 +307,7 @@ def main() -> int:
         with open(args.out, "w") as f:
             json.dump(result, f)
     finally:
+        arm_exit_watchdog()  # a DDS teardown that hangs must not keep the test waiting
         probe.destroy_node()
         rclpy.try_shutdown()
     return 0

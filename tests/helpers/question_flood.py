@@ -19,6 +19,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
 
+from clip_vlm_core.teardown import arm_exit_watchdog
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +61,7 @@ def main() -> int:
             sent += 1
         time.sleep(0.001)
     print(json.dumps({"sent": sent, "seconds": round(time.monotonic() - start, 3)}), flush=True)
+    arm_exit_watchdog()  # the result is out; a DDS teardown that hangs must not keep the test waiting
     node.destroy_node()
     rclpy.shutdown()
     return 0

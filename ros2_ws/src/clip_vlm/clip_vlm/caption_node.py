@@ -23,6 +23,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from clip_vlm.captioning import Captioning
 from clip_vlm_core.errors import UserError
+from clip_vlm_core.teardown import bounded_teardown
 
 NODE_NAME = "caption_node"
 SPIN_SLICE_S = 0.1  # the executor's wait returns this often, so Ctrl-C is seen even with no timer running
@@ -101,8 +102,12 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if node is not None:
             node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        # The DDS teardown is bounded too (clip_vlm_core.teardown): a rare middleware deadlock in it would
+        # otherwise leave a node that ignores Ctrl-C (ignored above) until someone kills it.
+        with bounded_teardown():
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
     return code
 
 
