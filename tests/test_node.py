@@ -25,6 +25,7 @@ from clip_vlm.launch_plan import node_is_ready
 from helper_exit import assert_helper_done
 
 from clip_vlm_core.stream import PARAMETERS, validate_parameters
+from clip_vlm_core.teardown import bounded_teardown
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = Path(sys.prefix) / "bin" / "caption_node"  # the venv running the suite: .venv (Kilted) or .venv-jazzy
@@ -257,8 +258,9 @@ class ParameterServices:
     def __exit__(self, *exc: object) -> None:
         import rclpy
 
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        with bounded_teardown():  # a DDS hang ends the run with its stacks rather than stalling it
+            self.node.destroy_node()
+            rclpy.shutdown(context=self.context)
 
 
 def test_a_question_is_answered_about_the_freshest_pair_on_scene_answer(all_node, tmp_path):

@@ -14,6 +14,8 @@ import pytest
 from clip_vlm.launch_plan import EXECUTABLES, caption_plan
 from test_node import FAST_DECODING, PACKAGE, probe, ros_args, ros_env, stop_node
 
+from clip_vlm_core.teardown import bounded_teardown
+
 LIFECYCLE_NODE = Path(sys.executable).parent / "caption_lifecycle_node"  # the running venv's, as test_node's
 CAMERA_TOPICS = ("/CAM_FRONT/image_raw/compressed", "/CAM_BACK/image_raw/compressed")
 
@@ -67,8 +69,9 @@ class LifecycleClient:
     def close(self) -> None:
         import rclpy
 
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        with bounded_teardown():  # a DDS hang ends the run with its stacks rather than stalling it
+            self.node.destroy_node()
+            rclpy.shutdown(context=self.context)
 
 
 def start_lifecycle_node(params: dict, env: dict[str, str]) -> subprocess.Popen:
