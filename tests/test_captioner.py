@@ -149,6 +149,18 @@ def test_save_and_load_round_trip_keeps_logits_and_captions(tiny_base, tmp_path)
         assert torch.equal(loaded.model(**inputs).logits, plain_qwen_logits(loaded, inputs))
 
 
+def test_a_loaded_base_model_runs_its_own_layers_and_switches_modes(untrained_checkpoint):
+    """transformers 5.25 loads with hub kernels by default (code fetched at load time, swapped into layers); a
+    checkpoint loads only its weights, and train()/eval() (which re-kernelize a model that uses them) just switch."""
+    loaded = SceneCaptioner.from_pretrained(untrained_checkpoint, device="cpu", trainable=True)
+    qwen = loaded.model.base_qwen
+    assert qwen.use_kernels is False
+    loaded.model.train()
+    assert qwen.training and qwen.use_kernels is False
+    loaded.model.eval()
+    assert not qwen.training and len(loaded.caption([frames(6)], max_new_tokens=4)) == 1
+
+
 def test_embedded_default_model_loads_without_arguments():
     captioner = SceneCaptioner.from_pretrained(device="cpu")
     assert captioner.views == ("CAM_FRONT", "CAM_BACK")

@@ -139,8 +139,11 @@ def build_model(parts: CheckpointParts, device: torch.device, dtype: torch.dtype
     config = dataclasses.replace(config, qwen_model=str(qwen_ref.path or qwen_ref.value),
                                  clip_model=str(clip_ref.path or clip_ref.value))
     try:
+        # use_kernels=False: transformers 5.25 made hub kernels the default, code fetched from the Hugging Face
+        # hub at load time and swapped into the model's layers; this loads only the weights it is given.
         qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             qwen_folder, dtype=dtype, local_files_only=True, attn_implementation="sdpa", use_safetensors=True,
+            use_kernels=False,
         )
         pixel_budget = {k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v}
         processor = AutoProcessor.from_pretrained(qwen_folder, local_files_only=True, **pixel_budget)
