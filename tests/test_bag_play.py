@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helper_exit import assert_helper_done
+from helper_exit import assert_helper_done, warn_if_teardown_hung
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from clip_vlm_core.bags import messages as m
 from clip_vlm_core.bags.interfaces import UnplayableType, message_class
 from clip_vlm_core.bags.play import play_bag
+from clip_vlm_core.teardown import WATCHDOG_LINE
 
 pytest.importorskip("rclpy")
 pytestmark = pytest.mark.ros  # `make test` runs these under Kilted and Jazzy
@@ -73,8 +74,10 @@ def subscriber_counts(proc: subprocess.Popen) -> dict[str, int]:
 
 
 def play_cli(bag: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(bag), *extra],
-                          env=env, capture_output=True, text=True, timeout=120)
+    played = subprocess.run([sys.executable, "-m", "clip_vlm_core", "bag", "play", str(bag), *extra],
+                            env=env, capture_output=True, text=True, timeout=120)
+    warn_if_teardown_hung(played.stderr, "the player")
+    return played
 
 
 @pytest.mark.slow
@@ -113,6 +116,7 @@ def test_start_paused_holds_the_first_message_until_a_line_on_stdin(tmp_path):
     assert player.poll() is None, "the player did not wait for Enter"
     out, err = player.communicate(input="\n", timeout=60)
     assert player.returncode == 0, err
+    warn_if_teardown_hung(err, "the player")
     assert "published 3 messages" in out
     assert subscriber_counts(sub) == {"/scene_caption_gt": 3}
 
@@ -181,6 +185,67 @@ def test_play_api_reports_each_published_message_in_bag_order(tmp_path, monkeypa
                        on_published=lambda topic, t: seen.append((topic, t)))
     assert seen == [("/mounts", START)] + [("/scene_caption_gt", START + i * SECOND // 100) for i in range(3)]
     assert summary.published == 4 and not summary.interrupted
+
+
+def test_the_summary_is_handed_over_before_the_player_leaves_ros2(tmp_path, monkeypatch):
+    import rclpy
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randint(1, 200)))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    bag = write_bag(tmp_path / "bag", frames=2, spacing_ns=SECOND // 100)
+    handed: list[tuple[int, int, bool]] = []
+
+    def on_done(summary) -> None:  # the player's node is still up: it is the only one named "clip_vlm_bag_player"
+        from clip_vlm_core.bags.play import PLAYER_NODE
+
+        probe_context = rclpy.Context()
+        rclpy.init(args=[], context=probe_context)
+        probe = rclpy.create_node("probe", context=probe_context)
+        deadline = time.monotonic() + 10
+        seen = False
+        while not seen and time.monotonic() < deadline:
+            seen = PLAYER_NODE in probe.get_node_names()
+            time.sleep(0.05)
+        probe.destroy_node()
+        rclpy.shutdown(context=probe_context)
+        handed.append((summary.published, summary.expected, seen))
+
+    summary = play_bag(bag, rate=10.0, topics=["/scene_caption_gt"], wait_for_subscribers=0, on_done=on_done)
+    assert handed == [(2, 2, True)] and summary.published == 2
+
+
+# The hang the teardown watchdog exists for, played by a destroy_node that holds the GIL (as rclpy's does) and
+# never returns; the limit is 1 s here instead of 10.
+HUNG_PLAYER = """
+import ctypes, sys
+import rclpy.node
+import clip_vlm_core.teardown
+clip_vlm_core.teardown.TEARDOWN_LIMIT_S = 1.0
+rclpy.node.Node.destroy_node = lambda self: ctypes.PyDLL(None).sleep(60)
+from clip_vlm_core.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("extra, code, said", [
+    (("--wait-for-subscribers", "0"), 0, "published 4 messages on 2 topics"),
+    (("--wait-for-subscribers", "0", "--loop", "--rate", "0.001"), 0, "(interrupted)"),
+])
+def test_a_player_whose_dds_teardown_hangs_still_reports_and_exits_with_what_its_work_earned(tmp_path, extra, code,
+                                                                                           said):
+    bag = write_bag(tmp_path / "bag", frames=3, spacing_ns=SECOND // 100)
+    started = time.monotonic()
+    player = subprocess.Popen([sys.executable, "-c", HUNG_PLAYER, "bag", "play", str(bag), "--topics", "/mounts",
+                               "/scene_caption_gt", *extra], env=ros_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    if "--loop" in extra:  # a bag played at a thousandth of its pace, until Ctrl-C
+        time.sleep(3.0)
+        player.send_signal(signal.SIGINT)
+    out, err = player.communicate(timeout=60)
+    assert player.returncode == code, err
+    assert said in out
+    assert err.count(WATCHDOG_LINE) == 1 and "<lambda>" in err  # the stacks, the hung call named
+    assert time.monotonic() - started < 45  # not the 60 s the hang lasts
 
 
 @pytest.mark.parametrize("offset_s, first", [(0.0, 0), (0.02, 2), (0.025, 3), (0.045, 5)])

@@ -258,7 +258,7 @@ class ParameterServices:
     def __exit__(self, *exc: object) -> None:
         import rclpy
 
-        with bounded_teardown():  # a DDS hang ends the run with its stacks rather than stalling it
+        with bounded_teardown(exit_code=1):  # a DDS hang ends the run with its stacks rather than stalling it
             self.node.destroy_node()
             rclpy.shutdown(context=self.context)
 

@@ -69,7 +69,7 @@ class LifecycleClient:
     def close(self) -> None:
         import rclpy
 
-        with bounded_teardown():  # a DDS hang ends the run with its stacks rather than stalling it
+        with bounded_teardown(exit_code=1):  # a DDS hang ends the run with its stacks rather than stalling it
             self.node.destroy_node()
             rclpy.shutdown(context=self.context)
 

@@ -214,7 +214,7 @@ def test_rclpy_keeps_warning_call_sites_apart_so_a_throttled_one_and_a_plain_one
             node.get_logger().warning("stamp went back", throttle_duration_sec=10.0)
             node.get_logger().warning("question refused")
     finally:
-        with bounded_teardown():  # a DDS hang ends the run with its stacks rather than stalling it
+        with bounded_teardown(exit_code=1):  # a DDS hang ends the run with its stacks rather than stalling it
             if node is not None:
                 node.destroy_node()
             rclpy.shutdown()

@@ -82,6 +82,7 @@ def play_bag(
     remap: dict[str, str] | None = None,
     start_when: Callable[[], object] | None = None,
     start_offset: float = 0.0,
+    on_done: Callable[[PlaySummary], object] | None = None,
 ) -> PlaySummary:
     """Publish the bag's messages at their recorded timing divided by `rate`; Ctrl-C stops cleanly.
 
@@ -90,7 +91,10 @@ def play_bag(
     `on_published(topic, bag_time_ns)` is called after each message. `start_when()`, if given, is called
     once the publishers exist and the wait for subscribers is over, and playing starts when it returns
     (`--start-paused`: a line on stdin). `start_offset` skips the first seconds of the bag, from its start
-    (what `bag info` and `clip-vlm search` count from), on every pass. Returns what was published.
+    (what `bag info` and `clip-vlm search` count from), on every pass. `on_done(summary)`, if given, is
+    called once playing has ended and been checked, before ROS 2 is left: that teardown can hang in the
+    middleware (clip_vlm_core.teardown), and what a command reports must be out by then. Returns what was
+    published.
     """
     if rate <= 0:
         raise UserError(f"play rate must be positive, got {rate}")
@@ -113,13 +117,9 @@ def play_bag(
             raise UserError(f"--start-offset {start_offset:g} s is past the end of bag {bag.shown}, which lasts "
                             f"{bag.duration_ns / 1e9:.2f} s")
         options = _Options(rate, loop and playable > 0, on_published, reliability, wait_for_subscribers, report,
-                           clock_hz, remap, start_when, round(start_offset * 1e9))
-        summary = _play(bag, plan, options)
-        summary.skipped = skipped
-        summary.played_topics = [t.name for t in plan]
-        summary.expected = playable
-        if not summary.interrupted:
-            check_counts(bag, plan, summary.first_pass)
+                           clock_hz, remap, start_when, round(start_offset * 1e9), on_done)
+        summary = PlaySummary(played_topics=[t.name for t in plan], skipped=skipped, expected=playable)
+        _play(bag, plan, options, summary)
         return summary
 
 
@@ -135,13 +135,13 @@ class _Options:
     remap: dict[str, str]
     start_when: Callable[[], object] | None = None
     start_offset_ns: int = 0
+    on_done: Callable[[PlaySummary], object] | None = None
 
 
-def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
+def _play(bag: Bag, plan: list[PlayedTopic], options: _Options, summary: PlaySummary) -> None:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    summary = PlaySummary()
     # Our own context, so a caller (the demo) that already runs rclpy keeps its own; no signal
     # handlers, so Ctrl-C arrives as KeyboardInterrupt and we shut down in order. No command-line
     # arguments either: rclpy would read this process's sys.argv, take `--remap OLD:=NEW` for rcl's
@@ -151,6 +151,7 @@ def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
     previous = _ctrl_c_raises()
     node = rclpy.create_node(PLAYER_NODE, context=context, start_parameter_services=False,
                              use_global_arguments=False)
+    reported = False
     try:
         publishers = _publishers(node, plan, options)
         clock = BagClock(node, options.clock_hz) if options.clock_hz > 0 else None
@@ -168,13 +169,18 @@ def _play(bag: Bag, plan: list[PlayedTopic], options: _Options) -> PlaySummary:
         except KeyboardInterrupt:
             summary.interrupted = True
         summary.seconds = time.monotonic() - start
+        if not summary.interrupted:
+            check_counts(bag, plan, summary.first_pass)
+        if options.on_done is not None:
+            options.on_done(summary)
+        reported = True
     finally:
-        with bounded_teardown():
+        # Played, checked and reported: a teardown that hangs ends the process as a success.
+        with bounded_teardown(exit_code=0 if reported else 1):
             node.destroy_node()
             rclpy.shutdown(context=context)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    return summary
 
 
 def _ctrl_c_raises():

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from clip_vlm_core.bags.play import DEFAULT_WAIT_S
+from clip_vlm_core.bags.play import DEFAULT_WAIT_S, PlaySummary
 from clip_vlm_core.errors import UserError
 
 CONVERT_EPILOG = """examples:
@@ -191,19 +191,23 @@ def run_play(args: argparse.Namespace) -> int:
         raise UserError(f"--wait-for-subscribers cannot be negative, got {args.wait_for_subscribers}")
     if args.clock < 0:
         raise UserError(f"--clock must be a positive rate in Hz, got {args.clock}")
-    summary = play_bag(
+    # The summary is printed before the player leaves ROS 2 (a middleware hang there must not lose it).
+    play_bag(
         args.bag, rate=args.rate, loop=args.loop, topics=args.topics, reliability=args.qos_reliability,
         wait_for_subscribers=args.wait_for_subscribers, report=True, clock_hz=args.clock,
         remap=_remaps(args.remap), start_when=_enter_on_stdin if args.start_paused else None,
-        start_offset=args.start_offset,
+        start_offset=args.start_offset, on_done=_print_play_summary,
     )
+    return 0
+
+
+def _print_play_summary(summary: PlaySummary) -> None:
     stopped = " (interrupted)" if summary.interrupted else ""
     topics = len(summary.played_topics)
     print(f"published {summary.published} messages on {topics} topic{'s' if topics != 1 else ''} in "
           f"{summary.seconds:.2f} s{stopped}{'' if summary.expected else ' (the played topics hold no messages)'}")
     for topic, why in summary.skipped.items():
         print(f"skipped {topic}: {why}")
-    return 0
 
 
 def _enter_on_stdin() -> None:

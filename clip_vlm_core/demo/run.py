@@ -99,6 +99,7 @@ def run(demo: Demo) -> int:
            "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")}
     os.environ.update(env)
     step = "1/8 synthesise a nuScenes scene"
+    finished = False
     try:
         print(f"[{step}]")
         scene = synthesise(demo.out, demo.samples, demo.seed, demo.views)
@@ -194,6 +195,7 @@ def run(demo: Demo) -> int:
         print(f"      report: {report}")
         step = "8/8 stop everything"
         print(f"[{step}]")
+        finished = True
         return 0
     except StepFailed as exc:
         print(str(exc), file=sys.stderr)
@@ -204,7 +206,7 @@ def run(demo: Demo) -> int:
     finally:
         _stop(demo.processes)
         if rclpy.ok():
-            with bounded_teardown():
+            with bounded_teardown(exit_code=0 if finished else 1):  # the report is written by then
                 rclpy.shutdown()
 
 

@@ -144,7 +144,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             node.kill()
             log = node.communicate()[0]
-        with bounded_teardown():
+        with bounded_teardown(exit_code=1):
             feeder.node.destroy_node()
             rclpy.try_shutdown()
     quiet = feeder.captions_between(quiet_start, quiet_end) / (quiet_end - quiet_start)

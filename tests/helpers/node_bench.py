@@ -214,7 +214,7 @@ def main() -> int:
         again, _ = direct_p50_ms(captioner, jpegs, args.max_new_tokens, decoded=decoded)
         print(f"captioner called directly again after the sweep: p50 {again:.1f} ms (the spread is machine load)")
     finally:
-        with bounded_teardown():
+        with bounded_teardown(exit_code=1):
             probe.destroy_node()
             rclpy.try_shutdown()
         node.send_signal(signal.SIGINT)

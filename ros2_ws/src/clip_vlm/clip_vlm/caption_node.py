@@ -103,8 +103,9 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
         if node is not None:
             node.close()
         # The DDS teardown is bounded too (clip_vlm_core.teardown): a rare middleware deadlock in it would
-        # otherwise leave a node that ignores Ctrl-C (ignored above) until someone kills it.
-        with bounded_teardown():
+        # otherwise leave a node that ignores Ctrl-C (ignored above) until someone kills it. It ends with the
+        # node's own exit code: its captions are out by then.
+        with bounded_teardown(exit_code=code):
             if node is not None:
                 node.destroy_node()
             rclpy.try_shutdown()
