@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # and load the other venv's libraries. Each run here starts without it.
 unexport _ROS_WHEELS_BOOTSTRAP_COMPLETE
 
-.PHONY: all venv venv-jazzy demo test test-slow test-all test-jazzy test-fast lint clean embedded-model rehearse-gpu
+.PHONY: all venv venv-jazzy demo test test-slow test-all test-jazzy test-fast lint clean embedded-model rehearse-gpu constraints
 
 all: venv
 
@@ -25,14 +25,32 @@ check_disk = $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').fre
 
 # The venv is rebuilt when the project's dependency lists change.
 # A first build needs about 7 GiB (torch's CUDA build is most of it).
+# constraints.txt pins every package at the version the suite last passed with, so that a fresh .venv (CI's,
+# a newcomer's) is that one: a release upstream cannot change a run (transformers 5.25 did, turning on hub
+# kernels by default). pyproject.toml keeps the ranges the code supports; `make constraints` re-pins.
 VENV_GIB := 7
-$(STAMP): pyproject.toml $(wildcard $(ROS_PKG)/setup.py)
+CONSTRAINTS := constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(wildcard $(ROS_PKG)/setup.py)
 	@test -x $(BIN)/python || $(call check_disk,$(VENV),$(VENV_GIB))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ros]'
-	@if [ -f $(ROS_PKG)/setup.py ]; then $(BIN)/python -m pip install --quiet -e $(ROS_PKG); fi
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,ros]'
+	@if [ -f $(ROS_PKG)/setup.py ]; then $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e $(ROS_PKG); fi
 	@touch $(STAMP)
+
+# Re-pin constraints.txt to what .venv holds: after `pip install -U` of a dependency there and a green
+# `make test-all`. Written to a temporary file and renamed, so a failed freeze leaves the old pins.
+# constraints-jazzy.txt does the same for .venv-jazzy (its Jazzy wheels; the shared packages as in .venv).
+define freeze
+	@{ echo "# Every package of $(1) at the version \`make test-all\` last passed with (see the Makefile)."; \
+	   echo "# Written by \`make constraints\`; used as pip's -c when $(1) is built."; \
+	   $(1)/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > $(2).tmp
+	mv $(2).tmp $(2)
+endef
+
+constraints: $(STAMP) $(JAZZY_STAMP)
+	$(call freeze,$(VENV),$(CONSTRAINTS))
+	$(call freeze,$(VENV_JAZZY),$(CONSTRAINTS_JAZZY))
 
 venv: $(STAMP)
 
@@ -41,13 +59,15 @@ venv: $(STAMP)
 # says how, and tests/test_distros.py checks that nothing of Kilted's is found or loaded there. The two distros'
 # wheels share package names, hence a venv of its own. Rebuilt whole whenever .venv is reinstalled.
 VENV_JAZZY_GIB := 0.5
-$(JAZZY_STAMP): $(STAMP) scripts/share_site_packages.py
+CONSTRAINTS_JAZZY := constraints-jazzy.txt
+JAZZY_PIN := -c $(VENV_JAZZY)/shared-site.constraints.txt -c $(CONSTRAINTS_JAZZY)
+$(JAZZY_STAMP): $(STAMP) scripts/share_site_packages.py $(CONSTRAINTS_JAZZY)
 	@$(call check_disk,$(VENV_JAZZY),$(VENV_JAZZY_GIB))
 	rm -rf $(VENV_JAZZY)
 	$(BIN)/python -m venv --without-pip $(VENV_JAZZY)
 	$(BIN)/python scripts/share_site_packages.py $(VENV) $(VENV_JAZZY)
-	$(JAZZY_BIN)/python -m pip install --quiet -c $(VENV_JAZZY)/shared-site.constraints.txt -e '.[ros-jazzy]'
-	@if [ -f $(ROS_PKG)/setup.py ]; then $(JAZZY_BIN)/python -m pip install --quiet -c $(VENV_JAZZY)/shared-site.constraints.txt -e $(ROS_PKG); fi
+	$(JAZZY_BIN)/python -m pip install --quiet $(JAZZY_PIN) -e '.[ros-jazzy]'
+	@if [ -f $(ROS_PKG)/setup.py ]; then $(JAZZY_BIN)/python -m pip install --quiet $(JAZZY_PIN) -e $(ROS_PKG); fi
 	@touch $(JAZZY_STAMP)
 
 venv-jazzy: $(JAZZY_STAMP)
