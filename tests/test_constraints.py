@@ -14,6 +14,7 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from ros_distro import running_distro
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +49,8 @@ def test_every_package_the_project_asks_for_is_pinned(name, extras):
 
 @pytest.mark.ros  # not DDS, but run under every distro's venv by `make test`: .venv-jazzy is checked too
 def test_this_venv_holds_the_pinned_versions():
-    jazzy = any(canonicalize_name(d.metadata["Name"]) == "ros-jazzy-rclpy" for d in importlib.metadata.distributions())
-    name = "constraints-jazzy.txt" if jazzy else "constraints.txt"
+    distro = running_distro()
+    name = "constraints-jazzy.txt" if distro is not None and distro.name == "jazzy" else "constraints.txt"
     installed = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
     wrong = {package: (installed[package], pinned) for package, pinned in pins(name).items()
              if package in installed and installed[package] != pinned}
