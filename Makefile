@@ -38,20 +38,6 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) $(wildcard $(ROS_PKG)/setup.py)
 	@if [ -f $(ROS_PKG)/setup.py ]; then $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e $(ROS_PKG); fi
 	@touch $(STAMP)
 
-# Re-pin constraints.txt to what .venv holds: after `pip install -U` of a dependency there and a green
-# `make test-all`. Written to a temporary file and renamed, so a failed freeze leaves the old pins.
-# constraints-jazzy.txt does the same for .venv-jazzy (its Jazzy wheels; the shared packages as in .venv).
-define freeze
-	@{ echo "# Every package of $(1) at the version \`make test-all\` last passed with (see the Makefile)."; \
-	   echo "# Written by \`make constraints\`; used as pip's -c when $(1) is built."; \
-	   $(1)/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > $(2).tmp
-	mv $(2).tmp $(2)
-endef
-
-constraints: $(STAMP) $(JAZZY_STAMP)
-	$(call freeze,$(VENV),$(CONSTRAINTS))
-	$(call freeze,$(VENV_JAZZY),$(CONSTRAINTS_JAZZY))
-
 venv: $(STAMP)
 
 # .venv-jazzy: Jazzy's ROS 2 wheels (pyproject's ros-jazzy extra) and links to .venv's other packages (torch,
@@ -71,6 +57,20 @@ $(JAZZY_STAMP): $(STAMP) scripts/share_site_packages.py $(CONSTRAINTS_JAZZY)
 	@touch $(JAZZY_STAMP)
 
 venv-jazzy: $(JAZZY_STAMP)
+
+# Re-pin constraints.txt to what .venv holds: after `pip install -U` of a dependency there and a green
+# `make test-all`. Written to a temporary file and renamed, so a failed freeze leaves the old pins.
+# constraints-jazzy.txt does the same for .venv-jazzy (its Jazzy wheels; the shared packages as in .venv).
+define freeze
+	@{ echo "# Every package of $(1) at the version \`make test-all\` last passed with (see the Makefile)."; \
+	   echo "# Written by \`make constraints\`; used as pip's -c when $(1) is built."; \
+	   $(1)/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > $(2).tmp
+	mv $(2).tmp $(2)
+endef
+
+constraints: $(STAMP) $(JAZZY_STAMP)
+	$(call freeze,$(VENV),$(CONSTRAINTS))
+	$(call freeze,$(VENV_JAZZY),$(CONSTRAINTS_JAZZY))
 
 # SURROUND=1: six cameras captioned by embedded:surround (the demo reads SURROUND itself).
 demo: $(STAMP)
